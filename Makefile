@@ -1,0 +1,50 @@
+# Gannet build, test and benchmark targets.
+GO          ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 10s
+BENCHTIME   ?= 1s
+GOBIN       := $(shell $(GO) env GOPATH)/bin
+
+.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+vet:
+	$(GO) vet ./...
+
+# test is what CI runs: vet, then every test with the race detector.
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-race: test
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./codec/ ./trie/
+
+# fuzz runs each fuzz target for FUZZTIME (go test allows one target per run).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+lint:
+	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
+	$(GOBIN)/staticcheck ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+tidy-check:
+	$(GO) mod tidy -diff
+
+run:
+	$(GO) run ./cmd/gannet
+
+clean:
+	rm -rf bin

@@ -1,0 +1,3 @@
+module github.com/gannetmq/gannet
+
+go 1.26
