@@ -1,0 +1,334 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
+)
+
+// client is one network connection. Unless a field says otherwise it is
+// owned by the connection's event loop and touched only there.
+type client struct {
+	srv  *Server
+	gc   gnet.Conn
+	loop *loop
+	addr string
+
+	id        string // client id, set by CONNECT
+	version   codec.Version
+	connected bool // CONNECT accepted
+	closed    bool // OnClose ran or a close is under way
+	sess      *session
+
+	keepAlive  int64 // nanoseconds; 0: none
+	lastRead   int64 // broker clock at the last inbound bytes
+	openedAt   int64
+	disconnect bool // a DISCONNECT was received: no will [MQTT-3.1.2-10]
+	takenOver  bool // another connection took the session
+
+	// Limits the client announced in CONNECT (v5).
+	maxPacket   int // largest packet we may send; 0: no limit
+	aliasOutMax uint16
+	problemInfo bool // request problem information
+
+	// Inbound topic aliases (client to server).
+	aliasIn [][]byte
+	// Outbound topic aliases (server to client), assigned only on the
+	// client's own loop so that a definition is always written before its
+	// uses. Guarded by sess.mu like every delivery.
+	aliasOut map[string]uint16
+
+	will *message
+	// willDelay is the v5 will delay interval in seconds.
+	willDelay uint32
+
+	// pend holds bytes to write at the end of the current unit of work.
+	pend  [][]byte
+	dirty bool
+
+	// slow is set while the outbound buffer is above the high-water mark.
+	// Written on the loop, read by deliveries from any goroutine.
+	slow      atomic.Bool
+	slowSince int64
+
+	// scratch packets, decoded into again and again
+	pub  codec.Publish
+	ack  codec.Ack
+	sub  codec.Subscribe
+	uns  codec.Unsubscribe
+	disc codec.Disconnect
+	// arena holds small packets (acks) queued in pend; reset after flush.
+	arena []byte
+}
+
+func (c *client) logger() *slog.Logger {
+	if c.id != "" {
+		return c.srv.log.With("client", c.id, "remote", c.addr)
+	}
+	return c.srv.log.With("remote", c.addr)
+}
+
+// errClose closes the connection without sending anything more; it is used
+// where the protocol asks for a silent close.
+var errClose = errors.New("server: close")
+
+// onTraffic decodes and handles every whole packet in the inbound buffer.
+// Packet fields alias gnet's read buffer and die when this returns; handlers
+// copy what they keep.
+func (c *client) onTraffic(ob *outbox) gnet.Action {
+	c.lastRead = c.srv.now()
+	buf, _ := c.gc.Peek(-1)
+	used := 0
+	var err error
+	for used < len(buf) && !c.closed {
+		h, n, herr := codec.DecodeFixedHeader(buf[used:])
+		if herr == codec.ErrIncomplete {
+			break
+		}
+		if herr != nil {
+			err = herr
+			break
+		}
+		if size := n + h.Remaining; size > c.srv.cfg.MaxPacketSize {
+			err = &codec.Error{Code: codec.PacketTooLarge, Rule: "MQTT-3.2.2-15",
+				Msg: fmt.Sprintf("packet of %d bytes exceeds the maximum of %d", size, c.srv.cfg.MaxPacketSize)}
+			break
+		}
+		if len(buf)-used < n+h.Remaining {
+			break
+		}
+		body := buf[used+n : used+n+h.Remaining]
+		used += n + h.Remaining
+		c.srv.stats.received(n + h.Remaining)
+		if err = c.handle(ob, h, body); err != nil {
+			break
+		}
+	}
+	if used > 0 {
+		_, _ = c.gc.Discard(used)
+	}
+	if err != nil {
+		c.fail(ob, err)
+		return gnet.None
+	}
+	return gnet.None
+}
+
+// fail ends the connection because of err: the reason code goes to a v5
+// client in a DISCONNECT (or CONNACK before CONNECT completed), a log line
+// names the client and the cause, and the connection closes.
+func (c *client) fail(ob *outbox, err error) {
+	if c.closed {
+		return
+	}
+	code := codec.CodeOf(err)
+	if errors.Is(err, errClose) {
+		c.logger().Debug("closing connection")
+	} else {
+		c.logger().Warn("closing connection", "reason", code.String(), "err", err)
+		c.srv.stats.protocolErrors.Add(1)
+	}
+	if !errors.Is(err, errClose) && c.version == codec.V5 {
+		if c.connected {
+			c.writeNow(ob, (&codec.Disconnect{Code: code}).Append(nil, codec.V5))
+		} else {
+			c.writeNow(ob, (&codec.Connack{Code: code}).Append(nil, codec.V5))
+		}
+	}
+	c.close()
+}
+
+// writeNow queues pkt and flushes this client at once, for the last bytes
+// before a close.
+func (c *client) writeNow(ob *outbox, pkt []byte) {
+	ob.add(c, pkt)
+	if c.dirty {
+		c.flush()
+	}
+}
+
+// close closes the connection after flushing what is pending.
+// It runs on the client's loop.
+func (c *client) close() {
+	if c.closed {
+		return
+	}
+	if c.dirty {
+		c.flush()
+	}
+	c.closed = true
+	_ = c.gc.Close()
+}
+
+// flush writes the pending bytes with as few writev calls as possible and
+// updates the slow-receiver state.
+func (c *client) flush() {
+	c.dirty = false
+	if !c.closed {
+		p := c.pend
+		for len(p) > 0 && !c.closed {
+			n := min(len(p), 1024) // IOV_MAX
+			if _, err := c.gc.Writev(p[:n]); err != nil {
+				break
+			}
+			p = p[n:]
+		}
+	}
+	clear(c.pend)
+	c.pend = c.pend[:0]
+	c.arena = c.arena[:0]
+	if c.closed {
+		return
+	}
+	if c.gc.OutboundBuffered() > c.srv.cfg.OutboundHighWater {
+		if c.slowSince == 0 {
+			c.slowSince = c.srv.now()
+			c.slow.Store(true)
+		}
+	} else if c.slowSince != 0 {
+		c.slowSince = 0
+		c.slow.Store(false)
+	}
+}
+
+// handle dispatches one packet.
+func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
+	if !c.connected {
+		if h.Type != codec.CONNECT {
+			// The first packet must be CONNECT [MQTT-3.1.0-1].
+			c.logger().Warn("closing connection", "reason", "first packet is not CONNECT", "type", h.Type.String())
+			return errClose
+		}
+		return c.handleConnect(ob, h, body)
+	}
+	switch h.Type {
+	case codec.PUBLISH:
+		return c.handlePublish(ob, h, body)
+	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
+		c.ack.Kind = h.Type
+		if err := c.ack.Decode(h, body, c.version); err != nil {
+			return err
+		}
+		return c.handleAck(ob, &c.ack)
+	case codec.SUBSCRIBE:
+		if err := c.sub.Decode(h, body, c.version); err != nil {
+			return err
+		}
+		return c.handleSubscribe(ob, &c.sub)
+	case codec.UNSUBSCRIBE:
+		if err := c.uns.Decode(h, body, c.version); err != nil {
+			return err
+		}
+		return c.handleUnsubscribe(ob, &c.uns)
+	case codec.PINGREQ:
+		var p codec.Pingreq
+		if err := p.Decode(h, body, c.version); err != nil {
+			return err
+		}
+		ob.add(c, pingresp)
+		return nil
+	case codec.DISCONNECT:
+		if err := c.disc.Decode(h, body, c.version); err != nil {
+			return err
+		}
+		return c.handleDisconnect(ob, &c.disc)
+	case codec.CONNECT:
+		return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-3.1.0-2", Msg: "second CONNECT"}
+	case codec.AUTH:
+		if c.version != codec.V5 {
+			return &codec.Error{Code: codec.MalformedPacket, Msg: "AUTH before MQTT 5"}
+		}
+		// No enhanced authentication was agreed in CONNECT, so AUTH is out
+		// of place [MQTT-4.12.0-1].
+		return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-4.12.0-1", Msg: "AUTH without an authentication method"}
+	default:
+		// CONNACK, SUBACK, UNSUBACK, PINGRESP go only from server to client.
+		return &codec.Error{Code: codec.ProtocolError, Msg: h.Type.String() + " sent by a client"}
+	}
+}
+
+var pingresp = []byte{byte(codec.PINGRESP) << 4, 0}
+
+const pubrelCode = codec.PUBREL
+
+// encodeAck encodes a PUBACK/PUBREC/PUBREL/PUBCOMP with Success into a new
+// buffer.
+func (c *client) encodeAck(kind codec.Type, pid uint16) []byte {
+	a := codec.Ack{Kind: kind, PacketID: pid}
+	return a.Append(make([]byte, 0, 4), c.version)
+}
+
+// frame returns the shared frame for a live delivery to c. ok is false
+// when the packet would exceed the client's maximum packet size.
+// REQUIRES: c.sess.mu held.
+func (c *client) frame(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32) (fanout.Frame, bool) {
+	f := fanout.Form{V5: c.version == codec.V5, QoS: qos, Retain: retain}
+	if f.V5 {
+		f.SubIDs = subIDs
+		if c.aliasOutMax > 0 {
+			f.Alias, f.AliasOnly = c.outAlias(m.topic, ob.home == c.loop)
+		}
+	}
+	fr := ob.enc.Frame(&f)
+	if c.maxPacket > 0 && fr.Size() > c.maxPacket {
+		c.srv.stats.droppedTooLarge.Add(1)
+		return fanout.Frame{}, false
+	}
+	return fr, true
+}
+
+// outAlias returns the topic alias to use for topic; known says the client
+// has already seen it, so the topic can be left out. Only the client's own
+// loop assigns aliases: its packets go straight into c.pend, so the packet
+// that sets an alias is always written before any packet that uses it,
+// while packets from other loops arrive later through Execute. Other loops
+// use aliases already set and otherwise send the topic alone.
+// REQUIRES: c.sess.mu held.
+func (c *client) outAlias(topic []byte, home bool) (alias uint16, known bool) {
+	if a, ok := c.aliasOut[string(topic)]; ok {
+		return a, true
+	}
+	if !home || len(c.aliasOut) >= int(c.aliasOutMax) {
+		return 0, false
+	}
+	if c.aliasOut == nil {
+		c.aliasOut = make(map[string]uint16)
+	}
+	a := uint16(len(c.aliasOut) + 1)
+	c.aliasOut[string(topic)] = a
+	return a, false
+}
+
+// encodeStored encodes a queued or inflight message for c as it is now.
+// REQUIRES: c.sess.mu held.
+func (c *client) encodeStored(m *outMsg, now int64) (fanout.Frame, bool) {
+	var p codec.Publish
+	m.msg.template(&p, now)
+	f := fanout.Form{V5: c.version == codec.V5, QoS: m.qos, Retain: m.retain}
+	if f.V5 {
+		f.SubIDs = m.subIDs
+	}
+	fr := fanout.Encode(&p, &f)
+	if c.maxPacket > 0 && fr.Size() > c.maxPacket {
+		c.srv.stats.droppedTooLarge.Add(1)
+		return fanout.Frame{}, false
+	}
+	c.srv.stats.sent(fr.Size())
+	return fr, true
+}
+
+// encodeStoredDup is encodeStored with the DUP flag set, for redelivery
+// [MQTT-3.3.1-1].
+func (c *client) encodeStoredDup(m *outMsg, now int64) (fanout.Frame, bool) {
+	fr, ok := c.encodeStored(m, now)
+	if ok {
+		fr.Buf[0] |= 0x08
+	}
+	return fr, ok
+}

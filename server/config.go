@@ -1,0 +1,155 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// SharedPolicy chooses which member of a shared subscription group receives a
+// message.
+type SharedPolicy string
+
+// Shared subscription policies.
+const (
+	SharedRoundRobin SharedPolicy = "round-robin"
+	SharedRandom     SharedPolicy = "random"
+	SharedHash       SharedPolicy = "hash" // by publisher client id: one publisher sticks to one member
+)
+
+// Config is everything a broker needs to run. cmd/gannet builds it from
+// flags; tests build it directly. The zero value is not usable: start from
+// DefaultConfig.
+type Config struct {
+	// Listen is the MQTT TCP listen address.
+	Listen string
+	// HTTPListen is the address of the HTTP listener (health, metrics). Empty
+	// disables it.
+	HTTPListen string
+	// DataDir is where persistent state lives.
+	DataDir string
+
+	// EventLoops is the number of gnet event loops; 0 means one per CPU.
+	EventLoops int
+	// ReadBufferSize is the per-event-loop read buffer capacity in bytes.
+	ReadBufferSize int
+	// WriteBufferSize is the per-connection outbound buffer capacity hint.
+	WriteBufferSize int
+
+	// MaxPacketSize is the largest packet accepted from a client (bytes,
+	// fixed header included). It is announced to v5 clients in CONNACK.
+	MaxPacketSize int
+	// ReceiveMaximum is how many inbound QoS 1/2 publishes a client may have
+	// unacknowledged; exceeding it is a protocol violation (0x93).
+	ReceiveMaximum int
+	// MaxInflight caps the outbound inflight window per session; the window
+	// is the smaller of this and the client's receive maximum.
+	MaxInflight int
+	// MaxQueuedMessages bounds each session's queue of QoS 1/2 messages that
+	// wait for a connection or for inflight room. When full, the oldest is
+	// dropped and counted.
+	MaxQueuedMessages int
+	// TopicAliasMaximum is the number of topic aliases a v5 client may use
+	// towards the broker.
+	TopicAliasMaximum int
+	// MaxSessionExpiry caps the session expiry interval a client may ask for.
+	MaxSessionExpiry time.Duration
+
+	// MinKeepAlive and MaxKeepAlive bound the keepalive a client may ask for;
+	// outside the bounds a v5 client is told the server keepalive. A v3
+	// client asking for more than MaxKeepAlive is held to MaxKeepAlive too.
+	// Zero disables each bound.
+	MinKeepAlive time.Duration
+	MaxKeepAlive time.Duration
+	// ServerKeepAlive, when non-zero, overrides every v5 client's keepalive
+	// and is announced in CONNACK.
+	ServerKeepAlive time.Duration
+	// ConnectTimeout closes a connection that has not sent CONNECT in time.
+	ConnectTimeout time.Duration
+
+	// OutboundHighWater is the outbound buffer level (bytes) past which a
+	// connection counts as slow: QoS 0 messages to it are dropped and QoS 1/2
+	// wait in its session queue.
+	OutboundHighWater int
+	// SlowTimeout closes a connection that stays above OutboundHighWater for
+	// this long. Zero never closes.
+	SlowTimeout time.Duration
+
+	// SharedPolicy picks the receiver in a shared subscription group.
+	SharedPolicy SharedPolicy
+
+	// SysInterval is how often $SYS statistics are published; zero disables.
+	SysInterval time.Duration
+
+	// Logger receives the broker's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the configuration that `gannet` runs with when given
+// no flags.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            ":1883",
+		HTTPListen:        ":8080",
+		DataDir:           "./data",
+		EventLoops:        0,
+		ReadBufferSize:    64 << 10,
+		WriteBufferSize:   64 << 10,
+		MaxPacketSize:     1 << 20,
+		ReceiveMaximum:    1024,
+		MaxInflight:       1024,
+		MaxQueuedMessages: 10_000,
+		TopicAliasMaximum: 64,
+		MaxSessionExpiry:  7 * 24 * time.Hour,
+		MinKeepAlive:      0,
+		MaxKeepAlive:      18 * time.Hour,
+		ConnectTimeout:    10 * time.Second,
+		OutboundHighWater: 4 << 20,
+		SlowTimeout:       30 * time.Second,
+		SharedPolicy:      SharedRoundRobin,
+		SysInterval:       10 * time.Second,
+	}
+}
+
+// Validate reports the first setting that cannot work, naming it as the
+// flag that sets it.
+func (c *Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Listen != "", "--listen must not be empty")
+	check(c.EventLoops >= 0, "--event-loops must be >= 0, got %d", c.EventLoops)
+	check(c.ReadBufferSize >= 512, "--read-buffer must be at least 512 bytes, got %d", c.ReadBufferSize)
+	check(c.WriteBufferSize >= 512, "--write-buffer must be at least 512 bytes, got %d", c.WriteBufferSize)
+	check(c.MaxPacketSize >= 64 && c.MaxPacketSize <= 268_435_460,
+		"--max-packet-size must be between 64 and 268435460 bytes, got %d", c.MaxPacketSize)
+	check(c.ReceiveMaximum >= 1 && c.ReceiveMaximum <= 65535,
+		"--receive-maximum must be between 1 and 65535, got %d", c.ReceiveMaximum)
+	check(c.MaxInflight >= 1 && c.MaxInflight <= 65535,
+		"--max-inflight must be between 1 and 65535, got %d", c.MaxInflight)
+	check(c.MaxQueuedMessages >= 0, "--max-queued-messages must be >= 0, got %d", c.MaxQueuedMessages)
+	check(c.TopicAliasMaximum >= 0 && c.TopicAliasMaximum <= 65535,
+		"--topic-alias-maximum must be between 0 and 65535, got %d", c.TopicAliasMaximum)
+	check(c.MaxSessionExpiry >= 0 && c.MaxSessionExpiry <= 0xFFFFFFFF*time.Second,
+		"--max-session-expiry must be between 0 and 4294967295s, got %s", c.MaxSessionExpiry)
+	check(c.MinKeepAlive >= 0 && c.MaxKeepAlive >= 0 && c.MinKeepAlive <= 65535*time.Second && c.MaxKeepAlive <= 65535*time.Second,
+		"--min-keepalive and --max-keepalive must be between 0 and 65535s")
+	check(c.MaxKeepAlive == 0 || c.MinKeepAlive <= c.MaxKeepAlive,
+		"--min-keepalive (%s) must not exceed --max-keepalive (%s)", c.MinKeepAlive, c.MaxKeepAlive)
+	check(c.ServerKeepAlive >= 0 && c.ServerKeepAlive <= 65535*time.Second,
+		"--server-keepalive must be between 0 and 65535s, got %s", c.ServerKeepAlive)
+	check(c.ConnectTimeout > 0, "--connect-timeout must be positive, got %s", c.ConnectTimeout)
+	check(c.OutboundHighWater >= 1024, "--outbound-high-water must be at least 1024 bytes, got %d", c.OutboundHighWater)
+	check(c.SlowTimeout >= 0, "--slow-timeout must be >= 0, got %s", c.SlowTimeout)
+	switch c.SharedPolicy {
+	case SharedRoundRobin, SharedRandom, SharedHash:
+	default:
+		errs = append(errs, fmt.Errorf("--shared-policy must be round-robin, random or hash, got %q", c.SharedPolicy))
+	}
+	check(c.SysInterval >= 0, "--sys-interval must be >= 0, got %s", c.SysInterval)
+	return errors.Join(errs...)
+}

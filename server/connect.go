@@ -1,0 +1,350 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// handleConnect authenticates nothing yet, settles the session (new,
+// resumed or taken over) and answers with CONNACK.
+func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) error {
+	var p codec.Connect
+	if err := p.Decode(h, body, 0); err != nil {
+		if codec.CodeOf(err) == codec.UnsupportedProtocolVersion {
+			c.logger().Warn("refusing connection", "reason", "unsupported protocol version", "err", err)
+			if p.ProtocolVersion == codec.V5 {
+				c.writeNow(ob, (&codec.Connack{Code: codec.UnsupportedProtocolVersion}).Append(nil, codec.V5))
+			} else {
+				// Answer in the 3.1.1 form every client level understands
+				// [MQTT-3.1.2-2].
+				c.writeNow(ob, (&codec.Connack{Code: codec.V3UnacceptableProtocolVersion}).Append(nil, codec.V311))
+			}
+			return errClose
+		}
+		if p.ProtocolVersion == codec.V5 {
+			c.version = codec.V5
+			return err
+		}
+		// 3.x: a malformed CONNECT closes the connection without CONNACK.
+		c.logger().Warn("closing connection", "reason", "malformed CONNECT", "err", err)
+		return errClose
+	}
+	c.version = p.ProtocolVersion
+	v5 := c.version == codec.V5
+	refuse := func(v5code, v3code codec.ReasonCode, why string) error {
+		c.logger().Warn("refusing connection", "client", string(p.ClientID), "reason", why)
+		code := v3code
+		if v5 {
+			code = v5code
+		}
+		c.writeNow(ob, (&codec.Connack{Code: code}).Append(nil, c.version))
+		return errClose
+	}
+
+	if v5 && p.Props.Has(codec.PropAuthMethod) {
+		// Enhanced authentication is not offered [MQTT-4.12.0-1].
+		return refuse(codec.BadAuthenticationMethod, 0, "authentication method "+string(p.Props.AuthMethod)+" is not supported")
+	}
+	if p.WillFlag {
+		if err := codec.ValidateTopicName(p.WillTopic); err != nil {
+			if v5 {
+				return refuse(codec.TopicNameInvalid, 0, "invalid will topic")
+			}
+			c.logger().Warn("closing connection", "reason", "invalid will topic", "err", err)
+			return errClose
+		}
+		if v5 && p.WillProps.Has(codec.PropPayloadFormat) && p.WillProps.PayloadFormat == 1 && !validUTF8(p.WillPayload) {
+			return refuse(codec.PayloadFormatInvalid, 0, "will payload is not UTF-8 as its format indicator says")
+		}
+	}
+
+	id := string(p.ClientID)
+	assigned := false
+	if id == "" {
+		if !v5 && !p.CleanStart {
+			// [MQTT-3.1.3-8]
+			return refuse(0, codec.V3IdentifierRejected, "empty client id with clean session 0")
+		}
+		id = newClientID()
+		assigned = true
+	}
+	c.id = id
+
+	// Keepalive [MQTT-3.1.2-22, MQTT-3.2.2-21].
+	ka := time.Duration(p.KeepAlive) * time.Second
+	serverKA := false
+	if v5 {
+		cfg := &c.srv.cfg
+		switch {
+		case cfg.ServerKeepAlive > 0:
+			ka, serverKA = cfg.ServerKeepAlive, true
+		case cfg.MaxKeepAlive > 0 && (ka == 0 || ka > cfg.MaxKeepAlive):
+			ka, serverKA = cfg.MaxKeepAlive, true
+		case cfg.MinKeepAlive > 0 && ka < cfg.MinKeepAlive:
+			ka, serverKA = cfg.MinKeepAlive, true
+		}
+	}
+	c.keepAlive = int64(ka) * 3 / 2
+
+	// Limits the client sets for us.
+	window := c.srv.cfg.MaxInflight
+	if v5 {
+		if p.Props.Has(codec.PropReceiveMaximum) {
+			window = min(window, int(p.Props.ReceiveMaximum))
+		}
+		if p.Props.Has(codec.PropMaximumPacketSize) {
+			c.maxPacket = int(p.Props.MaximumPacketSize)
+		}
+		if p.Props.Has(codec.PropTopicAliasMaximum) {
+			c.aliasOutMax = p.Props.TopicAliasMaximum
+		}
+		c.problemInfo = !p.Props.Has(codec.PropRequestProblemInfo) || p.Props.RequestProblemInfo == 1
+	}
+
+	// Session expiry.
+	var expiry time.Duration
+	if v5 {
+		expiry = time.Duration(p.Props.SessionExpiry) * time.Second
+		if p.Props.SessionExpiry == 0xFFFFFFFF {
+			expiry = c.srv.cfg.MaxSessionExpiry
+		}
+	} else if !p.CleanStart {
+		expiry = c.srv.cfg.MaxSessionExpiry
+	}
+	expiry = min(expiry, c.srv.cfg.MaxSessionExpiry)
+
+	if p.WillFlag {
+		var wp codec.Publish
+		wp.Topic, wp.Payload, wp.QoS, wp.Retain = p.WillTopic, p.WillPayload, p.WillQoS, p.WillRetain
+		wp.Props = p.WillProps
+		c.will = newMessage(&wp, id, c.srv.now())
+		if v5 && p.WillProps.Has(codec.PropWillDelay) {
+			c.willDelay = p.WillProps.WillDelay
+		}
+	}
+
+	sess, present := c.srv.attach(c, id, p.CleanStart, expiry, window)
+	c.sess = sess
+	c.connected = true
+	c.srv.stats.clients.Add(1)
+
+	ack := codec.Connack{SessionPresent: present}
+	if v5 {
+		pr := &ack.Props
+		if assigned {
+			pr.AssignedClientID = []byte(id)
+			pr.Set(codec.PropAssignedClientID)
+		}
+		if serverKA {
+			pr.ServerKeepAlive = uint16(ka / time.Second)
+			pr.Set(codec.PropServerKeepAlive)
+		}
+		if (p.Props.SessionExpiry == 0xFFFFFFFF && expiry != 0xFFFFFFFF*time.Second) ||
+			time.Duration(p.Props.SessionExpiry)*time.Second > expiry {
+			pr.SessionExpiry = uint32(expiry / time.Second)
+			pr.Set(codec.PropSessionExpiry)
+		}
+		pr.ReceiveMaximum = uint16(c.srv.cfg.ReceiveMaximum)
+		pr.Set(codec.PropReceiveMaximum)
+		pr.MaximumPacketSize = uint32(c.srv.cfg.MaxPacketSize)
+		pr.Set(codec.PropMaximumPacketSize)
+		pr.TopicAliasMaximum = uint16(c.srv.cfg.TopicAliasMaximum)
+		pr.Set(codec.PropTopicAliasMaximum)
+	}
+	ob.add(c, ack.Append(nil, c.version))
+	c.logger().Debug("client connected", "version", c.version.String(), "clean_start", p.CleanStart,
+		"keepalive", ka, "session_present", present)
+
+	// Redeliver what the session holds, in order, then what waits.
+	now := c.srv.now()
+	sess.mu.Lock()
+	if sess.mu.cl == c {
+		sess.resendLocked(ob, now)
+		sess.pumpLocked(ob, now)
+	}
+	sess.mu.Unlock()
+	return nil
+}
+
+// newClientID makes an identifier for a client that sent none
+// [MQTT-3.1.3-6].
+func newClientID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "gannet-" + hex.EncodeToString(b[:])
+}
+
+// attach binds c to the session for id, creating it, resuming it or taking
+// it over from another connection. It reports whether an existing session
+// was resumed (CONNACK's session present).
+func (s *Server) attach(c *client, id string, cleanStart bool, expiry time.Duration, window int) (*session, bool) {
+	s.sessions.Lock()
+	old := s.sessions.m[id]
+	var sess *session
+	present := false
+	if old != nil && !cleanStart {
+		sess = old
+		present = true
+	} else {
+		sess = newSession(s, id)
+		s.sessions.m[id] = sess
+	}
+	s.sessions.Unlock()
+
+	if old != nil && old != sess {
+		// Clean start: the old session ends here [MQTT-3.1.2-4].
+		s.endSession(old)
+	}
+
+	sess.mu.Lock()
+	prev := sess.mu.cl
+	sess.mu.cl = c
+	sess.mu.gen++
+	sess.mu.expiry = expiry
+	sess.mu.window = window
+	if sess.mu.expTimer != nil {
+		sess.mu.expTimer.Stop()
+		sess.mu.expTimer = nil
+	}
+	will := sess.mu.will
+	sess.mu.will = nil
+	sess.mu.Unlock()
+
+	if will != nil {
+		// The session resumed before the will delay ran out: no will
+		// [MQTT-3.1.3-9].
+		will.cancel()
+	}
+	if prev != nil {
+		prev.kick(codec.SessionTakenOver)
+	}
+	if !present {
+		s.stats.sessionsCreated.Add(1)
+	}
+	return sess, present
+}
+
+// kick disconnects a client from another goroutine: a v5 client gets
+// DISCONNECT with code first [MQTT-3.1.4-3].
+func (c *client) kick(code codec.ReasonCode) {
+	_ = c.loop.el.Execute(context.Background(), runFunc(func() {
+		if c.closed {
+			return
+		}
+		if code == codec.SessionTakenOver {
+			c.takenOver = true
+		}
+		if c.version == codec.V5 {
+			c.pend = append(c.pend, (&codec.Disconnect{Code: code}).Append(nil, codec.V5))
+			c.dirty = true
+		}
+		c.close()
+	}))
+}
+
+// handleDisconnect processes a client's DISCONNECT: no will unless the v5
+// code asks for one, and an updated session expiry.
+func (c *client) handleDisconnect(ob *outbox, p *codec.Disconnect) error {
+	if c.version == codec.V5 && p.Props.Has(codec.PropSessionExpiry) {
+		c.sess.mu.Lock()
+		was := c.sess.mu.expiry
+		if was == 0 && p.Props.SessionExpiry != 0 {
+			c.sess.mu.Unlock()
+			// [MQTT-3.14.2-2]
+			return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-3.14.2-2",
+				Msg: "session expiry set in DISCONNECT after CONNECT set it to 0"}
+		}
+		c.sess.mu.expiry = min(time.Duration(p.Props.SessionExpiry)*time.Second, c.srv.cfg.MaxSessionExpiry)
+		c.sess.mu.Unlock()
+	}
+	if !(c.version == codec.V5 && p.Code == codec.DisconnectWithWill) {
+		c.disconnect = true // [MQTT-3.1.2-10]
+	}
+	c.logger().Debug("client disconnected", "code", p.Code.String())
+	c.close()
+	return nil
+}
+
+// onClose detaches the client from its session, publishes or schedules its
+// will, and starts the session's expiry.
+func (c *client) onClose() {
+	if !c.connected {
+		return
+	}
+	sess := c.sess
+	sess.mu.Lock()
+	mine := sess.mu.cl == c
+	if mine {
+		sess.mu.cl = nil
+	}
+	expiry := sess.mu.expiry
+	gen := sess.mu.gen
+	sess.mu.Unlock()
+
+	if !mine {
+		// Taken over: the session lives on with the new connection, and no
+		// will is sent.
+		return
+	}
+	if c.will != nil && !c.disconnect {
+		c.srv.scheduleWill(sess, c.will, c.willDelay, expiry)
+	}
+	if expiry == 0 {
+		c.srv.endSession(sess)
+		return
+	}
+	sess.mu.Lock()
+	if sess.mu.gen == gen && sess.mu.cl == nil && !sess.mu.ended {
+		sess.mu.expTimer = time.AfterFunc(expiry, func() { c.srv.expireSession(sess, gen) })
+	}
+	sess.mu.Unlock()
+}
+
+// expireSession ends sess if it has stayed offline since generation gen.
+func (s *Server) expireSession(sess *session, gen uint64) {
+	sess.mu.Lock()
+	stale := sess.mu.gen != gen || sess.mu.cl != nil || sess.mu.ended
+	sess.mu.Unlock()
+	if !stale {
+		s.stats.sessionsExpired.Add(1)
+		s.endSession(sess)
+	}
+}
+
+// endSession removes a session: its subscriptions leave the index and its
+// queued messages go. A pending will is published now [MQTT-3.1.2-8].
+func (s *Server) endSession(sess *session) {
+	s.sessions.Lock()
+	if s.sessions.m[sess.id] == sess {
+		delete(s.sessions.m, sess.id)
+	}
+	s.sessions.Unlock()
+
+	sess.mu.Lock()
+	if sess.mu.ended {
+		sess.mu.Unlock()
+		return
+	}
+	sess.mu.ended = true
+	subs := sess.mu.subs
+	sess.mu.subs = nil
+	sess.mu.inflight = nil
+	sess.mu.queue = msgQueue{}
+	if sess.mu.expTimer != nil {
+		sess.mu.expTimer.Stop()
+	}
+	will := sess.mu.will
+	sess.mu.will = nil
+	sess.mu.Unlock()
+
+	for f := range subs {
+		s.unsubscribe(f, sess)
+	}
+	if will != nil {
+		will.fireNow()
+	}
+}

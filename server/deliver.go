@@ -1,0 +1,276 @@
+package server
+
+import (
+	"context"
+	"hash/maphash"
+	"math/rand/v2"
+	"sync"
+
+	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/trie"
+)
+
+// outbox collects the bytes that one unit of work (one OnTraffic call, one
+// timer) sends to clients, so that each client is written once, with one
+// writev, however many messages it got. Clients on the outbox's own event
+// loop get their bytes appended directly; clients on other loops are
+// reached with one Execute per loop carrying everything for that loop.
+//
+// An outbox belongs to one goroutine at a time.
+type outbox struct {
+	home   *loop     // the event loop running this work; nil off-loop
+	local  []*client // home-loop clients with pending bytes
+	remote map[*loop]*xfer
+
+	// scratch for routing one message
+	enc     fanout.Encoder
+	tmpl    codec.Publish
+	matches []match
+	index   map[*session]int
+	parts   [][]byte
+}
+
+// match is one receiver of a message and its merged options.
+type match struct {
+	s *session
+	m fanout.Merged
+}
+
+// xfer carries bytes for clients of one event loop from another goroutine.
+// It runs on the target loop.
+type xfer struct {
+	items []xitem
+	parts [][]byte
+}
+
+type xitem struct {
+	cl *client
+	n  int // number of parts
+}
+
+var xferPool = sync.Pool{New: func() any { return new(xfer) }}
+
+func newOutbox(home *loop) *outbox {
+	return &outbox{home: home, remote: make(map[*loop]*xfer), index: make(map[*session]int)}
+}
+
+// add queues one whole packet for cl.
+func (ob *outbox) add(cl *client, pkt []byte) {
+	ob.parts = append(ob.parts[:0], pkt)
+	ob.addSlices(cl, ob.parts)
+}
+
+// addParts queues a shared frame for cl with its packet id bytes.
+func (ob *outbox) addParts(cl *client, fr fanout.Frame, id []byte) {
+	ob.parts = fr.Parts(ob.parts[:0], id)
+	ob.addSlices(cl, ob.parts)
+}
+
+func (ob *outbox) addSlices(cl *client, parts [][]byte) {
+	if cl.loop == ob.home {
+		cl.pend = append(cl.pend, parts...)
+		if !cl.dirty {
+			cl.dirty = true
+			ob.local = append(ob.local, cl)
+		}
+		return
+	}
+	x := ob.remote[cl.loop]
+	if x == nil {
+		x = xferPool.Get().(*xfer)
+		ob.remote[cl.loop] = x
+	}
+	x.items = append(x.items, xitem{cl: cl, n: len(parts)})
+	x.parts = append(x.parts, parts...)
+}
+
+// flush writes everything collected. On the home loop it writes directly;
+// other loops get one Execute each.
+func (ob *outbox) flush() {
+	for i, cl := range ob.local {
+		cl.flush()
+		ob.local[i] = nil
+	}
+	ob.local = ob.local[:0]
+	for l, x := range ob.remote {
+		delete(ob.remote, l)
+		if err := l.el.Execute(context.Background(), x); err != nil {
+			x.release() // the engine is shutting down; the bytes have nowhere to go
+		}
+	}
+}
+
+// Run delivers the bytes on the target loop.
+func (x *xfer) Run(context.Context) error {
+	var dirty []*client
+	p := 0
+	for _, it := range x.items {
+		cl := it.cl
+		if !cl.closed {
+			cl.pend = append(cl.pend, x.parts[p:p+it.n]...)
+			if !cl.dirty {
+				cl.dirty = true
+				dirty = append(dirty, cl)
+			}
+		}
+		p += it.n
+	}
+	for _, cl := range dirty {
+		cl.flush()
+	}
+	x.release()
+	return nil
+}
+
+func (x *xfer) release() {
+	clear(x.items)
+	clear(x.parts)
+	x.items, x.parts = x.items[:0], x.parts[:0]
+	xferPool.Put(x)
+}
+
+var hashSeed = maphash.MakeSeed()
+
+// route delivers m to every local subscriber whose filter matches its topic.
+// It returns the number of receivers.
+func (s *Server) route(ob *outbox, m *message) int {
+	ob.matches = ob.matches[:0]
+	s.subs.Match(m.topic, func(ss *session, o fanout.Options) {
+		ob.collect(ss, o, m.from)
+	}, func(g *trie.Group[*session, fanout.Options]) {
+		if ss, o, ok := s.pickShared(g, m); ok {
+			ob.collect(ss, o, m.from)
+		}
+	})
+	if len(ob.matches) > 1 {
+		ob.merge()
+	}
+	if len(ob.matches) == 0 {
+		return 0
+	}
+	now := s.now()
+	m.template(&ob.tmpl, now)
+	ob.enc.Reset(&ob.tmpl)
+	for i := range ob.matches {
+		mt := &ob.matches[i]
+		qos, retain := mt.m.Deliver(m.qos, m.retain, false)
+		mt.s.deliver(ob, m, qos, retain, mt.m.SubIDs, now)
+	}
+	n := len(ob.matches)
+	clear(ob.matches)
+	return n
+}
+
+// collect records one matching subscription. A no-local subscription by the
+// publisher itself does not count [MQTT-3.8.3-3].
+func (ob *outbox) collect(ss *session, o fanout.Options, from string) {
+	if o.NoLocal && ss.id == from {
+		return
+	}
+	var mg fanout.Merged
+	mg.Add(o)
+	ob.matches = append(ob.matches, match{s: ss, m: mg})
+}
+
+// merge folds several subscriptions of one session into one delivery
+// [MQTT-3.3.4-2].
+func (ob *outbox) merge() {
+	out := ob.matches[:0]
+	for _, mt := range ob.matches {
+		if i, ok := ob.index[mt.s]; ok {
+			out[i].m.QoS = max(out[i].m.QoS, mt.m.QoS)
+			out[i].m.RetainAsPublished = out[i].m.RetainAsPublished || mt.m.RetainAsPublished
+			for _, id := range mt.m.SubIDs {
+				out[i].m.Add(fanout.Options{SubID: id})
+			}
+			continue
+		}
+		ob.index[mt.s] = len(out)
+		out = append(out, mt)
+	}
+	clear(ob.matches[len(out):])
+	ob.matches = out
+	clear(ob.index)
+}
+
+// pickShared chooses one member of a shared group, preferring members that
+// are connected [MQTT-4.8.2-5].
+func (s *Server) pickShared(g *trie.Group[*session, fanout.Options], m *message) (*session, fanout.Options, bool) {
+	n := g.Len()
+	if n == 0 {
+		return nil, fanout.Options{}, false
+	}
+	var start int
+	switch s.cfg.SharedPolicy {
+	case SharedRandom:
+		start = rand.IntN(n)
+	case SharedHash:
+		start = int(maphash.String(hashSeed, m.from) % uint64(n))
+	default:
+		start = int(g.Next() % uint64(n))
+	}
+	for i := 0; i < n; i++ {
+		ss, o := g.At((start + i) % n)
+		if ss.online() {
+			return ss, o, true
+		}
+	}
+	ss, o := g.At(start)
+	return ss, o, true
+}
+
+func (ss *session) online() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.mu.cl != nil
+}
+
+// deliver hands m to the session at the given QoS: written now when the
+// client is connected and has room, queued when QoS > 0 and it has not,
+// dropped (and counted) otherwise.
+func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.mu.ended {
+		return
+	}
+	cl := ss.mu.cl
+	if qos == 0 {
+		if cl == nil {
+			return
+		}
+		if cl.slow.Load() {
+			ss.srv.stats.droppedSlow.Add(1)
+			return
+		}
+		fr, ok := cl.frame(ob, m, 0, retain, subIDs)
+		if ok {
+			ob.addParts(cl, fr, nil)
+			ss.srv.stats.sent(fr.Size())
+		}
+		return
+	}
+	om := &outMsg{msg: m, qos: qos, retain: retain, subIDs: subIDs}
+	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
+		if len(subIDs) > 0 {
+			om.subIDs = append([]uint32(nil), subIDs...)
+		}
+		ss.enqueueLocked(om)
+		return
+	}
+	om.pid = ss.allocIDLocked()
+	om.idb[0], om.idb[1] = byte(om.pid>>8), byte(om.pid)
+	ss.mu.seq++
+	om.seq = ss.mu.seq
+	fr, ok := cl.frame(ob, m, qos, retain, subIDs)
+	if !ok {
+		return // too large for this client: discarded as if delivered [MQTT-3.1.2-25]
+	}
+	if len(subIDs) > 0 {
+		om.subIDs = append([]uint32(nil), subIDs...)
+	}
+	ss.mu.inflight[om.pid] = om
+	ob.addParts(cl, fr, om.idb[:])
+	ss.srv.stats.sent(fr.Size())
+}

@@ -1,0 +1,38 @@
+// Package server is the Gannet broker: the gnet event handler, the
+// per-connection protocol state machine, sessions, retained messages, wills,
+// keepalive, limits, $SYS statistics and the HTTP endpoints.
+//
+// # Threads of control
+//
+// gnet runs one event loop per core. A connection (client) belongs to one
+// loop for its whole life, and every field of client is touched only there
+// unless its comment says otherwise. There is no goroutine per connection.
+// OnTraffic decodes every whole packet in the read buffer without copying;
+// packet fields die when it returns, so a PUBLISH is copied once into an
+// immutable message before it is routed.
+//
+// Bytes for other clients are gathered in an outbox (deliver.go) for the
+// whole read batch: a client on the same loop gets its bytes appended and is
+// written once, with one writev, at the end; clients on other loops get one
+// Execute per loop carrying everything for that loop. Timers and other
+// goroutines (wills, session expiry, $SYS) use an outbox with no home loop.
+//
+// A session outlives its connections and is reached from every loop that
+// delivers to it, so its mutable state sits under session.mu. Deliveries
+// take it briefly; nothing under it blocks, writes to a socket or takes
+// another session's lock.
+//
+// # Lock order
+//
+//	Server.sessions (never held while taking another lock)
+//	trie read lock (during Match)  >  session.mu
+//	Server.loops     (leaf; never held while calling into gnet)
+//	retainStore.mu   (leaf)
+//
+// The trie's read lock is held while Match visits subscribers, and a shared
+// group pick checks a member's session.mu under it, so no code may call
+// Subscribe or Unsubscribe while holding a session.mu.
+//
+// session.mu is never held while calling gnet's Write, Writev or Close:
+// those may run OnClose synchronously, which takes session.mu.
+package server

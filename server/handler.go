@@ -1,0 +1,151 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// handler is the gnet event handler. Every method runs on the event loop
+// that owns the connection; none blocks.
+type handler struct {
+	gnet.BuiltinEventEngine
+	srv *Server
+}
+
+func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
+	h.srv.eng = eng
+	close(h.srv.engReady)
+	return gnet.None
+}
+
+// loopOf returns Gannet's state for the loop that owns gc, creating it on
+// the loop's first connection.
+func (s *Server) loopOf(gc gnet.Conn) *loop {
+	el := gc.EventLoop()
+	s.loops.Lock()
+	defer s.loops.Unlock()
+	l := s.loops.m[el]
+	if l == nil {
+		l = &loop{el: el, conns: make(map[*client]struct{})}
+		l.ob = newOutbox(l)
+		s.loops.m[el] = l
+	}
+	return l
+}
+
+func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	s := h.srv
+	if s.stopping.Load() {
+		return nil, gnet.Close
+	}
+	l := s.loopOf(gc)
+	now := s.now()
+	c := &client{srv: s, gc: gc, loop: l, lastRead: now, openedAt: now}
+	if a := gc.RemoteAddr(); a != nil {
+		c.addr = a.String()
+	}
+	gc.SetContext(c)
+	l.conns[c] = struct{}{}
+	s.stats.connections.Add(1)
+	return nil, gnet.None
+}
+
+func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, ok := gc.Context().(*client)
+	if !ok {
+		return gnet.Close
+	}
+	ob := c.loop.ob
+	act := c.onTraffic(ob)
+	ob.flush()
+	return act
+}
+
+func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, ok := gc.Context().(*client)
+	if !ok {
+		return gnet.None
+	}
+	c.closed = true
+	delete(c.loop.conns, c)
+	h.srv.stats.connections.Add(-1)
+	if c.connected {
+		h.srv.stats.clients.Add(-1)
+	}
+	if err != nil && c.connected && !c.disconnect {
+		c.logger().Info("connection lost", "err", err)
+	}
+	clear(c.pend)
+	c.pend = nil
+	c.onClose()
+	return gnet.None
+}
+
+// checkDeadlines closes a connection whose keepalive ran out (1.5 times the
+// interval [MQTT-3.1.2-24]), that never sent CONNECT, or that has been a
+// slow receiver for too long. It also resumes a session's queue once a
+// slow connection drained.
+func (c *client) checkDeadlines(ob *outbox, now int64) {
+	if c.closed {
+		return
+	}
+	cfg := &c.srv.cfg
+	switch {
+	case !c.connected && now-c.openedAt > int64(cfg.ConnectTimeout):
+		c.logger().Info("closing connection", "reason", "no CONNECT within "+cfg.ConnectTimeout.String())
+		c.close()
+		return
+	case c.keepAlive > 0 && now-c.lastRead > c.keepAlive:
+		c.logger().Info("closing connection", "reason", "keepalive timeout",
+			"keepalive", time.Duration(c.keepAlive*2/3).String())
+		c.srv.stats.keepaliveTimeouts.Add(1)
+		c.fail(ob, &codec.Error{Code: codec.KeepAliveTimeout, Msg: "no packet within 1.5 times the keepalive"})
+		return
+	}
+	if c.slowSince != 0 {
+		if c.gc.OutboundBuffered() <= cfg.OutboundHighWater {
+			c.slowSince = 0
+			c.slow.Store(false)
+		} else if cfg.SlowTimeout > 0 && now-c.slowSince > int64(cfg.SlowTimeout) {
+			c.logger().Warn("closing connection", "reason", "slow receiver",
+				"outbound_bytes", c.gc.OutboundBuffered(), "for", cfg.SlowTimeout.String())
+			c.srv.stats.slowClosed.Add(1)
+			c.close()
+			return
+		}
+	}
+	if c.connected && !c.slow.Load() {
+		c.sess.mu.Lock()
+		if c.sess.mu.cl == c && c.sess.mu.queue.len() > 0 {
+			c.sess.pumpLocked(ob, now)
+		}
+		c.sess.mu.Unlock()
+	}
+}
+
+// shutdown is the last word to a client when the broker stops.
+func (c *client) shutdown() {
+	if c.closed {
+		return
+	}
+	if c.connected && c.version == codec.V5 {
+		c.pend = append(c.pend, (&codec.Disconnect{Code: codec.ServerShuttingDown}).Append(nil, codec.V5))
+		c.dirty = true
+	}
+	// The broker going away is not the client's doing: wills stand.
+	c.close()
+}
+
+// gnetLogger sends gnet's own logs to slog.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(format string, args ...any) { g.l.Debug(fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Infof(format string, args ...any)  { g.l.Debug(fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Warnf(format string, args ...any)  { g.l.Warn(fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Errorf(format string, args ...any) { g.l.Error(fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Fatalf(format string, args ...any) { g.l.Error(fmt.Sprintf(format, args...)) }

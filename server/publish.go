@@ -1,0 +1,186 @@
+package server
+
+import (
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// handlePublish takes a client's PUBLISH: resolves a topic alias, validates,
+// copies the message once, routes it and acknowledges it.
+func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) error {
+	p := &c.pub
+	if err := p.Decode(h, body, c.version); err != nil {
+		return err
+	}
+	v5 := c.version == codec.V5
+	if v5 && len(p.Props.SubscriptionIDs) > 0 {
+		return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-3.3.4-6", Msg: "PUBLISH from a client carries a subscription identifier"}
+	}
+	if v5 && p.Props.Has(codec.PropTopicAlias) {
+		a := int(p.Props.TopicAlias)
+		if a == 0 || a > c.srv.cfg.TopicAliasMaximum {
+			// [MQTT-3.3.2-9, MQTT-3.3.2-10]
+			return &codec.Error{Code: codec.TopicAliasInvalid, Rule: "MQTT-3.3.2-9", Msg: "topic alias out of range"}
+		}
+		if c.aliasIn == nil {
+			c.aliasIn = make([][]byte, c.srv.cfg.TopicAliasMaximum+1)
+		}
+		if len(p.Topic) > 0 {
+			c.aliasIn[a] = append(c.aliasIn[a][:0], p.Topic...)
+		} else if c.aliasIn[a] == nil {
+			return &codec.Error{Code: codec.ProtocolError, Msg: "topic alias " + strconv.Itoa(a) + " was never set"}
+		} else {
+			p.Topic = c.aliasIn[a]
+		}
+	}
+	if err := codec.ValidateTopicName(p.Topic); err != nil {
+		return err
+	}
+	if v5 && p.Props.Has(codec.PropPayloadFormat) && p.Props.PayloadFormat == 1 && !validUTF8(p.Payload) {
+		// The payload must be UTF-8 as the indicator says [MQTT-3.3.2-4].
+		if p.QoS == 0 {
+			return &codec.Error{Code: codec.PayloadFormatInvalid, Rule: "MQTT-3.3.2-4", Msg: "payload is not valid UTF-8"}
+		}
+		c.srv.stats.protocolErrors.Add(1)
+		c.logger().Info("publish refused", "topic", string(p.Topic), "reason", "payload is not valid UTF-8")
+		return c.ackPublish(ob, p, codec.PayloadFormatInvalid)
+	}
+
+	switch p.QoS {
+	case 0:
+		c.publish(ob, p)
+		return nil
+	case 1:
+		c.publish(ob, p)
+		return c.ackPublish(ob, p, codec.Success)
+	default:
+		c.sess.mu.Lock()
+		_, seen := c.sess.mu.rxQoS2[p.PacketID]
+		if !seen && len(c.sess.mu.rxQoS2) >= c.srv.cfg.ReceiveMaximum {
+			c.sess.mu.Unlock()
+			// [MQTT-3.3.4-9]
+			return &codec.Error{Code: codec.ReceiveMaximumExceeded, Rule: "MQTT-3.3.4-9",
+				Msg: "more unacknowledged QoS 2 publishes than the receive maximum"}
+		}
+		if !seen {
+			c.sess.mu.rxQoS2[p.PacketID] = struct{}{}
+		}
+		c.sess.mu.Unlock()
+		if !seen {
+			// Deliver once; a resent PUBLISH with the same id is only
+			// acknowledged again [MQTT-4.3.3-10].
+			c.publish(ob, p)
+		}
+		return c.ackPublish(ob, p, codec.Success)
+	}
+}
+
+// publish copies p into a message, stores it when retained and routes it.
+func (c *client) publish(ob *outbox, p *codec.Publish) {
+	m := newMessage(p, c.id, c.srv.now())
+	c.srv.stats.msgsIn.Add(1)
+	if m.retain {
+		c.srv.retained.set(m)
+	}
+	if c.srv.route(ob, m) == 0 {
+		c.srv.stats.noSubscribers.Add(1)
+	}
+}
+
+// ackPublish answers a QoS 1/2 PUBLISH with PUBACK or PUBREC.
+func (c *client) ackPublish(ob *outbox, p *codec.Publish, code codec.ReasonCode) error {
+	if p.QoS == 0 {
+		return nil
+	}
+	kind := codec.PUBACK
+	if p.QoS == 2 {
+		kind = codec.PUBREC
+		if code.IsError() {
+			c.sess.mu.Lock()
+			delete(c.sess.mu.rxQoS2, p.PacketID)
+			c.sess.mu.Unlock()
+		}
+	}
+	c.queueAck(ob, kind, p.PacketID, code)
+	return nil
+}
+
+// handleAck processes PUBACK, PUBREC, PUBREL and PUBCOMP.
+func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
+	sess := c.sess
+	now := c.srv.now()
+	switch a.Kind {
+	case codec.PUBREL:
+		// Inbound QoS 2, step 2: forget the id, answer PUBCOMP
+		// [MQTT-4.3.3-11]. An unknown id gets 0x92 in v5.
+		sess.mu.Lock()
+		_, ok := sess.mu.rxQoS2[a.PacketID]
+		delete(sess.mu.rxQoS2, a.PacketID)
+		sess.mu.Unlock()
+		code := codec.Success
+		if !ok {
+			code = codec.PacketIdentifierNotFound
+		}
+		c.queueAck(ob, codec.PUBCOMP, a.PacketID, code)
+		return nil
+	case codec.PUBACK, codec.PUBCOMP:
+		sess.mu.Lock()
+		m := sess.mu.inflight[a.PacketID]
+		want := byte(1)
+		if a.Kind == codec.PUBCOMP {
+			want = 2
+		}
+		if m != nil && m.qos == want && (want == 1 || m.released) {
+			delete(sess.mu.inflight, a.PacketID)
+			sess.pumpLocked(ob, now)
+		}
+		sess.mu.Unlock()
+		if m == nil {
+			c.logger().Debug("acknowledgement for unknown packet id", "type", a.Kind.String(), "id", a.PacketID)
+		}
+		return nil
+	case codec.PUBREC:
+		sess.mu.Lock()
+		m := sess.mu.inflight[a.PacketID]
+		var rel []byte
+		switch {
+		case m == nil:
+			if c.version == codec.V5 {
+				out := codec.Ack{Kind: codec.PUBREL, PacketID: a.PacketID, Code: codec.PacketIdentifierNotFound}
+				rel = out.Append(nil, codec.V5)
+			}
+		case m.qos != 2:
+			sess.mu.Unlock()
+			return &codec.Error{Code: codec.ProtocolError, Msg: "PUBREC for a QoS 1 message"}
+		case a.Code.IsError():
+			// The receiver refused it: the flow ends here [MQTT-4.3.3-4].
+			delete(sess.mu.inflight, a.PacketID)
+			sess.pumpLocked(ob, now)
+		default:
+			m.released = true
+			rel = c.encodeAck(codec.PUBREL, a.PacketID)
+		}
+		sess.mu.Unlock()
+		if rel != nil {
+			ob.add(c, rel)
+		}
+		return nil
+	}
+	return nil
+}
+
+// queueAck queues an acknowledgement for this client, encoded into the
+// client's arena (reused after each flush). It runs on the client's loop.
+func (c *client) queueAck(ob *outbox, kind codec.Type, pid uint16, code codec.ReasonCode) {
+	a := codec.Ack{Kind: kind, PacketID: pid}
+	if c.version == codec.V5 {
+		a.Code = code
+	}
+	start := len(c.arena)
+	c.arena = a.Append(c.arena, c.version)
+	ob.add(c, c.arena[start:len(c.arena):len(c.arena)])
+}
+
+func validUTF8(b []byte) bool { return utf8.Valid(b) }

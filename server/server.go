@@ -1,0 +1,239 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/trie"
+)
+
+// Server is one MQTT broker node.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	subs     *trie.Trie[*session, fanout.Options]
+	retained retainStore
+	stats    *stats
+
+	sessions struct {
+		sync.Mutex
+		m map[string]*session
+	}
+
+	loops struct {
+		sync.Mutex
+		m map[gnet.EventLoop]*loop
+	}
+
+	clock   atomic.Int64 // unix nanoseconds, refreshed by the ticker
+	started time.Time
+
+	eng      gnet.Engine
+	engReady chan struct{} // closed once OnBoot ran
+	runErr   chan error
+	ready    atomic.Bool
+	stopping atomic.Bool
+	addr     net.Addr
+
+	http     *http.Server
+	httpAddr net.Addr
+
+	done chan struct{} // closed by Shutdown to stop the background goroutines
+	wg   sync.WaitGroup
+}
+
+// loop is Gannet's state for one gnet event loop. Its fields are touched
+// only on that loop.
+type loop struct {
+	el    gnet.EventLoop
+	conns map[*client]struct{}
+	ob    *outbox
+}
+
+// runFunc adapts a function to gnet.Runnable.
+type runFunc func()
+
+func (f runFunc) Run(context.Context) error { f(); return nil }
+
+// New builds a broker from cfg. It does not listen until Start.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      log,
+		subs:     trie.New[*session, fanout.Options](),
+		engReady: make(chan struct{}),
+		runErr:   make(chan error, 1),
+		done:     make(chan struct{}),
+	}
+	s.stats = newStats(s)
+	s.sessions.m = make(map[string]*session)
+	s.loops.m = make(map[gnet.EventLoop]*loop)
+	s.clock.Store(time.Now().UnixNano())
+	return s, nil
+}
+
+// now returns the broker clock in unix nanoseconds, at most a few
+// milliseconds stale.
+func (s *Server) now() int64 { return s.clock.Load() }
+
+// Start opens the listeners and returns once the broker accepts clients.
+func (s *Server) Start() error {
+	s.started = time.Now()
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
+	}
+	// gnet binds its own socket; learn the concrete port first so that
+	// ":0" works, then hand the address over.
+	s.addr = ln.Addr()
+	_ = ln.Close()
+
+	loops := s.cfg.EventLoops
+	if loops == 0 {
+		loops = runtime.NumCPU()
+	}
+	h := &handler{srv: s}
+	go func() {
+		err := gnet.Run(h, "tcp://"+s.addr.String(),
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(loops),
+			gnet.WithReadBufferCap(s.cfg.ReadBufferSize),
+			gnet.WithWriteBufferCap(s.cfg.WriteBufferSize),
+			gnet.WithReusePort(false),
+			gnet.WithReuseAddr(true),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+		s.runErr <- err
+	}()
+	select {
+	case <-s.engReady:
+	case err := <-s.runErr:
+		return fmt.Errorf("cannot start MQTT listener on %s: %w", s.addr, err)
+	}
+
+	if s.cfg.HTTPListen != "" {
+		if err := s.startHTTP(); err != nil {
+			_ = s.eng.Stop(context.Background())
+			return err
+		}
+	}
+	s.wg.Add(1)
+	go s.tick()
+	if s.cfg.SysInterval > 0 {
+		s.wg.Add(1)
+		go s.sysLoop()
+	}
+	s.ready.Store(true)
+	s.log.Info("gannet started", "mqtt", s.addr.String(), "http", s.HTTPAddr(), "event_loops", loops)
+	return nil
+}
+
+// Addr returns the MQTT listener's address.
+func (s *Server) Addr() string { return s.addr.String() }
+
+// HTTPAddr returns the HTTP listener's address, or "" when it is off.
+func (s *Server) HTTPAddr() string {
+	if s.httpAddr == nil {
+		return ""
+	}
+	return s.httpAddr.String()
+}
+
+// Shutdown stops accepting clients, tells v5 clients the server is shutting
+// down (DISCONNECT 0x8B), flushes what it holds and stops.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.stopping.CompareAndSwap(false, true) {
+		return errors.New("server: already shut down")
+	}
+	s.ready.Store(false)
+	close(s.done)
+	s.wg.Wait()
+	s.disconnectAll(ctx)
+	err := s.eng.Stop(ctx)
+	if s.http != nil {
+		_ = s.http.Shutdown(ctx)
+	}
+	s.log.Info("gannet stopped")
+	return err
+}
+
+// disconnectAll sends every v5 client DISCONNECT 0x8B and closes every
+// connection, loop by loop, waiting until each loop has done it.
+func (s *Server) disconnectAll(ctx context.Context) {
+	s.loops.Lock()
+	loops := make([]*loop, 0, len(s.loops.m))
+	for _, l := range s.loops.m {
+		loops = append(loops, l)
+	}
+	s.loops.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Add(1)
+		err := l.el.Execute(ctx, runFunc(func() {
+			defer wg.Done()
+			for c := range l.conns {
+				c.shutdown()
+			}
+		}))
+		if err != nil {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+}
+
+// tick refreshes the clock and sweeps every loop for keepalive, connect and
+// slow-receiver deadlines.
+func (s *Server) tick() {
+	defer s.wg.Done()
+	clock := time.NewTicker(10 * time.Millisecond)
+	defer clock.Stop()
+	var n int
+	for {
+		select {
+		case <-s.done:
+			return
+		case t := <-clock.C:
+			s.clock.Store(t.UnixNano())
+			if n++; n%25 == 0 { // every 250 ms
+				s.sweep()
+			}
+		}
+	}
+}
+
+func (s *Server) sweep() {
+	s.loops.Lock()
+	for _, l := range s.loops.m {
+		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) }))
+	}
+	s.loops.Unlock()
+}
+
+// sweep enforces deadlines on this loop's connections.
+func (l *loop) sweep(now int64) {
+	for c := range l.conns {
+		c.checkDeadlines(l.ob, now)
+	}
+	l.ob.flush()
+}

@@ -1,0 +1,185 @@
+package server
+
+import (
+	"cmp"
+	"encoding/binary"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gannetmq/gannet/fanout"
+)
+
+// session is the state MQTT keeps for a client id across connections:
+// subscriptions, the outbound inflight window and queue, and inbound QoS 2
+// packet ids awaiting PUBREL. Every field under mu is guarded by it; the
+// delivery path locks mu briefly from any event loop, so nothing under mu
+// may block or do I/O.
+type session struct {
+	srv *Server
+	id  string
+
+	mu struct {
+		sync.Mutex
+		cl       *client // attached connection; nil while offline
+		gen      uint64  // bumped at every attach; stale timers compare it
+		ended    bool    // removed from the server; late deliveries are dropped
+		expiry   time.Duration
+		expTimer *time.Timer
+		window   int // outbound inflight limit for the attached connection
+
+		subs     map[string]fanout.Options // filter as subscribed -> options
+		inflight map[uint16]*outMsg
+		nextID   uint16
+		seq      uint64
+		queue    msgQueue
+		rxQoS2   map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
+		will     *pendingWill
+	}
+}
+
+// outMsg is one QoS 1/2 message on its way to a session: queued (pid 0) or
+// inflight (pid set, waiting for PUBACK, or PUBREC then PUBCOMP).
+type outMsg struct {
+	msg      *message
+	qos      byte
+	retain   bool
+	subIDs   []uint32
+	pid      uint16
+	idb      [2]byte // pid in wire order, written beside the shared frame
+	released bool    // QoS 2: PUBREC received and PUBREL sent
+	seq      uint64  // delivery order, for redelivery on reconnect
+}
+
+// msgQueue is a FIFO of outMsg with a bound; when full the oldest goes.
+type msgQueue struct {
+	items []*outMsg
+	head  int
+}
+
+func (q *msgQueue) len() int { return len(q.items) - q.head }
+
+func (q *msgQueue) push(m *outMsg) { q.items = append(q.items, m) }
+
+func (q *msgQueue) pop() *outMsg {
+	m := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head >= 1024 && q.head*2 >= len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	return m
+}
+
+func newSession(srv *Server, id string) *session {
+	s := &session{srv: srv, id: id}
+	s.mu.subs = make(map[string]fanout.Options)
+	s.mu.inflight = make(map[uint16]*outMsg)
+	s.mu.rxQoS2 = make(map[uint16]struct{})
+	return s
+}
+
+// enqueueLocked appends m to the queue, dropping the oldest when the queue
+// is at its bound.
+// REQUIRES: s.mu held.
+func (s *session) enqueueLocked(m *outMsg) {
+	limit := s.srv.cfg.MaxQueuedMessages
+	if limit == 0 {
+		s.srv.stats.droppedQueueFull.Add(1)
+		return
+	}
+	for s.mu.queue.len() >= limit {
+		s.mu.queue.pop()
+		s.srv.stats.droppedQueueFull.Add(1)
+	}
+	s.mu.queue.push(m)
+}
+
+// allocIDLocked returns a packet id not in use by the inflight window.
+// REQUIRES: s.mu held and len(inflight) < 65535.
+func (s *session) allocIDLocked() uint16 {
+	for {
+		s.mu.nextID++
+		if s.mu.nextID == 0 {
+			s.mu.nextID = 1
+		}
+		if _, used := s.mu.inflight[s.mu.nextID]; !used {
+			return s.mu.nextID
+		}
+	}
+}
+
+// sendLocked makes m inflight on the attached client and queues its bytes in
+// ob. dup marks a redelivery.
+// REQUIRES: s.mu held, s.mu.cl != nil.
+func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
+	cl := s.mu.cl
+	if m.pid == 0 {
+		m.pid = s.allocIDLocked()
+		binary.BigEndian.PutUint16(m.idb[:], m.pid)
+		s.mu.seq++
+		m.seq = s.mu.seq
+		s.mu.inflight[m.pid] = m
+	}
+	if m.released {
+		ob.add(cl, cl.encodeAck(pubrelCode, m.pid))
+		return
+	}
+	fr, ok := cl.encodeStored(m, now)
+	if !ok {
+		// Too big for this client: discard as if delivered [MQTT-3.1.2-25].
+		delete(s.mu.inflight, m.pid)
+		return
+	}
+	ob.addParts(cl, fr, m.idb[:])
+}
+
+// pumpLocked moves queued messages into the inflight window while there is
+// room and the connection is not slow.
+// REQUIRES: s.mu held.
+func (s *session) pumpLocked(ob *outbox, now int64) {
+	cl := s.mu.cl
+	if cl == nil || cl.slow.Load() {
+		return
+	}
+	for s.mu.queue.len() > 0 && len(s.mu.inflight) < s.mu.window {
+		m := s.mu.queue.pop()
+		if m.msg.expired(now) {
+			s.srv.stats.droppedExpired.Add(1)
+			continue
+		}
+		s.sendLocked(ob, m, now)
+	}
+}
+
+// resendLocked redelivers the inflight window in its original order after a
+// reconnect, PUBLISH with DUP set or PUBREL [MQTT-4.4.0-1].
+// REQUIRES: s.mu held, s.mu.cl != nil.
+func (s *session) resendLocked(ob *outbox, now int64) {
+	if len(s.mu.inflight) == 0 {
+		return
+	}
+	list := make([]*outMsg, 0, len(s.mu.inflight))
+	for _, m := range s.mu.inflight {
+		list = append(list, m)
+	}
+	slices.SortFunc(list, func(a, b *outMsg) int { return cmp.Compare(a.seq, b.seq) })
+	for _, m := range list {
+		// Expiry no longer applies: onward delivery has started.
+		cl := s.mu.cl
+		if m.released {
+			ob.add(cl, cl.encodeAck(pubrelCode, m.pid))
+			continue
+		}
+		fr, ok := cl.encodeStoredDup(m, now)
+		if !ok {
+			delete(s.mu.inflight, m.pid)
+			continue
+		}
+		ob.addParts(cl, fr, m.idb[:])
+	}
+}

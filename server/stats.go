@@ -1,0 +1,83 @@
+package server
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// stats are the broker's counters, served at /metrics and published under
+// $SYS. Each Server has its own metrics.Set, so several brokers can run in
+// one process.
+type stats struct {
+	set *metrics.Set
+
+	connections atomic.Int64 // open network connections
+	clients     atomic.Int64 // connections that completed CONNECT
+
+	msgsIn   *metrics.Counter
+	msgsOut  *metrics.Counter
+	bytesIn  *metrics.Counter
+	bytesOut *metrics.Counter
+
+	droppedQueueFull *metrics.Counter
+	droppedSlow      *metrics.Counter
+	droppedExpired   *metrics.Counter
+	droppedTooLarge  *metrics.Counter
+	noSubscribers    *metrics.Counter
+
+	protocolErrors    *metrics.Counter
+	keepaliveTimeouts *metrics.Counter
+	slowClosed        *metrics.Counter
+	willsSent         *metrics.Counter
+	sessionsCreated   *metrics.Counter
+	sessionsExpired   *metrics.Counter
+}
+
+func newStats(s *Server) *stats {
+	set := metrics.NewSet()
+	st := &stats{
+		set:               set,
+		msgsIn:            set.NewCounter("gannet_messages_received_total"),
+		msgsOut:           set.NewCounter("gannet_messages_sent_total"),
+		bytesIn:           set.NewCounter("gannet_bytes_received_total"),
+		bytesOut:          set.NewCounter("gannet_bytes_sent_total"),
+		droppedQueueFull:  set.NewCounter(`gannet_messages_dropped_total{reason="queue_full"}`),
+		droppedSlow:       set.NewCounter(`gannet_messages_dropped_total{reason="slow_receiver"}`),
+		droppedExpired:    set.NewCounter(`gannet_messages_dropped_total{reason="expired"}`),
+		droppedTooLarge:   set.NewCounter(`gannet_messages_dropped_total{reason="too_large"}`),
+		noSubscribers:     set.NewCounter("gannet_messages_no_subscribers_total"),
+		protocolErrors:    set.NewCounter("gannet_protocol_errors_total"),
+		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
+		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
+		willsSent:         set.NewCounter("gannet_wills_sent_total"),
+		sessionsCreated:   set.NewCounter("gannet_sessions_created_total"),
+		sessionsExpired:   set.NewCounter("gannet_sessions_expired_total"),
+	}
+	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
+	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })
+	set.NewGauge("gannet_sessions", func() float64 {
+		s.sessions.Lock()
+		defer s.sessions.Unlock()
+		return float64(len(s.sessions.m))
+	})
+	set.NewGauge("gannet_subscriptions", func() float64 { return float64(s.subs.Count()) })
+	set.NewGauge("gannet_retained_messages", func() float64 { return float64(s.retained.len()) })
+	set.NewGauge("gannet_uptime_seconds", func() float64 { return time.Since(s.started).Seconds() })
+	return st
+}
+
+// sent counts one outgoing message of n bytes.
+func (st *stats) sent(n int) {
+	st.msgsOut.Inc()
+	st.bytesOut.Add(n)
+}
+
+// received counts n inbound bytes.
+func (st *stats) received(n int) { st.bytesIn.Add(n) }
+
+// dropped is the sum of every dropped-message counter.
+func (st *stats) dropped() uint64 {
+	return st.droppedQueueFull.Get() + st.droppedSlow.Get() + st.droppedExpired.Get() + st.droppedTooLarge.Get()
+}

@@ -1,0 +1,152 @@
+package server
+
+import (
+	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
+)
+
+// handleSubscribe adds each filter to the index and answers with one reason
+// code per filter [MQTT-3.8.4-6], then sends the retained messages the new
+// subscriptions ask for.
+func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
+	v5 := c.version == codec.V5
+	var subID uint32
+	if len(p.Props.SubscriptionIDs) > 0 {
+		subID = p.Props.SubscriptionIDs[0]
+	}
+	ack := codec.Suback{PacketID: p.PacketID, Codes: make([]codec.ReasonCode, len(p.Subs))}
+	type retainReq struct {
+		filter []byte
+		opts   fanout.Options
+	}
+	var wantRetained []retainReq
+	for i, sub := range p.Subs {
+		if err := codec.ValidateTopicFilter(sub.Filter); err != nil {
+			c.logger().Info("subscription refused", "filter", string(sub.Filter), "err", err)
+			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
+			continue
+		}
+		filter := string(sub.Filter)
+		opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: subID}
+		added, err := c.srv.subscribe(filter, c.sess, opts)
+		if err != nil {
+			c.logger().Info("subscription refused", "filter", filter, "err", err)
+			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
+			continue
+		}
+		ack.Codes[i] = codec.ReasonCode(sub.QoS) // granted QoS 0, 1 or 2
+		// Retained messages: never for shared subscriptions (MQTT 5, 4.8.2),
+		// and by retain handling otherwise [MQTT-3.3.1-9, -10, -11].
+		if _, _, shared := codec.SplitShared(sub.Filter); shared {
+			continue
+		}
+		if sub.RetainHandling == 0 || (sub.RetainHandling == 1 && added) {
+			wantRetained = append(wantRetained, retainReq{sub.Filter, opts})
+		}
+	}
+	ob.add(c, ack.Append(nil, c.version))
+	if len(wantRetained) == 0 {
+		return nil
+	}
+	now := c.srv.now()
+	var msgs []*message
+	for _, rr := range wantRetained {
+		msgs = c.srv.retained.match(msgs[:0], rr.filter)
+		for _, m := range msgs {
+			if m.expired(now) {
+				continue
+			}
+			var mg fanout.Merged
+			mg.Add(rr.opts)
+			qos, _ := mg.Deliver(m.qos, true, true)
+			c.sess.deliverStored(ob, m, qos, true, mg.SubIDs, now)
+		}
+	}
+	return nil
+}
+
+// failCode is the SUBACK code for a refused filter: the v5 reason, or 0x80
+// in 3.x.
+func failCode(v5 bool, code codec.ReasonCode) codec.ReasonCode {
+	if v5 {
+		return code
+	}
+	return codec.V3SubackFailure
+}
+
+// subscribe records a subscription in the index and in the session. added
+// reports that the session had no subscription with this filter before.
+func (s *Server) subscribe(filter string, sess *session, opts fanout.Options) (added bool, err error) {
+	added, _, err = s.subs.Subscribe(filter, sess, opts)
+	if err != nil {
+		return false, err
+	}
+	sess.mu.Lock()
+	if sess.mu.ended {
+		sess.mu.Unlock()
+		s.subs.Unsubscribe(filter, sess)
+		return added, nil
+	}
+	sess.mu.subs[filter] = opts
+	sess.mu.Unlock()
+	return added, nil
+}
+
+// unsubscribe removes a subscription from the index. It reports whether it
+// existed.
+func (s *Server) unsubscribe(filter string, sess *session) bool {
+	removed, _, _ := s.subs.Unsubscribe(filter, sess)
+	return removed
+}
+
+// handleUnsubscribe removes each filter and answers with a code per filter
+// (v5) [MQTT-3.10.4-5].
+func (c *client) handleUnsubscribe(ob *outbox, p *codec.Unsubscribe) error {
+	ack := codec.Unsuback{PacketID: p.PacketID}
+	if c.version == codec.V5 {
+		ack.Codes = make([]codec.ReasonCode, len(p.Filters))
+	}
+	for i, f := range p.Filters {
+		filter := string(f)
+		c.sess.mu.Lock()
+		_, had := c.sess.mu.subs[filter]
+		delete(c.sess.mu.subs, filter)
+		c.sess.mu.Unlock()
+		removed := c.srv.unsubscribe(filter, c.sess)
+		if ack.Codes != nil {
+			switch {
+			case codec.ValidateTopicFilter(f) != nil:
+				ack.Codes[i] = codec.TopicFilterInvalid
+			case had || removed:
+				ack.Codes[i] = codec.Success
+			default:
+				ack.Codes[i] = codec.NoSubscriptionExisted
+			}
+		}
+	}
+	ob.add(c, ack.Append(nil, c.version))
+	return nil
+}
+
+// deliverStored delivers one message encoded for this session alone (a
+// retained message on subscribe), queued behind what already waits.
+func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	cl := ss.mu.cl
+	if cl == nil || ss.mu.ended {
+		return
+	}
+	om := &outMsg{msg: m, qos: qos, retain: retain, subIDs: subIDs}
+	if qos == 0 {
+		if fr, ok := cl.encodeStored(om, now); ok {
+			ob.addParts(cl, fr, nil)
+		}
+		return
+	}
+	if cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
+		ss.enqueueLocked(om)
+		return
+	}
+	ss.sendLocked(ob, om, now)
+}
