@@ -22,7 +22,7 @@ test: vet
 test-race: test
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./codec/ ./trie/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./codec/ ./trie/ ./fanout/
 
 # fuzz runs each fuzz target for FUZZTIME (go test allows one target per run).
 fuzz:

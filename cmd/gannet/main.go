@@ -1,0 +1,128 @@
+// Command gannet runs one Gannet MQTT broker node.
+//
+// With no flags it listens for MQTT on :1883 and for HTTP (health checks and
+// Prometheus metrics) on :8080, and keeps its data in ./data. Run
+// `gannet --help` for every setting.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gannetmq/gannet/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// run parses args, starts the broker and blocks until SIGINT or SIGTERM. It
+// returns the process exit code: 2 for a bad flag, 1 for a failure to start.
+func run(args []string, stderr io.Writer) int {
+	cfg, level, format, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "gannet: %v\n", err)
+		return 2
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if format == "json" {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	cfg.Logger = slog.New(h)
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "gannet: %v\n", err)
+		return 2
+	}
+	if err := srv.Start(); err != nil {
+		cfg.Logger.Error("cannot start", "err", err)
+		return 1
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	got := <-sig
+	cfg.Logger.Info("shutting down", "signal", got.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		cfg.Logger.Error("shutdown", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// parseFlags builds the server configuration from the command line.
+func parseFlags(args []string, out io.Writer) (server.Config, slog.Level, string, error) {
+	cfg := server.DefaultConfig()
+	fs := flag.NewFlagSet("gannet", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprint(out, `Usage: gannet [flags]
+
+Gannet is a clustered MQTT broker (MQTT 3.1, 3.1.1 and 5.0). With no flags it
+serves MQTT on :1883 and HTTP on :8080 (/metrics in Prometheus format,
+/healthz, /readyz) and keeps its data in ./data.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "MQTT TCP listen `address`")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz and /readyz; empty disables it")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for persistent state")
+	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	format := fs.String("log-format", "text", "log `format`: text or json")
+
+	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "number of network event loops; 0 means one per CPU")
+	fs.IntVar(&cfg.ReadBufferSize, "read-buffer", cfg.ReadBufferSize, "read buffer per event loop, in `bytes`")
+	fs.IntVar(&cfg.WriteBufferSize, "write-buffer", cfg.WriteBufferSize, "initial outbound buffer per connection, in `bytes`")
+	fs.IntVar(&cfg.MaxPacketSize, "max-packet-size", cfg.MaxPacketSize, "largest packet accepted from a client, in `bytes`; announced to MQTT 5 clients")
+	fs.IntVar(&cfg.ReceiveMaximum, "receive-maximum", cfg.ReceiveMaximum, "unacknowledged QoS 1/2 publishes a client may send before it is disconnected (0x93)")
+	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "outbound QoS 1/2 messages awaiting acknowledgement per session (also capped by the client's receive maximum)")
+	fs.IntVar(&cfg.MaxQueuedMessages, "max-queued-messages", cfg.MaxQueuedMessages, "QoS 1/2 messages queued per session while it is offline or its window is full; the oldest is dropped beyond this")
+	fs.IntVar(&cfg.TopicAliasMaximum, "topic-alias-maximum", cfg.TopicAliasMaximum, "topic aliases an MQTT 5 client may use towards the broker")
+	fs.DurationVar(&cfg.MaxSessionExpiry, "max-session-expiry", cfg.MaxSessionExpiry, "longest session expiry granted; also the expiry of MQTT 3 persistent sessions")
+	fs.DurationVar(&cfg.MinKeepAlive, "min-keepalive", cfg.MinKeepAlive, "shortest keepalive an MQTT 5 client may use (raised to this and announced); 0: no bound")
+	fs.DurationVar(&cfg.MaxKeepAlive, "max-keepalive", cfg.MaxKeepAlive, "longest keepalive an MQTT 5 client may use (lowered to this and announced); 0: no bound")
+	fs.DurationVar(&cfg.ServerKeepAlive, "server-keepalive", cfg.ServerKeepAlive, "keepalive imposed on every MQTT 5 client, announced in CONNACK; 0: the client's own")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "time a new connection has to send CONNECT")
+	fs.IntVar(&cfg.OutboundHighWater, "outbound-high-water", cfg.OutboundHighWater, "outbound `bytes` buffered for a connection past which QoS 0 messages to it are dropped and QoS 1/2 wait in its session queue")
+	fs.DurationVar(&cfg.SlowTimeout, "slow-timeout", cfg.SlowTimeout, "close a connection that stays above the outbound high-water mark this long; 0: never")
+	shared := fs.String("shared-policy", string(cfg.SharedPolicy), "which member of a shared subscription group gets a message: round-robin, random or hash (by publisher)")
+	fs.DurationVar(&cfg.SysInterval, "sys-interval", cfg.SysInterval, "how often $SYS/broker statistics are published; 0 disables them")
+
+	if err := fs.Parse(args); err != nil {
+		return cfg, 0, "", err
+	}
+	if fs.NArg() > 0 {
+		return cfg, 0, "", fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	cfg.SharedPolicy = server.SharedPolicy(*shared)
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return cfg, 0, "", fmt.Errorf("--log-level must be debug, info, warn or error, got %q", *level)
+	}
+	f := strings.ToLower(*format)
+	if f != "text" && f != "json" {
+		return cfg, 0, "", fmt.Errorf("--log-format must be text or json, got %q", *format)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, 0, "", err
+	}
+	return cfg, lvl, f, nil
+}
