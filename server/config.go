@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"time"
 )
 
@@ -121,7 +123,16 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(c.Listen != "", "--listen must not be empty")
+	for _, a := range []struct{ flag, addr string }{{"--listen", c.Listen}, {"--http-listen", c.HTTPListen}} {
+		if a.addr == "" && a.flag == "--http-listen" {
+			continue // disabled
+		}
+		_, port, err := net.SplitHostPort(a.addr)
+		if err == nil {
+			_, err = strconv.ParseUint(port, 10, 16)
+		}
+		check(err == nil, "%s must be host:port (e.g. :1883 or 127.0.0.1:1883), got %q", a.flag, a.addr)
+	}
 	check(c.EventLoops >= 0, "--event-loops must be >= 0, got %d", c.EventLoops)
 	check(c.ReadBufferSize >= 512, "--read-buffer must be at least 512 bytes, got %d", c.ReadBufferSize)
 	check(c.WriteBufferSize >= 512, "--write-buffer must be at least 512 bytes, got %d", c.WriteBufferSize)
