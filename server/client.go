@@ -57,12 +57,6 @@ type client struct {
 	slow      atomic.Bool
 	slowSince int64
 
-	// scratch packets, decoded into again and again
-	pub  codec.Publish
-	ack  codec.Ack
-	sub  codec.Subscribe
-	uns  codec.Unsubscribe
-	disc codec.Disconnect
 	// arena holds small packets (acks) queued in pend; reset after flush.
 	arena []byte
 }
@@ -211,21 +205,24 @@ func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
 	case codec.PUBLISH:
 		return c.handlePublish(ob, h, body)
 	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
-		c.ack.Kind = h.Type
-		if err := c.ack.Decode(h, body, c.version); err != nil {
+		sc := &c.loop.scratch
+		sc.ack.Kind = h.Type
+		if err := sc.ack.Decode(h, body, c.version); err != nil {
 			return err
 		}
-		return c.handleAck(ob, &c.ack)
+		return c.handleAck(ob, &sc.ack)
 	case codec.SUBSCRIBE:
-		if err := c.sub.Decode(h, body, c.version); err != nil {
+		sc := &c.loop.scratch
+		if err := sc.sub.Decode(h, body, c.version); err != nil {
 			return err
 		}
-		return c.handleSubscribe(ob, &c.sub)
+		return c.handleSubscribe(ob, &sc.sub)
 	case codec.UNSUBSCRIBE:
-		if err := c.uns.Decode(h, body, c.version); err != nil {
+		sc := &c.loop.scratch
+		if err := sc.uns.Decode(h, body, c.version); err != nil {
 			return err
 		}
-		return c.handleUnsubscribe(ob, &c.uns)
+		return c.handleUnsubscribe(ob, &sc.uns)
 	case codec.PINGREQ:
 		var p codec.Pingreq
 		if err := p.Decode(h, body, c.version); err != nil {
@@ -234,10 +231,11 @@ func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
 		ob.add(c, pingresp)
 		return nil
 	case codec.DISCONNECT:
-		if err := c.disc.Decode(h, body, c.version); err != nil {
+		sc := &c.loop.scratch
+		if err := sc.disc.Decode(h, body, c.version); err != nil {
 			return err
 		}
-		return c.handleDisconnect(ob, &c.disc)
+		return c.handleDisconnect(ob, &sc.disc)
 	case codec.CONNECT:
 		return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-3.1.0-2", Msg: "second CONNECT"}
 	case codec.AUTH:

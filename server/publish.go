@@ -10,7 +10,7 @@ import (
 // handlePublish takes a client's PUBLISH: resolves a topic alias, validates,
 // copies the message once, routes it and acknowledges it.
 func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) error {
-	p := &c.pub
+	p := &c.loop.scratch.pub
 	if err := p.Decode(h, body, c.version); err != nil {
 		return err
 	}
