@@ -5,7 +5,7 @@ FUZZTIME    ?= 10s
 BENCHTIME   ?= 1s
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean
+.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare
 
 all: build
 
@@ -48,3 +48,11 @@ run:
 
 clean:
 	rm -rf bin
+
+# compare runs the same load scenarios against Gannet and Mosquitto (the
+# Debian package, installed if missing) and prints the figures side by
+# side; SECS sets the measurement window of each run.
+SECS ?= 3
+compare:
+	@command -v mosquitto >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null)
+	bash bench/compare.sh $(SECS)

@@ -1,0 +1,75 @@
+package bench
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+func TestSeqTrack(t *testing.T) {
+	var tr seqTrack
+	for _, s := range []uint64{0, 1, 2, 64, 1000, 2} {
+		tr.add(s)
+	}
+	if tr.unique != 5 || tr.dups != 1 {
+		t.Fatalf("unique %d dups %d, want 5 and 1", tr.unique, tr.dups)
+	}
+	sh := &sharedTrack{t: map[uint32]*seqTrack{}}
+	if !sh.add(1, 5) || !sh.add(2, 5) || sh.add(1, 5) {
+		t.Fatal("shared tracking per publisher")
+	}
+}
+
+func TestFailed(t *testing.T) {
+	cases := []struct {
+		r    Result
+		fail bool
+	}{
+		{Result{QoS: 0, Lost: 10, LossAllowed: true}, false},
+		{Result{QoS: 1, Lost: 1}, true},
+		{Result{QoS: 1, Duplicates: 3}, false}, // at least once
+		{Result{QoS: 2, Duplicates: 1}, true},  // exactly once
+		{Result{QoS: 2}, false},
+	}
+	for _, c := range cases {
+		if c.r.Failed() != c.fail {
+			t.Errorf("%+v: Failed %v", c.r, !c.fail)
+		}
+	}
+}
+
+func TestSampleProc(t *testing.T) {
+	s, err := SampleProc(os.Getpid())
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	if s.RSS <= 0 || s.Peak < s.RSS {
+		t.Fatalf("RSS %d peak %d", s.RSS, s.Peak)
+	}
+	busy := time.Now().Add(50 * time.Millisecond)
+	for time.Now().Before(busy) {
+	}
+	s2, _ := SampleProc(os.Getpid())
+	if s2.CPU <= s.CPU {
+		t.Fatalf("CPU did not advance: %v then %v", s.CPU, s2.CPU)
+	}
+}
+
+func TestHeader(t *testing.T) {
+	b := make([]byte, headerSize)
+	putHeader(b, 7, 1<<20, 12345)
+	c := &client{tracks: map[uint32]*seqTrack{}, run: &runner{}}
+	c.receive(b)
+	if tr := c.tracks[7]; tr == nil || tr.unique != 1 {
+		t.Fatal("payload header not parsed")
+	}
+	// A sequence number no publisher sent is not tracked.
+	putHeader(b, 7, 1<<50, 12345)
+	c.receive(b)
+	if c.run.dups.Load() != 1 {
+		t.Fatal("bogus sequence number not refused")
+	}
+	if c.run.received.Load() != 1 {
+		t.Fatal("not counted")
+	}
+}

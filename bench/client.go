@@ -1,0 +1,285 @@
+package bench
+
+import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// header is the start of every payload the generator sends: publisher
+// index, sequence number and the send time, so a receiver can count losses,
+// duplicates and latency. The rest of the payload is filler.
+const headerSize = 4 + 8 + 8
+
+func putHeader(b []byte, pub uint32, seq uint64, now int64) {
+	binary.BigEndian.PutUint32(b, pub)
+	binary.BigEndian.PutUint64(b[4:], seq)
+	binary.BigEndian.PutUint64(b[12:], uint64(now))
+}
+
+// client is one MQTT connection. Its inbound side runs on a gnet event
+// loop (OnTraffic); a publishing client also has a goroutine that writes
+// batches with AsyncWrite and waits for window credit.
+type client struct {
+	run  *runner
+	id   string
+	idx  uint32 // publisher index, when it publishes
+	v    codec.Version
+	conn gnet.Conn
+
+	subscribe []codec.Subscription
+	topic     []byte // publish topic
+	shared    *sharedTrack
+
+	// Loop-owned state.
+	inbuf  []byte
+	pub    codec.Publish
+	ack    codec.Ack
+	tracks map[uint32]*seqTrack
+
+	connected chan struct{} // closed on CONNACK (and SUBACK when subscribing)
+	once      sync.Once
+	credit    chan struct{} // publish window
+	pending   atomic.Int64  // QoS 0: messages since the last ping
+	closed    atomic.Bool
+	errs      atomic.Int64
+}
+
+func (c *client) ready() {
+	c.once.Do(func() { close(c.connected) })
+}
+
+type handler struct {
+	gnet.BuiltinEventEngine
+}
+
+func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, ok := gc.Context().(*client)
+	if !ok {
+		return gnet.Close
+	}
+	buf, _ := gc.Next(-1)
+	if len(c.inbuf) > 0 {
+		c.inbuf = append(c.inbuf, buf...)
+		buf = c.inbuf
+	}
+	var out []byte
+	for len(buf) > 0 {
+		fh, n, err := codec.DecodeFixedHeader(buf)
+		if err == codec.ErrIncomplete || (err == nil && len(buf) < n+fh.Remaining) {
+			break
+		}
+		if err != nil {
+			c.errs.Add(1)
+			c.run.errorf("%s: %v", c.id, err)
+			return gnet.Close
+		}
+		body := buf[n : n+fh.Remaining]
+		buf = buf[n+fh.Remaining:]
+		out = c.handle(out, fh, body)
+	}
+	c.inbuf = append(c.inbuf[:0], buf...)
+	if len(out) > 0 {
+		_, _ = gc.Write(out)
+	}
+	return gnet.None
+}
+
+func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
+	if c, ok := gc.Context().(*client); ok {
+		c.closed.Store(true)
+		if !c.run.stopping.Load() {
+			c.errs.Add(1)
+			c.run.errorf("%s: connection closed: %v", c.id, err)
+		}
+		c.ready()
+	}
+	return gnet.None
+}
+
+// handle processes one inbound packet and appends any answer to out.
+func (c *client) handle(out []byte, fh codec.FixedHeader, body []byte) []byte {
+	switch fh.Type {
+	case codec.CONNACK:
+		var ca codec.Connack
+		if err := ca.Decode(fh, body, c.v); err != nil || ca.Code != codec.Success {
+			c.errs.Add(1)
+			c.run.errorf("%s: CONNACK %v %v", c.id, ca.Code, err)
+			return out
+		}
+		if len(c.subscribe) == 0 {
+			c.ready()
+			return out
+		}
+		return (&codec.Subscribe{PacketID: 1, Subs: c.subscribe}).Append(out, c.v)
+	case codec.SUBACK:
+		c.ready()
+	case codec.PUBLISH:
+		if err := c.pub.Decode(fh, body, c.v); err != nil {
+			c.errs.Add(1)
+			return out
+		}
+		c.receive(c.pub.Payload)
+		switch c.pub.QoS {
+		case 1:
+			out = (&codec.Ack{Kind: codec.PUBACK, PacketID: c.pub.PacketID}).Append(out, c.v)
+		case 2:
+			out = (&codec.Ack{Kind: codec.PUBREC, PacketID: c.pub.PacketID}).Append(out, c.v)
+		}
+	case codec.PUBREL:
+		if c.ack.Decode(fh, body, c.v) == nil {
+			out = (&codec.Ack{Kind: codec.PUBCOMP, PacketID: c.ack.PacketID}).Append(out, c.v)
+		}
+	case codec.PUBACK, codec.PUBCOMP:
+		c.release(1)
+	case codec.PUBREC:
+		if c.ack.Decode(fh, body, c.v) == nil {
+			out = (&codec.Ack{Kind: codec.PUBREL, PacketID: c.ack.PacketID}).Append(out, c.v)
+		}
+	case codec.PINGRESP:
+		c.release(int(c.run.cfg.PingEvery))
+	case codec.DISCONNECT:
+		c.errs.Add(1)
+		c.run.errorf("%s: broker sent DISCONNECT", c.id)
+	}
+	return out
+}
+
+// receive accounts one delivered message.
+func (c *client) receive(payload []byte) {
+	r := c.run
+	if len(payload) < headerSize {
+		return
+	}
+	pub := binary.BigEndian.Uint32(payload)
+	seq := binary.BigEndian.Uint64(payload[4:])
+	sent := int64(binary.BigEndian.Uint64(payload[12:]))
+	var fresh bool
+	if c.shared != nil {
+		fresh = c.shared.add(pub, seq)
+	} else {
+		t := c.tracks[pub]
+		if t == nil {
+			t = &seqTrack{}
+			c.tracks[pub] = t
+		}
+		fresh = t.add(seq)
+	}
+	if !fresh {
+		r.dups.Add(1)
+		return
+	}
+	r.received.Add(1)
+	if r.measuring.Load() {
+		r.windowRecv.Add(1)
+		r.record(time.Now().UnixNano() - sent)
+	}
+}
+
+func (c *client) release(n int) {
+	for range n {
+		select {
+		case c.credit <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+// publish sends messages until stop is closed or count is reached. Each
+// message waits for window credit: QoS 1/2 credit returns with the
+// acknowledgement, QoS 0 credit in blocks with each PINGRESP, so the
+// generator never runs further ahead of the broker than the window.
+func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64) {
+	cfg := &c.run.cfg
+	filler := make([]byte, max(cfg.Payload, headerSize))
+	for i := range cfg.Window {
+		_ = i
+		c.credit <- struct{}{}
+	}
+	var seq uint64
+	var pid uint16
+	for count == 0 || int64(seq) < count {
+		if !limiter.wait(stop) {
+			return
+		}
+		select {
+		case <-stop:
+			return
+		case <-c.credit:
+		}
+		if c.closed.Load() {
+			return
+		}
+		p := codec.Publish{QoS: cfg.QoS, Retain: cfg.Retain, Topic: c.topic, Payload: filler}
+		if cfg.QoS > 0 {
+			pid++
+			if pid == 0 {
+				pid = 1
+			}
+			p.PacketID = pid
+		}
+		if cfg.Retain {
+			p.Topic = append(append([]byte(nil), c.topic...), []byte("/"+itoa(int(seq%uint64(cfg.RetainedTopics))))...)
+		}
+		putHeader(filler, c.idx, seq, time.Now().UnixNano())
+		buf := p.Append(make([]byte, 0, p.Size(c.v)+2), c.v)
+		if cfg.QoS == 0 {
+			if c.pending.Add(1)%cfg.PingEvery == 0 {
+				buf = (&codec.Pingreq{}).Append(buf, c.v)
+			}
+		}
+		seq++
+		if err := c.conn.AsyncWrite(buf, nil); err != nil {
+			return
+		}
+		c.run.sent.Add(1)
+		if c.run.measuring.Load() {
+			c.run.windowSent.Add(1)
+		}
+		c.run.pubSeq[c.idx].Store(seq)
+	}
+}
+
+func itoa(i int) string {
+	var b [20]byte
+	n := len(b)
+	for {
+		n--
+		b[n] = byte('0' + i%10)
+		i /= 10
+		if i == 0 {
+			return string(b[n:])
+		}
+	}
+}
+
+// rateLimiter spaces publishes to a total rate shared by all publishers.
+type rateLimiter struct {
+	every time.Duration // 0: unlimited
+	next  atomic.Int64
+}
+
+func (l *rateLimiter) wait(stop <-chan struct{}) bool {
+	if l.every == 0 {
+		return true
+	}
+	at := time.Duration(l.next.Add(int64(l.every)))
+	d := time.Until(time.Unix(0, int64(at)))
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-stop:
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,553 @@
+// Package bench is an MQTT load generator: it drives a broker with one of
+// a few standard scenarios over raw sockets and reports throughput,
+// latency percentiles from an HDR histogram, losses and duplicates counted
+// by sequence numbers in the payloads, and the broker's CPU time and
+// memory read from /proc.
+//
+// Connections are served by gnet event loops (one per core), not by a
+// goroutine each; only publishing clients have a goroutine, which writes
+// with AsyncWrite under a credit window so that the generator never runs
+// further ahead of the broker than the window allows.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// Config is one run.
+type Config struct {
+	Scenario    string
+	Addr        string // broker
+	SubAddr     string // cluster: where subscribers connect (default Addr)
+	Clients     int    // conn, p2p (pairs), stresser
+	Publishers  int    // fanin, fanout, shared, retained
+	Subscribers int    // fanout, shared, retained
+	Payload     int    // bytes, at least 20
+	QoS         byte
+	Version     codec.Version
+	Rate        int // total messages per second; 0: unlimited
+	Duration    time.Duration
+	Count       int64 // messages per publisher; 0: until Duration ends
+	Warmup      time.Duration
+	Window      int   // unacknowledged messages per publisher
+	PingEvery   int64 // QoS 0: a PINGREQ every this many messages
+	ConnectRate int   // conn: connections per second; 0: as fast as possible
+	BrokerPID   int
+	Drain       time.Duration // how long to wait for stragglers
+	Retain      bool
+	// RetainedTopics is how many distinct topics a retained storm cycles
+	// through per publisher.
+	RetainedTopics int
+	Progress       io.Writer // live progress line; nil: none
+}
+
+// Result is what a run measured.
+type Result struct {
+	Scenario    string        `json:"scenario"`
+	Clients     int           `json:"clients"`
+	Publishers  int           `json:"publishers"`
+	Subscribers int           `json:"subscribers"`
+	QoS         byte          `json:"qos"`
+	Payload     int           `json:"payload"`
+	Window      time.Duration `json:"window_ns"`
+	Sent        int64         `json:"sent"`
+	Received    int64         `json:"received"`
+	Expected    int64         `json:"expected"`
+	Lost        int64         `json:"lost"`
+	Duplicates  int64         `json:"duplicates"`
+	Errors      int64         `json:"errors"`
+	SentRate    float64       `json:"sent_per_sec"`
+	RecvRate    float64       `json:"received_per_sec"`
+	P50         time.Duration `json:"p50_ns"`
+	P90         time.Duration `json:"p90_ns"`
+	P99         time.Duration `json:"p99_ns"`
+	P999        time.Duration `json:"p999_ns"`
+	BrokerCPU   time.Duration `json:"broker_cpu_ns"`
+	BrokerUsPer float64       `json:"broker_cpu_us_per_msg"`
+	BrokerRSS   int64         `json:"broker_rss_bytes"`
+	BrokerPeak  int64         `json:"broker_peak_rss_bytes"`
+	RSSPerConn  float64       `json:"broker_rss_per_conn_bytes,omitempty"`
+	ConnectRate float64       `json:"connects_per_sec,omitempty"`
+	ToolCPU     time.Duration `json:"tool_cpu_ns"`
+	ToolUsPer   float64       `json:"tool_cpu_us_per_msg"`
+	FirstErrors []string      `json:"first_errors,omitempty"`
+	LossAllowed bool          `json:"loss_allowed"`
+}
+
+// Failed reports whether the run lost or duplicated more than its QoS
+// allows: any loss at QoS 1 and 2, any duplicate at QoS 2.
+func (r *Result) Failed() bool {
+	return !r.LossAllowed && (r.Lost > 0 || (r.QoS == 2 && r.Duplicates > 0))
+}
+
+type runner struct {
+	cfg     Config
+	cli     *gnet.Client
+	clients []*client
+
+	stopping   atomic.Bool
+	measuring  atomic.Bool
+	sent       atomic.Int64
+	received   atomic.Int64
+	dups       atomic.Int64
+	windowSent atomic.Int64
+	windowRecv atomic.Int64
+	pubSeq     []atomic.Uint64
+
+	histMu sync.Mutex
+	hist   *hdrhistogram.Histogram
+
+	errMu  sync.Mutex
+	errors []string
+}
+
+func (r *runner) record(ns int64) {
+	r.histMu.Lock()
+	_ = r.hist.RecordValue(max(ns/1000, 1)) // microseconds
+	r.histMu.Unlock()
+}
+
+func (r *runner) errorf(format string, args ...any) {
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
+	if len(r.errors) < 10 {
+		r.errors = append(r.errors, fmt.Sprintf(format, args...))
+	}
+}
+
+// Run executes one scenario and returns what it measured.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	r := &runner{cfg: cfg, hist: hdrhistogram.New(1, 60_000_000, 3)}
+	var err error
+	if r.cli, err = gnet.NewClient(&handler{}, gnet.WithMulticore(true), gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithReadBufferCap(256<<10), gnet.WithWriteBufferCap(256<<10), gnet.WithLogger(quietLogger{})); err != nil {
+		return nil, err
+	}
+	if err := r.cli.Start(); err != nil {
+		return nil, err
+	}
+	defer func() { r.stopping.Store(true); _ = r.cli.Stop() }()
+	if cfg.Scenario == "conn" {
+		return r.conn(ctx)
+	}
+	return r.traffic(ctx)
+}
+
+func (cfg *Config) fill() error {
+	if cfg.Version == 0 {
+		cfg.Version = codec.V311
+	}
+	if cfg.SubAddr == "" {
+		cfg.SubAddr = cfg.Addr
+	}
+	if cfg.Payload < headerSize {
+		cfg.Payload = headerSize
+	}
+	if cfg.PingEvery <= 0 {
+		cfg.PingEvery = 100
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 100
+		if cfg.QoS == 0 {
+			cfg.Window = 10 * int(cfg.PingEvery)
+		}
+	}
+	if cfg.QoS == 0 && cfg.Window < 2*int(cfg.PingEvery) {
+		return errors.New("--inflight must be at least twice the ping interval at QoS 0")
+	}
+	if cfg.Duration <= 0 && cfg.Count <= 0 {
+		cfg.Duration = 10 * time.Second
+	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = 10 * time.Second
+	}
+	if cfg.RetainedTopics <= 0 {
+		cfg.RetainedTopics = 1000
+	}
+	if cfg.QoS > 2 {
+		return fmt.Errorf("--qos must be 0, 1 or 2, got %d", cfg.QoS)
+	}
+	return nil
+}
+
+// dial connects c and sends CONNECT; c.connected closes on CONNACK, or on
+// SUBACK when c subscribes.
+func (r *runner) dial(c *client, addr string) error {
+	c.run = r
+	c.connected = make(chan struct{})
+	c.credit = make(chan struct{}, r.cfg.Window)
+	c.tracks = map[uint32]*seqTrack{}
+	gc, err := r.cli.DialContext("tcp", addr, c)
+	if err != nil {
+		return fmt.Errorf("cannot connect %s: %w", c.id, err)
+	}
+	c.conn = gc
+	name := []byte("MQTT")
+	if c.v == codec.V31 {
+		name = []byte("MQIsdp")
+	}
+	p := codec.Connect{ProtocolName: name, ProtocolVersion: c.v, CleanStart: true, KeepAlive: 300, ClientID: []byte(c.id)}
+	if c.v == codec.V5 {
+		p.Props.ReceiveMaximum = 65535
+		p.Props.Set(codec.PropReceiveMaximum)
+	}
+	return gc.AsyncWrite(p.Append(nil, c.v), nil)
+}
+
+func (r *runner) awaitConnected(ctx context.Context, cs []*client) error {
+	for _, c := range cs {
+		select {
+		case <-c.connected:
+			if c.closed.Load() {
+				return fmt.Errorf("%s: connection closed during setup: %v", c.id, r.errors)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("%s: no CONNACK/SUBACK within 30s", c.id)
+		}
+	}
+	return nil
+}
+
+// conn opens Clients idle connections at ConnectRate and reports the
+// connect rate and the broker's memory per connection.
+func (r *runner) conn(ctx context.Context) (*Result, error) {
+	cfg := &r.cfg
+	res := &Result{Scenario: "conn", Clients: cfg.Clients, LossAllowed: true}
+	var before ProcSample
+	if cfg.BrokerPID > 0 {
+		var err error
+		if before, err = SampleProc(cfg.BrokerPID); err != nil {
+			return nil, err
+		}
+	}
+	var every time.Duration
+	if cfg.ConnectRate > 0 {
+		every = time.Second / time.Duration(cfg.ConnectRate)
+	}
+	start := time.Now()
+	for i := range cfg.Clients {
+		c := &client{id: fmt.Sprintf("bench-conn-%d", i), v: cfg.Version}
+		r.clients = append(r.clients, c)
+		if err := r.dial(c, cfg.Addr); err != nil {
+			return nil, err
+		}
+		if every > 0 {
+			time.Sleep(time.Until(start.Add(time.Duration(i+1) * every)))
+		}
+		if cfg.Progress != nil && i%1000 == 999 {
+			fmt.Fprintf(cfg.Progress, "\rconnected %d/%d", i+1, cfg.Clients)
+		}
+	}
+	if err := r.awaitConnected(ctx, r.clients); err != nil {
+		return nil, err
+	}
+	el := time.Since(start)
+	res.ConnectRate = float64(cfg.Clients) / el.Seconds()
+	if cfg.BrokerPID > 0 {
+		// Let the broker settle, then measure.
+		time.Sleep(time.Second)
+		after, err := SampleProc(cfg.BrokerPID)
+		if err != nil {
+			return nil, err
+		}
+		res.BrokerRSS, res.BrokerPeak = after.RSS, after.Peak
+		res.RSSPerConn = float64(after.RSS-before.RSS) / float64(cfg.Clients)
+		res.BrokerCPU = after.CPU - before.CPU
+	}
+	for _, c := range r.clients {
+		res.Errors += c.errs.Load()
+	}
+	res.FirstErrors = r.errors
+	if cfg.Progress != nil {
+		fmt.Fprintln(cfg.Progress)
+	}
+	return res, nil
+}
+
+// plan builds the clients of a traffic scenario: who publishes where and
+// who subscribes to what.
+func (r *runner) plan() (pubs, subs []*client, err error) {
+	cfg := &r.cfg
+	v := cfg.Version
+	sub := func(id string, filters ...string) *client {
+		c := &client{id: id, v: v}
+		for _, f := range filters {
+			c.subscribe = append(c.subscribe, codec.Subscription{Filter: []byte(f), QoS: cfg.QoS})
+		}
+		subs = append(subs, c)
+		return c
+	}
+	pub := func(id, topic string) *client {
+		c := &client{id: id, v: v, topic: []byte(topic), idx: uint32(len(pubs))}
+		pubs = append(pubs, c)
+		return c
+	}
+	switch cfg.Scenario {
+	case "fanin":
+		sub("bench-sub-0", "bench/fanin/#")
+		for i := range cfg.Publishers {
+			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/fanin/%d", i))
+		}
+	case "fanout":
+		for i := range cfg.Subscribers {
+			sub(fmt.Sprintf("bench-sub-%d", i), "bench/fanout")
+		}
+		for i := range cfg.Publishers {
+			pub(fmt.Sprintf("bench-pub-%d", i), "bench/fanout")
+		}
+	case "p2p", "cluster":
+		for i := range cfg.Clients {
+			sub(fmt.Sprintf("bench-sub-%d", i), fmt.Sprintf("bench/p2p/%d", i))
+			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/p2p/%d", i))
+		}
+	case "stresser":
+		// One connection per client publishes to its own topic and
+		// subscribes to it.
+		for i := range cfg.Clients {
+			c := pub(fmt.Sprintf("bench-stress-%d", i), fmt.Sprintf("bench/stress/%d", i))
+			c.subscribe = []codec.Subscription{{Filter: c.topic, QoS: cfg.QoS}}
+			subs = append(subs, c)
+		}
+	case "shared":
+		shared := &sharedTrack{t: map[uint32]*seqTrack{}}
+		for i := range cfg.Subscribers {
+			sub(fmt.Sprintf("bench-member-%d", i), "$share/bench/bench/shared/#").shared = shared
+		}
+		for i := range cfg.Publishers {
+			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/shared/%d", i))
+		}
+	case "retained":
+		cfg.Retain = true
+		for i := range cfg.Subscribers {
+			sub(fmt.Sprintf("bench-sub-%d", i), "bench/retained/#")
+		}
+		for i := range cfg.Publishers {
+			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/retained/%d", i))
+		}
+	default:
+		return nil, nil, fmt.Errorf("unknown scenario %q: want conn, fanin, fanout, p2p, stresser, retained, shared or cluster", cfg.Scenario)
+	}
+	return pubs, subs, nil
+}
+
+// receiversPerMessage is how many deliveries each published message owes.
+func (r *runner) receiversPerMessage(subs []*client) int64 {
+	switch r.cfg.Scenario {
+	case "fanout", "retained":
+		return int64(len(subs))
+	}
+	return 1 // fanin, p2p, stresser, cluster, shared (one member)
+}
+
+func (r *runner) traffic(ctx context.Context) (*Result, error) {
+	cfg := &r.cfg
+	pubs, subs, err := r.plan()
+	if err != nil {
+		return nil, err
+	}
+	if len(pubs) == 0 || len(subs) == 0 {
+		return nil, errors.New("the scenario needs at least one publisher and one subscriber")
+	}
+	r.pubSeq = make([]atomic.Uint64, len(pubs))
+	// Subscribers first, so that nothing is published before they listen.
+	seen := map[*client]bool{}
+	for _, c := range subs {
+		seen[c] = true
+		if err := r.dial(c, cfg.SubAddr); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.awaitConnected(ctx, subs); err != nil {
+		return nil, err
+	}
+	for _, c := range pubs {
+		if !seen[c] {
+			if err := r.dial(c, cfg.Addr); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := r.awaitConnected(ctx, pubs); err != nil {
+		return nil, err
+	}
+
+	limiter := &rateLimiter{}
+	if cfg.Rate > 0 {
+		limiter.every = time.Second / time.Duration(cfg.Rate)
+		limiter.next.Store(time.Now().UnixNano())
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.publish(stop, limiter, cfg.Count)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	// Warm up, then measure a window.
+	progress := time.NewTicker(time.Second)
+	defer progress.Stop()
+	waitUntil := func(d time.Duration) bool {
+		end := time.After(d)
+		for {
+			select {
+			case <-end:
+				return true
+			case <-done:
+				return false
+			case <-ctx.Done():
+				return false
+			case <-progress.C:
+				if cfg.Progress != nil {
+					fmt.Fprintf(cfg.Progress, "\rsent %d  received %d  errors %d   ", r.sent.Load(), r.received.Load(), len(r.errors))
+				}
+			}
+		}
+	}
+	if cfg.Warmup > 0 {
+		waitUntil(cfg.Warmup)
+	}
+	var before ProcSample
+	if cfg.BrokerPID > 0 {
+		if before, err = SampleProc(cfg.BrokerPID); err != nil {
+			return nil, err
+		}
+	}
+	tool0 := selfCPU()
+	start := time.Now()
+	r.measuring.Store(true)
+	if cfg.Duration > 0 {
+		waitUntil(cfg.Duration)
+	} else {
+		<-done
+	}
+	r.measuring.Store(false)
+	window := time.Since(start)
+	toolCPU := selfCPU() - tool0
+	var after ProcSample
+	if cfg.BrokerPID > 0 {
+		if after, err = SampleProc(cfg.BrokerPID); err != nil {
+			return nil, err
+		}
+	}
+	close(stop)
+	<-done
+
+	// Drain: wait until every owed delivery arrived or the drain time ends.
+	per := r.receiversPerMessage(subs)
+	expected := func() int64 {
+		var n int64
+		for i := range r.pubSeq {
+			n += int64(r.pubSeq[i].Load())
+		}
+		return n * per
+	}
+	deadline := time.Now().Add(cfg.Drain)
+	for r.received.Load() < expected() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // polling counters fed by the event loops
+	}
+	if cfg.Progress != nil {
+		fmt.Fprintln(cfg.Progress)
+	}
+
+	res := &Result{
+		Scenario: cfg.Scenario, Clients: cfg.Clients, Publishers: len(pubs), Subscribers: len(subs),
+		QoS: cfg.QoS, Payload: cfg.Payload, Window: window,
+		Sent: r.sent.Load(), Received: r.received.Load(), Expected: expected(), Duplicates: r.dups.Load(),
+		SentRate: float64(r.windowSent.Load()) / window.Seconds(), RecvRate: float64(r.windowRecv.Load()) / window.Seconds(),
+		LossAllowed: cfg.QoS == 0, ToolCPU: toolCPU,
+	}
+	res.Lost = max(res.Expected-res.Received, 0)
+	for c := range seen {
+		res.Errors += c.errs.Load()
+	}
+	for _, c := range pubs {
+		if !seen[c] {
+			res.Errors += c.errs.Load()
+		}
+	}
+	res.FirstErrors = r.errors
+	r.histMu.Lock()
+	us := time.Microsecond
+	res.P50 = time.Duration(r.hist.ValueAtQuantile(50)) * us
+	res.P90 = time.Duration(r.hist.ValueAtQuantile(90)) * us
+	res.P99 = time.Duration(r.hist.ValueAtQuantile(99)) * us
+	res.P999 = time.Duration(r.hist.ValueAtQuantile(99.9)) * us
+	r.histMu.Unlock()
+	if w := r.windowRecv.Load(); w > 0 {
+		res.ToolUsPer = float64(toolCPU.Microseconds()) / float64(w)
+		if cfg.BrokerPID > 0 {
+			res.BrokerCPU = after.CPU - before.CPU
+			res.BrokerUsPer = float64(res.BrokerCPU.Microseconds()) / float64(w)
+			res.BrokerRSS, res.BrokerPeak = after.RSS, after.Peak
+		}
+	}
+	return res, nil
+}
+
+// Print writes the result as a table.
+func (res *Result) Print(w io.Writer) {
+	row := func(k string, v any) { fmt.Fprintf(w, "%-26s %v\n", k, v) }
+	row("scenario", res.Scenario)
+	if res.Scenario == "conn" {
+		row("connections", res.Clients)
+		row("connect rate (/s)", fmt.Sprintf("%.0f", res.ConnectRate))
+		row("broker RSS", mib(res.BrokerRSS))
+		row("broker RSS per conn", fmt.Sprintf("%.0f B", res.RSSPerConn))
+		row("errors", res.Errors)
+		return
+	}
+	row("publishers/subscribers", fmt.Sprintf("%d/%d", res.Publishers, res.Subscribers))
+	row("qos, payload", fmt.Sprintf("%d, %d B", res.QoS, res.Payload))
+	row("measured for", res.Window.Round(time.Millisecond))
+	row("sent/s", fmt.Sprintf("%.0f", res.SentRate))
+	row("received/s", fmt.Sprintf("%.0f", res.RecvRate))
+	row("latency p50/p90/p99/p99.9", fmt.Sprintf("%v / %v / %v / %v", res.P50, res.P90, res.P99, res.P999))
+	row("sent, received, expected", fmt.Sprintf("%d, %d, %d", res.Sent, res.Received, res.Expected))
+	row("lost, duplicates, errors", fmt.Sprintf("%d, %d, %d", res.Lost, res.Duplicates, res.Errors))
+	if res.BrokerCPU > 0 {
+		row("broker CPU", res.BrokerCPU.Round(time.Millisecond))
+		row("broker CPU µs/msg", fmt.Sprintf("%.2f", res.BrokerUsPer))
+		row("broker RSS (peak)", mib(res.BrokerRSS)+" ("+mib(res.BrokerPeak)+")")
+	}
+	row("tool CPU µs/msg", fmt.Sprintf("%.2f", res.ToolUsPer))
+	for _, e := range res.FirstErrors {
+		row("error", e)
+	}
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// quietLogger keeps gnet's informational lines off stdout, where the
+// report (and its JSON) goes; errors still reach stderr.
+type quietLogger struct{}
+
+func (quietLogger) Debugf(string, ...any)     {}
+func (quietLogger) Infof(string, ...any)      {}
+func (quietLogger) Warnf(f string, a ...any)  { fmt.Fprintf(os.Stderr, "gnet: "+f+"\n", a...) }
+func (quietLogger) Errorf(f string, a ...any) { fmt.Fprintf(os.Stderr, "gnet: "+f+"\n", a...) }
+func (quietLogger) Fatalf(f string, a ...any) {
+	fmt.Fprintf(os.Stderr, "gnet: "+f+"\n", a...)
+	os.Exit(2)
+}

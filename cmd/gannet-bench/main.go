@@ -1,0 +1,103 @@
+// Command gannet-bench drives an MQTT broker with a load scenario and
+// reports throughput, latency, losses and the broker's CPU and memory.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/gannetmq/gannet/bench"
+	"github.com/gannetmq/gannet/codec"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("gannet-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: gannet-bench [flags]
+
+gannet-bench drives an MQTT broker with one scenario and reports throughput,
+latency percentiles, lost and duplicated messages (by sequence numbers in
+the payloads) and, given --broker-pid, the broker's CPU time per message
+and memory. It exits 1 when messages were lost beyond what the QoS allows.
+
+Scenarios:
+  conn      --clients idle connections at --connect-rate: connect rate, broker RSS per connection
+  fanin     --publishers clients publish, one subscriber receives everything
+  fanout    --publishers publish to one topic, --subscribers receive every message
+  p2p       --clients pairs: publisher i to subscriber i
+  stresser  --clients clients each publish to their own topic and subscribe to it
+  retained  --publishers send retained messages to --retained-topics topics each
+  shared    --publishers to a $share group of --subscribers members
+  cluster   p2p with publishers on --addr and subscribers on --sub-addr
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	var cfg bench.Config
+	var qos, version uint
+	var asJSON bool
+	fs.StringVar(&cfg.Scenario, "scenario", "p2p", "scenario to run (see above)")
+	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:1883", "broker `address`")
+	fs.StringVar(&cfg.SubAddr, "sub-addr", "", "cluster: `address` subscribers connect to (default --addr)")
+	fs.IntVar(&cfg.Clients, "clients", 100, "connections (conn), pairs (p2p, cluster) or clients (stresser)")
+	fs.IntVar(&cfg.Publishers, "publishers", 1, "publishing clients (fanin, fanout, shared, retained)")
+	fs.IntVar(&cfg.Subscribers, "subscribers", 1, "subscribing clients (fanout, shared, retained)")
+	fs.IntVar(&cfg.Payload, "payload", 64, "payload size in `bytes` (at least 20: sequence number and timestamp)")
+	fs.UintVar(&qos, "qos", 0, "QoS of publishes and subscriptions: 0, 1 or 2")
+	fs.UintVar(&version, "mqtt", 4, "MQTT protocol level: 3 (3.1), 4 (3.1.1) or 5")
+	fs.IntVar(&cfg.Rate, "rate", 0, "total publishes per second; 0: as fast as the broker acknowledges")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "measurement window (default 10s unless --count)")
+	fs.Int64Var(&cfg.Count, "count", 0, "messages per publisher; 0: publish until --duration ends")
+	fs.DurationVar(&cfg.Warmup, "warmup", 0, "traffic before the measurement window starts")
+	fs.IntVar(&cfg.Window, "inflight", 0, "unacknowledged messages per publisher (default 100, or 1000 at QoS 0)")
+	fs.IntVar(&cfg.ConnectRate, "connect-rate", 0, "conn: connections per second; 0: as fast as possible")
+	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "broker process `pid`, to read its CPU time and memory from /proc")
+	fs.DurationVar(&cfg.Drain, "drain", 0, "how long to wait for outstanding messages after publishing stops (default 10s)")
+	fs.IntVar(&cfg.RetainedTopics, "retained-topics", 1000, "retained: distinct topics per publisher")
+	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if qos > 2 {
+		fmt.Fprintf(stderr, "gannet-bench: --qos must be 0, 1 or 2, got %d\n", qos)
+		return 2
+	}
+	if version < 3 || version > 5 {
+		fmt.Fprintf(stderr, "gannet-bench: --mqtt must be 3, 4 or 5, got %d\n", version)
+		return 2
+	}
+	cfg.QoS, cfg.Version = byte(qos), codec.Version(version)
+	cfg.Progress = stderr
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	res, err := bench.Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "gannet-bench: %v\n", err)
+		return 2
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(res)
+	} else {
+		res.Print(stdout)
+	}
+	if res.Failed() {
+		fmt.Fprintf(stderr, "gannet-bench: %d messages lost, %d duplicated at QoS %d\n", res.Lost, res.Duplicates, res.QoS)
+		return 1
+	}
+	return 0
+}
