@@ -55,4 +55,4 @@ clean:
 SECS ?= 3
 compare:
 	@command -v mosquitto >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null)
-	bash bench/compare.sh $(SECS)
+	bash bench/compare.sh $(SECS) bench/results

@@ -1,7 +1,10 @@
 package bench
 
 import (
+	"encoding/json"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,5 +74,44 @@ func TestHeader(t *testing.T) {
 	}
 	if c.run.received.Load() != 1 {
 		t.Fatal("not counted")
+	}
+}
+
+func TestReport(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, r Result) {
+		b, _ := json.Marshal(r)
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("gannet-p2p-q1-64.json", Result{BrokerUsPer: 2, RecvRate: 1000})
+	write("mosquitto-p2p-q1-64.json", Result{BrokerUsPer: 8, RecvRate: 250})
+	write("gannet-clients-10.json", Result{RecvRate: 100})
+	write("gannet-clients-100.json", Result{RecvRate: 900})
+	write("gannet-conn.json", Result{Clients: 2000, RSSPerConn: 1500, RSSCurve: []RSSPoint{{1000, 10 << 20}, {2000, 12 << 20}}})
+	// A run that failed before printing leaves an empty file.
+	if err := os.WriteFile(filepath.Join(dir, "mochi-p2p-q1-64.json"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := LoadResults(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	rs.Table(&out, []string{"p2p-q1-64"})
+	if !strings.Contains(out.String(), "| p2p-q1-64 | 2.00 | 8.00 | 0.25 |") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "| gannet | 2000 | 1500 |") {
+		t.Fatalf("connections table:\n%s", out.String())
+	}
+	if err := rs.Plot(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"throughput.png", "memory.png"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Fatalf("%s: %v", f, err)
+		}
 	}
 }

@@ -194,14 +194,15 @@ func (c *client) release(n int) {
 // publish sends messages until stop is closed or count is reached. Each
 // message waits for window credit: QoS 1/2 credit returns with the
 // acknowledgement, QoS 0 credit in blocks with each PINGRESP, so the
-// generator never runs further ahead of the broker than the window.
+// generator never runs further ahead of the broker than the window. When
+// the rate is unlimited, all the credit at hand goes out in one write.
 func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64) {
 	cfg := &c.run.cfg
 	filler := make([]byte, max(cfg.Payload, headerSize))
-	for i := range cfg.Window {
-		_ = i
+	for range cfg.Window {
 		c.credit <- struct{}{}
 	}
+	const batchMax = 64
 	var seq uint64
 	var pid uint16
 	for count == 0 || int64(seq) < count {
@@ -213,34 +214,46 @@ func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64
 			return
 		case <-c.credit:
 		}
+		n := 1
+		for limiter.every == 0 && n < batchMax && (count == 0 || int64(seq)+int64(n) < count) {
+			select {
+			case <-c.credit:
+				n++
+				continue
+			default:
+			}
+			break
+		}
 		if c.closed.Load() {
 			return
 		}
 		p := codec.Publish{QoS: cfg.QoS, Retain: cfg.Retain, Topic: c.topic, Payload: filler}
-		if cfg.QoS > 0 {
-			pid++
-			if pid == 0 {
-				pid = 1
+		buf := make([]byte, 0, n*(p.Size(c.v)+8))
+		now := time.Now().UnixNano()
+		for range n {
+			if cfg.QoS > 0 {
+				pid++
+				if pid == 0 {
+					pid = 1
+				}
+				p.PacketID = pid
 			}
-			p.PacketID = pid
-		}
-		if cfg.Retain {
-			p.Topic = append(append([]byte(nil), c.topic...), []byte("/"+itoa(int(seq%uint64(cfg.RetainedTopics))))...)
-		}
-		putHeader(filler, c.idx, seq, time.Now().UnixNano())
-		buf := p.Append(make([]byte, 0, p.Size(c.v)+2), c.v)
-		if cfg.QoS == 0 {
-			if c.pending.Add(1)%cfg.PingEvery == 0 {
+			if cfg.Retain {
+				p.Topic = append(append([]byte(nil), c.topic...), []byte("/"+itoa(int(seq%uint64(cfg.RetainedTopics))))...)
+			}
+			putHeader(filler, c.idx, seq, now)
+			buf = p.Append(buf, c.v)
+			if cfg.QoS == 0 && c.pending.Add(1)%cfg.PingEvery == 0 {
 				buf = (&codec.Pingreq{}).Append(buf, c.v)
 			}
+			seq++
 		}
-		seq++
 		if err := c.conn.AsyncWrite(buf, nil); err != nil {
 			return
 		}
-		c.run.sent.Add(1)
+		c.run.sent.Add(int64(n))
 		if c.run.measuring.Load() {
-			c.run.windowSent.Add(1)
+			c.run.windowSent.Add(int64(n))
 		}
 		c.run.pubSeq[c.idx].Store(seq)
 	}

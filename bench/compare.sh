@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# compare.sh runs the same scenarios against Gannet and Mosquitto on
-# loopback, one broker at a time, and prints one table per scenario with
-# both figures and their ratio. Broker CPU per delivered message leads: it
-# is the steadiest figure on a shared machine.
+# compare.sh runs the same scenarios against Gannet, Mosquitto and
+# mochi-mqtt on loopback, one broker at a time, then prints Markdown tables
+# with Gannet's ratio to each and draws PNG plots. Broker CPU per
+# delivered message leads: it is the steadiest figure on a shared machine.
 #
-# Usage: bench/compare.sh [seconds per run]   (from the repository root)
+# Usage: bench/compare.sh [seconds per run] [output directory]
+# (from the repository root; results stay in the output directory,
+# default bench/results).
 set -euo pipefail
 secs=${1:-3}
+out=${2:-bench/results}
 work=$(mktemp -d)
+mkdir -p "$out"
+rm -f "$out"/*.json
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 go build -o "$work/gannet" ./cmd/gannet
 go build -o "$work/gannet-bench" ./cmd/gannet-bench
-if ! command -v mosquitto >/dev/null; then
-	echo "installing mosquitto (Debian package)" >&2
-	apt-get install -y -qq mosquitto >/dev/null
-fi
+(cd bench/peers/mochi && go build -o "$work/mochi" .)
 mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+if [ ! -x "$mosq" ]; then
+	echo "mosquitto is not installed: apt-get install mosquitto (make compare does it)" >&2
+	exit 1
+fi
 
 start_gannet() {
 	"$work/gannet" --listen 127.0.0.1:21883 --http-listen 127.0.0.1:28080 --sys-interval 0 \
 		--data-dir "$work/data" >"$work/gannet.log" 2>&1 &
-	pid=$!
-	port=21883
+	pid=$! port=21883
 }
 start_mosquitto() {
 	cat >"$work/mosquitto.conf" <<CONF
@@ -33,86 +38,81 @@ max_queued_messages 10000
 log_dest none
 CONF
 	"$mosq" -c "$work/mosquitto.conf" &
-	pid=$!
-	port=21884
-	sleep 0.2
+	pid=$! port=21884
+}
+start_mochi() {
+	"$work/mochi" --listen 127.0.0.1:21885 >"$work/mochi.log" 2>&1 &
+	pid=$! port=21885
 }
 wait_port() {
 	for _ in $(seq 100); do
-		(echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+		(echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return 0
 		sleep 0.1
 	done
-	echo "broker on port $1 did not start" >&2
+	echo "broker on port $port did not start" >&2
 	return 1
 }
+stop_broker() {
+	kill "$pid"
+	wait "$pid" 2>/dev/null || true
+}
+bench() { # broker, run key, flags...
+	local name=$1 key=$2
+	shift 2
+	"$work/gannet-bench" --addr "127.0.0.1:$port" "$@" --broker-pid "$pid" --json \
+		>"$out/$name-$key.json" 2>"$work/$name-$key.err" || true
+}
 
-# Scenarios: name and gannet-bench flags. fanin runs at a fixed offered
-# load both brokers sustain; the others run closed-loop (as fast as
-# acknowledgements allow).
+# The matrix: fanin runs at a fixed offered load both brokers sustain; the
+# others run closed-loop, as fast as acknowledgements allow.
 scenarios=(
 	"p2p|--scenario p2p --clients 100"
 	"fanin|--scenario fanin --publishers 100 --rate 40000"
 	"fanout|--scenario fanout --publishers 1 --subscribers 1000"
 )
-
-stop_broker() {
-	kill "$pid"
-	wait "$pid" 2>/dev/null || true
-}
+keys=()
+for s in "${scenarios[@]}"; do
+	for qos in 0 1; do
+		for payload in 64 1024; do
+			keys+=("${s%%|*}-q$qos-$payload")
+		done
+	done
+done
 
 run_all() { # broker name, start function
 	local name=$1 startfn=$2
+	echo "== $name" >&2
 	# Idle connections first, on a fresh broker, so that its memory is not
-	# mixed with what the traffic scenarios left behind.
+	# mixed with what the traffic scenarios leave behind.
 	$startfn
-	wait_port "$port"
-	"$work/gannet-bench" --addr "127.0.0.1:$port" --scenario conn --clients 15000 --broker-pid "$pid" --json \
-		>"$work/$name-conn.json" 2>/dev/null || true
+	wait_port
+	bench "$name" conn --scenario conn --clients 15000
 	stop_broker
 	$startfn
-	wait_port "$port"
+	wait_port
 	for s in "${scenarios[@]}"; do
 		for qos in 0 1; do
 			for payload in 64 1024; do
-				local key="${s%%|*}-q$qos-$payload"
 				# shellcheck disable=SC2086
-				"$work/gannet-bench" --addr "127.0.0.1:$port" ${s#*|} --qos $qos --payload $payload \
-					--warmup 1s --duration "${secs}s" --drain 5s --broker-pid "$pid" --json \
-					>"$work/$name-$key.json" 2>/dev/null || true
+				bench "$name" "${s%%|*}-q$qos-$payload" ${s#*|} --qos $qos --payload $payload \
+					--warmup 1s --duration "${secs}s" --drain 5s
 			done
 		done
+	done
+	# Curves for the plots.
+	for n in 10 100 1000; do
+		bench "$name" "clients-$n" --scenario p2p --clients $n --qos 1 --warmup 1s --duration "${secs}s" --drain 5s
+	done
+	for rate in 10000 20000 40000 80000; do
+		bench "$name" "load-$rate" --scenario fanin --publishers 100 --rate $rate --qos 1 --warmup 1s --duration "${secs}s" --drain 5s
 	done
 	stop_broker
 }
 
 run_all gannet start_gannet
 run_all mosquitto start_mosquitto
+run_all mochi start_mochi
 
-field() { # file, json field
-	python3 -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get(sys.argv[2], 0))
-except Exception: print(0)' "$1" "$2"
-}
-ratio() { python3 -c 'import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f"{a/b:.2f}" if b else "-")' "$1" "$2"; }
-
-printf '\n%-18s | %-22s | %-22s | %-24s | %-10s\n' "run" "broker CPU µs/msg G/M" "received/s G/M" "p99 ms G/M" "lost G/M"
-printf '%s\n' "-------------------+------------------------+------------------------+--------------------------+-----------"
-for s in "${scenarios[@]}"; do
-	for qos in 0 1; do
-		for payload in 64 1024; do
-			key="${s%%|*}-q$qos-$payload"
-			g="$work/gannet-$key.json" m="$work/mosquitto-$key.json"
-			gc=$(field "$g" broker_cpu_us_per_msg) mc=$(field "$m" broker_cpu_us_per_msg)
-			gr=$(field "$g" received_per_sec) mr=$(field "$m" received_per_sec)
-			gp=$(field "$g" p99_ns) mp=$(field "$m" p99_ns)
-			gl=$(field "$g" lost) ml=$(field "$m" lost)
-			printf '%-18s | %6.2f %6.2f  x%-6s | %8.0f %8.0f x%-4s | %8.2f %8.2f x%-5s | %s %s\n' "$key" \
-				"$gc" "$mc" "$(ratio "$gc" "$mc")" "$gr" "$mr" "$(ratio "$gr" "$mr")" \
-				"$(python3 -c "print($gp/1e6)")" "$(python3 -c "print($mp/1e6)")" "$(ratio "$gp" "$mp")" "$gl" "$ml"
-		done
-	done
-done
-g="$work/gannet-conn.json" m="$work/mosquitto-conn.json"
-printf '\nidle connections: %s each; broker RSS per connection: gannet %.0f B, mosquitto %.0f B; connects/s: gannet %.0f, mosquitto %.0f\n' \
-	"$(field "$g" clients)" "$(field "$g" broker_rss_per_conn_bytes)" "$(field "$m" broker_rss_per_conn_bytes)" \
-	"$(field "$g" connects_per_sec)" "$(field "$m" connects_per_sec)"
+"$work/gannet-bench" report --dir "$out" --plots "$out" "${keys[@]}"
+echo
+echo "results and plots: $out" >&2

@@ -83,7 +83,15 @@ type Result struct {
 	ToolCPU     time.Duration `json:"tool_cpu_ns"`
 	ToolUsPer   float64       `json:"tool_cpu_us_per_msg"`
 	FirstErrors []string      `json:"first_errors,omitempty"`
-	LossAllowed bool          `json:"loss_allowed"`
+	// RSSCurve is the broker's RSS as connections were added (conn).
+	RSSCurve    []RSSPoint `json:"rss_curve,omitempty"`
+	LossAllowed bool       `json:"loss_allowed"`
+}
+
+// RSSPoint is the broker's resident memory with Conns clients connected.
+type RSSPoint struct {
+	Conns int   `json:"conns"`
+	RSS   int64 `json:"rss_bytes"`
 }
 
 // Failed reports whether the run lost or duplicated more than its QoS
@@ -251,8 +259,18 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 		if every > 0 {
 			time.Sleep(time.Until(start.Add(time.Duration(i+1) * every)))
 		}
-		if cfg.Progress != nil && i%1000 == 999 {
-			fmt.Fprintf(cfg.Progress, "\rconnected %d/%d", i+1, cfg.Clients)
+		if i%1000 == 999 {
+			if cfg.Progress != nil {
+				fmt.Fprintf(cfg.Progress, "\rconnected %d/%d", i+1, cfg.Clients)
+			}
+			if cfg.BrokerPID > 0 {
+				if err := r.awaitConnected(ctx, r.clients); err != nil {
+					return nil, err
+				}
+				if s, err := SampleProc(cfg.BrokerPID); err == nil {
+					res.RSSCurve = append(res.RSSCurve, RSSPoint{Conns: i + 1, RSS: s.RSS})
+				}
+			}
 		}
 	}
 	if err := r.awaitConnected(ctx, r.clients); err != nil {

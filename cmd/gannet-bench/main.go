@@ -19,6 +19,9 @@ import (
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "report" {
+		return report(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("gannet-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -28,6 +31,13 @@ gannet-bench drives an MQTT broker with one scenario and reports throughput,
 latency percentiles, lost and duplicated messages (by sequence numbers in
 the payloads) and, given --broker-pid, the broker's CPU time per message
 and memory. It exits 1 when messages were lost beyond what the QoS allows.
+
+       gannet-bench report --dir DIR [--plots OUT] [RUN...]
+
+The second form reads the JSON results of a comparison (files named
+<broker>-<run>.json, as bench/compare.sh writes them), prints Markdown
+tables of the given runs with Gannet's ratio to every other broker, and
+draws throughput, latency and memory plots as PNG files into OUT.
 
 Scenarios:
   conn      --clients idle connections at --connect-rate: connect rate, broker RSS per connection
@@ -98,6 +108,33 @@ Flags:
 	if res.Failed() {
 		fmt.Fprintf(stderr, "gannet-bench: %d messages lost, %d duplicated at QoS %d\n", res.Lost, res.Duplicates, res.QoS)
 		return 1
+	}
+	return 0
+}
+
+func report(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("gannet-bench report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "`directory` holding <broker>-<run>.json results")
+	plots := fs.String("plots", "", "`directory` to write PNG plots into; empty: no plots")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *dir == "" {
+		fmt.Fprintln(stderr, "gannet-bench report: --dir is required")
+		return 2
+	}
+	rs, err := bench.LoadResults(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "gannet-bench report: %v\n", err)
+		return 1
+	}
+	rs.Table(stdout, fs.Args())
+	if *plots != "" {
+		if err := rs.Plot(*plots); err != nil {
+			fmt.Fprintf(stderr, "gannet-bench report: %v\n", err)
+			return 1
+		}
 	}
 	return 0
 }
