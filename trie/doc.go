@@ -1,37 +1,71 @@
 // Package trie indexes MQTT topic filters for matching topic names.
 //
-// The broker matches every publish against every subscription, so match
-// is the hot path: it runs on every event loop for every message. A trie
-// keyed by filter level makes its cost depend on the topic's depth and the
-// wildcards present along its path, not on the number of subscriptions.
+// The broker matches every publish against every subscription, on every
+// event loop, so Match is the hot path; the cluster matches again against
+// its route table (filter -> nodes). A trie keyed by filter level makes the
+// cost of a match depend on the topic's depth and on the wildcards met
+// along its path, not on the number of subscriptions.
 //
-// Shape. Each node is where one or more filter levels end and holds the
-// plain subscriptions of that filter and its shared groups. Its children
-// are the exact next levels plus at most one '+' and one '#' child, kept
-// apart so that a match never looks wildcards up by name. A chain of exact
-// levels with nothing in between is one edge whose label carries them all
-// ("dev/42/temp"); the unshared tail of a filter therefore costs a single
-// node, which keeps a million distinct five-level filters under 200 bytes
-// each (see BENCHMARKS.md). An edge is split at the level where a new
-// filter leaves it. Exact children sit in a short slice until there are
-// more than smallKids of them, then in a map.
+// # Shape
 //
-// Matching walks the topic once, level by level, without splitting it into
-// a slice: at each node it visits the '#' child's entries, descends into
-// the '+' child with the rest of the topic, and descends into the exact
-// child for the level, comparing a multi-level edge label with the topic
-// bytes directly. A topic starting with '$' skips the wildcard children of
-// the root [MQTT-4.7.2-1]. Entries are handed to a visitor callback, so a
-// match allocates nothing.
+// A node is where one or more filter levels end. It holds the plain
+// subscriptions whose filter ends there and the shared groups of that
+// filter, and leads on to its children:
 //
-// Shared subscriptions "$share/<group>/<filter>" are stored at the node of
-// <filter> as groups, reported once per group through a separate callback;
-// the caller picks one member (Group.Next helps with round robin).
+//	root ──"site"──▶ • ──"12"──▶ • ──"dev/42"──▶ • ──"temp"──▶ • {k1, k2}
+//	                              │                 └──"hum"───▶ • {k3}
+//	                              └─'+'─▶ • ──"42/temp"──▶ • {k4}
 //
-// Concurrency. One RWMutex guards the trie. Match holds it for reading, so
-// matches on all event loops run in parallel; Subscribe and Unsubscribe
-// take it for writing and are short. Subscription changes are rare next to
-// publishes, and a read lock costs one atomic add, which is cheaper than
-// the copy-on-write of a persistent structure would be at a million
-// subscriptions.
+// Exact children hang on labelled edges; the '+' and '#' children are
+// kept apart, so a match never looks a wildcard up by name. A run of exact
+// levels with nothing in between is one edge ("dev/42"), so the unshared
+// tail of a filter costs one node; an edge is split at the level where a
+// new filter leaves it, and merged again when that filter goes, so the
+// shape depends only on the filters present. Labels are substrings of the
+// subscribed filter strings, which the broker keeps anyway.
+//
+// A node's exact children are a short list, or past eight a hash table
+// with linear probing. Every edge carries a 32-bit hash of its first
+// level, seeded per trie so that nobody can pick levels that collide, and
+// a lookup compares hashes before it reads a label: labels live apart from
+// the nodes, and in a big trie each one read is a cache miss. The first
+// subscription of a filter is held in its node, since most filters have
+// one; further ones go in a slice, with a map from key to position once
+// there are more than 32, so that a filter with a hundred thousand
+// subscribers changes as fast as one with three.
+//
+// # Matching
+//
+// Match walks the topic once, level by level, without splitting it: at
+// each node it reports the '#' child's entries, descends into the '+'
+// child with the rest of the topic, and follows the exact edge of the
+// level, comparing a label of several levels with the topic bytes in
+// place. A topic starting with '$' skips the root's wildcard children
+// [MQTT-4.7.2-1]. Entries go to a visitor callback and shared groups to a
+// second one, once per group, for the caller to pick a member (Group.Next
+// helps with round robin); a match allocates nothing.
+//
+// The benchmarks build a million 5-level subscriptions, one per filter,
+// in about 135 bytes each (filter strings included). Matching a topic
+// whose path is in the CPU caches takes a few hundred nanoseconds; one
+// whose every node comes from main memory costs a cache miss per step,
+// about a dozen in all.
+//
+// # Concurrency
+//
+// One sync.RWMutex guards the trie. Match holds it for reading, so the
+// event loops match in parallel; Subscribe and Unsubscribe take it for
+// writing and are short (under a microsecond). Reads dominate, but a
+// lock-free copy-on-write trie would cost more than it saves here: each
+// change would copy the path to the changed node, including tables of
+// thousands of children and entry sets of thousands of subscribers, and a
+// Group handed to visitGroup would need its own snapshot so that Len and
+// At agree. The price of the lock is an atomic add on a shared word per
+// Match. The callbacks run under the read lock: they must not call into
+// the trie, and locks they take rank below it.
+//
+// There is no result cache (nats-server's Sublist keeps one): a cached
+// result must be stored, which allocates on a miss, and device topics are
+// often unique, so the cache would mostly miss and be invalidated by every
+// subscription change.
 package trie
