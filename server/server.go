@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -110,14 +111,6 @@ func (s *Server) now() int64 { return s.clock.Load() }
 // Start opens the listeners and returns once the broker accepts clients.
 func (s *Server) Start() error {
 	s.started = time.Now()
-	ln, err := net.Listen("tcp", s.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
-	}
-	// gnet binds its own socket; learn the concrete port first so that
-	// ":0" works, then hand the address over.
-	s.addr = ln.Addr()
-	_ = ln.Close()
 
 	loops := s.cfg.EventLoops
 	if loops == 0 {
@@ -125,7 +118,7 @@ func (s *Server) Start() error {
 	}
 	h := &handler{srv: s}
 	go func() {
-		err := gnet.Run(h, "tcp://"+s.addr.String(),
+		err := gnet.Run(h, "tcp://"+s.cfg.Listen,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(loops),
 			gnet.WithReadBufferCap(s.cfg.ReadBufferSize),
@@ -140,8 +133,17 @@ func (s *Server) Start() error {
 	select {
 	case <-s.engReady:
 	case err := <-s.runErr:
-		return fmt.Errorf("cannot start MQTT listener on %s: %w", s.addr, err)
+		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
 	}
+	// Learn the bound address (":0" picks a port) from gnet's own socket:
+	// binding a probe socket first and handing its port over would race
+	// with anything else taking that port in between.
+	addr, err := s.boundAddr()
+	if err != nil {
+		_ = s.eng.Stop(context.Background())
+		return err
+	}
+	s.addr = addr
 
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
@@ -248,4 +250,20 @@ func (l *loop) sweep(now int64) {
 		c.checkDeadlines(l.ob, now)
 	}
 	l.ob.flush()
+}
+
+// boundAddr is the address of the engine's listening socket.
+func (s *Server) boundAddr() (net.Addr, error) {
+	fd, err := s.eng.Dup()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the MQTT listener's address: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "mqtt-listener")
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the MQTT listener's address: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr(), nil
 }
