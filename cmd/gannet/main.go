@@ -48,12 +48,16 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gannet: %v\n", err)
 		return 2
 	}
+	// Catch the signals before Start: /readyz turns 200 inside Start, and a
+	// SIGTERM sent as soon as it does must stop the broker cleanly rather
+	// than kill the process.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	if err := srv.Start(); err != nil {
 		cfg.Logger.Error("cannot start", "err", err)
 		return 1
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	got := <-sig
 	cfg.Logger.Info("shutting down", "signal", got.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
