@@ -168,7 +168,9 @@ func (c *client) flush() {
 		p := c.pend
 		for len(p) > 0 && !c.closed {
 			n := min(len(p), 1024) // IOV_MAX
-			if _, err := c.gc.Writev(p[:n]); err != nil {
+			w, err := c.gc.Writev(p[:n])
+			c.srv.stats.bytesOut.Add(w)
+			if err != nil {
 				break
 			}
 			p = p[n:]
@@ -317,7 +319,7 @@ func (c *client) encodeStored(m *outMsg, now int64) (fanout.Frame, bool) {
 		c.srv.stats.droppedTooLarge.Add(1)
 		return fanout.Frame{}, false
 	}
-	c.srv.stats.sent(fr.Size())
+	c.srv.stats.sentMessage()
 	return fr, true
 }
 

@@ -247,7 +247,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		fr, ok := cl.frame(ob, m, 0, retain, subIDs)
 		if ok {
 			ob.addParts(cl, fr, nil)
-			ss.srv.stats.sent(fr.Size())
+			ss.srv.stats.sentMessage()
 		}
 		return
 	}
@@ -272,5 +272,5 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	}
 	ss.mu.inflight[om.pid] = om
 	ob.addParts(cl, fr, om.idb[:])
-	ss.srv.stats.sent(fr.Size())
+	ss.srv.stats.sentMessage()
 }

@@ -68,10 +68,11 @@ func newStats(s *Server) *stats {
 	return st
 }
 
-// sent counts one outgoing message of n bytes.
-func (st *stats) sent(n int) {
+// sentMessage counts one outgoing PUBLISH. Bytes out are counted where
+// they are written (client.flush), every packet type included, like bytes
+// in.
+func (st *stats) sentMessage() {
 	st.msgsOut.Inc()
-	st.bytesOut.Add(n)
 }
 
 // received counts n inbound bytes.
