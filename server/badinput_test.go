@@ -951,3 +951,21 @@ func TestBadInputPublishesWill(t *testing.T) {
 		watcher.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
 	}
 }
+
+// A connection closed without a reply for breaking the protocol still
+// counts as a protocol error: a first packet that is not CONNECT
+// [MQTT-3.1.0-1], and a malformed 3.1.1 CONNECT.
+func TestSilentClosesCounted(t *testing.T) {
+	s := startBroker(t, nil)
+	rc := dialRaw(t, s, codec.V311)
+	rc.write([]byte{0xc0, 0}) // PINGREQ first
+	if got := rc.expectClosed(); len(got) != 0 {
+		t.Fatalf("got %v, want a silent close", got)
+	}
+	rc = dialRaw(t, s, codec.V311)
+	rc.write([]byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x03, 0, 0, 0, 0}) // reserved flag set
+	if got := rc.expectClosed(); len(got) != 0 {
+		t.Fatalf("got %v, want a silent close", got)
+	}
+	waitFor(t, "both closes to be counted", func() bool { return s.stats.protocolErrors.Get() == 2 })
+}

@@ -199,6 +199,7 @@ func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
 		if h.Type != codec.CONNECT {
 			// The first packet must be CONNECT [MQTT-3.1.0-1].
 			c.logger().Warn("closing connection", "reason", "first packet is not CONNECT", "type", h.Type.String())
+			c.srv.stats.protocolErrors.Add(1)
 			return errClose
 		}
 		return c.handleConnect(ob, h, body)

@@ -31,6 +31,7 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 		// 3.x: a malformed CONNECT closes the connection without CONNACK.
 		c.logger().Warn("closing connection", "reason", "malformed CONNECT", "err", err)
+		c.srv.stats.protocolErrors.Add(1)
 		return errClose
 	}
 	c.version = p.ProtocolVersion
