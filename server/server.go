@@ -238,10 +238,15 @@ func (s *Server) tick() {
 
 func (s *Server) sweep() {
 	s.loops.Lock()
+	loops := make([]*loop, 0, len(s.loops.m))
 	for _, l := range s.loops.m {
-		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) }))
+		loops = append(loops, l)
 	}
 	s.loops.Unlock()
+	// Execute outside the lock, as doc.go's lock order asks.
+	for _, l := range loops {
+		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) }))
+	}
 }
 
 // sweep enforces deadlines on this loop's connections.
