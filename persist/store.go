@@ -1,0 +1,484 @@
+package persist
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Durability says what a commit's callback promises; doc.go states each
+// mode exactly.
+type Durability int
+
+// Durability modes.
+const (
+	DurabilitySync  Durability = iota // callback after the group's fsync
+	DurabilityBatch                   // callback after the write; fsync every SyncInterval
+)
+
+// ParseDurability parses "sync" or "batch".
+func ParseDurability(s string) (Durability, error) {
+	switch s {
+	case "sync":
+		return DurabilitySync, nil
+	case "batch":
+		return DurabilityBatch, nil
+	}
+	return 0, fmt.Errorf("persist: unknown durability %q (want sync or batch)", s)
+}
+
+func (d Durability) String() string {
+	if d == DurabilityBatch {
+		return "batch"
+	}
+	return "sync"
+}
+
+// Options configure a Store.
+type Options struct {
+	Dir          string
+	Durability   Durability
+	SyncInterval time.Duration // Batch: WAL fsync period; 0 means 100ms
+	// MinFreeBytes is the free space below which commits fail with
+	// ErrDiskFull; 0 means 64 MiB. It is checked at most every 250ms or
+	// every 4 MiB written.
+	MinFreeBytes uint64
+	FS           vfs.FS       // nil: the real file system
+	Logger       *slog.Logger // nil: slog.Default()
+}
+
+// Errors of Open and Commit.
+var (
+	ErrDiskFull    = errors.New("persist: disk full")
+	ErrForeign     = errors.New("persist: directory holds data of another program")
+	ErrNewerFormat = errors.New("persist: data written by a newer format")
+	ErrClosed      = errors.New("persist: store closed")
+)
+
+const (
+	formatMagic   = "gannet-store"
+	formatVersion = 1
+
+	// maxPending bounds the bytes of ops waiting for the committer; Commit
+	// blocks beyond it, which is the backpressure on a disk that cannot
+	// keep up.
+	maxPending = 64 << 20
+)
+
+// Store is the durable store. Its methods are safe for concurrent use.
+type Store struct {
+	db   *pebble.DB
+	opts Options
+	log  *slog.Logger
+
+	idRun  uint64
+	nextID atomic.Uint64
+
+	mu struct {
+		sync.Mutex
+		pending      []pendingCommit
+		pendingBytes int
+		closed       bool
+	}
+	wake     chan struct{} // a commit is pending
+	room     *sync.Cond    // on mu: pending bytes fell below maxPending
+	stopped  chan struct{} // committer exited
+	unsynced atomic.Bool   // Batch mode: writes since the last fsync
+
+	unhealthy atomic.Pointer[error]
+	disk      struct {
+		lastCheck time.Time
+		written   int
+		full      bool
+	}
+
+	stats struct {
+		commits, syncs, ops, batches, bytes, failures atomic.Uint64
+	}
+}
+
+type pendingCommit struct {
+	buf  []byte
+	ops  []op
+	done func(error)
+}
+
+// Open opens the store in o.Dir, creating it when the directory is empty
+// or absent. A directory of another program, of a newer format or with
+// corrupt files is refused and left untouched.
+func Open(o Options) (*Store, error) {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = 100 * time.Millisecond
+	}
+	if o.MinFreeBytes == 0 {
+		o.MinFreeBytes = 64 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if err := checkDir(o.FS, o.Dir); err != nil {
+		return nil, err
+	}
+	if err := o.FS.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("persist: cannot create %s: %w", o.Dir, err)
+	}
+	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, Logger: pebbleLogger{o.Logger}})
+	if err != nil {
+		if errors.Is(err, pebble.ErrCorruption) {
+			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("persist: cannot open %s: %w", o.Dir, err)
+	}
+	s := &Store{db: db, opts: o, log: o.Logger, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	s.room = sync.NewCond(&s.mu)
+	if err := s.checkFormat(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	go s.committer()
+	return s, nil
+}
+
+// checkDir refuses a non-empty directory that holds no Pebble store before
+// Pebble creates anything in it.
+func checkDir(fs vfs.FS, dir string) error {
+	names, err := fs.List(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("persist: cannot read %s: %w", dir, err)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "MANIFEST-") || strings.HasPrefix(n, "OPTIONS-") || strings.HasPrefix(n, "marker.") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s is not empty and holds no Gannet store (found %q)", ErrForeign, dir, names[0])
+}
+
+// checkFormat reads the format key, writing it into a new store, and takes
+// this run's id range.
+func (s *Store) checkFormat() error {
+	v, closer, err := s.db.Get(keyFormat)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		it, err := s.db.NewIter(nil)
+		if err != nil {
+			return fmt.Errorf("persist: cannot read the store: %w", err)
+		}
+		empty := !it.First()
+		_ = it.Close()
+		if !empty {
+			return fmt.Errorf("%w: %s is a Pebble store without Gannet's format key", ErrForeign, s.opts.Dir)
+		}
+		val := binary.BigEndian.AppendUint32([]byte(formatMagic), formatVersion)
+		if err := s.db.Set(keyFormat, val, pebble.Sync); err != nil {
+			return fmt.Errorf("persist: cannot write the format key: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("persist: cannot read the format key: %w", err)
+	default:
+		ok := len(v) == len(formatMagic)+4 && bytes.HasPrefix(v, []byte(formatMagic))
+		var ver uint32
+		if ok {
+			ver = binary.BigEndian.Uint32(v[len(formatMagic):])
+		}
+		_ = closer.Close()
+		if !ok {
+			return fmt.Errorf("%w: %s has an unknown format key", ErrForeign, s.opts.Dir)
+		}
+		if ver > formatVersion {
+			return fmt.Errorf("%w: %s is format %d; this build reads up to %d", ErrNewerFormat, s.opts.Dir, ver, formatVersion)
+		}
+	}
+	// Body ids are the run counter in the high 24 bits and a counter in
+	// the low 40, so that no id repeats across restarts without a write
+	// per id.
+	v, closer, err = s.db.Get(keyIDRun)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("persist: cannot read the id counter: %w", err)
+	default:
+		if len(v) != 8 {
+			_ = closer.Close()
+			return fmt.Errorf("%w: bad id counter", ErrCorrupt)
+		}
+		s.idRun = binary.BigEndian.Uint64(v)
+		_ = closer.Close()
+	}
+	s.idRun++
+	if s.idRun >= 1<<24 {
+		return fmt.Errorf("%w: id counter exhausted", ErrCorrupt)
+	}
+	if err := s.db.Set(keyIDRun, binary.BigEndian.AppendUint64(nil, s.idRun), pebble.Sync); err != nil {
+		return fmt.Errorf("persist: cannot write the id counter: %w", err)
+	}
+	s.nextID.Store(s.idRun << 40)
+	return nil
+}
+
+// NextID returns a body id no other body of this store has had.
+func (s *Store) NextID() uint64 { return s.nextID.Add(1) }
+
+// Healthy reports nil, or why commits are failing now.
+func (s *Store) Healthy() error {
+	if p := s.unhealthy.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Stats are the store's counters.
+type Stats struct {
+	Commits      uint64 // Commit calls completed
+	Batches      uint64 // groups written
+	Syncs        uint64 // fsyncs of the WAL
+	Ops          uint64 // writes applied
+	BytesWritten uint64 // bytes of batches written to the WAL
+	Failures     uint64 // groups that failed
+}
+
+// Stats returns the counters.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.stats.commits.Load(), Batches: s.stats.batches.Load(), Syncs: s.stats.syncs.Load(),
+		Ops: s.stats.ops.Load(), BytesWritten: s.stats.bytes.Load(), Failures: s.stats.failures.Load()}
+}
+
+// Commit hands b's writes to the committer and returns at once, unless
+// more than 64 MiB of writes are waiting, when it blocks until the disk
+// catches up. b may be reused as soon as Commit returns. done runs on the
+// committer goroutine once the writes are durable (Sync) or written
+// (Batch), or with the error that stopped them; it must not block.
+// Callbacks run in Commit order, for empty batches too, so an empty batch
+// is a barrier behind every earlier commit.
+func (s *Store) Commit(b *Batch, done func(error)) {
+	pc := pendingCommit{done: done}
+	if len(b.ops) > 0 {
+		pc.buf = append([]byte(nil), b.buf...)
+		pc.ops = append([]op(nil), b.ops...)
+	}
+	s.mu.Lock()
+	for s.mu.pendingBytes > maxPending && !s.mu.closed {
+		s.room.Wait()
+	}
+	if s.mu.closed {
+		s.mu.Unlock()
+		done(ErrClosed)
+		return
+	}
+	s.mu.pending = append(s.mu.pending, pc)
+	s.mu.pendingBytes += len(pc.buf)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// committer writes groups of pending commits until Close.
+func (s *Store) committer() {
+	defer close(s.stopped)
+	var tick <-chan time.Time
+	if s.opts.Durability == DurabilityBatch {
+		t := time.NewTicker(s.opts.SyncInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	// While the disk is full, look again now and then: with writes refused
+	// nothing else would.
+	recheck := time.NewTicker(250 * time.Millisecond)
+	defer recheck.Stop()
+	var group []pendingCommit
+	for {
+		s.mu.Lock()
+		group = append(group[:0], s.mu.pending...)
+		clear(s.mu.pending)
+		s.mu.pending = s.mu.pending[:0]
+		s.mu.pendingBytes = 0
+		closed := s.mu.closed
+		s.room.Broadcast()
+		s.mu.Unlock()
+		if len(group) > 0 {
+			s.write(group)
+			clear(group)
+			continue
+		}
+		if closed {
+			s.syncNow()
+			return
+		}
+		select {
+		case <-s.wake:
+		case <-tick:
+			s.syncNow()
+		case <-recheck.C:
+			if s.disk.full {
+				_ = s.checkDisk(0)
+			}
+		}
+	}
+}
+
+// write applies one group as one Pebble batch and runs its callbacks.
+func (s *Store) write(group []pendingCommit) {
+	n, size := 0, 0
+	for _, pc := range group {
+		n += len(pc.ops)
+		size += len(pc.buf)
+	}
+	var err error
+	if n > 0 {
+		err = s.apply(group, n, size)
+	}
+	if err != nil {
+		s.stats.failures.Add(1)
+		s.unhealthy.Store(&err)
+	} else if n > 0 && s.Healthy() != nil && !s.disk.full {
+		s.unhealthy.Store(nil)
+	}
+	for _, pc := range group {
+		pc.done(err)
+	}
+	s.stats.commits.Add(uint64(len(group)))
+}
+
+func (s *Store) apply(group []pendingCommit, n, size int) error {
+	if err := s.checkDisk(size); err != nil {
+		return err
+	}
+	b := s.db.NewBatchWithSize(size + 16*n)
+	defer b.Close()
+	for _, pc := range group {
+		for _, o := range pc.ops {
+			k := pc.buf[o.k0:o.k1]
+			var err error
+			switch o.kind {
+			case opSet:
+				err = b.Set(k, pc.buf[o.v0:o.v1], nil)
+			case opDelete:
+				err = b.Delete(k, nil)
+			case opDeleteRange:
+				err = b.DeleteRange(k, pc.buf[o.v0:o.v1], nil)
+			}
+			if err != nil {
+				return fmt.Errorf("persist: cannot build a batch: %w", err)
+			}
+		}
+	}
+	wo := pebble.Sync
+	if s.opts.Durability == DurabilityBatch {
+		wo = pebble.NoSync
+	}
+	if err := b.Commit(wo); err != nil {
+		return fmt.Errorf("persist: cannot write: %w", err)
+	}
+	s.stats.batches.Add(1)
+	s.stats.ops.Add(uint64(n))
+	s.stats.bytes.Add(uint64(len(b.Repr())))
+	if wo == pebble.Sync {
+		s.stats.syncs.Add(1)
+	} else {
+		s.unsynced.Store(true)
+	}
+	return nil
+}
+
+// syncNow fsyncs the WAL when Batch mode has written since the last one.
+func (s *Store) syncNow() {
+	if !s.unsynced.Swap(false) {
+		return
+	}
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		s.log.Error("persist: cannot sync the log", "err", err)
+		s.unhealthy.Store(&err)
+		return
+	}
+	s.stats.syncs.Add(1)
+}
+
+// checkDisk fails a group while the volume is short of space. It asks the
+// file system at most every 250ms or 4 MiB.
+func (s *Store) checkDisk(size int) error {
+	d := &s.disk
+	d.written += size
+	if !d.full && time.Since(d.lastCheck) < 250*time.Millisecond && d.written < 4<<20 {
+		return nil
+	}
+	d.lastCheck, d.written = time.Now(), 0
+	u, err := s.opts.FS.GetDiskUsage(s.opts.Dir)
+	if err != nil {
+		return nil // no figure to go by; Pebble reports real failures
+	}
+	if u.AvailBytes < s.opts.MinFreeBytes {
+		if !d.full {
+			s.log.Error("persist: disk full; refusing writes", "dir", s.opts.Dir,
+				"free_bytes", u.AvailBytes, "need_bytes", s.opts.MinFreeBytes)
+		}
+		d.full = true
+		err := fmt.Errorf("%w: %d bytes free on %s, need %d", ErrDiskFull, u.AvailBytes, s.opts.Dir, s.opts.MinFreeBytes)
+		s.unhealthy.Store(&err)
+		return err
+	}
+	if d.full {
+		s.log.Warn("persist: disk space back; writes resume", "dir", s.opts.Dir, "free_bytes", u.AvailBytes)
+		d.full = false
+		s.unhealthy.Store(nil)
+	}
+	return nil
+}
+
+// Close completes the pending commits, syncs and closes the store.
+// Commits after Close fail with ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.closed = true
+	s.room.Broadcast()
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	<-s.stopped
+	return s.db.Close()
+}
+
+// pebbleLogger sends Pebble's logs to slog. Pebble calls Fatalf when it
+// cannot go on (a failed WAL write leaves its state unknown); the process
+// exits then, as Pebble expects, after the reason is logged. The disk
+// space check above exists so that a full disk does not get this far.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error("pebble: " + fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error("pebble: fatal: " + fmt.Sprintf(format, args...))
+	os.Exit(1)
+}
