@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 
 	"github.com/panjf2000/gnet/v2"
@@ -51,6 +52,9 @@ type client struct {
 	// pend holds bytes to write at the end of the current unit of work.
 	pend  [][]byte
 	dirty bool
+	// held counts slots in pend waiting for a store commit; output pauses
+	// while it is non-zero (durable.go).
+	held int
 
 	// slow is set while the outbound buffer is above the high-water mark.
 	// Written on the loop, read by deliveries from any goroutine.
@@ -153,7 +157,13 @@ func (c *client) close() {
 	if c.closed {
 		return
 	}
-	if c.dirty {
+	if c.held > 0 {
+		// The last bytes go now; acknowledgements still waiting for the
+		// disk never do.
+		c.pend = slices.DeleteFunc(c.pend, func(b []byte) bool { return b == nil })
+		c.held = 0
+	}
+	if c.dirty || len(c.pend) > 0 {
 		c.flush()
 	}
 	c.closed = true
@@ -164,6 +174,9 @@ func (c *client) close() {
 // updates the slow-receiver state.
 func (c *client) flush() {
 	c.dirty = false
+	if c.held > 0 {
+		return // resumed by releaseAck
+	}
 	if !c.closed {
 		p := c.pend
 		for len(p) > 0 && !c.closed {

@@ -7,6 +7,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // SharedPolicy chooses which member of a shared subscription group receives a
@@ -20,6 +22,17 @@ const (
 	SharedHash       SharedPolicy = "hash" // by publisher client id: one publisher sticks to one member
 )
 
+// Durability says when a QoS 1/2 publish is acknowledged relative to the
+// disk (persist/doc.go states each promise).
+type Durability string
+
+// Durability modes.
+const (
+	DurabilitySync  Durability = "sync"  // after the fsync of the write that holds it (default)
+	DurabilityBatch Durability = "batch" // after the write, before its fsync
+	DurabilityNone  Durability = "none"  // memory only; nothing survives a restart
+)
+
 // Config is everything a broker needs to run. cmd/gannet builds it from
 // flags; tests build it directly. The zero value is not usable: start from
 // DefaultConfig.
@@ -31,6 +44,18 @@ type Config struct {
 	HTTPListen string
 	// DataDir is where persistent state lives.
 	DataDir string
+	// Durability chooses when acknowledged messages are on disk.
+	Durability Durability
+	// SyncInterval is how often batch durability fsyncs the log.
+	SyncInterval time.Duration
+	// MinFreeDisk is the free space (bytes) below which the store refuses
+	// writes, and the broker QoS 1/2 publishes, until space returns.
+	MinFreeDisk uint64
+	// PurgeInterval is how often expired messages are removed from offline
+	// sessions and the retained store.
+	PurgeInterval time.Duration
+	// storeFS replaces the real file system in tests.
+	storeFS vfs.FS
 
 	// EventLoops is the number of gnet event loops; 0 means one per CPU.
 	EventLoops int
@@ -95,6 +120,10 @@ func DefaultConfig() Config {
 		Listen:            ":1883",
 		HTTPListen:        ":8080",
 		DataDir:           "./data",
+		Durability:        DurabilitySync,
+		SyncInterval:      100 * time.Millisecond,
+		MinFreeDisk:       64 << 20,
+		PurgeInterval:     time.Minute,
 		EventLoops:        0,
 		ReadBufferSize:    64 << 10,
 		WriteBufferSize:   64 << 10,
@@ -162,5 +191,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--shared-policy must be round-robin, random or hash, got %q", c.SharedPolicy))
 	}
 	check(c.SysInterval >= 0, "--sys-interval must be >= 0, got %s", c.SysInterval)
+	switch c.Durability {
+	case DurabilitySync, DurabilityBatch, DurabilityNone:
+	default:
+		errs = append(errs, fmt.Errorf("--durability must be sync, batch or none, got %q", c.Durability))
+	}
+	check(c.Durability == DurabilityNone || c.DataDir != "", "--data-dir must not be empty unless --durability=none")
+	check(c.SyncInterval > 0, "--sync-interval must be positive, got %s", c.SyncInterval)
+	check(c.PurgeInterval > 0, "--purge-interval must be positive, got %s", c.PurgeInterval)
 	return errors.Join(errs...)
 }

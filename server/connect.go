@@ -128,7 +128,7 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 	}
 
-	sess, present := c.srv.attach(c, id, p.CleanStart, expiry, window)
+	sess, present := c.srv.attach(ob, c, id, p.CleanStart, expiry, window)
 	c.sess = sess
 	c.connected = true
 	c.srv.stats.clients.Add(1)
@@ -182,7 +182,7 @@ func newClientID() string {
 // attach binds c to the session for id, creating it, resuming it or taking
 // it over from another connection. It reports whether an existing session
 // was resumed (CONNACK's session present).
-func (s *Server) attach(c *client, id string, cleanStart bool, expiry time.Duration, window int) (*session, bool) {
+func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expiry time.Duration, window int) (*session, bool) {
 	s.sessions.Lock()
 	old := s.sessions.m[id]
 	var sess *session
@@ -198,15 +198,21 @@ func (s *Server) attach(c *client, id string, cleanStart bool, expiry time.Durat
 
 	if old != nil && old != sess {
 		// Clean start: the old session ends here [MQTT-3.1.2-4].
-		s.endSession(old)
+		s.endSession(ob, old)
 	}
 
 	sess.mu.Lock()
 	prev := sess.mu.cl
 	sess.mu.cl = c
 	sess.mu.gen++
+	if sess.persistentLocked() && expiry == 0 {
+		// Resumed without an expiry: the session ends with this connection
+		// and no longer belongs on disk.
+		sess.unstoreLocked(ob)
+	}
 	sess.mu.expiry = expiry
 	sess.mu.window = window
+	sess.saveLocked(ob, 0)
 	if sess.mu.expTimer != nil {
 		sess.mu.expTimer.Stop()
 		sess.mu.expTimer = nil
@@ -218,7 +224,7 @@ func (s *Server) attach(c *client, id string, cleanStart bool, expiry time.Durat
 	if will != nil {
 		// The session resumed before the will delay ran out: no will
 		// [MQTT-3.1.3-9].
-		will.cancel()
+		will.cancel(ob)
 	}
 	if prev != nil {
 		prev.kick(codec.SessionTakenOver)
@@ -259,7 +265,11 @@ func (c *client) handleDisconnect(ob *outbox, p *codec.Disconnect) error {
 			return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-3.14.2-2",
 				Msg: "session expiry set in DISCONNECT after CONNECT set it to 0"}
 		}
-		c.sess.mu.expiry = min(time.Duration(p.Props.SessionExpiry)*time.Second, c.srv.cfg.MaxSessionExpiry)
+		exp := min(time.Duration(p.Props.SessionExpiry)*time.Second, c.srv.cfg.MaxSessionExpiry)
+		if exp == 0 && c.sess.persistentLocked() {
+			c.sess.unstoreLocked(ob)
+		}
+		c.sess.mu.expiry = exp
 		c.sess.mu.Unlock()
 	}
 	if !(c.version == codec.V5 && p.Code == codec.DisconnectWithWill) {
@@ -277,10 +287,16 @@ func (c *client) onClose() {
 		return
 	}
 	sess := c.sess
+	// OnClose may run inside another client's flush (a failed write), so
+	// this work gets an outbox of its own that reaches every client through
+	// its loop.
+	ob := newOutbox(c.srv, nil)
+	defer ob.flush()
 	sess.mu.Lock()
 	mine := sess.mu.cl == c
 	if mine {
 		sess.mu.cl = nil
+		sess.saveLocked(ob, c.srv.now())
 	}
 	expiry := sess.mu.expiry
 	gen := sess.mu.gen
@@ -292,10 +308,10 @@ func (c *client) onClose() {
 		return
 	}
 	if c.will != nil && !c.disconnect {
-		c.srv.scheduleWill(sess, c.will, c.willDelay, expiry)
+		c.srv.scheduleWill(ob, sess, c.will, c.willDelay, expiry)
 	}
 	if expiry == 0 {
-		c.srv.endSession(sess)
+		c.srv.endSession(ob, sess)
 		return
 	}
 	sess.mu.Lock()
@@ -312,13 +328,15 @@ func (s *Server) expireSession(sess *session, gen uint64) {
 	sess.mu.Unlock()
 	if !stale {
 		s.stats.sessionsExpired.Add(1)
-		s.endSession(sess)
+		ob := newOutbox(s, nil)
+		s.endSession(ob, sess)
+		ob.flush()
 	}
 }
 
 // endSession removes a session: its subscriptions leave the index and its
 // queued messages go. A pending will is published now [MQTT-3.1.2-8].
-func (s *Server) endSession(sess *session) {
+func (s *Server) endSession(ob *outbox, sess *session) {
 	s.sessions.Lock()
 	if s.sessions.m[sess.id] == sess {
 		delete(s.sessions.m, sess.id)
@@ -329,6 +347,9 @@ func (s *Server) endSession(sess *session) {
 	if sess.mu.ended {
 		sess.mu.Unlock()
 		return
+	}
+	if sess.persistentLocked() {
+		sess.unstoreLocked(ob)
 	}
 	sess.mu.ended = true
 	subs := sess.mu.subs

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/persist"
 	"github.com/gannetmq/gannet/trie"
 )
 
@@ -19,6 +20,7 @@ import (
 //
 // An outbox belongs to one goroutine at a time.
 type outbox struct {
+	srv    *Server
 	home   *loop     // the event loop running this work; nil off-loop
 	local  []*client // home-loop clients with pending bytes
 	remote map[*loop]*xfer
@@ -29,6 +31,11 @@ type outbox struct {
 	matches []match
 	index   map[*session]int
 	parts   [][]byte
+
+	// store writes of this unit of work, and the acknowledgements that wait
+	// for them (durable.go)
+	batch persist.Batch
+	held  []heldAck
 }
 
 // match is one receiver of a message and its merged options.
@@ -51,8 +58,8 @@ type xitem struct {
 
 var xferPool = sync.Pool{New: func() any { return new(xfer) }}
 
-func newOutbox(home *loop) *outbox {
-	return &outbox{home: home, remote: make(map[*loop]*xfer), index: make(map[*session]int)}
+func newOutbox(srv *Server, home *loop) *outbox {
+	return &outbox{srv: srv, home: home, remote: make(map[*loop]*xfer), index: make(map[*session]int)}
 }
 
 // add queues one whole packet for cl.
@@ -85,9 +92,13 @@ func (ob *outbox) addSlices(cl *client, parts [][]byte) {
 	x.parts = append(x.parts, parts...)
 }
 
-// flush writes everything collected. On the home loop it writes directly;
-// other loops get one Execute each.
+// flush commits the store writes collected, then writes everything
+// collected. On the home loop it writes directly; other loops get one
+// Execute each. The commit goes first so that an acknowledgement from a
+// receiver, which can only follow these bytes, is committed after the
+// entry it removes.
 func (ob *outbox) flush() {
+	ob.commit()
 	for i, cl := range ob.local {
 		cl.flush()
 		ob.local[i] = nil
@@ -251,26 +262,19 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
-	om := &outMsg{msg: m, qos: qos, retain: retain, subIDs: subIDs}
 	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
-		if len(subIDs) > 0 {
-			om.subIDs = append([]uint32(nil), subIDs...)
-		}
-		ss.enqueueLocked(om)
+		ss.enqueueLocked(ob, ss.newOutMsgLocked(m, qos, retain, subIDs))
 		return
 	}
-	om.pid = ss.allocIDLocked()
-	om.idb[0], om.idb[1] = byte(om.pid>>8), byte(om.pid)
-	ss.mu.seq++
-	om.seq = ss.mu.seq
 	fr, ok := cl.frame(ob, m, qos, retain, subIDs)
 	if !ok {
 		return // too large for this client: discarded as if delivered [MQTT-3.1.2-25]
 	}
-	if len(subIDs) > 0 {
-		om.subIDs = append([]uint32(nil), subIDs...)
-	}
+	om := ss.newOutMsgLocked(m, qos, retain, subIDs)
+	om.pid = ss.allocIDLocked()
+	om.idb[0], om.idb[1] = byte(om.pid>>8), byte(om.pid)
 	ss.mu.inflight[om.pid] = om
+	ss.storeEntryLocked(ob, om)
 	ob.addParts(cl, fr, om.idb[:])
 	ss.srv.stats.sentMessage()
 }

@@ -17,6 +17,12 @@
 // Execute per loop carrying everything for that loop. Timers and other
 // goroutines (wills, session expiry, $SYS) use an outbox with no home loop.
 //
+// Durable state (durable.go) is written behind: every unit of work adds its
+// store writes to its outbox's batch, flush hands the batch to the store's
+// group committer, and acknowledgements that promise durability wait in a
+// slot of the client's pending bytes until the commit completes. No event
+// loop waits on disk.
+//
 // A session outlives its connections and is reached from every loop that
 // delivers to it, so its mutable state sits under session.mu. Deliveries
 // take it briefly; nothing under it blocks, writes to a socket or takes
@@ -28,6 +34,8 @@
 //	trie read lock (during Match)  >  session.mu
 //	Server.loops     (leaf; never held while calling into gnet)
 //	retainStore.mu   (leaf)
+//	storeGate        (leaf; its read side is held only around Store.Commit,
+//	                  which never waits on disk)
 //
 // The trie's read lock is held while Match visits subscribers, and a shared
 // group pick checks a member's session.mu under it, so no code may call

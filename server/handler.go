@@ -32,7 +32,7 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	l := s.loops.m[el]
 	if l == nil {
 		l = &loop{el: el, conns: make(map[*client]struct{})}
-		l.ob = newOutbox(l)
+		l.ob = newOutbox(s, l)
 		s.loops.m[el] = l
 	}
 	return l

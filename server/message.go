@@ -1,6 +1,7 @@
 package server
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
@@ -23,6 +24,20 @@ type message struct {
 	expiresAt int64
 	// from is the publisher's client id, for no-local and hash picks.
 	from string
+
+	// id is the message's body id in the store, set (once, by the one
+	// goroutine that routes the message) when a persistent session first
+	// queues it; 0 while no stored entry refers to it.
+	id uint64
+	// refs counts the stored entries that refer to the body; the body is
+	// deleted with the last.
+	refs atomic.Int32
+}
+
+// clone returns a message with the same content and no store identity.
+func (m *message) clone() *message {
+	return &message{topic: m.topic, payload: m.payload, qos: m.qos, retain: m.retain,
+		props: m.props, expiresAt: m.expiresAt, from: m.from}
 }
 
 // newMessage copies what the broker keeps of p into one buffer. now is the

@@ -48,6 +48,18 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		return c.ackPublish(ob, p, codec.PayloadFormatInvalid)
 	}
 
+	if p.QoS > 0 {
+		if err := c.srv.storeUnhealthy(); err != nil {
+			// Nothing is accepted that could not be kept.
+			c.srv.stats.storeRefused.Add(1)
+			c.srv.logThrottled("refusing QoS 1/2 publishes: the store cannot write", "err", err)
+			if !v5 {
+				return &codec.Error{Code: codec.QuotaExceeded, Msg: "the broker cannot store messages now: " + err.Error()}
+			}
+			return c.ackPublish(ob, p, codec.QuotaExceeded)
+		}
+	}
+
 	switch p.QoS {
 	case 0:
 		c.publish(ob, p)
@@ -66,6 +78,9 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 		if !seen {
 			c.sess.mu.rxQoS2[p.PacketID] = struct{}{}
+			if c.sess.persistentLocked() {
+				ob.batch.PutInbound(c.sess.id, p.PacketID)
+			}
 		}
 		c.sess.mu.Unlock()
 		if !seen {
@@ -81,10 +96,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 func (c *client) publish(ob *outbox, p *codec.Publish) {
 	m := newMessage(p, c.id, c.srv.now())
 	c.srv.stats.msgsIn.Add(1)
-	if m.retain {
-		c.srv.retained.set(m)
-	}
-	if c.srv.route(ob, m) == 0 {
+	if c.srv.publishOn(ob, m) == 0 {
 		c.srv.stats.noSubscribers.Add(1)
 	}
 }
@@ -99,7 +111,12 @@ func (c *client) ackPublish(ob *outbox, p *codec.Publish, code codec.ReasonCode)
 		kind = codec.PUBREC
 		if code.IsError() {
 			c.sess.mu.Lock()
-			delete(c.sess.mu.rxQoS2, p.PacketID)
+			if _, ok := c.sess.mu.rxQoS2[p.PacketID]; ok {
+				delete(c.sess.mu.rxQoS2, p.PacketID)
+				if c.sess.persistentLocked() {
+					ob.batch.DeleteInbound(c.sess.id, p.PacketID)
+				}
+			}
 			c.sess.mu.Unlock()
 		}
 	}
@@ -117,7 +134,12 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 		// [MQTT-4.3.3-11]. An unknown id gets 0x92 in v5.
 		sess.mu.Lock()
 		_, ok := sess.mu.rxQoS2[a.PacketID]
-		delete(sess.mu.rxQoS2, a.PacketID)
+		if ok {
+			delete(sess.mu.rxQoS2, a.PacketID)
+			if sess.persistentLocked() {
+				ob.batch.DeleteInbound(sess.id, a.PacketID)
+			}
+		}
 		sess.mu.Unlock()
 		code := codec.Success
 		if !ok {
@@ -134,6 +156,7 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 		}
 		if m != nil && m.qos == want && (want == 1 || m.released) {
 			delete(sess.mu.inflight, a.PacketID)
+			sess.forgetLocked(ob, m)
 			sess.pumpLocked(ob, now)
 		}
 		sess.mu.Unlock()
@@ -157,9 +180,15 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 		case a.Code.IsError():
 			// The receiver refused it: the flow ends here [MQTT-4.3.3-4].
 			delete(sess.mu.inflight, a.PacketID)
+			sess.forgetLocked(ob, m)
 			sess.pumpLocked(ob, now)
 		default:
-			m.released = true
+			if !m.released {
+				m.released = true
+				if m.stored {
+					sess.storeEntryLocked(ob, m)
+				}
+			}
 			rel = c.encodeAck(codec.PUBREL, a.PacketID)
 		}
 		sess.mu.Unlock()
@@ -174,6 +203,10 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 // queueAck queues an acknowledgement for this client, encoded into the
 // client's arena (reused after each flush). It runs on the client's loop.
 func (c *client) queueAck(ob *outbox, kind codec.Type, pid uint16, code codec.ReasonCode) {
+	if ob.holds(c) {
+		ob.hold(heldAck{c: c, kind: kind, pid: pid, code: code})
+		return
+	}
 	a := codec.Ack{Kind: kind, PacketID: pid}
 	if c.version == codec.V5 {
 		a.Code = code

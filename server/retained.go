@@ -75,6 +75,23 @@ func (r *retainStore) remove(topic []byte) {
 	}
 }
 
+// dropExpired removes the retained messages whose expiry has passed and
+// returns them.
+func (r *retainStore) dropExpired(now int64) []*message {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var gone []*message
+	for _, m := range r.all(nil, &r.root, false) {
+		if m.expired(now) {
+			gone = append(gone, m)
+		}
+	}
+	for _, m := range gone {
+		r.remove(m.topic)
+	}
+	return gone
+}
+
 // len returns the number of retained messages.
 func (r *retainStore) len() int {
 	r.mu.RLock()

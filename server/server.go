@@ -28,6 +28,8 @@ type Server struct {
 	subs     *trie.Trie[*session, fanout.Options]
 	retained retainStore
 	stats    *stats
+	store    *storeGate // nil with --durability=none
+	lastWarn atomic.Int64
 
 	sessions struct {
 		sync.Mutex
@@ -111,6 +113,9 @@ func (s *Server) now() int64 { return s.clock.Load() }
 // Start opens the listeners and returns once the broker accepts clients.
 func (s *Server) Start() error {
 	s.started = time.Now()
+	if err := s.openStore(); err != nil {
+		return err
+	}
 
 	loops := s.cfg.EventLoops
 	if loops == 0 {
@@ -133,6 +138,7 @@ func (s *Server) Start() error {
 	select {
 	case <-s.engReady:
 	case err := <-s.runErr:
+		_ = s.closeStore()
 		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
 	}
 	// Learn the bound address (":0" picks a port) from gnet's own socket:
@@ -141,6 +147,7 @@ func (s *Server) Start() error {
 	addr, err := s.boundAddr()
 	if err != nil {
 		_ = s.eng.Stop(context.Background())
+		_ = s.closeStore()
 		return err
 	}
 	s.addr = addr
@@ -148,6 +155,7 @@ func (s *Server) Start() error {
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
 			_ = s.eng.Stop(context.Background())
+			_ = s.closeStore()
 			return err
 		}
 	}
@@ -156,6 +164,10 @@ func (s *Server) Start() error {
 	if s.cfg.SysInterval > 0 {
 		s.wg.Add(1)
 		go s.sysLoop()
+	}
+	if s.store != nil {
+		s.wg.Add(1)
+		go s.purgeLoop()
 	}
 	s.ready.Store(true)
 	s.log.Info("gannet started", "mqtt", s.addr.String(), "http", s.HTTPAddr(), "event_loops", loops)
@@ -186,6 +198,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.eng.Stop(ctx)
 	if s.http != nil {
 		_ = s.http.Shutdown(ctx)
+	}
+	if serr := s.closeStore(); serr != nil {
+		err = errors.Join(err, fmt.Errorf("cannot close the store: %w", serr))
 	}
 	s.log.Info("gannet stopped")
 	return err

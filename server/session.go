@@ -48,7 +48,8 @@ type outMsg struct {
 	pid      uint16
 	idb      [2]byte // pid in wire order, written beside the shared frame
 	released bool    // QoS 2: PUBREC received and PUBREL sent
-	seq      uint64  // delivery order, for redelivery on reconnect
+	seq      uint64  // delivery order within the session; its store key
+	stored   bool    // has an entry in the store (persistent session)
 }
 
 // msgQueue is a FIFO of outMsg with a bound; when full the oldest goes.
@@ -83,20 +84,32 @@ func newSession(srv *Server, id string) *session {
 	return s
 }
 
+// newOutMsgLocked makes the session's next QoS 1/2 delivery of msg.
+// REQUIRES: s.mu held.
+func (s *session) newOutMsgLocked(msg *message, qos byte, retain bool, subIDs []uint32) *outMsg {
+	s.mu.seq++
+	om := &outMsg{msg: msg, qos: qos, retain: retain, seq: s.mu.seq}
+	if len(subIDs) > 0 {
+		om.subIDs = append([]uint32(nil), subIDs...)
+	}
+	return om
+}
+
 // enqueueLocked appends m to the queue, dropping the oldest when the queue
 // is at its bound.
 // REQUIRES: s.mu held.
-func (s *session) enqueueLocked(m *outMsg) {
+func (s *session) enqueueLocked(ob *outbox, m *outMsg) {
 	limit := s.srv.cfg.MaxQueuedMessages
 	if limit == 0 {
 		s.srv.stats.droppedQueueFull.Add(1)
 		return
 	}
 	for s.mu.queue.len() >= limit {
-		s.mu.queue.pop()
+		s.forgetLocked(ob, s.mu.queue.pop())
 		s.srv.stats.droppedQueueFull.Add(1)
 	}
 	s.mu.queue.push(m)
+	s.storeEntryLocked(ob, m)
 }
 
 // allocIDLocked returns a packet id not in use by the inflight window.
@@ -121,9 +134,8 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 	if m.pid == 0 {
 		m.pid = s.allocIDLocked()
 		binary.BigEndian.PutUint16(m.idb[:], m.pid)
-		s.mu.seq++
-		m.seq = s.mu.seq
 		s.mu.inflight[m.pid] = m
+		s.storeEntryLocked(ob, m)
 	}
 	if m.released {
 		ob.add(cl, cl.encodeAck(pubrelCode, m.pid))
@@ -133,6 +145,7 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 	if !ok {
 		// Too big for this client: discard as if delivered [MQTT-3.1.2-25].
 		delete(s.mu.inflight, m.pid)
+		s.forgetLocked(ob, m)
 		return
 	}
 	ob.addParts(cl, fr, m.idb[:])
@@ -150,6 +163,7 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 		m := s.mu.queue.pop()
 		if m.msg.expired(now) {
 			s.srv.stats.droppedExpired.Add(1)
+			s.forgetLocked(ob, m)
 			continue
 		}
 		s.sendLocked(ob, m, now)
@@ -178,6 +192,7 @@ func (s *session) resendLocked(ob *outbox, now int64) {
 		fr, ok := cl.encodeStoredDup(m, now)
 		if !ok {
 			delete(s.mu.inflight, m.pid)
+			s.forgetLocked(ob, m)
 			continue
 		}
 		ob.addParts(cl, fr, m.idb[:])

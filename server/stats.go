@@ -33,6 +33,7 @@ type stats struct {
 	willsSent         *metrics.Counter
 	sessionsCreated   *metrics.Counter
 	sessionsExpired   *metrics.Counter
+	storeRefused      *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -54,6 +55,7 @@ func newStats(s *Server) *stats {
 		willsSent:         set.NewCounter("gannet_wills_sent_total"),
 		sessionsCreated:   set.NewCounter("gannet_sessions_created_total"),
 		sessionsExpired:   set.NewCounter("gannet_sessions_expired_total"),
+		storeRefused:      set.NewCounter("gannet_store_refused_total"),
 	}
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
 	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })

@@ -44,7 +44,10 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			wantRetained = append(wantRetained, retainReq{sub.Filter, opts})
 		}
 	}
-	ob.add(c, ack.Append(nil, c.version))
+	c.sess.mu.Lock()
+	c.sess.saveLocked(ob, 0)
+	c.sess.mu.Unlock()
+	c.sendAck(ob, ack.Append(nil, c.version))
 	if len(wantRetained) == 0 {
 		return nil
 	}
@@ -124,8 +127,21 @@ func (c *client) handleUnsubscribe(ob *outbox, p *codec.Unsubscribe) error {
 			}
 		}
 	}
-	ob.add(c, ack.Append(nil, c.version))
+	c.sess.mu.Lock()
+	c.sess.saveLocked(ob, 0)
+	c.sess.mu.Unlock()
+	c.sendAck(ob, ack.Append(nil, c.version))
 	return nil
+}
+
+// sendAck queues a SUBACK or UNSUBACK, after the subscription change is
+// durable when the session is persistent.
+func (c *client) sendAck(ob *outbox, pkt []byte) {
+	if ob.holds(c) {
+		ob.hold(heldAck{c: c, pkt: pkt})
+		return
+	}
+	ob.add(c, pkt)
 }
 
 // deliverStored delivers one message encoded for this session alone (a
@@ -137,15 +153,19 @@ func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, 
 	if cl == nil || ss.mu.ended {
 		return
 	}
-	om := &outMsg{msg: m, qos: qos, retain: retain, subIDs: subIDs}
 	if qos == 0 {
+		om := &outMsg{msg: m, qos: qos, retain: retain, subIDs: subIDs}
 		if fr, ok := cl.encodeStored(om, now); ok {
 			ob.addParts(cl, fr, nil)
 		}
 		return
 	}
+	// A retained message is shared by every subscriber that gets it, on
+	// any loop; a persistent queue needs a body of its own, so it gets a
+	// message of its own (the bytes stay shared).
+	om := ss.newOutMsgLocked(m.clone(), qos, retain, subIDs)
 	if cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
-		ss.enqueueLocked(om)
+		ss.enqueueLocked(ob, om)
 		return
 	}
 	ss.sendLocked(ob, om, now)

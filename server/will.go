@@ -3,21 +3,30 @@ package server
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/gannetmq/gannet/persist"
 )
 
 // pendingWill is a will message waiting out its delay. Exactly one of
 // cancel and fire takes effect.
 type pendingWill struct {
-	srv   *Server
-	msg   *message
-	done  atomic.Bool
-	timer *time.Timer
+	srv    *Server
+	msg    *message
+	client string
+	stored bool // written to the store (persistent session); deleted when settled
+	done   atomic.Bool
+	timer  *time.Timer
 }
 
 // cancel drops the will: the session resumed in time [MQTT-3.1.3-9].
-func (w *pendingWill) cancel() {
-	if w.done.CompareAndSwap(false, true) && w.timer != nil {
-		w.timer.Stop()
+func (w *pendingWill) cancel(ob *outbox) {
+	if w.done.CompareAndSwap(false, true) {
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+		if w.stored {
+			ob.batch.DeleteWill(w.client)
+		}
 	}
 }
 
@@ -30,14 +39,30 @@ func (w *pendingWill) fireNow() {
 		w.timer.Stop()
 	}
 	w.srv.stats.willsSent.Add(1)
-	w.srv.publishInternal(w.msg)
+	ob := newOutbox(w.srv, nil)
+	if w.stored {
+		ob.batch.DeleteWill(w.client)
+	}
+	w.srv.publishOn(ob, w.msg)
+	ob.flush()
+}
+
+// willDue runs when a will's delay is over.
+func (ss *session) willDue(w *pendingWill) {
+	ss.mu.Lock()
+	if ss.mu.will == w {
+		ss.mu.will = nil
+	}
+	ss.mu.Unlock()
+	w.fireNow()
 }
 
 // scheduleWill publishes a will after an unexpected close: at once without
 // a delay, else when the delay or the session ends, whichever comes first
-// [MQTT-3.1.2-8, MQTT-3.1.3-9].
-func (s *Server) scheduleWill(sess *session, m *message, delay uint32, expiry time.Duration) {
-	w := &pendingWill{srv: s, msg: m}
+// [MQTT-3.1.2-8, MQTT-3.1.3-9]. A persistent session's delayed will is
+// stored, so that it still comes after a restart.
+func (s *Server) scheduleWill(ob *outbox, sess *session, m *message, delay uint32, expiry time.Duration) {
+	w := &pendingWill{srv: s, msg: m, client: sess.id}
 	if delay == 0 {
 		w.fireNow()
 		return
@@ -50,24 +75,41 @@ func (s *Server) scheduleWill(sess *session, m *message, delay uint32, expiry ti
 		return
 	}
 	sess.mu.will = w
-	w.timer = time.AfterFunc(d, func() {
-		sess.mu.Lock()
-		if sess.mu.will == w {
-			sess.mu.will = nil
-		}
-		sess.mu.Unlock()
-		w.fireNow()
-	})
+	if sess.persistentLocked() {
+		w.stored = true
+		ob.batch.PutWill(sess.id, &persist.Will{Msg: *m.record(), FireAt: time.Now().Add(d).UnixNano()})
+	}
+	w.timer = time.AfterFunc(d, func() { sess.willDue(w) })
 	sess.mu.Unlock()
 }
 
 // publishInternal publishes a message that no client connection carries
-// (wills, $SYS): retained handling and routing as for a client's publish.
+// ($SYS): retained handling and routing as for a client's publish.
 func (s *Server) publishInternal(m *message) {
-	if m.retain {
-		s.retained.set(m)
-	}
-	ob := newOutbox(nil)
-	s.route(ob, m)
+	ob := newOutbox(s, nil)
+	s.publishOn(ob, m)
 	ob.flush()
+}
+
+// publishOn stores a retained message and routes m, collecting the work in
+// ob.
+func (s *Server) publishOn(ob *outbox, m *message) int {
+	if m.retain {
+		s.setRetained(ob, m)
+	}
+	return s.route(ob, m)
+}
+
+// setRetained replaces the retained message of m's topic, in memory and in
+// the store.
+func (s *Server) setRetained(ob *outbox, m *message) {
+	s.retained.set(m)
+	if s.store == nil {
+		return
+	}
+	if len(m.payload) == 0 {
+		ob.batch.DeleteRetained(m.topic)
+	} else {
+		ob.batch.PutRetained(m.record())
+	}
 }

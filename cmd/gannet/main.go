@@ -89,6 +89,10 @@ Flags:
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "MQTT TCP listen `address`")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz and /readyz; empty disables it")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for persistent state")
+	durability := fs.String("durability", string(cfg.Durability), "when a QoS 1/2 publish is acknowledged: sync (after its write is fsynced), batch (after the write; an OS crash or power loss can lose the last --sync-interval) or none (memory only)")
+	fs.DurationVar(&cfg.SyncInterval, "sync-interval", cfg.SyncInterval, "how often --durability=batch fsyncs the store's log")
+	fs.Uint64Var(&cfg.MinFreeDisk, "min-free-disk", cfg.MinFreeDisk, "free `bytes` on the data volume below which QoS 1/2 publishes are refused (0x97) until space returns")
+	fs.DurationVar(&cfg.PurgeInterval, "purge-interval", cfg.PurgeInterval, "how often expired messages are removed from offline sessions and the retained store")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	format := fs.String("log-format", "text", "log `format`: text or json")
 
@@ -117,6 +121,7 @@ Flags:
 		return cfg, 0, "", fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
 	cfg.SharedPolicy = server.SharedPolicy(*shared)
+	cfg.Durability = server.Durability(*durability)
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
 		return cfg, 0, "", fmt.Errorf("--log-level must be debug, info, warn or error, got %q", *level)

@@ -1,0 +1,490 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/persist"
+)
+
+// The broker keeps every live structure in memory and uses the store as a
+// write-behind log that it reads back at start (persist/doc.go). Each unit
+// of work collects its writes in its outbox's batch; ob.flush hands the
+// batch to the store's group committer and never waits for it.
+//
+// What must not run ahead of the disk is the acknowledgement: a PUBACK or
+// PUBREC (also PUBCOMP, SUBACK and UNSUBACK) to the client whose traffic
+// produced writes takes a slot in the client's pending bytes, and the
+// client's output pauses until every slot is filled, which happens on the
+// client's loop when the commit completes. Bytes queued behind a slot wait
+// with it, so the client sees everything in the order it was produced
+// [MQTT-4.6.0-2]. A client with slots open holds later acknowledgements
+// too, behind an empty commit if need be.
+
+// heldAck is an acknowledgement waiting for a commit in slot c.pend[slot]:
+// either a PUBACK/PUBREC/PUBCOMP to encode on release (pkt nil), or a
+// packet already encoded.
+type heldAck struct {
+	c    *client
+	slot int
+	kind codec.Type
+	pid  uint16
+	code codec.ReasonCode
+	pkt  []byte
+}
+
+// storeGate lets Shutdown close the store while timers and loops may still
+// be committing: commits take the read side, Close the write side.
+type storeGate struct {
+	sync.RWMutex
+	st     *persist.Store
+	closed bool
+}
+
+// commit hands b to the store, or fails it with persist's closed error once
+// the store is gone.
+func (g *storeGate) commit(b *persist.Batch, done func(error)) {
+	g.RLock()
+	defer g.RUnlock()
+	if g.closed {
+		done(errStoreClosed)
+		return
+	}
+	g.st.Commit(b, done)
+}
+
+var errStoreClosed = errors.New("server: store closed")
+
+// openStore opens the data directory and loads what it holds into the
+// broker's structures. It runs in Start, before any client can connect.
+func (s *Server) openStore() error {
+	if s.cfg.Durability == DurabilityNone {
+		return nil
+	}
+	d, err := persist.ParseDurability(string(s.cfg.Durability))
+	if err != nil {
+		return err
+	}
+	st, err := persist.Open(persist.Options{
+		Dir:          s.cfg.DataDir,
+		Durability:   d,
+		SyncInterval: s.cfg.SyncInterval,
+		MinFreeBytes: s.cfg.MinFreeDisk,
+		FS:           s.cfg.storeFS,
+		Logger:       s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("cannot open the data directory %s: %w", s.cfg.DataDir, err)
+	}
+	s.store = &storeGate{st: st}
+	s.storeMetrics(st)
+	ls, err := s.load(st)
+	if err != nil {
+		_ = st.Close()
+		s.store = nil
+		return fmt.Errorf("cannot load the data directory %s: %w", s.cfg.DataDir, err)
+	}
+	s.log.Info("state loaded", "dir", s.cfg.DataDir, "durability", d.String(), "sessions", ls.Sessions,
+		"messages", ls.Entries, "retained", ls.Retained, "purged", ls.Purged, "took", ls.Took)
+	return nil
+}
+
+// closeStore completes the pending commits and closes the store.
+func (s *Server) closeStore() error {
+	g := s.store
+	if g == nil {
+		return nil
+	}
+	g.Lock()
+	defer g.Unlock()
+	if g.closed {
+		return nil
+	}
+	g.closed = true
+	return g.st.Close()
+}
+
+// load rebuilds sessions, their queues, retained messages and pending wills
+// from the store.
+func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
+	now := time.Now()
+	bodies := make(map[uint64]*message)
+	sessions := make(map[string]*session)
+	type loadedWill struct {
+		client string
+		w      *persist.Will
+	}
+	var wills []loadedWill
+	var orphans persist.Batch
+	ls, err := st.Load(now, persist.Loader{
+		Body: func(m *persist.Message) {
+			bodies[m.ID] = messageFromRecord(m)
+		},
+		Session: func(r *persist.Session) {
+			ss := newSession(s, r.ClientID)
+			ss.mu.expiry = r.Expiry
+			for _, sub := range r.Subs {
+				opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: sub.SubID}
+				if _, _, err := s.subs.Subscribe(sub.Filter, ss, opts); err != nil {
+					s.log.Warn("dropping a stored subscription", "client", r.ClientID, "filter", sub.Filter, "err", err)
+					continue
+				}
+				ss.mu.subs[sub.Filter] = opts
+			}
+			off := r.DisconnectedAt
+			if off == 0 {
+				off = now.UnixNano()
+			}
+			left := time.Duration(off + int64(r.Expiry) - now.UnixNano())
+			ss.mu.expTimer = time.AfterFunc(max(left, 0), func() { s.expireSession(ss, 0) })
+			sessions[r.ClientID] = ss
+			s.sessions.m[r.ClientID] = ss
+		},
+		Entry: func(client string, e *persist.Entry) {
+			ss, m := sessions[client], bodies[e.MsgID]
+			if ss == nil || m == nil {
+				orphans.DeleteEntry(client, e.Seq)
+				return
+			}
+			om := &outMsg{msg: m, qos: e.QoS, retain: e.Retain, subIDs: e.SubIDs, pid: e.PacketID,
+				released: e.Released, seq: e.Seq, stored: true}
+			m.refs.Add(1)
+			ss.mu.seq = max(ss.mu.seq, e.Seq)
+			if om.pid != 0 {
+				om.idb = [2]byte{byte(om.pid >> 8), byte(om.pid)}
+				ss.mu.inflight[om.pid] = om
+				ss.mu.nextID = max(ss.mu.nextID, om.pid)
+			} else {
+				ss.mu.queue.push(om)
+			}
+		},
+		Inbound: func(client string, pid uint16) {
+			if ss := sessions[client]; ss != nil {
+				ss.mu.rxQoS2[pid] = struct{}{}
+			}
+		},
+		Retained: func(m *persist.Message) {
+			s.retained.set(messageFromRecord(m))
+		},
+		Will: func(client string, w *persist.Will) {
+			wills = append(wills, loadedWill{client, w})
+		},
+	})
+	if err != nil {
+		return ls, err
+	}
+	for id, m := range bodies {
+		if m.refs.Load() == 0 {
+			orphans.DeleteBody(id)
+		}
+	}
+	if orphans.Len() > 0 {
+		st.Commit(&orphans, func(error) {})
+	}
+	for _, lw := range wills {
+		m := messageFromRecord(&lw.w.Msg)
+		ss := sessions[lw.client]
+		wait := time.Duration(lw.w.FireAt - now.UnixNano())
+		if ss == nil || wait <= 0 {
+			s.fireStoredWill(lw.client, m)
+			continue
+		}
+		w := &pendingWill{srv: s, msg: m, client: lw.client, stored: true}
+		ss.mu.will = w
+		w.timer = time.AfterFunc(wait, func() { ss.willDue(w) })
+	}
+	return ls, nil
+}
+
+// fireStoredWill publishes a will that came due while the broker was down.
+func (s *Server) fireStoredWill(client string, m *message) {
+	w := &pendingWill{srv: s, msg: m, client: client, stored: true}
+	w.fireNow()
+}
+
+// messageFromRecord builds a message from its stored form; the record's
+// slices become the message's own.
+func messageFromRecord(r *persist.Message) *message {
+	m := &message{topic: r.Topic, payload: r.Payload, qos: r.QoS, retain: r.Retain,
+		props: r.Props, expiresAt: r.ExpiresAt, from: r.From, id: r.ID}
+	return m
+}
+
+// record is the stored form of m; it shares m's bytes.
+func (m *message) record() *persist.Message {
+	return &persist.Message{ID: m.id, Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain,
+		Props: m.props, ExpiresAt: m.expiresAt, From: m.from}
+}
+
+// persistentLocked reports whether the session's state goes to the store.
+// REQUIRES: ss.mu held.
+func (ss *session) persistentLocked() bool {
+	return ss.srv.store != nil && ss.mu.expiry > 0 && !ss.mu.ended
+}
+
+// recordLocked is the stored form of the session. A connected session is
+// written with DisconnectedAt 0.
+// REQUIRES: ss.mu held.
+func (ss *session) recordLocked(disconnectedAt int64) *persist.Session {
+	r := &persist.Session{ClientID: ss.id, Expiry: ss.mu.expiry, DisconnectedAt: disconnectedAt,
+		Subs: make([]persist.Subscription, 0, len(ss.mu.subs))}
+	for f, o := range ss.mu.subs {
+		r.Subs = append(r.Subs, persist.Subscription{Filter: f, QoS: o.QoS, NoLocal: o.NoLocal,
+			RetainAsPublished: o.RetainAsPublished, SubID: o.SubID})
+	}
+	return r
+}
+
+// saveLocked writes the session record when the session is persistent.
+// REQUIRES: ss.mu held.
+func (ss *session) saveLocked(ob *outbox, disconnectedAt int64) {
+	if ss.persistentLocked() {
+		ob.batch.PutSession(ss.recordLocked(disconnectedAt))
+	}
+}
+
+// storeEntryLocked writes om (new or changed) when the session is
+// persistent. The message body goes with the first entry that needs it.
+// REQUIRES: ss.mu held.
+func (ss *session) storeEntryLocked(ob *outbox, om *outMsg) {
+	if !om.stored {
+		if !ss.persistentLocked() {
+			return
+		}
+		m := om.msg
+		if m.id == 0 {
+			m.id = ss.srv.store.st.NextID()
+			ob.batch.PutBody(m.record())
+		}
+		m.refs.Add(1)
+		om.stored = true
+	}
+	ob.batch.PutEntry(ss.id, &persist.Entry{Seq: om.seq, MsgID: om.msg.id, QoS: om.qos, Retain: om.retain,
+		PacketID: om.pid, Released: om.released, SubIDs: om.subIDs})
+}
+
+// forgetLocked deletes om's entry, and its body when no entry holds it any
+// more.
+// REQUIRES: ss.mu held.
+func (ss *session) forgetLocked(ob *outbox, om *outMsg) {
+	if !om.stored {
+		return
+	}
+	om.stored = false
+	ob.batch.DeleteEntry(ss.id, om.seq)
+	if om.msg.refs.Add(-1) == 0 {
+		ob.batch.DeleteBody(om.msg.id)
+	}
+}
+
+// unstoreLocked removes the whole session from the store and releases the
+// bodies its messages held; memory keeps what it has.
+// REQUIRES: ss.mu held.
+func (ss *session) unstoreLocked(ob *outbox) {
+	if ss.srv.store == nil {
+		return
+	}
+	release := func(om *outMsg) {
+		if om.stored {
+			om.stored = false
+			if om.msg.refs.Add(-1) == 0 {
+				ob.batch.DeleteBody(om.msg.id)
+			}
+		}
+	}
+	for _, om := range ss.mu.inflight {
+		release(om)
+	}
+	for _, om := range ss.mu.queue.items[ss.mu.queue.head:] {
+		release(om)
+	}
+	ob.batch.DeleteSession(ss.id)
+}
+
+// holds reports whether an acknowledgement to c must wait for a commit:
+// this unit of work has writes, or c already has acknowledgements waiting.
+func (ob *outbox) holds(c *client) bool {
+	return c.srv.store != nil && (ob.batch.Len() > 0 || c.held > 0)
+}
+
+// hold gives an acknowledgement to c a slot in its pending bytes, filled
+// when the outbox's batch is durable. It runs on c's loop, which is the
+// outbox's home.
+func (ob *outbox) hold(h heldAck) {
+	c := h.c
+	c.held++
+	h.slot = len(c.pend)
+	c.pend = append(c.pend, nil)
+	if !c.dirty {
+		c.dirty = true
+		ob.local = append(ob.local, c)
+	}
+	ob.held = append(ob.held, h)
+}
+
+// commit hands the batch, with the acknowledgements waiting for it, to the
+// store. It never waits.
+func (ob *outbox) commit() {
+	g := ob.srv.store
+	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0) {
+		return
+	}
+	held := ob.held
+	ob.held = nil
+	g.commit(&ob.batch, func(err error) { ob.srv.release(held, err) })
+	ob.batch.Reset()
+}
+
+// release fills the slots of acknowledgements whose commit completed, on
+// each client's loop. When the commit failed, a QoS 1/2 publish is
+// refused: MQTT 5 clients get 0x97 (quota exceeded) and may retry; MQTT 3
+// cannot be told, so the connection closes and the client resends after it
+// reconnects.
+func (s *Server) release(held []heldAck, err error) {
+	if len(held) == 0 {
+		return
+	}
+	if err != nil && !errors.Is(err, errStoreClosed) {
+		s.stats.storeRefused.Add(len(held))
+		s.logThrottled("refusing acknowledgements: the store cannot write", "err", err)
+	}
+	// Held acknowledgements all come from one unit of work, so from one
+	// loop.
+	l := held[0].c.loop
+	_ = l.el.Execute(context.Background(), runFunc(func() {
+		for _, h := range held {
+			h.c.releaseAck(h, err)
+		}
+		for _, h := range held {
+			if h.c.held == 0 && h.c.dirty {
+				h.c.flush()
+			}
+		}
+	}))
+}
+
+// releaseAck fills one slot. It runs on c's loop.
+func (c *client) releaseAck(h heldAck, err error) {
+	if c.closed {
+		return // close wrote what it could and reset held
+	}
+	c.held--
+	c.dirty = true
+	if h.pkt != nil {
+		c.pend[h.slot] = h.pkt
+		return
+	}
+	code := h.code
+	if err != nil && (h.kind == codec.PUBACK || h.kind == codec.PUBREC) && !code.IsError() {
+		if c.version != codec.V5 {
+			c.logger().Warn("closing connection", "reason", "cannot store its message", "err", err)
+			c.pend[h.slot] = []byte{}
+			c.close()
+			return
+		}
+		code = codec.QuotaExceeded
+		if h.kind == codec.PUBREC {
+			c.sess.mu.Lock()
+			delete(c.sess.mu.rxQoS2, h.pid)
+			c.sess.mu.Unlock()
+		}
+	}
+	a := codec.Ack{Kind: h.kind, PacketID: h.pid}
+	if c.version == codec.V5 {
+		a.Code = code
+	}
+	c.pend[h.slot] = a.Append(make([]byte, 0, 6), c.version)
+}
+
+// storeUnhealthy reports why QoS 1/2 publishes cannot be accepted now, or
+// nil.
+func (s *Server) storeUnhealthy() error {
+	if s.store == nil {
+		return nil
+	}
+	return s.store.st.Healthy()
+}
+
+// purgeLoop drops expired messages from offline sessions' queues and
+// expired retained messages, so that the store does not keep them until a
+// client returns.
+func (s *Server) purgeLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.PurgeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.purge()
+		}
+	}
+}
+
+func (s *Server) purge() {
+	now := s.now()
+	s.sessions.Lock()
+	list := make([]*session, 0, len(s.sessions.m))
+	for _, ss := range s.sessions.m {
+		list = append(list, ss)
+	}
+	s.sessions.Unlock()
+	ob := newOutbox(s, nil)
+	for _, ss := range list {
+		ss.mu.Lock()
+		if ss.mu.cl == nil && ss.mu.queue.len() > 0 {
+			q := &ss.mu.queue
+			kept := q.items[:0]
+			for _, om := range q.items[q.head:] {
+				if om.msg.expired(now) {
+					s.stats.droppedExpired.Add(1)
+					ss.forgetLocked(ob, om)
+					continue
+				}
+				kept = append(kept, om)
+			}
+			clear(q.items[len(kept):])
+			q.items, q.head = kept, 0
+		}
+		ss.mu.Unlock()
+	}
+	for _, m := range s.retained.dropExpired(now) {
+		if s.store != nil {
+			ob.batch.DeleteRetained(m.topic)
+		}
+	}
+	ob.flush()
+}
+
+// logThrottled logs a warning at most once every ten seconds: the causes it
+// reports (a failing disk) repeat on every publish.
+func (s *Server) logThrottled(msg string, args ...any) {
+	now := time.Now().UnixNano()
+	last := s.lastWarn.Load()
+	if now-last < int64(10*time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn(msg, args...)
+}
+
+// storeMetrics exposes the store's counters.
+func (s *Server) storeMetrics(st *persist.Store) {
+	set := s.stats.set
+	set.NewGauge("gannet_store_commits_total", func() float64 { return float64(st.Stats().Commits) })
+	set.NewGauge("gannet_store_syncs_total", func() float64 { return float64(st.Stats().Syncs) })
+	set.NewGauge("gannet_store_ops_total", func() float64 { return float64(st.Stats().Ops) })
+	set.NewGauge("gannet_store_bytes_written_total", func() float64 { return float64(st.Stats().BytesWritten) })
+	set.NewGauge("gannet_store_failures_total", func() float64 { return float64(st.Stats().Failures) })
+	set.NewGauge("gannet_store_healthy", func() float64 {
+		if st.Healthy() != nil {
+			return 0
+		}
+		return 1
+	})
+}
