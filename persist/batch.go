@@ -39,9 +39,11 @@ func bodyKey(dst []byte, id uint64) []byte {
 type opKind uint8
 
 const (
-	opSet opKind = iota
+	opSet    opKind = iota
+	opCreate        // a set of a key that has never been written
 	opDelete
 	opDeleteRange
+	opSkip // dropped by the committer (store.go: elide)
 )
 
 // op is one write; key and val (the range end for opDeleteRange) are
@@ -68,13 +70,14 @@ func (b *Batch) Reset() {
 	b.ops = b.ops[:0]
 }
 
-// set records a set whose key and value the caller appends through k and v.
-func (b *Batch) set(key func([]byte) []byte, val func([]byte) []byte) {
+// set records a set whose key and value the caller appends through key and
+// val.
+func (b *Batch) set(kind opKind, key func([]byte) []byte, val func([]byte) []byte) {
 	k0 := len(b.buf)
 	b.buf = key(b.buf)
 	k1 := len(b.buf)
 	b.buf = val(b.buf)
-	b.ops = append(b.ops, op{kind: opSet, k0: k0, k1: k1, v0: k1, v1: len(b.buf)})
+	b.ops = append(b.ops, op{kind: kind, k0: k0, k1: k1, v0: k1, v1: len(b.buf)})
 }
 
 func (b *Batch) del(key func([]byte) []byte) {
@@ -93,7 +96,7 @@ func (b *Batch) delRange(start, end func([]byte) []byte) {
 
 // PutSession writes a session's record.
 func (b *Batch) PutSession(s *Session) {
-	b.set(func(d []byte) []byte { return append(appendClient(d, s.ClientID), subSession) },
+	b.set(opSet, func(d []byte) []byte { return append(appendClient(d, s.ClientID), subSession) },
 		func(d []byte) []byte { return appendSession(d, s) })
 }
 
@@ -104,9 +107,9 @@ func (b *Batch) DeleteSession(clientID string) {
 		func(d []byte) []byte { return append(appendClient(d, clientID), subEnd) })
 }
 
-// PutBody writes a message body; m.ID must be set.
+// PutBody writes a new message body; m.ID must be a fresh NextID.
 func (b *Batch) PutBody(m *Message) {
-	b.set(func(d []byte) []byte { return bodyKey(d, m.ID) },
+	b.set(opCreate, func(d []byte) []byte { return bodyKey(d, m.ID) },
 		func(d []byte) []byte { return appendMessage(d, m) })
 }
 
@@ -120,9 +123,16 @@ func entryKey(d []byte, clientID string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(d, seq)
 }
 
-// PutEntry writes (or rewrites) one of a session's messages.
+// PutEntry rewrites one of a session's messages.
 func (b *Batch) PutEntry(clientID string, e *Entry) {
-	b.set(func(d []byte) []byte { return entryKey(d, clientID, e.Seq) },
+	b.set(opSet, func(d []byte) []byte { return entryKey(d, clientID, e.Seq) },
+		func(d []byte) []byte { return appendEntry(d, e) })
+}
+
+// CreateEntry writes one of a session's messages for the first time. A
+// new entry deleted before it reached the disk never costs a write.
+func (b *Batch) CreateEntry(clientID string, e *Entry) {
+	b.set(opCreate, func(d []byte) []byte { return entryKey(d, clientID, e.Seq) },
 		func(d []byte) []byte { return appendEntry(d, e) })
 }
 
@@ -138,7 +148,7 @@ func inboundKey(d []byte, clientID string, pid uint16) []byte {
 
 // PutInbound records an inbound QoS 2 packet id awaiting PUBREL.
 func (b *Batch) PutInbound(clientID string, pid uint16) {
-	b.set(func(d []byte) []byte { return inboundKey(d, clientID, pid) },
+	b.set(opSet, func(d []byte) []byte { return inboundKey(d, clientID, pid) },
 		func(d []byte) []byte { return append(d, recordVersion) })
 }
 
@@ -149,7 +159,7 @@ func (b *Batch) DeleteInbound(clientID string, pid uint16) {
 
 // PutRetained writes the retained message of m.Topic.
 func (b *Batch) PutRetained(m *Message) {
-	b.set(func(d []byte) []byte { return append(append(d, prefixRetained), m.Topic...) },
+	b.set(opSet, func(d []byte) []byte { return append(append(d, prefixRetained), m.Topic...) },
 		func(d []byte) []byte { return appendMessage(d, m) })
 }
 
@@ -160,7 +170,7 @@ func (b *Batch) DeleteRetained(topic []byte) {
 
 // PutWill writes a session's delayed will.
 func (b *Batch) PutWill(clientID string, w *Will) {
-	b.set(func(d []byte) []byte { return append(appendClient(d, clientID), subWill) },
+	b.set(opSet, func(d []byte) []byte { return append(appendClient(d, clientID), subWill) },
 		func(d []byte) []byte { return appendWill(d, w) })
 }
 
@@ -171,7 +181,7 @@ func (b *Batch) DeleteWill(clientID string) {
 
 // PutMeta writes a small named value for another package.
 func (b *Batch) PutMeta(key string, val []byte) {
-	b.set(func(d []byte) []byte { return append(append(d, prefixMeta), key...) },
+	b.set(opSet, func(d []byte) []byte { return append(append(d, prefixMeta), key...) },
 		func(d []byte) []byte { return append(d, val...) })
 }
 

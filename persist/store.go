@@ -95,6 +95,10 @@ type Store struct {
 	stopped  chan struct{} // committer exited
 	unsynced atomic.Bool   // Batch mode: writes since the last fsync
 
+	// committer-only scratch for elide
+	elideMap     map[string]elideAt
+	elideCreated map[string]bool
+
 	unhealthy atomic.Pointer[error]
 	disk      struct {
 		lastCheck time.Time
@@ -103,9 +107,12 @@ type Store struct {
 	}
 
 	stats struct {
-		commits, syncs, ops, batches, bytes, failures atomic.Uint64
+		commits, syncs, ops, batches, bytes, failures, elided atomic.Uint64
 	}
 }
+
+// elideAt is an op's place in a group.
+type elideAt struct{ pc, op int }
 
 type pendingCommit struct {
 	buf  []byte
@@ -254,12 +261,14 @@ type Stats struct {
 	Ops          uint64 // writes applied
 	BytesWritten uint64 // bytes of batches written to the WAL
 	Failures     uint64 // groups that failed
+	Elided       uint64 // writes a later write in the same group made moot
 }
 
 // Stats returns the counters.
 func (s *Store) Stats() Stats {
 	return Stats{Commits: s.stats.commits.Load(), Batches: s.stats.batches.Load(), Syncs: s.stats.syncs.Load(),
-		Ops: s.stats.ops.Load(), BytesWritten: s.stats.bytes.Load(), Failures: s.stats.failures.Load()}
+		Ops: s.stats.ops.Load(), BytesWritten: s.stats.bytes.Load(), Failures: s.stats.failures.Load(),
+		Elided: s.stats.elided.Load()}
 }
 
 // Commit hands b's writes to the committer and returns at once, unless
@@ -366,23 +375,30 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 	}
 	b := s.db.NewBatchWithSize(size + 16*n)
 	defer b.Close()
+	s.elide(group)
+	applied := 0
 	for _, pc := range group {
 		for _, o := range pc.ops {
 			k := pc.buf[o.k0:o.k1]
 			var err error
 			switch o.kind {
-			case opSet:
+			case opSet, opCreate:
 				err = b.Set(k, pc.buf[o.v0:o.v1], nil)
 			case opDelete:
 				err = b.Delete(k, nil)
 			case opDeleteRange:
 				err = b.DeleteRange(k, pc.buf[o.v0:o.v1], nil)
+			case opSkip:
+				continue
 			}
 			if err != nil {
 				return fmt.Errorf("persist: cannot build a batch: %w", err)
 			}
+			applied++
 		}
 	}
+	s.stats.elided.Add(uint64(n - applied))
+	repr := len(b.Repr())
 	wo := pebble.Sync
 	if s.opts.Durability == DurabilityBatch {
 		wo = pebble.NoSync
@@ -391,14 +407,64 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 		return fmt.Errorf("persist: cannot write: %w", err)
 	}
 	s.stats.batches.Add(1)
-	s.stats.ops.Add(uint64(n))
-	s.stats.bytes.Add(uint64(len(b.Repr())))
+	s.stats.ops.Add(uint64(applied))
+	s.stats.bytes.Add(uint64(repr))
 	if wo == pebble.Sync {
 		s.stats.syncs.Add(1)
 	} else {
 		s.unsynced.Store(true)
 	}
 	return nil
+}
+
+// elide drops the writes of a group that a later write of the same group
+// makes moot: only the last write of a key counts, and a key created and
+// deleted within the group is never written at all. On a busy broker a
+// subscriber acknowledges a message while its entry still waits for the
+// disk, so most bodies and entries cost no write. A group with a range
+// deletion is written as it is.
+func (s *Store) elide(group []pendingCommit) {
+	for _, pc := range group {
+		for _, o := range pc.ops {
+			if o.kind == opDeleteRange {
+				return
+			}
+		}
+	}
+	last := s.elideMap
+	if last == nil {
+		last = make(map[string]elideAt)
+		s.elideMap = last
+	}
+	defer clear(last)
+	created := s.elideCreated
+	if created == nil {
+		created = make(map[string]bool)
+		s.elideCreated = created
+	}
+	defer clear(created)
+	for i := range group {
+		pc := &group[i]
+		for j := range pc.ops {
+			o := &pc.ops[j]
+			k := pc.buf[o.k0:o.k1]
+			prev, seen := last[string(k)]
+			if !seen {
+				key := string(k)
+				last[key] = elideAt{i, j}
+				if o.kind == opCreate {
+					created[key] = true
+				}
+				continue
+			}
+			group[prev.pc].ops[prev.op].kind = opSkip
+			last[string(k)] = elideAt{i, j}
+			if o.kind == opDelete && created[string(k)] {
+				// Never on disk: nothing to delete.
+				o.kind = opSkip
+			}
+		}
+	}
 }
 
 // syncNow fsyncs the WAL when Batch mode has written since the last one.

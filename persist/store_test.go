@@ -499,3 +499,35 @@ func TestBatchDurabilitySurvivesClose(t *testing.T) {
 		t.Fatalf("%d of 100 values after reopen", len(l.meta))
 	}
 }
+
+func TestGroupElidesMootWrites(t *testing.T) {
+	s := openT(t, Options{})
+	defer s.Close()
+	id := s.NextID()
+	var b Batch
+	b.PutBody(sampleMessage(id))
+	b.PutSession(&Session{ClientID: "c", Expiry: time.Hour})
+	b.CreateEntry("c", &Entry{Seq: 1, MsgID: id, QoS: 1})
+	commitWait(t, s, &b)
+	b.Reset()
+
+	// One group: an entry already on disk updated then deleted, one created
+	// and deleted, one created then updated.
+	b.PutEntry("c", &Entry{Seq: 1, MsgID: id, QoS: 1, PacketID: 3})
+	b.DeleteEntry("c", 1)
+	b.CreateEntry("c", &Entry{Seq: 2, MsgID: id, QoS: 1})
+	b.DeleteEntry("c", 2)
+	b.CreateEntry("c", &Entry{Seq: 3, MsgID: id, QoS: 1})
+	b.PutEntry("c", &Entry{Seq: 3, MsgID: id, QoS: 2, PacketID: 5})
+	before := s.Stats().Ops
+	commitWait(t, s, &b)
+	st := s.Stats()
+	if applied := st.Ops - before; applied != 2 {
+		t.Fatalf("%d writes applied, want 2 (delete seq 1, set seq 3); %d elided", applied, st.Elided)
+	}
+	l := loadAll(t, s, time.Now())
+	got := l.entries["c"]
+	if len(got) != 1 || got[0].Seq != 3 || got[0].PacketID != 5 || got[0].QoS != 2 {
+		t.Fatalf("entries after the group: %+v", got)
+	}
+}

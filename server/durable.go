@@ -263,9 +263,16 @@ func (ss *session) storeEntryLocked(ob *outbox, om *outMsg) {
 		}
 		m.refs.Add(1)
 		om.stored = true
+		ob.batch.CreateEntry(ss.id, om.record())
+		return
 	}
-	ob.batch.PutEntry(ss.id, &persist.Entry{Seq: om.seq, MsgID: om.msg.id, QoS: om.qos, Retain: om.retain,
-		PacketID: om.pid, Released: om.released, SubIDs: om.subIDs})
+	ob.batch.PutEntry(ss.id, om.record())
+}
+
+// record is the stored form of om.
+func (om *outMsg) record() *persist.Entry {
+	return &persist.Entry{Seq: om.seq, MsgID: om.msg.id, QoS: om.qos, Retain: om.retain,
+		PacketID: om.pid, Released: om.released, SubIDs: om.subIDs}
 }
 
 // forgetLocked deletes om's entry, and its body when no entry holds it any
