@@ -37,16 +37,20 @@ type Config struct {
 	Payload     int    // bytes, at least 20
 	QoS         byte
 	Version     codec.Version
-	Rate        int // total messages per second; 0: unlimited
-	Duration    time.Duration
-	Count       int64 // messages per publisher; 0: until Duration ends
-	Warmup      time.Duration
-	Window      int   // unacknowledged messages per publisher
-	PingEvery   int64 // QoS 0: a PINGREQ every this many messages
-	ConnectRate int   // conn: connections per second; 0: as fast as possible
-	BrokerPID   int
-	Drain       time.Duration // how long to wait for stragglers
-	Retain      bool
+	// SessionExpiry > 0 gives every client a session the broker keeps (and,
+	// with persistence, stores): MQTT 5 asks for this expiry, 3.x connects
+	// with clean session 0.
+	SessionExpiry time.Duration
+	Rate          int // total messages per second; 0: unlimited
+	Duration      time.Duration
+	Count         int64 // messages per publisher; 0: until Duration ends
+	Warmup        time.Duration
+	Window        int   // unacknowledged messages per publisher
+	PingEvery     int64 // QoS 0: a PINGREQ every this many messages
+	ConnectRate   int   // conn: connections per second; 0: as fast as possible
+	BrokerPID     int
+	Drain         time.Duration // how long to wait for stragglers
+	Retain        bool
 	// RetainedTopics is how many distinct topics a retained storm cycles
 	// through per publisher.
 	RetainedTopics int
@@ -213,6 +217,12 @@ func (r *runner) dial(c *client, addr string) error {
 	if c.v == codec.V5 {
 		p.Props.ReceiveMaximum = 65535
 		p.Props.Set(codec.PropReceiveMaximum)
+		if r.cfg.SessionExpiry > 0 {
+			p.Props.SessionExpiry = uint32(r.cfg.SessionExpiry / time.Second)
+			p.Props.Set(codec.PropSessionExpiry)
+		}
+	} else if r.cfg.SessionExpiry > 0 {
+		p.CleanStart = false
 	}
 	return gc.AsyncWrite(p.Append(nil, c.v), nil)
 }

@@ -65,6 +65,7 @@ Flags:
 	fs.IntVar(&cfg.Payload, "payload", 64, "payload size in `bytes` (at least 20: sequence number and timestamp)")
 	fs.UintVar(&qos, "qos", 0, "QoS of publishes and subscriptions: 0, 1 or 2")
 	fs.UintVar(&version, "mqtt", 4, "MQTT protocol level: 3 (3.1), 4 (3.1.1) or 5")
+	fs.DurationVar(&cfg.SessionExpiry, "session-expiry", 0, "give clients sessions the broker keeps this long (MQTT 5), or clean session 0 (3.x); 0: clean sessions")
 	fs.IntVar(&cfg.Rate, "rate", 0, "total publishes per second; 0: as fast as the broker acknowledges")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "measurement window (default 10s unless --count)")
 	fs.Int64Var(&cfg.Count, "count", 0, "messages per publisher; 0: publish until --duration ends")
