@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"os"
 	"strings"
@@ -96,8 +97,7 @@ type Store struct {
 	unsynced atomic.Bool   // Batch mode: writes since the last fsync
 
 	// committer-only scratch for elide
-	elideMap     map[string]elideAt
-	elideCreated map[string]bool
+	elideMap map[uint64]elideAt
 
 	unhealthy atomic.Pointer[error]
 	disk      struct {
@@ -111,8 +111,12 @@ type Store struct {
 	}
 }
 
-// elideAt is an op's place in a group.
-type elideAt struct{ pc, op int }
+// elideAt is the place in a group of a key's last write, and whether the
+// key was created in the group.
+type elideAt struct {
+	pc, op  int
+	created bool
+}
 
 type pendingCommit struct {
 	buf  []byte
@@ -431,41 +435,39 @@ func (s *Store) elide(group []pendingCommit) {
 			}
 		}
 	}
+	// Keys are hashed rather than copied into strings: a map of strings
+	// costs an allocation per write. Two keys with one hash are told apart
+	// by their bytes, and then the second is simply not elided.
 	last := s.elideMap
 	if last == nil {
-		last = make(map[string]elideAt)
+		last = make(map[uint64]elideAt)
 		s.elideMap = last
 	}
 	defer clear(last)
-	created := s.elideCreated
-	if created == nil {
-		created = make(map[string]bool)
-		s.elideCreated = created
-	}
-	defer clear(created)
 	for i := range group {
 		pc := &group[i]
 		for j := range pc.ops {
 			o := &pc.ops[j]
 			k := pc.buf[o.k0:o.k1]
-			prev, seen := last[string(k)]
-			if !seen {
-				key := string(k)
-				last[key] = elideAt{i, j}
-				if o.kind == opCreate {
-					created[key] = true
+			h := maphash.Bytes(elideSeed, k)
+			prev, seen := last[h]
+			if seen {
+				p := &group[prev.pc]
+				po := &p.ops[prev.op]
+				if !bytes.Equal(p.buf[po.k0:po.k1], k) {
+					continue // a hash collision: keep both writes
 				}
-				continue
+				po.kind = opSkip
+				if o.kind == opDelete && prev.created {
+					o.kind = opSkip // never on disk: nothing to delete
+				}
 			}
-			group[prev.pc].ops[prev.op].kind = opSkip
-			last[string(k)] = elideAt{i, j}
-			if o.kind == opDelete && created[string(k)] {
-				// Never on disk: nothing to delete.
-				o.kind = opSkip
-			}
+			last[h] = elideAt{pc: i, op: j, created: o.kind == opCreate || seen && prev.created}
 		}
 	}
 }
+
+var elideSeed = maphash.MakeSeed()
 
 // syncNow fsyncs the WAL when Batch mode has written since the last one.
 func (s *Store) syncNow() {
