@@ -1,0 +1,170 @@
+package interlink
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Compression is how a node compresses the batches it sends.
+type Compression uint8
+
+// Compression codecs. Do not renumber: exchanged at handshake.
+const (
+	CompressNone Compression = 0
+	CompressS2   Compression = 1
+	CompressZstd Compression = 2
+)
+
+// ParseCompression reads a --interlink-compression value.
+func ParseCompression(s string) (Compression, error) {
+	switch s {
+	case "none":
+		return CompressNone, nil
+	case "s2":
+		return CompressS2, nil
+	case "zstd":
+		return CompressZstd, nil
+	}
+	return 0, fmt.Errorf("--interlink-compression must be none, s2 or zstd, got %q", s)
+}
+
+func (c Compression) String() string {
+	switch c {
+	case CompressNone:
+		return "none"
+	case CompressS2:
+		return "s2"
+	case CompressZstd:
+		return "zstd"
+	}
+	return "compression(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Config is one node's place in the cluster.
+type Config struct {
+	// NodeName names this node; unique in the cluster.
+	NodeName string
+	// Listen is the interlink TCP address.
+	Listen string
+	// Advertise is the interlink address peers dial; empty means Listen
+	// (with the host it binds, or 127.0.0.1 for an unspecified host).
+	Advertise string
+	// GossipListen is memberlist's bind address (TCP and UDP); empty means
+	// the interlink port + 1.
+	GossipListen string
+	// Join lists seed nodes: each one's interlink address (its gossip port
+	// is taken as that port + 1) or "gossip=host:port" for an explicit one.
+	Join []string
+	// Secret authenticates peers at handshake and keys gossip encryption.
+	// Empty means no authentication.
+	Secret string
+	// Compression is what this node compresses its batches with.
+	Compression Compression
+	// CompressMin is the batch size (bytes) from which batches are
+	// compressed.
+	CompressMin int
+	// BatchBytes flushes a lane's batch when it holds this many bytes.
+	BatchBytes int
+	// BatchDelay flushes a lane's batch this long after its first record.
+	BatchDelay time.Duration
+	// Lanes is the number of TCP connections to each peer.
+	Lanes int
+	// QueueLimit bounds the reliable records waiting for one peer (sent
+	// and not yet acknowledged, or not yet sent).
+	QueueLimit int
+	// MaxFrame bounds a frame, and a batch after decompression.
+	MaxFrame int
+	// FailureTimeout is about how long a silent peer takes to be declared
+	// failed.
+	FailureTimeout time.Duration
+	// ForgetAfter is how long a failed or departed peer's routes and
+	// queue are kept for its return; 0 keeps them forever.
+	ForgetAfter time.Duration
+	// Metrics receives the per-peer metrics; nil disables them.
+	Metrics *metrics.Set
+	// Logger receives the link's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig holds the defaults of every tunable.
+func DefaultConfig() Config {
+	return Config{
+		Compression:    CompressS2,
+		CompressMin:    512,
+		BatchBytes:     64 << 10,
+		BatchDelay:     500 * time.Microsecond,
+		Lanes:          2,
+		QueueLimit:     200_000,
+		MaxFrame:       16 << 20,
+		FailureTimeout: 3 * time.Second,
+		ForgetAfter:    15 * time.Minute,
+	}
+}
+
+// Validate reports every setting that cannot work, named by its flag.
+func (c *Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.NodeName != "" && len(c.NodeName) <= 128, "--node-name must be 1 to 128 bytes, got %q", c.NodeName)
+	for _, a := range []struct{ flag, addr string }{{"--cluster-listen", c.Listen},
+		{"--cluster-advertise", c.Advertise}, {"--gossip-listen", c.GossipListen}} {
+		if a.addr == "" && a.flag != "--cluster-listen" {
+			continue
+		}
+		_, _, err := splitPort(a.addr)
+		check(err == nil, "%s must be host:port, got %q", a.flag, a.addr)
+	}
+	for _, j := range c.Join {
+		_, _, err := seedGossip(j)
+		check(err == nil, "--join: %v", err)
+	}
+	check(c.CompressMin >= 0, "the compression threshold must be >= 0, got %d", c.CompressMin)
+	check(c.BatchBytes >= 512 && c.BatchBytes <= c.MaxFrame/2,
+		"--interlink-batch-bytes must be between 512 and %d, got %d", c.MaxFrame/2, c.BatchBytes)
+	check(c.BatchDelay >= 0 && c.BatchDelay <= time.Second, "--interlink-batch-delay must be between 0 and 1s, got %s", c.BatchDelay)
+	check(c.Lanes >= 1 && c.Lanes <= 64, "--interlink-lanes must be between 1 and 64, got %d", c.Lanes)
+	check(c.QueueLimit >= 1, "--interlink-queue must be at least 1, got %d", c.QueueLimit)
+	check(c.FailureTimeout >= 200*time.Millisecond, "--cluster-failure-timeout must be at least 200ms, got %s", c.FailureTimeout)
+	check(c.ForgetAfter >= 0, "--cluster-forget-after must be >= 0, got %s", c.ForgetAfter)
+	check(c.Compression <= CompressZstd, "unknown compression %d", c.Compression)
+	return errors.Join(errs...)
+}
+
+func splitPort(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port in %q", addr)
+	}
+	return host, int(p), nil
+}
+
+// seedGossip turns a --join entry into a memberlist address.
+func seedGossip(seed string) (string, int, error) {
+	if g, ok := strings.CutPrefix(seed, "gossip="); ok {
+		h, p, err := splitPort(g)
+		if err != nil {
+			return "", 0, fmt.Errorf("seed %q must be host:port or gossip=host:port", seed)
+		}
+		return h, p, nil
+	}
+	h, p, err := splitPort(seed)
+	if err != nil || p == 65535 {
+		return "", 0, fmt.Errorf("seed %q must be host:port or gossip=host:port", seed)
+	}
+	return h, p + 1, nil
+}

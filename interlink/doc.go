@@ -1,0 +1,71 @@
+// Package interlink is the node-to-node link of a Gannet cluster:
+// membership (over hashicorp/memberlist), a full mesh of TCP links between
+// the members, peer authentication, and batched, compressed, reliable
+// delivery of opaque records that the broker defines.
+//
+// # Links and lanes
+//
+// Every node dials every other member: the connections a node dials carry
+// what it sends (its "lanes" to that peer, --interlink-lanes of them), and
+// the receiver answers on the same connection with acknowledgements only.
+// So each direction between two nodes has its own connections, and no
+// tie-break is needed. Lane 0 carries control records (routes, retained
+// messages, session transfer); a forwarded message travels on the lane its
+// publisher hashes to, so one publisher's messages stay in order.
+//
+// # Frames
+//
+// Every frame is length-prefixed and typed:
+//
+//	+-----------+------+----------------------+
+//	| length    | type | payload              |
+//	| 4 bytes BE| 1    | length - 1 bytes     |
+//	+-----------+------+----------------------+
+//
+// The dialer speaks first:
+//
+//	HELLO   (1): magic "GNTL" | version 1 | node str | epoch u64 | lane u8 |
+//	             compression u8 | nonce [16]
+//	WELCOME (2): version 1 | node str | nonce [16] |
+//	             proof [32] = HMAC-SHA256(secret, "welcome" | both nonces | both names)
+//	PROOF   (3): proof [32] = HMAC-SHA256(secret, "hello" | both nonces | both names)
+//	REJECT  (4): reason str (then the acceptor closes)
+//
+// A peer that does not know --cluster-secret cannot produce either proof;
+// the acceptor checks PROOF and the dialer checks WELCOME, each logs and
+// closes on a mismatch. The compression in HELLO is the dialer's choice
+// for what it sends (none 0, s2 1, zstd 2); an acceptor that cannot decode
+// it rejects the link.
+//
+// Then the dialer sends batches and pings, the acceptor acks and pongs:
+//
+//	BATCH (5): flags u8 | epoch uvarint | first seq uvarint | [raw length uvarint] | records
+//	           flags bit 0: records are compressed with the link's codec, and
+//	           the raw length bounds what the receiver will inflate.
+//	ACK   (6): epoch uvarint | seq uvarint: every reliable record up to seq
+//	           on this lane is done (its effects durable on the receiver).
+//	PING  (7): u64 send time; PONG (8) echoes it, for round-trip time.
+//
+// A record is
+//
+//	+---------------------------+----------------+------+
+//	| kind u8 (bit 7: reliable) | length uvarint | body |
+//	+---------------------------+----------------+------+
+//
+// Reliable records of a batch carry the consecutive sequence numbers from
+// "first seq"; unreliable ones carry none. Numbers, lengths and flags are
+// checked; a bad frame closes that link with a logged reason.
+//
+// # Reliability
+//
+// A reliable record (a QoS 1/2 message, a session transfer) stays in its
+// lane's queue from Send until the receiver acknowledges it, and is
+// written again on every new connection of the lane until then. The
+// receiver remembers, per sender, epoch (the sender's run) and lane, the
+// last sequence number it accepted and drops records at or below it, so a
+// replay delivers nothing twice. The receiver acknowledges a record only
+// when the broker reports its effects done, which with persistence on is
+// after they are on disk. A queue is bounded (Config.QueueLimit); Send
+// refuses past it. Unreliable records (QoS 0, route deltas, retained
+// updates) to a peer that is not connected are dropped and counted.
+package interlink

@@ -1,0 +1,103 @@
+package interlink
+
+import (
+	"strconv"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// nodeStats holds the link's metrics, per peer where they are about one.
+type nodeStats struct {
+	set               *metrics.Set
+	handshakeFailures *metrics.Counter
+	badFrames         *metrics.Counter
+
+	mu    sync.Mutex
+	peers map[string]*peerStats
+}
+
+// peerStats are one peer's counters. Sent and received figures count
+// records and bytes before (raw) and after (wire) compression.
+type peerStats struct {
+	set   *metrics.Set
+	label string
+	names []string // gauges, unregistered when the peer is forgotten
+
+	msgsSent, msgsRecv       *metrics.Counter
+	batchesSent, batchesRecv *metrics.Counter
+	rawSent, wireSent        *metrics.Counter
+	rawRecv, wireRecv        *metrics.Counter
+	droppedDown, droppedFull *metrics.Counter
+	replayed, duplicates     *metrics.Counter
+}
+
+func newNodeStats(set *metrics.Set) *nodeStats {
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	return &nodeStats{
+		set:               set,
+		handshakeFailures: set.NewCounter("gannet_interlink_handshake_failures_total"),
+		badFrames:         set.NewCounter("gannet_interlink_bad_frames_total"),
+		peers:             make(map[string]*peerStats),
+	}
+}
+
+func (s *nodeStats) peer(name string) *peerStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.peers[name]; p != nil {
+		return p
+	}
+	l := `{peer=` + strconv.Quote(name) + `}`
+	c := func(n string) *metrics.Counter { return s.set.GetOrCreateCounter("gannet_interlink_" + n + l) }
+	dl := func(reason string) *metrics.Counter {
+		return s.set.GetOrCreateCounter(`gannet_interlink_dropped_total{peer=` + strconv.Quote(name) + `,reason="` + reason + `"}`)
+	}
+	p := &peerStats{
+		set: s.set, label: l,
+		msgsSent: c("messages_sent_total"), msgsRecv: c("messages_received_total"),
+		batchesSent: c("batches_sent_total"), batchesRecv: c("batches_received_total"),
+		rawSent: c("raw_bytes_sent_total"), wireSent: c("wire_bytes_sent_total"),
+		rawRecv: c("raw_bytes_received_total"), wireRecv: c("wire_bytes_received_total"),
+		droppedDown: dl("not_linked"), droppedFull: dl("queue_full"),
+		replayed: c("replayed_total"), duplicates: c("duplicates_total"),
+	}
+	s.peers[name] = p
+	return p
+}
+
+// gauges registers the gauges that read a live peer.
+func (ps *peerStats) gauges(p *peer) {
+	add := func(name string, f func() float64) {
+		n := "gannet_interlink_" + name + ps.label
+		ps.set.UnregisterMetric(n)
+		ps.set.NewGauge(n, f)
+		ps.names = append(ps.names, n)
+	}
+	add("queue_depth", func() float64 {
+		q := 0
+		for _, l := range p.lanes {
+			q += l.queued()
+		}
+		return float64(q)
+	})
+	add("rtt_seconds", func() float64 { return float64(p.rtt.Load()) / 1e9 })
+	add("lanes_up", func() float64 {
+		up := 0
+		for _, l := range p.lanes {
+			if l.isConnected() {
+				up++
+			}
+		}
+		return float64(up)
+	})
+}
+
+func (ps *peerStats) unregister() {
+	for _, n := range ps.names {
+		ps.set.UnregisterMetric(n)
+	}
+	ps.names = nil
+}

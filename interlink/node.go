@@ -1,0 +1,454 @@
+package interlink
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Handler is the broker's side of the link. Its methods may be called from
+// several goroutines at once.
+type Handler interface {
+	// PeerUp reports that this node's control lane to peer connected:
+	// the broker sends its full state (routes, retained messages, clients)
+	// now, and deltas after.
+	PeerUp(peer string)
+	// PeerForget reports that peer has been gone longer than
+	// Config.ForgetAfter: what it announced no longer holds.
+	PeerForget(peer string)
+	// Receive handles one batch of records from peer. Bodies alias a buffer
+	// reused once Receive returns. done must be called exactly once, from
+	// any goroutine, once the effects of the batch's reliable records are
+	// safe (durable, when the broker persists); only then are they
+	// acknowledged to the sender.
+	Receive(peer string, recs []Record, done func())
+}
+
+// Errors from Send.
+var (
+	ErrUnknownPeer = errors.New("interlink: unknown peer")
+	ErrQueueFull   = errors.New("interlink: peer queue full")
+	ErrNotLinked   = errors.New("interlink: peer not connected")
+	ErrStopped     = errors.New("interlink: stopped")
+)
+
+// Node is this broker's membership in the cluster and its links to peers.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	h         Handler
+	secret    []byte
+	epoch     uint64
+	advertise string
+	seed      maphash.Seed
+
+	ml *memberlist.Memberlist
+	ln net.Listener
+
+	mu      sync.Mutex
+	peers   map[string]*peer
+	streams map[streamKey]*stream
+	conns   map[net.Conn]struct{} // accepted, for Stop
+
+	stats *nodeStats
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+// New checks cfg and builds a node; Start joins the cluster.
+func New(cfg Config, h Handler) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	var e [8]byte
+	_, _ = rand.Read(e[:])
+	n := &Node{
+		cfg:     cfg,
+		log:     lg.With("component", "cluster"),
+		h:       h,
+		secret:  []byte(cfg.Secret),
+		epoch:   binary.BigEndian.Uint64(e[:]) | 1,
+		seed:    maphash.MakeSeed(),
+		peers:   make(map[string]*peer),
+		streams: make(map[streamKey]*stream),
+		conns:   make(map[net.Conn]struct{}),
+		done:    make(chan struct{}),
+	}
+	n.stats = newNodeStats(cfg.Metrics)
+	return n, nil
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.cfg.NodeName }
+
+// Addr is the interlink listener's address (after Start).
+func (n *Node) Addr() string { return n.ln.Addr().String() }
+
+// Start listens for peers, starts gossip and joins the seeds. An
+// unreachable seed is not an error: the node serves alone and keeps
+// trying.
+func (n *Node) Start() error {
+	ln, err := net.Listen("tcp", n.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen for the cluster on %s: %w", n.cfg.Listen, err)
+	}
+	n.ln = ln
+	n.advertise = n.cfg.Advertise
+	if n.advertise == "" {
+		host, port, _ := net.SplitHostPort(ln.Addr().String())
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		n.advertise = net.JoinHostPort(host, port)
+	}
+	if err := n.startGossip(); err != nil {
+		ln.Close()
+		return err
+	}
+	n.wg.Add(2)
+	go n.accept()
+	go n.maintain()
+	if len(n.cfg.Join) > 0 {
+		if _, err := n.ml.Join(n.seeds()); err != nil {
+			n.log.Warn("cannot reach the seeds yet; serving alone and retrying", "join", strings.Join(n.cfg.Join, ","), "err", err)
+		}
+	}
+	n.log.Info("cluster link up", "node", n.cfg.NodeName, "listen", ln.Addr().String(), "advertise", n.advertise,
+		"gossip", n.ml.LocalNode().Address(), "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes)
+	return nil
+}
+
+func (n *Node) startGossip() error {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = n.cfg.NodeName
+	gl := n.cfg.GossipListen
+	if gl == "" {
+		host, port, _ := splitPort(n.ln.Addr().String())
+		gl = net.JoinHostPort(host, strconv.Itoa(port+1))
+	}
+	host, port, err := splitPort(gl)
+	if err != nil {
+		return fmt.Errorf("--gossip-listen: %w", err)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	ahost, _, _ := splitPort(n.advertise)
+	if ip := net.ParseIP(ahost); ip != nil && !ip.IsUnspecified() {
+		mc.AdvertiseAddr, mc.AdvertisePort = ahost, port
+	}
+	if len(n.secret) > 0 {
+		k := sha256.Sum256(append([]byte("gannet gossip key\x00"), n.secret...))
+		mc.SecretKey = k[:]
+	}
+	ft := n.cfg.FailureTimeout
+	mc.ProbeInterval = ft / 4
+	mc.ProbeTimeout = ft / 8
+	mc.SuspicionMult = 2
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.DeadNodeReclaimTime = ft
+	mc.Delegate = delegate{n}
+	mc.Events = events{n}
+	mc.Logger = log.New(gossipLog{n.log}, "", 0)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("cannot start gossip on %s: %w", gl, err)
+	}
+	n.ml = ml
+	return nil
+}
+
+func (n *Node) seeds() []string {
+	var out []string
+	for _, j := range n.cfg.Join {
+		h, p, err := seedGossip(j)
+		if err == nil {
+			out = append(out, net.JoinHostPort(h, strconv.Itoa(p)))
+		}
+	}
+	return out
+}
+
+// Stop leaves the cluster and closes every link.
+func (n *Node) Stop() {
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	_ = n.ml.Leave(time.Second)
+	close(n.done)
+	_ = n.ml.Shutdown()
+	n.ln.Close()
+	n.mu.Lock()
+	for c := range n.conns {
+		c.Close()
+	}
+	for _, p := range n.peers {
+		p.stop()
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+}
+
+// LaneFor picks the lane for records keyed by key (a publisher's client
+// id): one key always takes the same lane, so its records stay in order.
+func (n *Node) LaneFor(key string) int {
+	if n.cfg.Lanes == 1 {
+		return 0
+	}
+	return int(maphash.String(n.seed, key) % uint64(n.cfg.Lanes))
+}
+
+// Send queues a record for peer on a lane. A reliable record is kept until
+// the peer acknowledges it and refused with ErrQueueFull past the queue
+// bound; an unreliable one is dropped (ErrNotLinked) while the lane is not
+// connected. Send never blocks on the network.
+func (n *Node) Send(peerName string, lane int, kind byte, body []byte, reliable bool) error {
+	n.mu.Lock()
+	p := n.peers[peerName]
+	n.mu.Unlock()
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	return p.lanes[lane].send(kind, body, reliable)
+}
+
+// Peers lists the peers that messages can be queued for: alive ones, and
+// failed ones not yet forgotten.
+func (n *Node) Peers() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.peers))
+	for name := range n.peers {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Linked reports whether this node's control lane to peer is connected.
+func (n *Node) Linked(peerName string) bool {
+	n.mu.Lock()
+	p := n.peers[peerName]
+	n.mu.Unlock()
+	return p != nil && p.lanes[0].isConnected()
+}
+
+// Member is one node as GET /api/v1/cluster shows it.
+type Member struct {
+	Name      string  `json:"name"`
+	Interlink string  `json:"interlink"`
+	Gossip    string  `json:"gossip"`
+	State     string  `json:"state"` // alive, suspect, dead, left
+	Self      bool    `json:"self,omitempty"`
+	LanesUp   int     `json:"lanes_up"`
+	Queued    int     `json:"queued"`
+	RTTMillis float64 `json:"rtt_ms"`
+}
+
+// Members lists this node and every peer it knows, by name.
+func (n *Node) Members() []Member {
+	out := []Member{{Name: n.cfg.NodeName, Interlink: n.advertise, Gossip: n.ml.LocalNode().Address(),
+		State: "alive", Self: true, LanesUp: n.cfg.Lanes}}
+	states := make(map[string]*memberlist.Node)
+	for _, m := range n.ml.Members() {
+		states[m.Name] = m
+	}
+	n.mu.Lock()
+	for _, p := range n.peers {
+		m := Member{Name: p.name, Interlink: p.address(), State: "dead"}
+		if st := states[p.name]; st != nil {
+			m.Gossip = st.Address()
+			m.State = stateName(st.State)
+		} else if p.left() {
+			m.State = "left"
+		}
+		for _, l := range p.lanes {
+			if l.isConnected() {
+				m.LanesUp++
+			}
+			m.Queued += l.queued()
+		}
+		m.RTTMillis = float64(p.rtt.Load()) / 1e6
+		out = append(out, m)
+	}
+	n.mu.Unlock()
+	slices.SortFunc(out[1:], func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "dead"
+}
+
+// memberUp (re)starts the lanes to a member at addr.
+func (n *Node) memberUp(name, addr string) {
+	if name == n.cfg.NodeName {
+		return
+	}
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	n.mu.Lock()
+	p := n.peers[name]
+	if p == nil {
+		p = newPeer(n, name)
+		n.peers[name] = p
+		n.log.Info("peer joined", "peer", name, "interlink", addr)
+	} else if !p.isAlive() {
+		n.log.Info("peer back", "peer", name, "interlink", addr)
+	}
+	n.mu.Unlock()
+	p.setAlive(addr)
+}
+
+// memberDown marks a member failed or gone; its queue is kept until
+// ForgetAfter.
+func (n *Node) memberDown(name string, left bool) {
+	n.mu.Lock()
+	p := n.peers[name]
+	n.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if left {
+		n.log.Info("peer left", "peer", name)
+	} else {
+		n.log.Warn("peer failed", "peer", name)
+	}
+	p.setGone(left)
+}
+
+// maintain forgets long-gone peers and rejoins seeds and failed members,
+// so that a restarted node or a healed partition merges back by itself.
+func (n *Node) maintain() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.FailureTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var forget []*peer
+		var rejoin []string
+		n.mu.Lock()
+		for name, p := range n.peers {
+			since, gone := p.goneSince()
+			if !gone {
+				continue
+			}
+			if n.cfg.ForgetAfter > 0 && now.Sub(since) > n.cfg.ForgetAfter {
+				delete(n.peers, name)
+				forget = append(forget, p)
+				continue
+			}
+			if g := p.gossipAddr(); g != "" {
+				rejoin = append(rejoin, g)
+			}
+		}
+		n.mu.Unlock()
+		for _, p := range forget {
+			p.stop()
+			n.log.Warn("peer forgotten", "peer", p.name, "gone_for", n.cfg.ForgetAfter.String(), "dropped", p.dropQueues())
+			n.h.PeerForget(p.name)
+		}
+		if n.ml.NumMembers() <= 1 && len(n.cfg.Join) > 0 {
+			rejoin = append(rejoin, n.seeds()...)
+		}
+		if len(rejoin) > 0 {
+			if _, err := n.ml.Join(rejoin); err != nil {
+				n.log.Debug("rejoin attempt", "addrs", strings.Join(rejoin, ","), "err", err)
+			}
+		}
+	}
+}
+
+// delegate gives memberlist this node's interlink address as metadata.
+type delegate struct{ n *Node }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	if len(d.n.advertise) > limit {
+		return nil
+	}
+	return []byte(d.n.advertise)
+}
+func (d delegate) NotifyMsg([]byte)                           {}
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d delegate) LocalState(join bool) []byte                { return nil }
+func (d delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// events feeds memberlist's view of the members into the links.
+type events struct{ n *Node }
+
+func (e events) NotifyJoin(m *memberlist.Node) {
+	e.n.memberUp(m.Name, string(m.Meta))
+	e.n.gossipSeen(m)
+}
+func (e events) NotifyUpdate(m *memberlist.Node) {
+	e.n.memberUp(m.Name, string(m.Meta))
+	e.n.gossipSeen(m)
+}
+func (e events) NotifyLeave(m *memberlist.Node) {
+	e.n.memberDown(m.Name, m.State == memberlist.StateLeft)
+}
+
+func (n *Node) gossipSeen(m *memberlist.Node) {
+	n.mu.Lock()
+	if p := n.peers[m.Name]; p != nil {
+		p.mu.Lock()
+		p.mu.gossip = m.Address()
+		p.mu.Unlock()
+	}
+	n.mu.Unlock()
+}
+
+// gossipLog sends memberlist's log lines to slog at their own level.
+type gossipLog struct{ l *slog.Logger }
+
+func (g gossipLog) Write(b []byte) (int, error) {
+	s := strings.TrimSpace(string(b))
+	switch {
+	case strings.Contains(s, "[ERR]"):
+		g.l.Error(s)
+	case strings.Contains(s, "[WARN]"):
+		g.l.Warn(s)
+	default:
+		g.l.Debug(s)
+	}
+	return len(b), nil
+}
+
+var _ io.Writer = gossipLog{}

@@ -1,0 +1,567 @@
+package interlink
+
+import (
+	"bufio"
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// peer is another member and this node's lanes to it.
+type peer struct {
+	n     *Node
+	name  string
+	lanes []*lane
+	rtt   atomic.Int64 // nanoseconds, from lane 0's pings
+	st    *peerStats
+
+	mu struct {
+		sync.Mutex
+		addr    string // interlink address, from gossip metadata
+		gossip  string
+		alive   bool
+		left    bool
+		goneAt  time.Time
+		stopped bool
+	}
+}
+
+func newPeer(n *Node, name string) *peer {
+	p := &peer{n: n, name: name, st: n.stats.peer(name)}
+	for i := range n.cfg.Lanes {
+		l := &lane{p: p, idx: i, wake: make(chan struct{}, 1), comp: newCompressor(n.cfg.Compression)}
+		p.lanes = append(p.lanes, l)
+		n.wg.Add(1)
+		go l.run()
+	}
+	p.st.gauges(p)
+	return p
+}
+
+func (p *peer) setAlive(addr string) {
+	p.mu.Lock()
+	if addr != "" {
+		p.mu.addr = addr
+	}
+	p.mu.alive, p.mu.left = true, false
+	p.mu.Unlock()
+	for _, l := range p.lanes {
+		l.poke()
+	}
+}
+
+func (p *peer) setGone(left bool) {
+	p.mu.Lock()
+	p.mu.alive, p.mu.left = false, left
+	p.mu.goneAt = time.Now()
+	p.mu.Unlock()
+}
+
+func (p *peer) isAlive() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.alive && !p.mu.stopped
+}
+
+func (p *peer) left() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.left
+}
+
+func (p *peer) address() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.addr
+}
+
+func (p *peer) gossipAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.gossip
+}
+
+func (p *peer) goneSince() (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.goneAt, !p.mu.alive
+}
+
+// stop ends the lanes for good (node stop, or the peer is forgotten).
+func (p *peer) stop() {
+	p.mu.Lock()
+	p.mu.stopped = true
+	p.mu.Unlock()
+	for _, l := range p.lanes {
+		l.mu.Lock()
+		if l.mu.conn != nil {
+			l.mu.conn.Close()
+		}
+		l.mu.Unlock()
+		l.poke()
+	}
+	p.st.unregister()
+}
+
+func (p *peer) stopped() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.stopped
+}
+
+// dropQueues discards every queued record and returns how many reliable
+// ones went.
+func (p *peer) dropQueues() int {
+	var n int
+	for _, l := range p.lanes {
+		l.mu.Lock()
+		n += len(l.mu.rel) - l.mu.head
+		l.mu.rel, l.mu.head, l.mu.buf = nil, 0, nil
+		l.mu.Unlock()
+	}
+	p.st.droppedFull.Add(n)
+	return n
+}
+
+// lane is one TCP connection's worth of sending to a peer: a buffer of
+// unreliable records, a queue of reliable ones kept until acknowledged,
+// and a writer goroutine that batches, compresses and writes them.
+type lane struct {
+	p    *peer
+	idx  int
+	wake chan struct{}
+	comp *compressor
+
+	mu struct {
+		sync.Mutex
+		buf       []byte   // unreliable records not yet written
+		rel       []relRec // reliable records not yet acknowledged, by seq
+		head      int
+		nextSeq   uint64 // last assigned
+		acked     uint64
+		sent      uint64 // last seq written on the current connection
+		unsent    int    // bytes waiting to be written
+		connected bool
+		conn      net.Conn
+	}
+
+	// writer-owned scratch
+	spare []byte
+	raw   []byte
+	frame []byte
+	recs  [][]byte
+}
+
+type relRec struct {
+	seq uint64
+	rec []byte
+}
+
+func (l *lane) poke() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *lane) isConnected() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.connected
+}
+
+func (l *lane) queued() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.mu.rel) - l.mu.head
+}
+
+func (l *lane) send(kind byte, body []byte, reliable bool) error {
+	cfg := &l.p.n.cfg
+	l.mu.Lock()
+	before := l.mu.unsent
+	if reliable {
+		if len(l.mu.rel)-l.mu.head >= (cfg.QueueLimit+cfg.Lanes-1)/cfg.Lanes {
+			l.mu.Unlock()
+			l.p.st.droppedFull.Inc()
+			return ErrQueueFull
+		}
+		l.mu.nextSeq++
+		rec := appendRecord(make([]byte, 0, len(body)+6), kind, true, body)
+		l.mu.rel = append(l.mu.rel, relRec{seq: l.mu.nextSeq, rec: rec})
+		l.mu.unsent += len(rec)
+	} else {
+		if !l.mu.connected {
+			l.mu.Unlock()
+			l.p.st.droppedDown.Inc()
+			return ErrNotLinked
+		}
+		if len(l.mu.buf) > cfg.MaxFrame {
+			l.mu.Unlock()
+			l.p.st.droppedFull.Inc()
+			return ErrQueueFull
+		}
+		n := len(l.mu.buf)
+		l.mu.buf = appendRecord(l.mu.buf, kind, false, body)
+		l.mu.unsent += len(l.mu.buf) - n
+	}
+	after := l.mu.unsent
+	connected := l.mu.connected
+	l.mu.Unlock()
+	// Wake the writer when a batch starts and when it fills; in between
+	// it is waiting out the batch delay anyway.
+	if connected && (before == 0 || (before < cfg.BatchBytes && after >= cfg.BatchBytes)) {
+		l.poke()
+	}
+	return nil
+}
+
+// ackTo drops the reliable records up to seq: the peer has them.
+func (l *lane) ackTo(seq uint64) {
+	l.mu.Lock()
+	if seq > l.mu.acked {
+		l.mu.acked = seq
+	}
+	for l.mu.head < len(l.mu.rel) && l.mu.rel[l.mu.head].seq <= seq {
+		l.mu.rel[l.mu.head] = relRec{}
+		l.mu.head++
+	}
+	if l.mu.head == len(l.mu.rel) {
+		l.mu.rel, l.mu.head = l.mu.rel[:0], 0
+	} else if l.mu.head >= 1024 && l.mu.head*2 >= len(l.mu.rel) {
+		k := copy(l.mu.rel, l.mu.rel[l.mu.head:])
+		clear(l.mu.rel[k:])
+		l.mu.rel, l.mu.head = l.mu.rel[:k], 0
+	}
+	l.mu.Unlock()
+}
+
+// run keeps the lane connected while the peer is alive.
+func (l *lane) run() {
+	n := l.p.n
+	defer n.wg.Done()
+	backoff := 50 * time.Millisecond
+	var lastWarn time.Time
+	for {
+		select {
+		case <-n.done:
+			return
+		default:
+		}
+		if l.p.stopped() {
+			return
+		}
+		if !l.p.isAlive() {
+			select {
+			case <-l.wake:
+			case <-n.done:
+				return
+			}
+			continue
+		}
+		conn, br, err := l.dial()
+		if err != nil {
+			if time.Since(lastWarn) > 10*time.Second {
+				lastWarn = time.Now()
+				n.log.Warn("cannot link to peer; retrying", "peer", l.p.name, "lane", l.idx, "err", err)
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-n.done:
+				t.Stop()
+				return
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		lastWarn = time.Time{}
+		err = l.serve(conn, br)
+		select {
+		case <-n.done:
+			return
+		default:
+		}
+		if err != nil && !l.p.stopped() {
+			n.log.Info("link to peer lost", "peer", l.p.name, "lane", l.idx, "err", err)
+		}
+	}
+}
+
+// dial connects and authenticates.
+func (l *lane) dial() (net.Conn, *bufio.Reader, error) {
+	n := l.p.n
+	addr := l.p.address()
+	if addr == "" {
+		return nil, nil, fmt.Errorf("no interlink address gossiped")
+	}
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (net.Conn, *bufio.Reader, error) {
+		conn.Close()
+		return nil, nil, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	h := hello{node: n.cfg.NodeName, epoch: n.epoch, lane: uint8(l.idx), compression: n.cfg.Compression}
+	_, _ = rand.Read(h.nonce[:])
+	if _, err := conn.Write(h.append(nil)); err != nil {
+		return fail(err)
+	}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	t, p, _, err := readFrame(br, nil, 4096)
+	if err != nil {
+		return fail(err)
+	}
+	switch t {
+	case frameWelcome:
+	case frameReject:
+		r := &reader{b: p}
+		return fail(fmt.Errorf("refused by %s: %s", addr, r.str("reason", 4096)))
+	default:
+		return fail(frameErr("frame type %d during handshake", t))
+	}
+	w, err := decodeWelcome(p)
+	if err != nil {
+		return fail(err)
+	}
+	if w.node != l.p.name {
+		return fail(fmt.Errorf("%s answered as %q, expected %q", addr, w.node, l.p.name))
+	}
+	want := proof(n.secret, "welcome", &h, w.node, w.nonce)
+	if !hmac.Equal(want[:], w.proof[:]) {
+		n.stats.handshakeFailures.Inc()
+		n.log.Warn("peer rejected: it does not know the cluster secret", "peer", w.node, "addr", addr)
+		return fail(fmt.Errorf("%s failed the cluster secret check", addr))
+	}
+	pr := proof(n.secret, "hello", &h, w.node, w.nonce)
+	if _, err := conn.Write(appendBytesFrame(nil, frameProof, pr[:])); err != nil {
+		return fail(err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, br, nil
+}
+
+// serve writes batches on conn until it fails. A second goroutine reads
+// the peer's acknowledgements and pongs.
+func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
+	n := l.p.n
+	l.mu.Lock()
+	l.mu.connected = true
+	l.mu.conn = conn
+	replay := l.mu.sent - l.mu.acked
+	l.mu.sent = l.mu.acked // everything unacknowledged goes again
+	l.mu.unsent = len(l.mu.buf)
+	for _, r := range l.mu.rel[l.mu.head:] {
+		l.mu.unsent += len(r.rec)
+	}
+	l.mu.Unlock()
+	if replay > 0 {
+		l.p.st.replayed.Add(int(replay))
+	}
+	defer func() {
+		conn.Close()
+		l.mu.Lock()
+		l.mu.connected = false
+		l.mu.conn = nil
+		l.mu.unsent -= len(l.mu.buf)
+		l.p.st.droppedDown.Add(countRecords(l.mu.buf))
+		l.mu.buf = l.mu.buf[:0]
+		l.mu.Unlock()
+	}()
+	if l.idx == 0 {
+		n.h.PeerUp(l.p.name)
+	}
+
+	readErr := make(chan error, 1)
+	go func() { readErr <- l.readAcks(br) }()
+
+	var ping <-chan time.Time
+	if l.idx == 0 {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		ping = t.C
+	}
+	delay := time.NewTimer(time.Hour)
+	delay.Stop()
+	l.poke() // write what waits
+	for {
+		select {
+		case <-l.wake:
+		case <-ping:
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
+			if _, err := conn.Write(appendBytesFrame(l.frame[:0], framePing, b[:])); err != nil {
+				return err
+			}
+			continue
+		case err := <-readErr:
+			return err
+		case <-n.done:
+			return nil
+		}
+		if l.p.stopped() {
+			return nil
+		}
+		// Wait out the batch delay unless the batch is full already.
+		if d := n.cfg.BatchDelay; d > 0 {
+			delay.Reset(d)
+		wait:
+			for l.unsentBytes() < n.cfg.BatchBytes {
+				select {
+				case <-delay.C:
+					break wait
+				case <-l.wake:
+				case err := <-readErr:
+					delay.Stop()
+					return err
+				case <-n.done:
+					delay.Stop()
+					return nil
+				}
+			}
+			delay.Stop()
+		}
+		if err := l.writeAll(conn); err != nil {
+			return err
+		}
+	}
+}
+
+func (l *lane) unsentBytes() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.unsent
+}
+
+// writeAll writes everything waiting, in frames of about BatchBytes.
+func (l *lane) writeAll(conn net.Conn) error {
+	cfg := &l.p.n.cfg
+	for {
+		l.mu.Lock()
+		first := l.mu.sent + 1
+		l.recs = l.recs[:0]
+		size := 0
+		last := l.mu.sent
+		if len(l.mu.rel) > l.mu.head {
+			i := l.mu.head + int(first-l.mu.rel[l.mu.head].seq)
+			for ; i < len(l.mu.rel) && size < cfg.BatchBytes; i++ {
+				r := l.mu.rel[i]
+				l.recs = append(l.recs, r.rec)
+				size += len(r.rec)
+				last = r.seq
+			}
+		}
+		var unrel []byte
+		if size < cfg.BatchBytes && len(l.mu.buf) > 0 {
+			unrel = l.mu.buf
+			l.mu.buf = l.spare[:0]
+			l.spare = nil
+			size += len(unrel)
+		}
+		l.mu.unsent -= size
+		l.mu.Unlock()
+		if size == 0 {
+			return nil
+		}
+		l.raw = l.raw[:0]
+		for _, r := range l.recs {
+			l.raw = append(l.raw, r...)
+		}
+		l.raw = append(l.raw, unrel...)
+		nrel := len(l.recs)
+		msgs := nrel + countRecords(unrel)
+		if unrel != nil {
+			l.spare = unrel[:0]
+		}
+		f := l.frame[:0]
+		f = appendFrame(f, frameBatch)
+		zip := cfg.Compression != CompressNone && len(l.raw) >= cfg.CompressMin
+		var flags byte
+		if zip {
+			flags = batchZipped
+		}
+		f = append(f, flags)
+		f = binary.AppendUvarint(f, l.p.n.epoch)
+		if nrel > 0 {
+			f = binary.AppendUvarint(f, first)
+		} else {
+			f = binary.AppendUvarint(f, 0)
+		}
+		if zip {
+			f = binary.AppendUvarint(f, uint64(len(l.raw)))
+			f = l.comp.compress(f, l.raw)
+		} else {
+			f = append(f, l.raw...)
+		}
+		f = finishFrame(f, 0)
+		l.frame = f
+		if _, err := conn.Write(f); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		if nrel > 0 {
+			l.mu.sent = last
+		}
+		l.mu.Unlock()
+		st := l.p.st
+		st.batchesSent.Inc()
+		st.msgsSent.Add(msgs)
+		st.rawSent.Add(len(l.raw))
+		st.wireSent.Add(len(f))
+	}
+}
+
+// readAcks reads what the peer sends back on a lane: acknowledgements and
+// pongs.
+func (l *lane) readAcks(br *bufio.Reader) error {
+	var buf []byte
+	for {
+		t, p, b, err := readFrame(br, buf, 4096)
+		buf = b
+		if err != nil {
+			return err
+		}
+		switch t {
+		case frameAck:
+			epoch, seq, err := decodeAck(p)
+			if err != nil {
+				return err
+			}
+			if epoch == l.p.n.epoch {
+				l.ackTo(seq)
+			}
+		case framePong:
+			if len(p) == 8 {
+				sent := int64(binary.BigEndian.Uint64(p))
+				l.p.rtt.Store(time.Now().UnixNano() - sent)
+			}
+		case frameReject:
+			r := &reader{b: p}
+			return fmt.Errorf("peer closed the link: %s", r.str("reason", 4096))
+		default:
+			return frameErr("frame type %d from the receiving side", t)
+		}
+	}
+}
+
+// countRecords counts the records in well-formed record bytes.
+func countRecords(b []byte) int {
+	n := 0
+	for len(b) > 0 {
+		v, k := binary.Uvarint(b[1:])
+		if k <= 0 {
+			break
+		}
+		b = b[1+k+int(v):]
+		n++
+	}
+	return n
+}

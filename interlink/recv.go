@@ -1,0 +1,287 @@
+package interlink
+
+import (
+	"bufio"
+	"crypto/hmac"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// streamKey names one sender's lane in one of its runs.
+type streamKey struct {
+	node  string
+	epoch uint64
+	lane  uint8
+}
+
+// stream is the receiving state of one streamKey: what was accepted (for
+// deduplication of replays) and what is done (for acknowledgement). It
+// outlives connections, so that a replay on a new connection is recognised.
+type stream struct {
+	mu     sync.Mutex
+	last   uint64 // last reliable seq accepted
+	done   uint64 // last reliable seq whose effects are safe
+	notify chan struct{}
+}
+
+func (st *stream) finish(seq uint64) {
+	st.mu.Lock()
+	if seq > st.done {
+		st.done = seq
+	}
+	st.mu.Unlock()
+	select {
+	case st.notify <- struct{}{}:
+	default:
+	}
+}
+
+// stream returns the state for k, dropping the state of the sender's
+// earlier runs on that lane: a sender that restarted cannot replay them.
+func (n *Node) stream(k streamKey) *stream {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.streams[k]
+	if st == nil {
+		for o := range n.streams {
+			if o.node == k.node && o.lane == k.lane && o.epoch != k.epoch {
+				delete(n.streams, o)
+			}
+		}
+		st = &stream{notify: make(chan struct{}, 1)}
+		n.streams[k] = st
+	}
+	return st
+}
+
+func (n *Node) accept() {
+	defer n.wg.Done()
+	for {
+		c, err := n.ln.Accept()
+		if err != nil {
+			select {
+			case <-n.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			n.log.Warn("cluster accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		n.mu.Lock()
+		select {
+		case <-n.done:
+			n.mu.Unlock()
+			c.Close()
+			return
+		default:
+		}
+		n.conns[c] = struct{}{}
+		n.wg.Add(1)
+		n.mu.Unlock()
+		go n.serveConn(c)
+	}
+}
+
+// handshake authenticates the dialer. It returns nil after logging when
+// the peer is refused.
+func (n *Node) handshake(c net.Conn, br *bufio.Reader) (*hello, *decompressor) {
+	remote := c.RemoteAddr().String()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	reject := func(name, reason string) {
+		n.stats.handshakeFailures.Inc()
+		n.log.Warn("peer rejected", "peer", name, "remote", remote, "reason", reason)
+		_, _ = c.Write(appendBytesFrame(nil, frameReject, appendStr(nil, reason)))
+	}
+	t, p, _, err := readFrame(br, nil, 4096)
+	if err != nil || t != frameHello {
+		n.stats.handshakeFailures.Inc()
+		n.log.Warn("peer rejected", "remote", remote, "reason", "no interlink HELLO", "err", err)
+		return nil, nil
+	}
+	h, err := decodeHello(p)
+	if err != nil {
+		reject("", err.Error())
+		return nil, nil
+	}
+	if h.node == n.cfg.NodeName {
+		reject(h.node, "a peer uses this node's own name")
+		return nil, nil
+	}
+	if int(h.lane) >= 64 {
+		reject(h.node, "lane out of range")
+		return nil, nil
+	}
+	dec, err := newDecompressor(h.compression, n.cfg.MaxFrame)
+	if err != nil {
+		reject(h.node, err.Error())
+		return nil, nil
+	}
+	w := welcome{node: n.cfg.NodeName}
+	_, _ = rand.Read(w.nonce[:])
+	w.proof = proof(n.secret, "welcome", h, w.node, w.nonce)
+	if _, err := c.Write(w.append(nil)); err != nil {
+		dec.close()
+		return nil, nil
+	}
+	t, p, _, err = readFrame(br, nil, 4096)
+	want := proof(n.secret, "hello", h, w.node, w.nonce)
+	if err != nil || t != frameProof || !hmac.Equal(p, want[:]) {
+		reject(h.node, "it does not know the cluster secret")
+		dec.close()
+		return nil, nil
+	}
+	_ = c.SetDeadline(time.Time{})
+	return h, dec
+}
+
+// serveConn receives one lane from a peer.
+func (n *Node) serveConn(c net.Conn) {
+	defer n.wg.Done()
+	defer func() {
+		c.Close()
+		n.mu.Lock()
+		delete(n.conns, c)
+		n.mu.Unlock()
+	}()
+	br := bufio.NewReaderSize(c, 64<<10)
+	h, dec := n.handshake(c, br)
+	if h == nil {
+		return
+	}
+	defer dec.close()
+	st := n.stream(streamKey{h.node, h.epoch, h.lane})
+	pst := n.stats.peer(h.node)
+	pongs := make(chan [8]byte, 4)
+	closed := make(chan struct{})
+	defer close(closed)
+	go n.acker(c, st, h.epoch, pongs, closed)
+
+	var buf []byte
+	var recs []Record
+	for {
+		t, p, b, err := readFrame(br, buf, n.cfg.MaxFrame+64)
+		buf = b
+		if err != nil {
+			if errors.Is(err, ErrFrame) {
+				n.stats.badFrames.Inc()
+				n.log.Warn("closing link: bad frame", "peer", h.node, "lane", h.lane, "err", err)
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				n.log.Debug("link from peer closed", "peer", h.node, "lane", h.lane, "err", err)
+			}
+			return
+		}
+		switch t {
+		case frameBatch:
+			hdr, data, err := decodeBatch(p, dec, n.cfg.MaxFrame)
+			var top uint64
+			if err == nil {
+				recs, top, err = n.accept1(st, hdr, data, recs[:0], pst)
+			}
+			if err != nil {
+				n.stats.badFrames.Inc()
+				n.log.Warn("closing link: bad frame", "peer", h.node, "lane", h.lane, "err", err)
+				return
+			}
+			pst.batchesRecv.Inc()
+			pst.msgsRecv.Add(len(recs))
+			pst.wireRecv.Add(len(p) + frameHeader)
+			pst.rawRecv.Add(len(data))
+			if len(recs) > 0 {
+				n.h.Receive(h.node, recs, func() {
+					if top > 0 {
+						st.finish(top)
+					}
+				})
+			}
+			clear(recs)
+		case framePing:
+			if len(p) == 8 {
+				var v [8]byte
+				copy(v[:], p)
+				select {
+				case pongs <- v:
+				default:
+				}
+			}
+		default:
+			n.stats.badFrames.Inc()
+			n.log.Warn("closing link: bad frame", "peer", h.node, "lane", h.lane, "err", frameErr("unexpected frame type %d", t))
+			return
+		}
+	}
+}
+
+// accept1 parses a batch's records and drops reliable ones already
+// accepted (a replay). top is the seq of the last reliable record kept, 0
+// if none was.
+func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, pst *peerStats) (_ []Record, top uint64, _ error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	seq := hdr.firstSeq
+	dups := 0
+	err := parseRecords(data, func(r Record) {
+		if r.Reliable {
+			s := seq
+			seq++
+			if s <= st.last {
+				dups++
+				return
+			}
+		}
+		recs = append(recs, r)
+	})
+	if err != nil {
+		return recs, 0, err
+	}
+	if seq != hdr.firstSeq {
+		if hdr.firstSeq == 0 {
+			return recs, 0, frameErr("reliable records in a batch without a sequence number")
+		}
+		if seq-1 > st.last {
+			st.last = seq - 1
+			top = seq - 1
+		}
+	}
+	if dups > 0 {
+		pst.duplicates.Add(dups)
+	}
+	return recs, top, nil
+}
+
+// acker writes acknowledgements (and pongs) back to the sender.
+func (n *Node) acker(c net.Conn, st *stream, epoch uint64, pongs chan [8]byte, closed chan struct{}) {
+	var sent uint64
+	var buf []byte
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st.mu.Lock()
+		d := st.done
+		st.mu.Unlock()
+		if d > sent {
+			buf = appendAck(buf[:0], epoch, d)
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+			sent = d
+		}
+		select {
+		case <-st.notify:
+		case <-t.C:
+		case v := <-pongs:
+			if _, err := c.Write(appendBytesFrame(buf[:0], framePong, v[:])); err != nil {
+				return
+			}
+		case <-closed:
+			return
+		}
+	}
+}
