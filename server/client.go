@@ -32,6 +32,9 @@ type client struct {
 	openedAt   int64
 	disconnect bool // a DISCONNECT was received: no will [MQTT-3.1.2-10]
 	takenOver  bool // another connection took the session
+	// parked is set while CONNECT waits for peers to hand over the
+	// session: later packets stay in the read buffer until it clears.
+	parked bool
 
 	// Limits the client announced in CONNECT (v5).
 	maxPacket   int // largest packet we may send; 0: no limit
@@ -84,7 +87,7 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 	buf, _ := c.gc.Peek(-1)
 	used := 0
 	var err error
-	for used < len(buf) && !c.closed {
+	for used < len(buf) && !c.closed && !c.parked {
 		h, n, herr := codec.DecodeFixedHeader(buf[used:])
 		if herr == codec.ErrIncomplete {
 			break

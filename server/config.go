@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/gannetmq/gannet/interlink"
 )
 
 // SharedPolicy chooses which member of a shared subscription group receives a
@@ -109,6 +111,13 @@ type Config struct {
 	// SysInterval is how often $SYS statistics are published; zero disables.
 	SysInterval time.Duration
 
+	// Cluster, when set, makes this broker a node of a cluster.
+	Cluster *interlink.Config
+	// ProxyProtocol makes the MQTT listener expect a PROXY protocol v1 or
+	// v2 header on every connection (behind HAProxy or a cloud load
+	// balancer), so that the broker sees the client's own address.
+	ProxyProtocol bool
+
 	// Logger receives the broker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -199,5 +208,10 @@ func (c *Config) Validate() error {
 	check(c.Durability == DurabilityNone || c.DataDir != "", "--data-dir must not be empty unless --durability=none")
 	check(c.SyncInterval > 0, "--sync-interval must be positive, got %s", c.SyncInterval)
 	check(c.PurgeInterval > 0, "--purge-interval must be positive, got %s", c.PurgeInterval)
+	if c.Cluster != nil {
+		if err := c.Cluster.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }

@@ -128,24 +128,58 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 	}
 
-	sess, present := c.srv.attach(ob, c, id, p.CleanStart, expiry, window)
+	req := &connectReq{id: id, assigned: assigned, cleanStart: p.CleanStart, expiry: expiry, window: window,
+		ka: ka, serverKA: serverKA, askedExpiry: p.Props.SessionExpiry}
+	if c.srv.cl != nil && c.srv.cl.takeover(c, req) {
+		// Peers are asked for the session first; finishConnect runs on
+		// this loop when they have answered, and packets after CONNECT
+		// wait in the read buffer until then.
+		c.parked = true
+		return nil
+	}
+	c.finishConnect(ob, req, nil)
+	return nil
+}
+
+// connectReq is what CONNECT settled, kept for finishConnect.
+type connectReq struct {
+	id          string
+	assigned    bool
+	cleanStart  bool
+	expiry      time.Duration
+	window      int
+	ka          time.Duration
+	serverKA    bool
+	askedExpiry uint32
+}
+
+// finishConnect attaches the session (with the state a peer handed over,
+// if any), answers CONNACK and redelivers what the session holds.
+func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession) {
+	id := req.id
+	v5 := c.version == codec.V5
+	if moved != nil && !req.cleanStart {
+		c.srv.install(ob, moved)
+	}
+	sess, present := c.srv.attach(ob, c, id, req.cleanStart, req.expiry, req.window)
 	c.sess = sess
 	c.connected = true
 	c.srv.stats.clients.Add(1)
 
+	expiry, ka := req.expiry, req.ka
 	ack := codec.Connack{SessionPresent: present}
 	if v5 {
 		pr := &ack.Props
-		if assigned {
+		if req.assigned {
 			pr.AssignedClientID = []byte(id)
 			pr.Set(codec.PropAssignedClientID)
 		}
-		if serverKA {
+		if req.serverKA {
 			pr.ServerKeepAlive = uint16(ka / time.Second)
 			pr.Set(codec.PropServerKeepAlive)
 		}
-		if (p.Props.SessionExpiry == 0xFFFFFFFF && expiry != 0xFFFFFFFF*time.Second) ||
-			time.Duration(p.Props.SessionExpiry)*time.Second > expiry {
+		if (req.askedExpiry == 0xFFFFFFFF && expiry != 0xFFFFFFFF*time.Second) ||
+			time.Duration(req.askedExpiry)*time.Second > expiry {
 			pr.SessionExpiry = uint32(expiry / time.Second)
 			pr.Set(codec.PropSessionExpiry)
 		}
@@ -157,7 +191,7 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		pr.Set(codec.PropTopicAliasMaximum)
 	}
 	ob.add(c, ack.Append(nil, c.version))
-	c.logger().Debug("client connected", "version", c.version.String(), "clean_start", p.CleanStart,
+	c.logger().Debug("client connected", "version", c.version.String(), "clean_start", req.cleanStart,
 		"keepalive", ka, "session_present", present)
 
 	// Redeliver what the session holds, in order, then what waits.
@@ -168,7 +202,6 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		sess.pumpLocked(ob, now)
 	}
 	sess.mu.Unlock()
-	return nil
 }
 
 // newClientID makes an identifier for a client that sent none
@@ -212,6 +245,8 @@ func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expir
 	}
 	sess.mu.expiry = expiry
 	sess.mu.window = window
+	sess.mu.since = s.now()
+	since := sess.mu.since
 	sess.saveLocked(ob, 0)
 	if sess.mu.expTimer != nil {
 		sess.mu.expTimer.Stop()
@@ -231,6 +266,9 @@ func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expir
 	}
 	if !present {
 		s.stats.sessionsCreated.Add(1)
+	}
+	if s.cl != nil {
+		s.cl.connected(id, since)
 	}
 	return sess, present
 }

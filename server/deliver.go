@@ -32,10 +32,19 @@ type outbox struct {
 	index   map[*session]int
 	parts   [][]byte
 
+	// cluster forwarding scratch (cluster.go)
+	targets []target
+	rgroups []rgroup
+	fwmsg   []byte
+	fwbuf   []byte
+
 	// store writes of this unit of work, and the acknowledgements that wait
 	// for them (durable.go)
 	batch persist.Batch
 	held  []heldAck
+	// after runs once this unit of work's writes are durable (at once
+	// without a store): peers' batches are acknowledged from it.
+	after func()
 }
 
 // match is one receiver of a message and its merged options.
@@ -143,22 +152,52 @@ func (x *xfer) release() {
 
 var hashSeed = maphash.MakeSeed()
 
-// route delivers m to every local subscriber whose filter matches its topic.
-// It returns the number of receivers.
-func (s *Server) route(ob *outbox, m *message) int {
+// route delivers m to every local subscriber whose filter matches its
+// topic and, in a cluster, forwards it once to each peer with matching
+// subscribers. It returns the number of receivers (a peer counts as one)
+// and false when a QoS 1/2 message could not be queued for a peer.
+func (s *Server) route(ob *outbox, m *message) (int, bool) {
+	return s.routeFrom(ob, m, nil)
+}
+
+// routeFrom is route for a message published here (fw nil) or forwarded by
+// a peer (fw set): a forwarded message goes to local plain subscriptions
+// if fw.plain and to one local member of each shared group in fw.groups,
+// and never on to other peers.
+func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	ob.matches = ob.matches[:0]
+	clustered := s.cl != nil && fw == nil
+	if clustered {
+		s.cl.matchRoutes(ob, m)
+	}
 	s.subs.Match(m.topic, func(ss *session, o fanout.Options) {
-		ob.collect(ss, o, m.from)
+		if fw == nil || fw.plain {
+			ob.collect(ss, o, m.from)
+		}
 	}, func(g *trie.Group[*session, fanout.Options]) {
+		switch {
+		case fw != nil:
+			if !fw.wants(g) {
+				return
+			}
+		case clustered:
+			if !ob.sharedLocal(g) {
+				return // a peer's member takes it
+			}
+		}
 		if ss, o, ok := s.pickShared(g, m); ok {
 			ob.collect(ss, o, m.from)
 		}
 	})
+	remote, ok := 0, true
+	if clustered {
+		remote, ok = s.cl.forward(ob, m)
+	}
 	if len(ob.matches) > 1 {
 		ob.merge()
 	}
 	if len(ob.matches) == 0 {
-		return 0
+		return remote, ok
 	}
 	now := s.now()
 	m.template(&ob.tmpl, now)
@@ -170,7 +209,7 @@ func (s *Server) route(ob *outbox, m *message) int {
 	}
 	n := len(ob.matches)
 	clear(ob.matches)
-	return n
+	return n + remote, ok
 }
 
 // collect records one matching subscription. A no-local subscription by the

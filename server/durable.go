@@ -337,13 +337,25 @@ func (ob *outbox) hold(h heldAck) {
 // commit hands the batch, with the acknowledgements waiting for it, to the
 // store. It never waits.
 func (ob *outbox) commit() {
+	after := ob.after
+	ob.after = nil
 	g := ob.srv.store
-	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0) {
+	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0 && after == nil) {
+		if after != nil {
+			after()
+		}
 		return
 	}
 	held := ob.held
 	ob.held = nil
-	g.commit(&ob.batch, func(err error) { ob.srv.release(held, err) })
+	// An empty batch still goes through the committer: it completes after
+	// every earlier commit, so after never runs ahead of them.
+	g.commit(&ob.batch, func(err error) {
+		ob.srv.release(held, err)
+		if after != nil && err == nil {
+			after()
+		}
+	})
 	ob.batch.Reset()
 }
 

@@ -1,12 +1,15 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/gannetmq/gannet/interlink"
 )
 
 // startHTTP serves the operator endpoints:
@@ -14,6 +17,7 @@ import (
 //	/metrics  Prometheus text format: the broker's counters and the Go runtime's
 //	/healthz  200 while the process runs
 //	/readyz   200 while the broker accepts clients, 503 otherwise
+//	/api/v1/cluster  this node and its peers, with their state (JSON)
 func (s *Server) startHTTP() error {
 	ln, err := net.Listen("tcp", s.cfg.HTTPListen)
 	if err != nil {
@@ -25,6 +29,10 @@ func (s *Server) startHTTP() error {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.stats.set.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
+	})
+	mux.HandleFunc("GET /api/v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.clusterView())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -43,4 +51,18 @@ func (s *Server) startHTTP() error {
 		}
 	}()
 	return nil
+}
+
+// clusterView is the body of GET /api/v1/cluster.
+type clusterView struct {
+	Enabled bool               `json:"enabled"`
+	Node    string             `json:"node,omitempty"`
+	Members []interlink.Member `json:"members"`
+}
+
+func (s *Server) clusterView() clusterView {
+	if s.cl == nil {
+		return clusterView{Members: []interlink.Member{}}
+	}
+	return clusterView{Enabled: true, Node: s.cl.node.Name(), Members: s.cl.node.Members()}
 }

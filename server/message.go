@@ -24,6 +24,9 @@ type message struct {
 	expiresAt int64
 	// from is the publisher's client id, for no-local and hash picks.
 	from string
+	// stamp orders versions of a retained topic across the cluster: the
+	// broker clock when it was published; the newest wins.
+	stamp int64
 
 	// id is the message's body id in the store, set (once, by the one
 	// goroutine that routes the message) when a persistent session first

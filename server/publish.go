@@ -65,8 +65,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		c.publish(ob, p)
 		return nil
 	case 1:
-		c.publish(ob, p)
-		return c.ackPublish(ob, p, codec.Success)
+		return c.ackRouted(ob, p, c.publish(ob, p))
 	default:
 		c.sess.mu.Lock()
 		_, seen := c.sess.mu.rxQoS2[p.PacketID]
@@ -86,19 +85,36 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		if !seen {
 			// Deliver once; a resent PUBLISH with the same id is only
 			// acknowledged again [MQTT-4.3.3-10].
-			c.publish(ob, p)
+			return c.ackRouted(ob, p, c.publish(ob, p))
 		}
 		return c.ackPublish(ob, p, codec.Success)
 	}
 }
 
 // publish copies p into a message, stores it when retained and routes it.
-func (c *client) publish(ob *outbox, p *codec.Publish) {
+// It reports false when a QoS 1/2 message could not be queued for every
+// cluster peer that should have it.
+func (c *client) publish(ob *outbox, p *codec.Publish) bool {
 	m := newMessage(p, c.id, c.srv.now())
 	c.srv.stats.msgsIn.Add(1)
-	if c.srv.publishOn(ob, m) == 0 {
+	n, ok := c.srv.publishOn(ob, m)
+	if n == 0 {
 		c.srv.stats.noSubscribers.Add(1)
 	}
+	return ok
+}
+
+// ackRouted acknowledges a QoS 1/2 publish after routing: Success, or, when
+// a peer's queue refused it, 0x97 in MQTT 5 (the client may resend) and a
+// close in 3.x (the client resends after reconnecting).
+func (c *client) ackRouted(ob *outbox, p *codec.Publish, ok bool) error {
+	if ok {
+		return c.ackPublish(ob, p, codec.Success)
+	}
+	if c.version != codec.V5 {
+		return &codec.Error{Code: codec.QuotaExceeded, Msg: "a cluster peer's queue is full"}
+	}
+	return c.ackPublish(ob, p, codec.QuotaExceeded)
 }
 
 // ackPublish answers a QoS 1/2 PUBLISH with PUBACK or PUBREC.

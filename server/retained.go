@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"maps"
 	"sync"
 )
 
@@ -12,6 +13,9 @@ type retainStore struct {
 	mu    sync.RWMutex
 	root  rnode
 	count int
+	// tombs remembers when each topic was last cleared, so that a cluster
+	// peer's older copy does not bring it back (apply).
+	tombs map[string]int64
 }
 
 type rnode struct {
@@ -24,10 +28,71 @@ type rnode struct {
 func (r *retainStore) set(m *message) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.setLocked(m)
+}
+
+// apply stores m unless the topic holds a version at least as new (a
+// message or a clearing); it reports whether m took effect. Peers' copies
+// converge this way whatever order they arrive in.
+func (r *retainStore) apply(m *message) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur := r.get(m.topic); cur != nil && cur.stamp >= m.stamp {
+		return false
+	}
+	if t, ok := r.tombs[string(m.topic)]; ok && t >= m.stamp {
+		return false
+	}
+	r.setLocked(m)
+	return true
+}
+
+// get returns the retained message of topic, or nil.
+// REQUIRES: r.mu held.
+func (r *retainStore) get(topic []byte) *message {
+	n := &r.root
+	for level := range levels(topic) {
+		if n = n.children[string(level)]; n == nil {
+			return nil
+		}
+	}
+	return n.msg
+}
+
+// snapshot returns every retained message and every remembered clearing.
+func (r *retainStore) snapshot() ([]*message, map[string]int64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var all []*message
+	for _, c := range r.root.children {
+		if c.msg != nil {
+			all = append(all, c.msg)
+		}
+		all = r.all(all, c, false)
+	}
+	return all, maps.Clone(r.tombs)
+}
+
+// forgetTombs drops clearings older than before.
+func (r *retainStore) forgetTombs(before int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	maps.DeleteFunc(r.tombs, func(_ string, t int64) bool { return t < before })
+}
+
+// setLocked is set under r.mu.
+func (r *retainStore) setLocked(m *message) {
 	if len(m.payload) == 0 {
+		if m.stamp != 0 {
+			if r.tombs == nil {
+				r.tombs = make(map[string]int64)
+			}
+			r.tombs[string(m.topic)] = m.stamp
+		}
 		r.remove(m.topic)
 		return
 	}
+	delete(r.tombs, string(m.topic))
 	n := &r.root
 	for level := range levels(m.topic) {
 		if n.children == nil {

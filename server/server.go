@@ -29,6 +29,7 @@ type Server struct {
 	retained retainStore
 	stats    *stats
 	store    *storeGate // nil with --durability=none
+	cl       *cluster   // nil unless clustered
 	lastWarn atomic.Int64
 
 	sessions struct {
@@ -116,6 +117,19 @@ func (s *Server) Start() error {
 	if err := s.openStore(); err != nil {
 		return err
 	}
+	if s.cfg.Cluster != nil {
+		cl, err := newCluster(s)
+		if err != nil {
+			_ = s.closeStore()
+			return err
+		}
+		// Peers may deliver as soon as the link is up: s.cl is set first.
+		s.cl = cl
+		if err := cl.node.Start(); err != nil {
+			_ = s.closeStore()
+			return err
+		}
+	}
 
 	loops := s.cfg.EventLoops
 	if loops == 0 {
@@ -138,6 +152,7 @@ func (s *Server) Start() error {
 	select {
 	case <-s.engReady:
 	case err := <-s.runErr:
+		s.stopCluster()
 		_ = s.closeStore()
 		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
 	}
@@ -147,6 +162,7 @@ func (s *Server) Start() error {
 	addr, err := s.boundAddr()
 	if err != nil {
 		_ = s.eng.Stop(context.Background())
+		s.stopCluster()
 		_ = s.closeStore()
 		return err
 	}
@@ -194,6 +210,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	close(s.done)
 	s.wg.Wait()
+	s.stopCluster()
 	s.disconnectAll(ctx)
 	err := s.eng.Stop(ctx)
 	if s.http != nil {
@@ -204,6 +221,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("gannet stopped")
 	return err
+}
+
+// stopCluster leaves the cluster: peers keep this node's routes and queue
+// its messages until it returns or is forgotten.
+func (s *Server) stopCluster() {
+	if s.cl != nil {
+		s.cl.node.Stop()
+	}
 }
 
 // disconnectAll sends every v5 client DISCONNECT 0x8B and closes every
@@ -246,6 +271,11 @@ func (s *Server) tick() {
 			s.clock.Store(t.UnixNano())
 			if n++; n%25 == 0 { // every 250 ms
 				s.sweep()
+			}
+			if n%6000 == 0 && s.cl != nil && s.cfg.Cluster.ForgetAfter > 0 { // every minute
+				// A clearing older than any peer's absence can no longer
+				// meet a stale copy.
+				s.retained.forgetTombs(t.UnixNano() - int64(s.cfg.Cluster.ForgetAfter))
 			}
 		}
 	}

@@ -35,6 +35,7 @@ type session struct {
 		queue    msgQueue
 		rxQoS2   map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
 		will     *pendingWill
+		since    int64 // broker clock when the last connection attached
 	}
 }
 

@@ -34,6 +34,8 @@ type stats struct {
 	sessionsCreated   *metrics.Counter
 	sessionsExpired   *metrics.Counter
 	storeRefused      *metrics.Counter
+	forwardedOut      *metrics.Counter // messages sent to peers, once per peer
+	forwardedIn       *metrics.Counter // messages peers sent here
 }
 
 func newStats(s *Server) *stats {
@@ -54,6 +56,8 @@ func newStats(s *Server) *stats {
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
 		willsSent:         set.NewCounter("gannet_wills_sent_total"),
 		sessionsCreated:   set.NewCounter("gannet_sessions_created_total"),
+		forwardedOut:      set.NewCounter("gannet_cluster_forwarded_out_total"),
+		forwardedIn:       set.NewCounter("gannet_cluster_forwarded_in_total"),
 		sessionsExpired:   set.NewCounter("gannet_sessions_expired_total"),
 		storeRefused:      set.NewCounter("gannet_store_refused_total"),
 	}

@@ -84,10 +84,13 @@ func (s *Server) subscribe(filter string, sess *session, opts fanout.Options) (a
 	if err != nil {
 		return false, err
 	}
+	if added && s.cl != nil {
+		s.cl.announce(filter, 1)
+	}
 	sess.mu.Lock()
 	if sess.mu.ended {
 		sess.mu.Unlock()
-		s.subs.Unsubscribe(filter, sess)
+		s.unsubscribe(filter, sess)
 		return added, nil
 	}
 	sess.mu.subs[filter] = opts
@@ -99,6 +102,9 @@ func (s *Server) subscribe(filter string, sess *session, opts fanout.Options) (a
 // existed.
 func (s *Server) unsubscribe(filter string, sess *session) bool {
 	removed, _, _ := s.subs.Unsubscribe(filter, sess)
+	if removed && s.cl != nil {
+		s.cl.announce(filter, -1)
+	}
 	return removed
 }
 

@@ -93,7 +93,7 @@ func (s *Server) publishInternal(m *message) {
 
 // publishOn stores a retained message and routes m, collecting the work in
 // ob.
-func (s *Server) publishOn(ob *outbox, m *message) int {
+func (s *Server) publishOn(ob *outbox, m *message) (int, bool) {
 	if m.retain {
 		s.setRetained(ob, m)
 	}
@@ -103,7 +103,11 @@ func (s *Server) publishOn(ob *outbox, m *message) int {
 // setRetained replaces the retained message of m's topic, in memory and in
 // the store.
 func (s *Server) setRetained(ob *outbox, m *message) {
+	m.stamp = s.now()
 	s.retained.set(m)
+	if s.cl != nil {
+		s.cl.replicateRetained(m)
+	}
 	if s.store == nil {
 		return
 	}

@@ -1,0 +1,637 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/interlink"
+	"github.com/gannetmq/gannet/trie"
+)
+
+// cluster is the broker's side of the interlink: it announces local
+// routes, keeps the table of peers' routes, forwards publishes to the
+// peers that have subscribers, replicates retained messages and moves
+// sessions between nodes (interlink.Handler).
+type cluster struct {
+	s    *Server
+	node *interlink.Node
+	// routes maps filters to the peers that announced them.
+	routes *trie.Trie[string, struct{}]
+
+	// ann counts local subscriptions per filter; announcements are made
+	// under its lock so that an add and a delete of one filter reach
+	// peers in the order they happened.
+	ann struct {
+		sync.Mutex
+		local map[string]int
+	}
+	// peerRoutes is what each peer announced, to replace it on a resync.
+	peerRoutes struct {
+		sync.Mutex
+		m map[string]map[string]struct{}
+	}
+	reqs struct {
+		sync.Mutex
+		next uint64
+		m    map[uint64]*takeoverReq
+	}
+	obs sync.Pool // outboxes for receiving batches
+}
+
+// takeoverTimeout bounds how long a CONNECT waits for peers to hand over
+// its session.
+const takeoverTimeout = 3 * time.Second
+
+// routeChunk bounds a recRoutesAll record.
+const routeChunk = 256 << 10
+
+func newCluster(s *Server) (*cluster, error) {
+	cl := &cluster{s: s, routes: trie.New[string, struct{}]()}
+	cl.ann.local = make(map[string]int)
+	cl.peerRoutes.m = make(map[string]map[string]struct{})
+	cl.reqs.m = make(map[uint64]*takeoverReq)
+	cl.obs.New = func() any { return newOutbox(s, nil) }
+	ic := *s.cfg.Cluster
+	ic.Logger = s.log
+	ic.Metrics = s.stats.set
+	n, err := interlink.New(ic, cl)
+	if err != nil {
+		return nil, err
+	}
+	cl.node = n
+	// Sessions loaded from the store are subscribed already.
+	s.subs.Walk(func(filter string, _ *session, _ fanout.Options) bool {
+		cl.ann.local[filter]++
+		return true
+	})
+	return cl, nil
+}
+
+// announce records a local subscription added (+1) or removed (-1) and
+// tells peers when the filter's first subscription appears or its last
+// goes.
+func (cl *cluster) announce(filter string, delta int) {
+	cl.ann.Lock()
+	defer cl.ann.Unlock()
+	n := cl.ann.local[filter] + delta
+	var kind byte
+	switch {
+	case n <= 0:
+		if _, had := cl.ann.local[filter]; had {
+			delete(cl.ann.local, filter)
+			kind = recRouteDel
+		}
+	default:
+		cl.ann.local[filter] = n
+		if n == 1 && delta > 0 {
+			kind = recRouteAdd
+		}
+	}
+	if kind != 0 {
+		cl.broadcast(kind, []byte(filter))
+	}
+}
+
+// broadcast sends an unreliable control record to every linked peer.
+func (cl *cluster) broadcast(kind byte, body []byte) {
+	for _, p := range cl.node.Peers() {
+		_ = cl.node.Send(p, 0, kind, body, false)
+	}
+}
+
+// PeerUp sends a peer everything it must know of this node: the whole
+// route set (which replaces what it had), every retained message and
+// clearing, and the clients connected here.
+func (cl *cluster) PeerUp(peer string) {
+	cl.ann.Lock()
+	chunk := []byte{1}
+	flush := func() {
+		_ = cl.node.Send(peer, 0, recRoutesAll, chunk, false)
+		chunk = append(chunk[:0], 0)
+	}
+	for f := range cl.ann.local {
+		chunk = appendStr(chunk, []byte(f))
+		if len(chunk) >= routeChunk {
+			flush()
+		}
+	}
+	flush()
+	cl.ann.Unlock()
+
+	msgs, tombs := cl.s.retained.snapshot()
+	now := cl.s.now()
+	var b []byte
+	for _, m := range msgs {
+		b = appendRetained(b[:0], m, now)
+		_ = cl.node.Send(peer, 0, recRetained, b, false)
+	}
+	for t, stamp := range tombs {
+		m := &message{topic: []byte(t), stamp: stamp, retain: true}
+		b = appendRetained(b[:0], m, now)
+		_ = cl.node.Send(peer, 0, recRetained, b, false)
+	}
+
+	cl.s.sessions.Lock()
+	for id, sess := range cl.s.sessions.m {
+		sess.mu.Lock()
+		on, since := sess.mu.cl != nil, sess.mu.since
+		sess.mu.Unlock()
+		if on {
+			_ = cl.node.Send(peer, 0, recConnected, appendConnected(b[:0], id, since), false)
+		}
+	}
+	cl.s.sessions.Unlock()
+}
+
+// PeerForget drops the routes of a peer gone for good.
+func (cl *cluster) PeerForget(peer string) {
+	cl.setRoutes(peer, nil, true)
+}
+
+// setRoutes adds filters to peer's routes, first removing every route of
+// peer when replace is set.
+func (cl *cluster) setRoutes(peer string, filters []string, replace bool) {
+	cl.peerRoutes.Lock()
+	defer cl.peerRoutes.Unlock()
+	have := cl.peerRoutes.m[peer]
+	if have == nil {
+		have = make(map[string]struct{})
+		cl.peerRoutes.m[peer] = have
+	}
+	if replace {
+		keep := make(map[string]struct{}, len(filters))
+		for _, f := range filters {
+			keep[f] = struct{}{}
+		}
+		for f := range have {
+			if _, ok := keep[f]; !ok {
+				_, _, _ = cl.routes.Unsubscribe(f, peer)
+				delete(have, f)
+			}
+		}
+	}
+	for _, f := range filters {
+		if _, ok := have[f]; ok {
+			continue
+		}
+		if _, _, err := cl.routes.Subscribe(f, peer, struct{}{}); err != nil {
+			cl.s.log.Warn("peer announced a bad filter", "peer", peer, "filter", f, "err", err)
+			continue
+		}
+		have[f] = struct{}{}
+	}
+	if len(have) == 0 {
+		delete(cl.peerRoutes.m, peer)
+	}
+}
+
+func (cl *cluster) delRoute(peer, filter string) {
+	cl.peerRoutes.Lock()
+	defer cl.peerRoutes.Unlock()
+	if have := cl.peerRoutes.m[peer]; have != nil {
+		if _, ok := have[filter]; ok {
+			delete(have, filter)
+			_, _, _ = cl.routes.Unsubscribe(filter, peer)
+		}
+	}
+}
+
+// Receive applies one batch from a peer; done is called once its effects
+// are as durable as this node's own publishes.
+func (cl *cluster) Receive(peer string, recs []interlink.Record, done func()) {
+	s := cl.s
+	ob := cl.obs.Get().(*outbox)
+	now := s.now()
+	var routeChunks []string
+	replace := false
+	for _, r := range recs {
+		var err error
+		switch r.Kind {
+		case recForward:
+			var f *forward
+			var m *message
+			if f, m, err = decodeForward(r.Body, now); err == nil {
+				s.stats.forwardedIn.Add(1)
+				s.routeFrom(ob, m, f)
+			}
+		case recRouteAdd:
+			cl.setRoutes(peer, []string{string(r.Body)}, false)
+		case recRouteDel:
+			cl.delRoute(peer, string(r.Body))
+		case recRoutesAll:
+			var fs []string
+			var first bool
+			if first, fs, err = decodeRoutes(r.Body); err == nil {
+				if first {
+					if routeChunks != nil || replace {
+						cl.setRoutes(peer, routeChunks, replace)
+					}
+					routeChunks, replace = fs, true
+				} else {
+					routeChunks = append(routeChunks, fs...)
+				}
+			}
+		case recRetained:
+			var m *message
+			if m, err = decodeRetained(r.Body, now); err == nil {
+				cl.applyRetained(ob, m)
+			}
+		case recTakeover:
+			err = cl.handOverTo(ob, peer, r.Body)
+		case recSession:
+			err = cl.sessionArrived(peer, r.Body, now)
+		case recConnected:
+			err = cl.connectedElsewhere(ob, r.Body)
+		default:
+			err = errors.New("unknown record kind")
+		}
+		if err != nil {
+			s.log.Warn("dropping a bad record from a peer", "peer", peer, "kind", r.Kind, "err", err)
+		}
+	}
+	if replace || routeChunks != nil {
+		cl.setRoutes(peer, routeChunks, replace)
+	}
+	ob.after = done
+	ob.flush()
+	cl.obs.Put(ob)
+}
+
+func decodeRoutes(b []byte) (first bool, fs []string, err error) {
+	r := &wireReader{b: b}
+	first = r.byte1("route chunk") == 1
+	for len(r.b) > 0 && r.err == nil {
+		fs = append(fs, string(r.str("filter")))
+	}
+	return first, fs, r.err
+}
+
+// appendRetained encodes a retained message (or a clearing: empty
+// payload) with its stamp.
+func appendRetained(dst []byte, m *message, now int64) []byte {
+	dst = append(dst, wireVersion)
+	dst = binary.AppendUvarint(dst, uint64(m.stamp))
+	return appendMessage(dst, m, now)
+}
+
+func decodeRetained(b []byte, now int64) (*message, error) {
+	r := &wireReader{b: b}
+	if v := r.byte1("version"); r.err == nil && v != wireVersion {
+		return nil, errWire
+	}
+	stamp := r.uvarint("stamp")
+	m := readMessage(r, now)
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	m = m.own()
+	m.stamp = int64(stamp)
+	m.retain = true
+	return m, nil
+}
+
+// applyRetained takes a peer's retained message unless this node has a
+// newer version of the topic.
+func (cl *cluster) applyRetained(ob *outbox, m *message) {
+	if !cl.s.retained.apply(m) {
+		return
+	}
+	if cl.s.store == nil {
+		return
+	}
+	if len(m.payload) == 0 {
+		ob.batch.DeleteRetained(m.topic)
+	} else {
+		ob.batch.PutRetained(m.record())
+	}
+}
+
+// replicateRetained sends a retained message set (or cleared) here to
+// every peer.
+func (cl *cluster) replicateRetained(m *message) {
+	b := appendRetained(nil, m, cl.s.now())
+	cl.broadcast(recRetained, b)
+}
+
+// target is one peer a message is forwarded to.
+type target struct {
+	peer   string
+	plain  bool
+	groups []string
+}
+
+// rgroup is a shared group with members on peers, met while routing.
+type rgroup struct {
+	name, filter string
+	peers        []string
+	next         uint64
+	done         bool
+}
+
+// matchRoutes finds the peers with subscribers for m: the plain routes, and
+// the shared groups with members there. Called before the local match,
+// which then picks one member of each group across the cluster.
+func (cl *cluster) matchRoutes(ob *outbox, m *message) {
+	ob.targets = ob.targets[:0]
+	ob.rgroups = ob.rgroups[:0]
+	cl.routes.Match(m.topic, func(peer string, _ struct{}) {
+		ob.target(peer).plain = true
+	}, func(g *trie.Group[string, struct{}]) {
+		rg := rgroup{name: g.Name, filter: g.Filter, next: g.Next()}
+		for i := range g.Len() {
+			p, _ := g.At(i)
+			if cl.node.Linked(p) {
+				rg.peers = append(rg.peers, p)
+			}
+		}
+		if len(rg.peers) == 0 { // none reachable now: queue for one anyway
+			for i := range g.Len() {
+				p, _ := g.At(i)
+				rg.peers = append(rg.peers, p)
+			}
+		}
+		ob.rgroups = append(ob.rgroups, rg)
+	})
+}
+
+// target returns the forwarding entry for peer, adding it.
+func (ob *outbox) target(peer string) *target {
+	for i := range ob.targets {
+		if ob.targets[i].peer == peer {
+			return &ob.targets[i]
+		}
+	}
+	if n := len(ob.targets); n < cap(ob.targets) {
+		ob.targets = ob.targets[:n+1]
+		t := &ob.targets[n]
+		t.peer, t.plain, t.groups = peer, false, t.groups[:0]
+		return t
+	}
+	ob.targets = append(ob.targets, target{peer: peer})
+	return &ob.targets[len(ob.targets)-1]
+}
+
+// sharedLocal decides whether the local members of group g take m: it
+// reports true when they do, and otherwise hands the message to the peer
+// whose turn it is.
+func (ob *outbox) sharedLocal(g *trie.Group[*session, fanout.Options]) bool {
+	for i := range ob.rgroups {
+		rg := &ob.rgroups[i]
+		if rg.name != g.Name || rg.filter != g.Filter {
+			continue
+		}
+		rg.done = true
+		k := rg.next % uint64(len(rg.peers)+1)
+		if k == 0 {
+			return true
+		}
+		t := ob.target(rg.peers[k-1])
+		t.groups = append(t.groups, "$share/"+rg.name+"/"+rg.filter)
+		return false
+	}
+	return true
+}
+
+// forward sends m to every peer that matched, once per peer. It returns
+// the number of peers and false when a QoS 1/2 message could not be
+// queued for one of them.
+func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
+	for i := range ob.rgroups {
+		rg := &ob.rgroups[i]
+		if rg.done {
+			continue
+		}
+		t := ob.target(rg.peers[rg.next%uint64(len(rg.peers))])
+		t.groups = append(t.groups, "$share/"+rg.name+"/"+rg.filter)
+	}
+	if len(ob.targets) == 0 {
+		return 0, true
+	}
+	ob.fwmsg = appendMessage(ob.fwmsg[:0], m, cl.s.now())
+	lane := cl.node.LaneFor(m.from)
+	ok := true
+	for i := range ob.targets {
+		t := &ob.targets[i]
+		f := forward{plain: t.plain, groups: t.groups}
+		ob.fwbuf = appendForward(ob.fwbuf[:0], &f, ob.fwmsg)
+		if err := cl.node.Send(t.peer, lane, recForward, ob.fwbuf, m.qos > 0); err != nil && m.qos > 0 {
+			ok = false
+			cl.s.logThrottled("cannot queue a QoS 1/2 message for a peer", "peer", t.peer, "err", err)
+		}
+		t.groups = t.groups[:0]
+	}
+	n := len(ob.targets)
+	ob.targets = ob.targets[:0]
+	cl.s.stats.forwardedOut.Add(n)
+	return n, ok
+}
+
+// wants reports whether a forwarded message is for the local members of
+// shared group g.
+func (f *forward) wants(g *trie.Group[*session, fanout.Options]) bool {
+	for _, k := range f.groups {
+		rest, ok := bytes.CutPrefix([]byte(k), []byte("$share/"))
+		if ok && len(rest) == len(g.Name)+1+len(g.Filter) && string(rest[:len(g.Name)]) == g.Name &&
+			rest[len(g.Name)] == '/' && string(rest[len(g.Name)+1:]) == g.Filter {
+			return true
+		}
+	}
+	return false
+}
+
+// connected tells peers that a client connected here, so that an older
+// connection with the same id elsewhere (after a partition) goes.
+func (cl *cluster) connected(id string, since int64) {
+	cl.broadcast(recConnected, appendConnected(nil, id, since))
+}
+
+func appendConnected(dst []byte, id string, since int64) []byte {
+	dst = binary.AppendUvarint(dst, uint64(since))
+	return append(dst, id...)
+}
+
+// connectedElsewhere ends the local connection of a client that connected
+// on a peer later: the newest connection wins.
+func (cl *cluster) connectedElsewhere(ob *outbox, b []byte) error {
+	since, n := binary.Uvarint(b)
+	if n <= 0 {
+		return errWire
+	}
+	id := string(b[n:])
+	s := cl.s
+	s.sessions.Lock()
+	sess := s.sessions.m[id]
+	s.sessions.Unlock()
+	if sess == nil {
+		return nil
+	}
+	sess.mu.Lock()
+	older := sess.mu.cl != nil && sess.mu.since < int64(since)
+	sess.mu.Unlock()
+	if older {
+		s.log.Info("client connected on another node later; closing it here", "client", id)
+		s.handOver(ob, sess)
+	}
+	return nil
+}
+
+// takeoverReq is a CONNECT waiting for peers to hand over its session.
+type takeoverReq struct {
+	id      uint64
+	c       *client
+	req     *connectReq
+	waiting map[string]bool
+	moved   *movedSession
+	timer   *time.Timer
+}
+
+// takeover asks every linked peer to hand over c's session. It reports
+// false when there is no one to ask.
+func (cl *cluster) takeover(c *client, req *connectReq) bool {
+	peers := cl.node.Peers()
+	t := &takeoverReq{c: c, req: req, waiting: make(map[string]bool)}
+	cl.reqs.Lock()
+	cl.reqs.next++
+	t.id = cl.reqs.next
+	body := binary.AppendUvarint(nil, t.id)
+	clean := byte(0)
+	if req.cleanStart {
+		clean = 1
+	}
+	body = append(body, clean)
+	body = append(body, req.id...)
+	for _, p := range peers {
+		if !cl.node.Linked(p) {
+			continue
+		}
+		if cl.node.Send(p, 0, recTakeover, body, true) == nil {
+			t.waiting[p] = true
+		}
+	}
+	if len(t.waiting) == 0 {
+		cl.reqs.Unlock()
+		return false
+	}
+	cl.reqs.m[t.id] = t
+	t.timer = time.AfterFunc(takeoverTimeout, func() { cl.finishTakeover(t.id, true) })
+	cl.reqs.Unlock()
+	return true
+}
+
+// handOverTo answers a peer's takeover request: the session leaves this
+// node (its connection gets DISCONNECT 0x8E, no will) and its state goes
+// to the peer.
+func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
+	r := &wireReader{b: b}
+	id := r.uvarint("request id")
+	clean := r.byte1("clean start")
+	if r.err != nil {
+		return r.err
+	}
+	client := string(r.b)
+	s := cl.s
+	s.sessions.Lock()
+	sess := s.sessions.m[client]
+	s.sessions.Unlock()
+	reply := binary.AppendUvarint(nil, id)
+	var mv *movedSession
+	if sess != nil {
+		mv = s.handOver(ob, sess)
+	}
+	if mv != nil && clean == 0 && (mv.expiry > 0 || mv.online) {
+		reply = append(reply, 1)
+		reply = appendMoved(reply, mv, s.now())
+		s.log.Info("session handed over", "client", client, "to", peer)
+	} else {
+		reply = append(reply, 0)
+	}
+	// Reliable: the answer may carry queued QoS 1/2 messages.
+	if err := cl.node.Send(peer, 0, recSession, reply, true); err != nil {
+		s.log.Warn("cannot send a session to the peer that took it over", "client", client, "peer", peer, "err", err)
+	}
+	return nil
+}
+
+// sessionArrived takes a peer's answer to a takeover request.
+func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
+	r := &wireReader{b: b}
+	id := r.uvarint("request id")
+	present := r.byte1("present")
+	if r.err != nil {
+		return r.err
+	}
+	var mv *movedSession
+	if present == 1 {
+		var err error
+		if mv, err = decodeMoved(r, now); err != nil {
+			return err
+		}
+	}
+	cl.reqs.Lock()
+	t := cl.reqs.m[id]
+	if t == nil {
+		cl.reqs.Unlock()
+		if mv != nil {
+			// The CONNECT gave up waiting: keep the session here for the
+			// client's next connection.
+			ob := newOutbox(cl.s, nil)
+			cl.s.install(ob, mv)
+			ob.flush()
+		}
+		return nil
+	}
+	delete(t.waiting, peer)
+	if mv != nil && (t.moved == nil || mv.since > t.moved.since) {
+		t.moved = mv
+	}
+	last := len(t.waiting) == 0
+	cl.reqs.Unlock()
+	if last {
+		cl.finishTakeover(id, false)
+	}
+	return nil
+}
+
+// finishTakeover resumes the parked CONNECT on its loop.
+func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
+	cl.reqs.Lock()
+	t := cl.reqs.m[id]
+	delete(cl.reqs.m, id)
+	cl.reqs.Unlock()
+	if t == nil {
+		return
+	}
+	t.timer.Stop()
+	if timedOut {
+		cl.s.log.Warn("peers did not answer a session takeover in time; connecting without their state",
+			"client", t.req.id, "waiting_for", len(t.waiting))
+	}
+	c := t.c
+	err := c.loop.el.Execute(context.Background(), runFunc(func() {
+		ob := c.loop.ob
+		if c.closed {
+			if t.moved != nil {
+				cl.s.install(ob, t.moved)
+			}
+			ob.flush()
+			return
+		}
+		c.parked = false
+		c.finishConnect(ob, t.req, t.moved)
+		ob.flush()
+		_ = c.gc.Wake(nil)
+	}))
+	if err != nil && t.moved != nil {
+		ob := newOutbox(cl.s, nil)
+		cl.s.install(ob, t.moved)
+		ob.flush()
+	}
+}

@@ -1,0 +1,91 @@
+package server
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/gannetmq/gannet/interlink"
+)
+
+// startCluster runs n brokers in this process as one cluster: the other
+// nodes join the first. It returns once every node links to every other.
+func startCluster(t *testing.T, n int, mutate func(i int, c *Config)) []*Server {
+	t.Helper()
+	var nodes []*Server
+	for i := range n {
+		nodes = append(nodes, startBroker(t, func(c *Config) {
+			ic := interlink.DefaultConfig()
+			ic.NodeName = fmt.Sprintf("n%d", i+1)
+			ic.Listen = "127.0.0.1:0"
+			ic.GossipListen = "127.0.0.1:0"
+			ic.FailureTimeout = time.Second
+			ic.Secret = "test secret"
+			if i > 0 {
+				ic.Join = []string{"gossip=" + nodes[0].cl.node.Members()[0].Gossip}
+			}
+			c.Cluster = &ic
+			if mutate != nil {
+				mutate(i, c)
+			}
+		}))
+	}
+	waitFor(t, "a full mesh", func() bool {
+		for _, s := range nodes {
+			for _, m := range s.cl.node.Members()[1:] {
+				if m.LanesUp != s.cfg.Cluster.Lanes {
+					return false
+				}
+			}
+			if len(s.cl.node.Members()) != n {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes
+}
+
+// waitRoutes waits until s knows of want filters announced by peers.
+func waitRoutes(t *testing.T, s *Server, want int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d routes", want), func() bool { return s.cl.routes.Count() == want })
+}
+
+func TestClusterTakeoverMovesQueuedMessages(t *testing.T) {
+	nodes := startCluster(t, 3, nil)
+	sub, _ := dialV5(t, nodes[0], &paho.Connect{ClientID: "dev1", CleanStart: true, KeepAlive: 30,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(300)}})
+	sub.subscribe(t, paho.SubscribeOptions{Topic: "t/q", QoS: 1})
+	_ = sub.Disconnect(&paho.Disconnect{})
+	waitRoutes(t, nodes[1], 1)
+
+	pub, _ := dialV5(t, nodes[1], &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
+	for i := range 3 {
+		pub.publish(t, &paho.Publish{Topic: "t/q", QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	waitFor(t, "messages queued on n1", func() bool {
+		nodes[0].sessions.Lock()
+		ss := nodes[0].sessions.m["dev1"]
+		nodes[0].sessions.Unlock()
+		if ss == nil {
+			return false
+		}
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return ss.mu.queue.len() == 3
+	})
+
+	again, ack := dialV5(t, nodes[2], &paho.Connect{ClientID: "dev1", CleanStart: false, KeepAlive: 30,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(300)}})
+	if !ack.SessionPresent {
+		t.Fatal("CONNACK on n3 without session present: the session did not move")
+	}
+	for i := range 3 {
+		if p := again.expect(t); string(p.Payload) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("message %d: %q", i, p.Payload)
+		}
+	}
+}

@@ -1,0 +1,266 @@
+package server
+
+import (
+	"cmp"
+	"encoding/binary"
+	"slices"
+	"time"
+
+	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
+)
+
+// movedSession is a session on its way from one node to another: what a
+// takeover moves.
+type movedSession struct {
+	id     string
+	since  int64 // when its last connection began (broker clock)
+	online bool
+	expiry time.Duration
+	subs   map[string]fanout.Options
+	msgs   []movedMsg // inflight first, then queued, in delivery order
+	rx     []uint16   // inbound QoS 2 ids awaiting PUBREL
+}
+
+type movedMsg struct {
+	msg      *message
+	qos      byte
+	retain   bool
+	subIDs   []uint32
+	pid      uint16 // inflight when non-zero
+	released bool
+}
+
+// handOver removes sess from this node for good: its connection is told
+// 0x8E and closed, no will is sent, its subscriptions and stored state go.
+// It returns what the session held, or nil if it had already ended.
+func (s *Server) handOver(ob *outbox, sess *session) *movedSession {
+	s.sessions.Lock()
+	if s.sessions.m[sess.id] == sess {
+		delete(s.sessions.m, sess.id)
+	}
+	s.sessions.Unlock()
+
+	sess.mu.Lock()
+	if sess.mu.ended {
+		sess.mu.Unlock()
+		return nil
+	}
+	cl := sess.mu.cl
+	mv := &movedSession{id: sess.id, since: sess.mu.since, online: cl != nil, expiry: sess.mu.expiry, subs: sess.mu.subs}
+	infl := make([]*outMsg, 0, len(sess.mu.inflight))
+	for _, om := range sess.mu.inflight {
+		infl = append(infl, om)
+	}
+	slices.SortFunc(infl, func(a, b *outMsg) int { return cmp.Compare(a.seq, b.seq) })
+	for _, om := range append(infl, sess.mu.queue.items[sess.mu.queue.head:]...) {
+		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
+			pid: om.pid, released: om.released})
+	}
+	for pid := range sess.mu.rxQoS2 {
+		mv.rx = append(mv.rx, pid)
+	}
+	if sess.persistentLocked() {
+		sess.unstoreLocked(ob)
+	}
+	sess.mu.cl = nil
+	sess.mu.gen++
+	sess.mu.ended = true
+	sess.mu.subs = nil
+	sess.mu.inflight = nil
+	sess.mu.queue = msgQueue{}
+	if sess.mu.expTimer != nil {
+		sess.mu.expTimer.Stop()
+	}
+	will := sess.mu.will
+	sess.mu.will = nil
+	sess.mu.Unlock()
+
+	if will != nil {
+		will.cancel(ob) // a takeover sends no will
+	}
+	for f := range mv.subs {
+		s.unsubscribe(f, sess)
+	}
+	if cl != nil {
+		cl.kick(codec.SessionTakenOver)
+	}
+	return mv
+}
+
+// install makes a moved session this node's, offline, replacing any local
+// session with its id; the connection that asked for it attaches next.
+func (s *Server) install(ob *outbox, mv *movedSession) {
+	s.sessions.Lock()
+	old := s.sessions.m[mv.id]
+	sess := newSession(s, mv.id)
+	s.sessions.m[mv.id] = sess
+	s.sessions.Unlock()
+	if old != nil {
+		s.handOver(ob, old)
+		s.sessions.Lock()
+		s.sessions.m[mv.id] = sess
+		s.sessions.Unlock()
+	}
+
+	sess.mu.Lock()
+	sess.mu.expiry = mv.expiry
+	sess.mu.since = mv.since
+	for _, pid := range mv.rx {
+		sess.mu.rxQoS2[pid] = struct{}{}
+	}
+	sess.saveLocked(ob, s.now())
+	for _, mm := range mv.msgs {
+		om := sess.newOutMsgLocked(mm.msg, mm.qos, mm.retain, mm.subIDs)
+		if mm.pid != 0 {
+			om.pid, om.released = mm.pid, mm.released
+			binary.BigEndian.PutUint16(om.idb[:], om.pid)
+			sess.mu.inflight[om.pid] = om
+			sess.mu.nextID = max(sess.mu.nextID, om.pid)
+		} else {
+			sess.mu.queue.push(om)
+		}
+		sess.storeEntryLocked(ob, om)
+	}
+	if sess.persistentLocked() {
+		for _, pid := range mv.rx {
+			ob.batch.PutInbound(sess.id, pid)
+		}
+	}
+	sess.mu.Unlock()
+	for f, o := range mv.subs {
+		if _, err := s.subscribe(f, sess, o); err != nil {
+			s.log.Warn("cannot restore a moved subscription", "client", mv.id, "filter", f, "err", err)
+		}
+	}
+}
+
+// A moved session on the wire (recSession body after the request id and
+// the present flag):
+//
+//	client id str | since uvarint | online u8 | expiry seconds uvarint |
+//	subs: uvarint n, n × (filter str, options u8, subscription id uvarint) |
+//	msgs: uvarint n, n × (flags u8, [pid u16], subids: uvarint n + n uvarint, message) |
+//	rx:   uvarint n, n × pid u16
+//
+// options: QoS bits 0-1, no local 2, retain as published 3.
+// flags: QoS bits 0-1, retain 2, released 3, inflight (pid follows) 4.
+
+func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
+	dst = appendStr(dst, []byte(mv.id))
+	dst = binary.AppendUvarint(dst, uint64(mv.since))
+	online := byte(0)
+	if mv.online {
+		online = 1
+	}
+	dst = append(dst, online)
+	dst = binary.AppendUvarint(dst, uint64(mv.expiry/time.Second))
+	dst = binary.AppendUvarint(dst, uint64(len(mv.subs)))
+	for f, o := range mv.subs {
+		dst = appendStr(dst, []byte(f))
+		ob := o.QoS & 3
+		if o.NoLocal {
+			ob |= 4
+		}
+		if o.RetainAsPublished {
+			ob |= 8
+		}
+		dst = append(dst, ob)
+		dst = binary.AppendUvarint(dst, uint64(o.SubID))
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(mv.msgs)))
+	for _, mm := range mv.msgs {
+		fl := mm.qos & 3
+		if mm.retain {
+			fl |= 4
+		}
+		if mm.released {
+			fl |= 8
+		}
+		if mm.pid != 0 {
+			fl |= 16
+		}
+		dst = append(dst, fl)
+		if mm.pid != 0 {
+			dst = binary.BigEndian.AppendUint16(dst, mm.pid)
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(mm.subIDs)))
+		for _, id := range mm.subIDs {
+			dst = binary.AppendUvarint(dst, uint64(id))
+		}
+		dst = appendMessage(dst, mm.msg, now)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(mv.rx)))
+	for _, pid := range mv.rx {
+		dst = binary.BigEndian.AppendUint16(dst, pid)
+	}
+	return dst
+}
+
+func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
+	mv := &movedSession{subs: make(map[string]fanout.Options)}
+	mv.id = string(r.str("client id"))
+	mv.since = int64(r.uvarint("since"))
+	mv.online = r.byte1("online") == 1
+	mv.expiry = time.Duration(min(r.uvarint("expiry"), 0xFFFFFFFF)) * time.Second
+	n := r.uvarint("subscriptions")
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		f := string(r.str("filter"))
+		ob := r.byte1("options")
+		id := r.uvarint("subscription id")
+		if codec.ValidateTopicFilter([]byte(f)) != nil || ob&3 == 3 || id > 268_435_455 {
+			r.fail("subscription")
+			break
+		}
+		mv.subs[f] = fanout.Options{QoS: ob & 3, NoLocal: ob&4 != 0, RetainAsPublished: ob&8 != 0, SubID: uint32(id)}
+	}
+	n = r.uvarint("messages")
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		fl := r.byte1("message flags")
+		mm := movedMsg{qos: fl & 3, retain: fl&4 != 0, released: fl&8 != 0}
+		if fl&16 != 0 {
+			p := r.u16("packet id")
+			mm.pid = p
+			if p == 0 {
+				r.fail("packet id")
+			}
+		}
+		k := r.uvarint("subscription ids")
+		if k > uint64(len(r.b)) {
+			r.fail("subscription ids")
+			break
+		}
+		for j := uint64(0); j < k; j++ {
+			mm.subIDs = append(mm.subIDs, uint32(r.uvarint("subscription id")))
+		}
+		m := readMessage(r, now)
+		if r.err != nil {
+			break
+		}
+		if mm.qos == 0 || mm.qos == 3 {
+			r.fail("message QoS")
+			break
+		}
+		mm.msg = m.own()
+		mv.msgs = append(mv.msgs, mm)
+	}
+	n = r.uvarint("inbound ids")
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		mv.rx = append(mv.rx, r.u16("inbound id"))
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
+	return mv, r.err
+}
+
+// u16 reads a big-endian uint16.
+func (r *wireReader) u16(what string) uint16 {
+	if len(r.b) < 2 {
+		r.fail(what)
+		return 0
+	}
+	v := binary.BigEndian.Uint16(r.b)
+	r.b = r.b[2:]
+	return v
+}
