@@ -35,6 +35,8 @@ type client struct {
 	// parked is set while CONNECT waits for peers to hand over the
 	// session: later packets stay in the read buffer until it clears.
 	parked bool
+	// proxied is set once the PROXY protocol header was read.
+	proxied bool
 
 	// Limits the client announced in CONNECT (v5).
 	maxPacket   int // largest packet we may send; 0: no limit
@@ -87,6 +89,23 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 	buf, _ := c.gc.Peek(-1)
 	used := 0
 	var err error
+	if c.srv.cfg.ProxyProtocol && !c.proxied {
+		n, src, perr := parseProxy(buf)
+		switch {
+		case perr == errIncomplete:
+			return gnet.None
+		case perr != nil:
+			c.logger().Warn("closing connection", "reason", "bad PROXY protocol header", "err", perr)
+			c.srv.stats.protocolErrors.Add(1)
+			c.close()
+			return gnet.None
+		}
+		c.proxied = true
+		if src != "" {
+			c.addr = src
+		}
+		used = n
+	}
 	for used < len(buf) && !c.closed && !c.parked {
 		h, n, herr := codec.DecodeFixedHeader(buf[used:])
 		if herr == codec.ErrIncomplete {

@@ -1,0 +1,106 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+)
+
+// The PROXY protocol (haproxy.org/download/2.9/doc/proxy-protocol.txt)
+// puts the client's own address in front of the connection's first bytes,
+// so that a broker behind HAProxy or a cloud load balancer logs and
+// reports real clients rather than the balancer.
+
+var (
+	proxyV1Prefix = []byte("PROXY ")
+	proxyV2Sig    = []byte("\r\n\r\n\x00\r\nQUIT\n")
+	errIncomplete = errors.New("incomplete PROXY header")
+)
+
+const proxyV1Max = 107 // the longest v1 line, CRLF included
+
+// parseProxy reads a PROXY protocol v1 or v2 header at the start of b. It
+// returns the header's length and the source address it carries ("" for
+// a LOCAL or UNKNOWN connection: a balancer's own health check), or
+// errIncomplete when b holds only part of a header.
+func parseProxy(b []byte) (int, string, error) {
+	switch {
+	case len(b) >= len(proxyV2Sig) && bytes.Equal(b[:len(proxyV2Sig)], proxyV2Sig):
+		return parseProxyV2(b)
+	case len(b) < len(proxyV2Sig) && bytes.HasPrefix(proxyV2Sig, b):
+		return 0, "", errIncomplete
+	case len(b) >= len(proxyV1Prefix) && bytes.Equal(b[:len(proxyV1Prefix)], proxyV1Prefix):
+		return parseProxyV1(b)
+	case len(b) < len(proxyV1Prefix) && bytes.HasPrefix(proxyV1Prefix, b):
+		return 0, "", errIncomplete
+	}
+	return 0, "", errors.New("connection does not start with a PROXY protocol header")
+}
+
+func parseProxyV1(b []byte) (int, string, error) {
+	end := bytes.Index(b, []byte("\r\n"))
+	if end < 0 {
+		if len(b) >= proxyV1Max {
+			return 0, "", errors.New("PROXY v1 line longer than 107 bytes")
+		}
+		return 0, "", errIncomplete
+	}
+	if end+2 > proxyV1Max {
+		return 0, "", errors.New("PROXY v1 line longer than 107 bytes")
+	}
+	f := bytes.Split(b[len(proxyV1Prefix):end], []byte(" "))
+	switch {
+	case len(f) >= 1 && string(f[0]) == "UNKNOWN":
+		return end + 2, "", nil
+	case len(f) != 5 || (string(f[0]) != "TCP4" && string(f[0]) != "TCP6"):
+		return 0, "", fmt.Errorf("malformed PROXY v1 line %q", b[:end])
+	}
+	ip := net.ParseIP(string(f[1]))
+	if ip == nil || net.ParseIP(string(f[2])) == nil || (string(f[0]) == "TCP4") != (ip.To4() != nil) {
+		return 0, "", fmt.Errorf("malformed PROXY v1 addresses in %q", b[:end])
+	}
+	sport, err1 := strconv.ParseUint(string(f[3]), 10, 16)
+	_, err2 := strconv.ParseUint(string(f[4]), 10, 16)
+	if err1 != nil || err2 != nil {
+		return 0, "", fmt.Errorf("malformed PROXY v1 ports in %q", b[:end])
+	}
+	return end + 2, net.JoinHostPort(ip.String(), strconv.Itoa(int(sport))), nil
+}
+
+func parseProxyV2(b []byte) (int, string, error) {
+	if len(b) < 16 {
+		return 0, "", errIncomplete
+	}
+	verCmd, fam := b[12], b[13]
+	n := int(binary.BigEndian.Uint16(b[14:16]))
+	if verCmd>>4 != 2 {
+		return 0, "", fmt.Errorf("PROXY v2 header with version %d", verCmd>>4)
+	}
+	if len(b) < 16+n {
+		return 0, "", errIncomplete
+	}
+	body := b[16 : 16+n]
+	switch verCmd & 0x0F {
+	case 0: // LOCAL: the balancer's own connection
+		return 16 + n, "", nil
+	case 1: // PROXY
+	default:
+		return 0, "", fmt.Errorf("PROXY v2 command %d", verCmd&0x0F)
+	}
+	switch fam >> 4 {
+	case 1: // AF_INET
+		if len(body) < 12 {
+			return 0, "", errors.New("PROXY v2 IPv4 addresses truncated")
+		}
+		return 16 + n, net.JoinHostPort(net.IP(body[0:4]).String(), strconv.Itoa(int(binary.BigEndian.Uint16(body[8:10])))), nil
+	case 2: // AF_INET6
+		if len(body) < 36 {
+			return 0, "", errors.New("PROXY v2 IPv6 addresses truncated")
+		}
+		return 16 + n, net.JoinHostPort(net.IP(body[0:16]).String(), strconv.Itoa(int(binary.BigEndian.Uint16(body[32:34])))), nil
+	}
+	return 16 + n, "", nil // AF_UNSPEC or AF_UNIX: no address to report
+}
