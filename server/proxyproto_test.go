@@ -23,7 +23,7 @@ func proxyV2(cmd, fam byte, addrs []byte) []byte {
 func TestParseProxy(t *testing.T) {
 	v4 := []byte{203, 0, 113, 7, 10, 0, 0, 1, 0x15, 0xB3, 0x07, 0x5B} // 203.0.113.7:5555 -> 10.0.0.1:1883
 	v6 := make([]byte, 36)
-	v6[15] = 1                 // ::1
+	v6[15] = 1                  // ::1
 	v6[32], v6[33] = 0x04, 0xD2 // port 1234
 	cases := []struct {
 		name string
