@@ -166,7 +166,9 @@ func decodeHello(p []byte) (*hello, error) {
 		return nil, frameErr("interlink version %d, this node speaks %d", v, version)
 	}
 	h := &hello{node: r.str("node name", maxNodeName)}
-	h.epoch = binary.BigEndian.Uint64(r.fixed(8, "epoch"))
+	if e := r.fixed(8, "epoch"); r.err == nil {
+		h.epoch = binary.BigEndian.Uint64(e)
+	}
 	h.lane = r.byte1("lane")
 	h.compression = Compression(r.byte1("compression"))
 	copy(h.nonce[:], r.fixed(nonceLen, "nonce"))

@@ -34,8 +34,32 @@ type Handler interface {
 	// reused once Receive returns. done must be called exactly once, from
 	// any goroutine, once the effects of the batch's reliable records are
 	// safe (durable, when the broker persists); only then are they
-	// acknowledged to the sender.
-	Receive(peer string, recs []Record, done func())
+	// acknowledged to the sender. pos says how far the peer's stream has
+	// been accepted; a broker that persists stores it with the batch's
+	// effects and hands it back to Restore after a restart, so that a
+	// replay of records it already has is recognised.
+	Receive(peer string, pos Position, recs []Record, done func())
+	// Settled reports the tokens of records sent with SendTracked that no
+	// longer need keeping: peer acknowledged them, or peer was forgotten.
+	Settled(peer string, tokens []uint64)
+}
+
+// Position is how far one sender's stream (its run and lane) has been
+// accepted. Seq is 0 when a batch held no new reliable record.
+type Position struct {
+	Epoch uint64
+	Lane  uint8
+	Seq   uint64
+}
+
+// Restore seeds what was accepted from a sender's stream before a
+// restart. Call it before Start.
+func (n *Node) Restore(peer string, pos Position) {
+	st := n.stream(streamKey{peer, pos.Epoch, pos.Lane})
+	st.mu.Lock()
+	st.last = max(st.last, pos.Seq)
+	st.done = max(st.done, pos.Seq)
+	st.mu.Unlock()
 }
 
 // Errors from Send.
@@ -231,6 +255,36 @@ func (n *Node) Send(peerName string, lane int, kind byte, body []byte, reliable 
 		return ErrUnknownPeer
 	}
 	return p.lanes[lane].send(kind, body, reliable)
+}
+
+// SendTracked queues a reliable record that the broker also keeps (in its
+// store) under token, until Handler.Settled reports the token.
+func (n *Node) SendTracked(peerName string, lane int, kind byte, body []byte, token uint64) error {
+	n.mu.Lock()
+	p := n.peers[peerName]
+	n.mu.Unlock()
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	return p.lanes[lane].sendRel(kind, body, token)
+}
+
+// Preload queues a record kept from before a restart for a peer that may
+// not have gossiped yet: it goes once the peer is seen. Call it before
+// Start.
+func (n *Node) Preload(peerName string, lane int, kind byte, body []byte, token uint64) error {
+	if lane < 0 || lane >= n.cfg.Lanes {
+		lane = 0
+	}
+	n.mu.Lock()
+	p := n.peers[peerName]
+	if p == nil {
+		p = newPeer(n, peerName)
+		n.peers[peerName] = p
+		p.mu.goneAt = time.Now()
+	}
+	n.mu.Unlock()
+	return p.lanes[lane].sendRel(kind, body, token)
 }
 
 // Peers lists the peers that messages can be queued for: alive ones, and

@@ -28,9 +28,10 @@ func newRecorder() *recorder {
 	return &recorder{got: make(map[string][]Record), up: make(chan string, 64), added: make(chan struct{}, 1)}
 }
 
-func (r *recorder) PeerUp(peer string)     { r.up <- peer }
-func (r *recorder) PeerForget(peer string) {}
-func (r *recorder) Receive(peer string, recs []Record, done func()) {
+func (r *recorder) PeerUp(peer string)                   { r.up <- peer }
+func (r *recorder) PeerForget(peer string)               {}
+func (r *recorder) Settled(peer string, tokens []uint64) {}
+func (r *recorder) Receive(peer string, _ Position, recs []Record, done func()) {
 	r.mu.Lock()
 	for _, rc := range recs {
 		rc.Body = bytes.Clone(rc.Body)
@@ -269,4 +270,53 @@ func TestBadFrameClosesLink(t *testing.T) {
 		}
 	}
 	waitFor(t, func() bool { return a.stats.handshakeFailures.Get() >= 1 })
+}
+
+// A receiver that finished records while the link was down acknowledges
+// them as soon as the lane reconnects, possibly before the sender has
+// written them again; the sender must carry on after them, numbering what
+// follows correctly.
+func TestAckOnReconnectBeforeReplay(t *testing.T) {
+	ca, cb := testConfig("a"), testConfig("b")
+	ca.Lanes, cb.Lanes = 1, 1
+	a, _, b, rb := pair(t, ca, cb)
+	rb.mu.Lock()
+	rb.hold = true
+	rb.mu.Unlock()
+	const n = 300
+	for i := range n {
+		if err := a.Send("b", 0, 3, body(i), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb.waitCount(t, "a", n)
+	a.mu.Lock()
+	conn := a.peers["b"].lanes[0].mu.conn
+	a.mu.Unlock()
+	conn.Close()
+	rb.mu.Lock()
+	dones := rb.dones
+	rb.dones, rb.hold = nil, false
+	rb.mu.Unlock()
+	for _, d := range dones {
+		d() // done while the link is down: acknowledged on reconnect
+	}
+	for i := n; i < 2*n; i++ {
+		if err := a.Send("b", 0, 3, body(i), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb.waitCount(t, "a", 2*n)
+	waitFor(t, func() bool { return a.Members()[1].Queued == 0 })
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	for i, r := range rb.got["a"] {
+		if v, _ := binary.Uvarint(r.Body); v != uint64(i) {
+			t.Fatalf("record %d is %d", i, v)
+		}
+	}
+	if got := len(rb.got["a"]); got != 2*n {
+		t.Fatalf("%d records, want %d", got, 2*n)
+	}
+	_ = b
 }

@@ -118,13 +118,22 @@ func (p *peer) stopped() bool {
 // ones went.
 func (p *peer) dropQueues() int {
 	var n int
+	var tokens []uint64
 	for _, l := range p.lanes {
 		l.mu.Lock()
 		n += len(l.mu.rel) - l.mu.head
+		for _, r := range l.mu.rel[l.mu.head:] {
+			if r.token != 0 {
+				tokens = append(tokens, r.token)
+			}
+		}
 		l.mu.rel, l.mu.head, l.mu.buf = nil, 0, nil
 		l.mu.Unlock()
 	}
 	p.st.droppedFull.Add(n)
+	if len(tokens) > 0 {
+		p.n.h.Settled(p.name, tokens)
+	}
 	return n
 }
 
@@ -158,8 +167,9 @@ type lane struct {
 }
 
 type relRec struct {
-	seq uint64
-	rec []byte
+	seq   uint64
+	token uint64 // the broker's, for SendTracked; 0 for none
+	rec   []byte
 }
 
 func (l *lane) poke() {
@@ -181,7 +191,15 @@ func (l *lane) queued() int {
 	return len(l.mu.rel) - l.mu.head
 }
 
+func (l *lane) sendRel(kind byte, body []byte, token uint64) error {
+	return l.enqueue(kind, body, true, token)
+}
+
 func (l *lane) send(kind byte, body []byte, reliable bool) error {
+	return l.enqueue(kind, body, reliable, 0)
+}
+
+func (l *lane) enqueue(kind byte, body []byte, reliable bool, token uint64) error {
 	cfg := &l.p.n.cfg
 	l.mu.Lock()
 	before := l.mu.unsent
@@ -193,7 +211,7 @@ func (l *lane) send(kind byte, body []byte, reliable bool) error {
 		}
 		l.mu.nextSeq++
 		rec := appendRecord(make([]byte, 0, len(body)+6), kind, true, body)
-		l.mu.rel = append(l.mu.rel, relRec{seq: l.mu.nextSeq, rec: rec})
+		l.mu.rel = append(l.mu.rel, relRec{seq: l.mu.nextSeq, token: token, rec: rec})
 		l.mu.unsent += len(rec)
 	} else {
 		if !l.mu.connected {
@@ -223,14 +241,30 @@ func (l *lane) send(kind byte, body []byte, reliable bool) error {
 
 // ackTo drops the reliable records up to seq: the peer has them.
 func (l *lane) ackTo(seq uint64) {
+	var tokens []uint64
+	defer func() {
+		if len(tokens) > 0 {
+			l.p.n.h.Settled(l.p.name, tokens)
+		}
+	}()
 	l.mu.Lock()
 	if seq > l.mu.acked {
 		l.mu.acked = seq
 	}
 	for l.mu.head < len(l.mu.rel) && l.mu.rel[l.mu.head].seq <= seq {
+		r := l.mu.rel[l.mu.head]
+		if r.token != 0 {
+			tokens = append(tokens, r.token)
+		}
+		if r.seq > l.mu.sent {
+			// Acknowledged before this connection wrote it again (the
+			// receiver had it from an earlier one): it no longer waits.
+			l.mu.unsent -= len(r.rec)
+		}
 		l.mu.rel[l.mu.head] = relRec{}
 		l.mu.head++
 	}
+	l.mu.sent = max(l.mu.sent, seq)
 	if l.mu.head == len(l.mu.rel) {
 		l.mu.rel, l.mu.head = l.mu.rel[:0], 0
 	} else if l.mu.head >= 1024 && l.mu.head*2 >= len(l.mu.rel) {
@@ -391,10 +425,17 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 	}
 	delay := time.NewTimer(time.Hour)
 	delay.Stop()
+	// A writer that missed a wake-up still writes within a tick.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	l.poke() // write what waits
 	for {
 		select {
 		case <-l.wake:
+		case <-tick.C:
+			if l.unsentBytes() == 0 {
+				continue
+			}
 		case <-ping:
 			var b [8]byte
 			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))

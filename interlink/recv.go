@@ -195,7 +195,8 @@ func (n *Node) serveConn(c net.Conn) {
 			pst.wireRecv.Add(len(p) + frameHeader)
 			pst.rawRecv.Add(len(data))
 			if len(recs) > 0 {
-				n.h.Receive(h.node, recs, func() {
+				pos := Position{Epoch: h.epoch, Lane: h.lane, Seq: top}
+				n.h.Receive(h.node, pos, recs, func() {
 					if top > 0 {
 						st.finish(top)
 					}

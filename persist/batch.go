@@ -185,6 +185,14 @@ func (b *Batch) PutMeta(key string, val []byte) {
 		func(d []byte) []byte { return append(d, val...) })
 }
 
+// CreateMeta writes a named value under a key never written before, so that
+// the committer may drop the write when the key is deleted again within the
+// same commit group.
+func (b *Batch) CreateMeta(key string, val []byte) {
+	b.set(opCreate, func(d []byte) []byte { return append(append(d, prefixMeta), key...) },
+		func(d []byte) []byte { return append(d, val...) })
+}
+
 // DeleteMeta deletes a named value.
 func (b *Batch) DeleteMeta(key string) {
 	b.del(func(d []byte) []byte { return append(append(d, prefixMeta), key...) })

@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gannetmq/gannet/fanout"
 	"github.com/gannetmq/gannet/interlink"
+	"github.com/gannetmq/gannet/persist"
 	"github.com/gannetmq/gannet/trie"
 )
 
@@ -64,6 +67,21 @@ func newCluster(s *Server) (*cluster, error) {
 		return nil, err
 	}
 	cl.node = n
+	for _, m := range s.marks {
+		n.Restore(m.peer, m.pos)
+	}
+	s.marks = nil
+	// Records acknowledged to publishers and not yet to peers go again,
+	// in the order they were first sent.
+	for _, sp := range s.spool {
+		if err := n.Preload(sp.peer, sp.lane, sp.kind, sp.body, sp.token); err != nil {
+			s.log.Warn("cannot queue a kept record for a peer again", "peer", sp.peer, "err", err)
+		}
+	}
+	if len(s.spool) > 0 {
+		s.log.Info("records kept for peers queued again", "records", len(s.spool))
+	}
+	s.spool = nil
 	// Sessions loaded from the store are subscribed already.
 	s.subs.Walk(func(filter string, _ *session, _ fanout.Options) bool {
 		cl.ann.local[filter]++
@@ -203,9 +221,14 @@ func (cl *cluster) delRoute(peer, filter string) {
 
 // Receive applies one batch from a peer; done is called once its effects
 // are as durable as this node's own publishes.
-func (cl *cluster) Receive(peer string, recs []interlink.Record, done func()) {
+func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink.Record, done func()) {
 	s := cl.s
 	ob := cl.obs.Get().(*outbox)
+	if pos.Seq > 0 && s.store != nil {
+		// Written with what the records did, so that after a crash the
+		// peer's replay of them is dropped rather than delivered twice.
+		ob.batch.PutMeta(markKey(peer, pos.Lane), markValue(pos))
+	}
 	now := s.now()
 	var routeChunks []string
 	replace := false
@@ -247,6 +270,8 @@ func (cl *cluster) Receive(peer string, recs []interlink.Record, done func()) {
 			err = cl.sessionArrived(peer, r.Body, now)
 		case recConnected:
 			err = cl.connectedElsewhere(ob, r.Body)
+		case recRedirect:
+			err = cl.redirected(ob, r.Body, now)
 		default:
 			err = errors.New("unknown record kind")
 		}
@@ -260,6 +285,32 @@ func (cl *cluster) Receive(peer string, recs []interlink.Record, done func()) {
 	ob.after = done
 	ob.flush()
 	cl.obs.Put(ob)
+}
+
+// markKey names the stored position of a peer's lane (one per lane: a
+// peer's earlier runs can no longer replay anything).
+func markKey(peer string, lane uint8) string {
+	return markPrefix + string(rune('0'+lane%10)) + string(rune('0'+lane/10)) + "/" + peer
+}
+
+const markPrefix = "interlink/"
+
+func markValue(pos interlink.Position) []byte {
+	b := binary.BigEndian.AppendUint64(nil, pos.Epoch)
+	return binary.BigEndian.AppendUint64(b, pos.Seq)
+}
+
+// restoreMark reads a stored position back; ok is false for another meta
+// value.
+func restoreMark(key string, val []byte) (peer string, pos interlink.Position, ok bool) {
+	rest, found := strings.CutPrefix(key, markPrefix)
+	if !found || len(rest) < 4 || rest[2] != '/' || len(val) != 16 {
+		return "", pos, false
+	}
+	pos.Lane = (rest[0] - '0') + (rest[1]-'0')*10
+	pos.Epoch = binary.BigEndian.Uint64(val)
+	pos.Seq = binary.BigEndian.Uint64(val[8:])
+	return rest[3:], pos, true
 }
 
 func decodeRoutes(b []byte) (first bool, fs []string, err error) {
@@ -422,7 +473,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 		t := &ob.targets[i]
 		f := forward{plain: t.plain, groups: t.groups}
 		ob.fwbuf = appendForward(ob.fwbuf[:0], &f, ob.fwmsg)
-		if err := cl.node.Send(t.peer, lane, recForward, ob.fwbuf, m.qos > 0); err != nil && m.qos > 0 {
+		if err := cl.send(ob, t.peer, lane, recForward, ob.fwbuf, m.qos > 0); err != nil && m.qos > 0 {
 			ok = false
 			cl.s.logThrottled("cannot queue a QoS 1/2 message for a peer", "peer", t.peer, "err", err)
 		}
@@ -544,7 +595,7 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 	reply := binary.AppendUvarint(nil, id)
 	var mv *movedSession
 	if sess != nil {
-		mv = s.handOver(ob, sess)
+		mv = s.handOverTo(ob, sess, peer)
 	}
 	if mv != nil && clean == 0 && (mv.expiry > 0 || mv.online) {
 		reply = append(reply, 1)
@@ -553,8 +604,9 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 	} else {
 		reply = append(reply, 0)
 	}
-	// Reliable: the answer may carry queued QoS 1/2 messages.
-	if err := cl.node.Send(peer, 0, recSession, reply, true); err != nil {
+	// Reliable and kept: the answer carries the session, which is no
+	// longer stored here.
+	if err := cl.send(ob, peer, 0, recSession, reply, true); err != nil {
 		s.log.Warn("cannot send a session to the peer that took it over", "client", client, "peer", peer, "err", err)
 	}
 	return nil
@@ -634,4 +686,126 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 		cl.s.install(ob, t.moved)
 		ob.flush()
 	}
+}
+
+// redirect sends a delivery for a session that has moved to peer on to
+// it: a message routed here before the peer announced the session's
+// subscriptions.
+// REQUIRES: the session's mu held (sending only queues).
+func (cl *cluster) redirect(ob *outbox, client, peer string, m *message, qos byte, retain bool, subIDs []uint32) {
+	b := appendStr(nil, []byte(client))
+	fl := qos & 3
+	if retain {
+		fl |= 4
+	}
+	b = append(b, fl)
+	b = binary.AppendUvarint(b, uint64(len(subIDs)))
+	for _, id := range subIDs {
+		b = binary.AppendUvarint(b, uint64(id))
+	}
+	b = appendMessage(b, m, cl.s.now())
+	if err := cl.send(ob, peer, cl.node.LaneFor(m.from), recRedirect, b, qos > 0); err != nil && qos > 0 {
+		cl.s.logThrottled("cannot send a moved session's message on", "client", client, "peer", peer, "err", err)
+	}
+}
+
+// redirected delivers a message sent on by the node a session left.
+func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
+	r := &wireReader{b: b}
+	client := r.str("client id")
+	fl := r.byte1("flags")
+	n := r.uvarint("subscription ids")
+	if n > uint64(len(r.b)) {
+		r.fail("subscription ids")
+	}
+	var subIDs []uint32
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		subIDs = append(subIDs, uint32(r.uvarint("subscription id")))
+	}
+	m := readMessage(r, now)
+	if r.err == nil && (fl&3 == 3 || fl&^7 != 0) {
+		r.fail("flags")
+	}
+	if r.err != nil {
+		return r.err
+	}
+	s := cl.s
+	s.sessions.Lock()
+	sess := s.sessions.m[string(client)]
+	s.sessions.Unlock()
+	if sess != nil {
+		sess.deliverMoved(ob, m.own(), fl&3, fl&4 != 0, subIDs, now)
+	}
+	return nil
+}
+
+// send queues a record for peer. A reliable one is also written to the
+// store in ob's batch (when there is a store), so that what this node
+// acknowledged to a publisher survives its own crash; it is deleted when
+// the peer acknowledges it (Settled) and sent again after a restart.
+func (cl *cluster) send(ob *outbox, peer string, lane int, kind byte, body []byte, reliable bool) error {
+	if !reliable {
+		return cl.node.Send(peer, lane, kind, body, false)
+	}
+	g := cl.s.store
+	if g == nil {
+		return cl.node.Send(peer, lane, kind, body, true)
+	}
+	token := g.st.NextID()
+	key := spoolKey(peer, token)
+	ob.batch.CreateMeta(key, spoolValue(lane, kind, body))
+	err := cl.node.SendTracked(peer, lane, kind, body, token)
+	if err != nil {
+		ob.batch.DeleteMeta(key)
+	}
+	return err
+}
+
+// Settled deletes the stored copies of records a peer acknowledged.
+func (cl *cluster) Settled(peer string, tokens []uint64) {
+	g := cl.s.store
+	if g == nil {
+		return
+	}
+	var b persist.Batch
+	for _, t := range tokens {
+		b.DeleteMeta(spoolKey(peer, t))
+	}
+	g.commit(&b, func(error) {})
+}
+
+const spoolPrefix = "spool/"
+
+// spoolKey orders a peer's kept records by token, which grows with every
+// record and across restarts (persist.Store.NextID).
+func spoolKey(peer string, token uint64) string {
+	return spoolPrefix + peer + "/" + strconv.FormatUint(token|1<<63, 16)
+}
+
+func spoolValue(lane int, kind byte, body []byte) []byte {
+	return append([]byte{byte(lane), kind}, body...)
+}
+
+// restoreSpool reads a kept record back; ok is false for another meta
+// value.
+func restoreSpool(key string, val []byte) (sp spooled, ok bool) {
+	rest, found := strings.CutPrefix(key, spoolPrefix)
+	i := strings.LastIndexByte(rest, '/')
+	if !found || i <= 0 || len(val) < 2 {
+		return sp, false
+	}
+	t, err := strconv.ParseUint(rest[i+1:], 16, 64)
+	if err != nil || t>>63 == 0 {
+		return sp, false
+	}
+	return spooled{peer: rest[:i], token: t &^ (1 << 63), lane: int(val[0]), kind: val[1], body: val[2:]}, true
+}
+
+// spooled is a record kept for a peer, read back at start.
+type spooled struct {
+	peer  string
+	token uint64
+	lane  int
+	kind  byte
+	body  []byte
 }

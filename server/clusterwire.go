@@ -52,6 +52,7 @@ const (
 	recTakeover  byte = 6 // request: hand over a client's session
 	recSession   byte = 7 // answer: the session, if the sender had it
 	recConnected byte = 8 // a client connected at the sender, at a stamp
+	recRedirect  byte = 9 // a delivery for a session that moved to the receiver
 )
 
 var errWire = errors.New("server: malformed peer body")

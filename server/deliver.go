@@ -283,6 +283,9 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.mu.ended {
+		if ss.mu.movedTo != "" {
+			ss.srv.cl.redirect(ob, ss.id, ss.mu.movedTo, m, qos, retain, subIDs)
+		}
 		return
 	}
 	cl := ss.mu.cl

@@ -36,6 +36,23 @@
 //	retainStore.mu   (leaf)
 //	storeGate        (leaf; its read side is held only around Store.Commit,
 //	                  which never waits on disk)
+//	cluster.ann      > interlink send (a lane's lock, a leaf that never
+//	                  waits on the network); session.mu > interlink send
+//	                  too, for a moved session's redirects
+//	cluster.peerRoutes > route trie lock
+//
+// # Cluster
+//
+// cluster.go is the broker's side of the interlink. Local filters are
+// announced to peers when their first subscription appears and withdrawn
+// with the last; each link (re)connect sends the whole set, which replaces
+// what the peer had. A peer's routes outlive its failure for
+// --cluster-forget-after, so that QoS 1/2 messages for its persistent
+// sessions are queued for its return rather than dropped. route matches
+// the route table before the local index, so that one member of a shared
+// group is picked across the cluster; a peer gets each message once and
+// delivers it locally only. A CONNECT asks every peer for the client's
+// session and is parked until they answer (takeover.go).
 //
 // The trie's read lock is held while Match visits subscribers, and a shared
 // group pick checks a member's session.mu under it, so no code may call

@@ -168,6 +168,13 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 				ss.mu.rxQoS2[pid] = struct{}{}
 			}
 		},
+		Meta: func(key string, val []byte) {
+			if peer, pos, ok := restoreMark(key, val); ok {
+				s.marks = append(s.marks, mark{peer, pos})
+			} else if sp, ok := restoreSpool(key, val); ok {
+				s.spool = append(s.spool, sp)
+			}
+		},
 		Retained: func(m *persist.Message) {
 			s.retained.set(messageFromRecord(m))
 		},

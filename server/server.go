@@ -17,6 +17,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/trie"
 )
 
@@ -30,6 +31,8 @@ type Server struct {
 	stats    *stats
 	store    *storeGate // nil with --durability=none
 	cl       *cluster   // nil unless clustered
+	marks    []mark     // peers' stream positions loaded from the store
+	spool    []spooled  // records kept for peers, loaded from the store
 	lastWarn atomic.Int64
 
 	sessions struct {
@@ -221,6 +224,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("gannet stopped")
 	return err
+}
+
+// mark is a peer's stream position read from the store.
+type mark struct {
+	peer string
+	pos  interlink.Position
 }
 
 // stopCluster leaves the cluster: peers keep this node's routes and queue

@@ -36,6 +36,10 @@ type session struct {
 		rxQoS2   map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
 		will     *pendingWill
 		since    int64 // broker clock when the last connection attached
+		// movedTo names the peer an ended session moved to; for a grace
+		// period its subscriptions stay and what still arrives here for
+		// it is sent on (takeover.go).
+		movedTo string
 	}
 }
 

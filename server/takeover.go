@@ -35,6 +35,16 @@ type movedMsg struct {
 // 0x8E and closed, no will is sent, its subscriptions and stored state go.
 // It returns what the session held, or nil if it had already ended.
 func (s *Server) handOver(ob *outbox, sess *session) *movedSession {
+	return s.handOverTo(ob, sess, "")
+}
+
+// movedGrace is how long a session that moved to a peer keeps its
+// subscriptions here, sending on what was already on its way to this node.
+const movedGrace = 10 * time.Second
+
+// handOverTo is handOver for a session moving to peer (empty: going
+// nowhere).
+func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSession {
 	s.sessions.Lock()
 	if s.sessions.m[sess.id] == sess {
 		delete(s.sessions.m, sess.id)
@@ -66,6 +76,7 @@ func (s *Server) handOver(ob *outbox, sess *session) *movedSession {
 	sess.mu.cl = nil
 	sess.mu.gen++
 	sess.mu.ended = true
+	sess.mu.movedTo = peer
 	sess.mu.subs = nil
 	sess.mu.inflight = nil
 	sess.mu.queue = msgQueue{}
@@ -79,8 +90,15 @@ func (s *Server) handOver(ob *outbox, sess *session) *movedSession {
 	if will != nil {
 		will.cancel(ob) // a takeover sends no will
 	}
-	for f := range mv.subs {
-		s.unsubscribe(f, sess)
+	unsub := func() {
+		for f := range mv.subs {
+			s.unsubscribe(f, sess)
+		}
+	}
+	if peer == "" {
+		unsub()
+	} else {
+		time.AfterFunc(movedGrace, unsub)
 	}
 	if cl != nil {
 		cl.kick(codec.SessionTakenOver)
@@ -263,4 +281,28 @@ func (r *wireReader) u16(what string) uint16 {
 	v := binary.BigEndian.Uint16(r.b)
 	r.b = r.b[2:]
 	return v
+}
+
+// deliverMoved delivers a message that reached this session through the
+// node it left: queued like any other delivery, never sent on again.
+func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	cl := ss.mu.cl
+	if ss.mu.ended || (qos == 0 && cl == nil) {
+		return
+	}
+	if qos == 0 {
+		om := &outMsg{msg: m, retain: retain, subIDs: subIDs}
+		if fr, ok := cl.encodeStored(om, now); ok {
+			ob.addParts(cl, fr, nil)
+		}
+		return
+	}
+	om := ss.newOutMsgLocked(m, qos, retain, subIDs)
+	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
+		ss.enqueueLocked(ob, om)
+		return
+	}
+	ss.sendLocked(ob, om, now)
 }
