@@ -100,7 +100,7 @@ func DefaultConfig() Config {
 		CompressMin:    512,
 		BatchBytes:     64 << 10,
 		BatchDelay:     500 * time.Microsecond,
-		Lanes:          2,
+		Lanes:          3,
 		QueueLimit:     200_000,
 		MaxFrame:       16 << 20,
 		FailureTimeout: 3 * time.Second,

@@ -11,7 +11,9 @@
 // So each direction between two nodes has its own connections, and no
 // tie-break is needed. Lane 0 carries control records (routes, retained
 // messages, session transfer); a forwarded message travels on the lane its
-// publisher hashes to, so one publisher's messages stay in order.
+// publisher hashes to among the others (lane 0 too when there is only
+// one), so one publisher's messages stay in order and control records
+// never wait behind bulk traffic.
 //
 // # Frames
 //

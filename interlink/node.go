@@ -68,6 +68,7 @@ var (
 	ErrQueueFull   = errors.New("interlink: peer queue full")
 	ErrNotLinked   = errors.New("interlink: peer not connected")
 	ErrStopped     = errors.New("interlink: stopped")
+	ErrTooLarge    = errors.New("interlink: record larger than half of a frame")
 )
 
 // Node is this broker's membership in the cluster and its links to peers.
@@ -185,8 +186,11 @@ func (n *Node) startGossip() error {
 		mc.SecretKey = k[:]
 	}
 	ft := n.cfg.FailureTimeout
-	mc.ProbeInterval = ft / 4
-	mc.ProbeTimeout = ft / 8
+	// A failed peer is suspected after a missed probe and declared dead
+	// after the suspicion timeout (SuspicionMult probe intervals): about
+	// FailureTimeout in all.
+	mc.ProbeInterval = ft / 3
+	mc.ProbeTimeout = ft / 6
 	mc.SuspicionMult = 2
 	mc.GossipInterval = 100 * time.Millisecond
 	mc.DeadNodeReclaimTime = ft
@@ -236,11 +240,13 @@ func (n *Node) Stop() {
 
 // LaneFor picks the lane for records keyed by key (a publisher's client
 // id): one key always takes the same lane, so its records stay in order.
+// With more than one lane, lane 0 is left to control records (routes,
+// takeovers), so that they never queue behind bulk traffic.
 func (n *Node) LaneFor(key string) int {
 	if n.cfg.Lanes == 1 {
 		return 0
 	}
-	return int(maphash.String(n.seed, key) % uint64(n.cfg.Lanes))
+	return 1 + int(maphash.String(n.seed, key)%uint64(n.cfg.Lanes-1))
 }
 
 // Send queues a record for peer on a lane. A reliable record is kept until

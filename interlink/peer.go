@@ -201,6 +201,10 @@ func (l *lane) send(kind byte, body []byte, reliable bool) error {
 
 func (l *lane) enqueue(kind byte, body []byte, reliable bool, token uint64) error {
 	cfg := &l.p.n.cfg
+	if len(body) > cfg.MaxFrame/2 {
+		l.p.st.droppedFull.Inc()
+		return ErrTooLarge
+	}
 	l.mu.Lock()
 	before := l.mu.unsent
 	if reliable {
@@ -219,7 +223,9 @@ func (l *lane) enqueue(kind byte, body []byte, reliable bool, token uint64) erro
 			l.p.st.droppedDown.Inc()
 			return ErrNotLinked
 		}
-		if len(l.mu.buf) > cfg.MaxFrame {
+		if len(l.mu.buf) >= unreliableLimit(cfg) {
+			// The peer or the link is behind: QoS 0 and other
+			// unreliable records give way.
 			l.mu.Unlock()
 			l.p.st.droppedFull.Inc()
 			return ErrQueueFull
@@ -237,6 +243,12 @@ func (l *lane) enqueue(kind byte, body []byte, reliable bool, token uint64) erro
 		l.poke()
 	}
 	return nil
+}
+
+// unreliableLimit bounds the unreliable records a lane holds while its
+// writer is behind, and so (with BatchBytes for the reliable part) a frame.
+func unreliableLimit(cfg *Config) int {
+	return min(8*cfg.BatchBytes, cfg.MaxFrame/4)
 }
 
 // ackTo drops the reliable records up to seq: the peer has them.

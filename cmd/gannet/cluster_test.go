@@ -119,13 +119,24 @@ func waitMesh(t *testing.T, nodes []*clusterNode) {
 				return false
 			}
 			for _, m := range ms {
-				if m.State != "alive" || m.LanesUp < 2 {
+				if m.State != "alive" || m.LanesUp != lanesOf(n) {
 					return false
 				}
 			}
 		}
 		return true
 	})
+}
+
+// lanesOf is the --interlink-lanes a node runs with.
+func lanesOf(n *clusterNode) int {
+	for _, a := range n.extra {
+		if v, ok := strings.CutPrefix(a, "--interlink-lanes="); ok {
+			k, _ := strconv.Atoi(v)
+			return k
+		}
+	}
+	return 3
 }
 
 func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {

@@ -127,7 +127,7 @@ Flags:
 	comp := fs.String("interlink-compression", ic.Compression.String(), "how batches to peers are compressed: none, s2 or zstd")
 	fs.IntVar(&ic.BatchBytes, "interlink-batch-bytes", ic.BatchBytes, "a batch to a peer is written when it holds this many `bytes`")
 	fs.DurationVar(&ic.BatchDelay, "interlink-batch-delay", ic.BatchDelay, "or this long after its first record")
-	fs.IntVar(&ic.Lanes, "interlink-lanes", ic.Lanes, "TCP connections per peer; one publisher's messages always take the same one")
+	fs.IntVar(&ic.Lanes, "interlink-lanes", ic.Lanes, "TCP connections per peer: the first carries control records, the others messages; one publisher's messages always take the same one")
 	fs.IntVar(&ic.QueueLimit, "interlink-queue", ic.QueueLimit, "QoS 1/2 messages kept per peer until it acknowledges them; past it publishes are refused (0x97)")
 	fs.DurationVar(&ic.FailureTimeout, "cluster-failure-timeout", ic.FailureTimeout, "about how long a silent peer takes to be declared failed")
 	fs.DurationVar(&ic.ForgetAfter, "cluster-forget-after", ic.ForgetAfter, "how long a failed peer's routes and queued messages are kept for its return; 0: forever")
