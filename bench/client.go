@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/binary"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -242,6 +243,9 @@ func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64
 				p.Topic = append(append([]byte(nil), c.topic...), []byte("/"+itoa(int(seq%uint64(cfg.RetainedTopics))))...)
 			}
 			putHeader(filler, c.idx, seq, now)
+			if cfg.JSON {
+				fillJSON(filler[headerSize:], c.idx, seq, now)
+			}
 			buf = p.Append(buf, c.v)
 			if cfg.QoS == 0 && c.pending.Add(1)%cfg.PingEvery == 0 {
 				buf = (&codec.Pingreq{}).Append(buf, c.v)
@@ -294,5 +298,20 @@ func (l *rateLimiter) wait(stop <-chan struct{}) bool {
 		return false
 	case <-t.C:
 		return true
+	}
+}
+
+// fillJSON writes a telemetry reading into b, padded with spaces: the kind
+// of payload devices send, so that compression figures mean something.
+func fillJSON(b []byte, pub uint32, seq uint64, now int64) {
+	r := seq*2654435761 + uint64(pub)*40503
+	j := fmt.Appendf(b[:0], `{"device":"sensor-%05d","ts":%d,"temp":%d.%d,"hum":%d.%d,"bat":3.%02d,"rssi":-%d,"status":"ok","fw":"2.4.1","site":"plant-7/line-%d","seq":%d}`,
+		pub, now/1e6, 18+r%9, r/7%10, 40+r/11%20, r/13%10, 60+r/17%40, 50+r/19%40, pub%8, seq)
+	if len(j) > len(b) {
+		j = j[:len(b)]
+	}
+	copy(b, j)
+	for i := len(j); i < len(b); i++ {
+		b[i] = ' '
 	}
 }

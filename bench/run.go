@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,13 +31,16 @@ import (
 type Config struct {
 	Scenario    string
 	Addr        string // broker
-	SubAddr     string // cluster: where subscribers connect (default Addr)
+	SubAddr     string // where subscribers connect (default Addr); comma-separated: spread over them
 	Clients     int    // conn, p2p (pairs), stresser
 	Publishers  int    // fanin, fanout, shared, retained
 	Subscribers int    // fanout, shared, retained
 	Payload     int    // bytes, at least 20
-	QoS         byte
-	Version     codec.Version
+	// JSON fills the payload after its header with a JSON telemetry
+	// reading whose values change with every message, rather than zeros.
+	JSON    bool
+	QoS     byte
+	Version codec.Version
 	// SessionExpiry > 0 gives every client a session the broker keeps (and,
 	// with persistence, stores): MQTT 5 asks for this expiry, 3.x connects
 	// with clean session 0.
@@ -396,9 +400,10 @@ func (r *runner) traffic(ctx context.Context) (*Result, error) {
 	r.pubSeq = make([]atomic.Uint64, len(pubs))
 	// Subscribers first, so that nothing is published before they listen.
 	seen := map[*client]bool{}
-	for _, c := range subs {
+	subAddrs := strings.Split(cfg.SubAddr, ",")
+	for i, c := range subs {
 		seen[c] = true
-		if err := r.dial(c, cfg.SubAddr); err != nil {
+		if err := r.dial(c, subAddrs[i%len(subAddrs)]); err != nil {
 			return nil, err
 		}
 	}

@@ -58,7 +58,8 @@ Flags:
 	var asJSON bool
 	fs.StringVar(&cfg.Scenario, "scenario", "p2p", "scenario to run (see above)")
 	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:1883", "broker `address`")
-	fs.StringVar(&cfg.SubAddr, "sub-addr", "", "cluster: `address` subscribers connect to (default --addr)")
+	fs.StringVar(&cfg.SubAddr, "sub-addr", "", "`address` subscribers connect to (default --addr); comma-separated: spread over them (cluster, or any scenario across nodes)")
+	fs.BoolVar(&cfg.JSON, "payload-json", false, "fill payloads with JSON telemetry readings (changing every message) instead of zeros")
 	fs.IntVar(&cfg.Clients, "clients", 100, "connections (conn), pairs (p2p, cluster) or clients (stresser)")
 	fs.IntVar(&cfg.Publishers, "publishers", 1, "publishing clients (fanin, fanout, shared, retained)")
 	fs.IntVar(&cfg.Subscribers, "subscribers", 1, "subscribing clients (fanout, shared, retained)")
