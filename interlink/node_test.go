@@ -37,11 +37,12 @@ func (r *recorder) Receive(peer string, _ Position, recs []Record, done func()) 
 		rc.Body = bytes.Clone(rc.Body)
 		r.got[peer] = append(r.got[peer], rc)
 	}
-	if r.hold {
+	hold := r.hold
+	if hold {
 		r.dones = append(r.dones, done)
 	}
 	r.mu.Unlock()
-	if !r.hold {
+	if !hold {
 		done()
 	}
 	select {

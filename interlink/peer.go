@@ -445,7 +445,7 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 		select {
 		case <-l.wake:
 		case <-tick.C:
-			if l.unsentBytes() == 0 {
+			if !l.pending() {
 				continue
 			}
 		case <-ping:
@@ -488,6 +488,15 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 	}
 }
 
+// pending reports whether anything waits to be written on this
+// connection.
+func (l *lane) pending() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(l.mu.rel)
+	return len(l.mu.buf) > 0 || (n > l.mu.head && l.mu.rel[n-1].seq > l.mu.sent)
+}
+
 func (l *lane) unsentBytes() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -520,6 +529,11 @@ func (l *lane) writeAll(conn net.Conn) error {
 			size += len(unrel)
 		}
 		l.mu.unsent -= size
+		// Taken counts as sent: an acknowledgement can come back before
+		// Write returns, and must not count these as waiting. A failed
+		// write ends the connection, and the next one starts over from
+		// the last acknowledged.
+		l.mu.sent = last
 		l.mu.Unlock()
 		if size == 0 {
 			return nil
@@ -559,11 +573,6 @@ func (l *lane) writeAll(conn net.Conn) error {
 		if _, err := conn.Write(f); err != nil {
 			return err
 		}
-		l.mu.Lock()
-		if nrel > 0 {
-			l.mu.sent = last
-		}
-		l.mu.Unlock()
 		st := l.p.st
 		st.batchesSent.Inc()
 		st.msgsSent.Add(msgs)

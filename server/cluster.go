@@ -145,6 +145,9 @@ func (cl *cluster) PeerUp(peer string) {
 	now := cl.s.now()
 	var b []byte
 	for _, m := range msgs {
+		if bytes.HasPrefix(m.topic, []byte("$SYS/")) {
+			continue // each node's own
+		}
 		b = appendRetained(b[:0], m, now)
 		_ = cl.node.Send(peer, 0, recRetained, b, false)
 	}

@@ -89,3 +89,24 @@ func TestClusterTakeoverMovesQueuedMessages(t *testing.T) {
 		}
 	}
 }
+
+// Every QoS 1 and 2 message published on one node reaches a subscriber on
+// another exactly once.
+func TestClusterForwardsEveryMessage(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	for _, qos := range []byte{1, 2} {
+		sub, _ := dialV5(t, nodes[1], &paho.Connect{ClientID: fmt.Sprintf("sub%d", qos), CleanStart: true, KeepAlive: 30})
+		sub.subscribe(t, paho.SubscribeOptions{Topic: fmt.Sprintf("q%d/#", qos), QoS: qos})
+		waitRoutes(t, nodes[0], int(qos))
+		pub, _ := dialV5(t, nodes[0], &paho.Connect{ClientID: fmt.Sprintf("pub%d", qos), CleanStart: true, KeepAlive: 30})
+		const n = 500
+		for i := range n {
+			pub.publish(t, &paho.Publish{Topic: fmt.Sprintf("q%d/x", qos), QoS: qos, Payload: fmt.Appendf(nil, "%d", i)})
+		}
+		for i := range n {
+			if p := sub.expect(t); string(p.Payload) != fmt.Sprint(i) {
+				t.Fatalf("QoS %d: message %d is %q", qos, i, p.Payload)
+			}
+		}
+	}
+}

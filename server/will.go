@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"sync/atomic"
 	"time"
 
@@ -105,7 +106,8 @@ func (s *Server) publishOn(ob *outbox, m *message) (int, bool) {
 func (s *Server) setRetained(ob *outbox, m *message) {
 	m.stamp = s.now()
 	s.retained.set(m)
-	if s.cl != nil {
+	if s.cl != nil && !bytes.HasPrefix(m.topic, []byte("$SYS/")) {
+		// $SYS statistics are each node's own.
 		s.cl.replicateRetained(m)
 	}
 	if s.store == nil {

@@ -82,6 +82,27 @@ func startClusterNodes(t *testing.T, nodes []*clusterNode) {
 	for _, n := range nodes {
 		n.start(t, nodes)
 	}
+	// Registered after the processes', so it runs before they are killed:
+	// a failing test shows each node's log and counters.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				if n.b != nil {
+					t.Logf("%s log:\n%s", n.name, n.b.stderr.String())
+					if resp, err := http.Get("http://" + n.b.http + "/metrics"); err == nil {
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						for _, l := range strings.Split(string(b), "\n") {
+							if strings.Contains(l, "interlink_messages") || strings.Contains(l, "forwarded") ||
+								strings.Contains(l, "dropped") || strings.Contains(l, "duplicates") || strings.Contains(l, "messages_") {
+								t.Logf("%s %s", n.name, l)
+							}
+						}
+					}
+				}
+			}
+		}
+	})
 	waitMesh(t, nodes)
 }
 
@@ -679,7 +700,8 @@ func (p *tcpProxy) setCut(cut bool) {
 // Links to n2 run through a proxy that delays them, then cuts them. Both
 // sides keep serving their own clients; what n1 learns during the cut
 // (routes, retained messages, QoS 1 messages for n2's sessions) reaches n2
-// once the link heals.
+// once the link heals, and a client id connected on both sides keeps only
+// its newest connection.
 func TestClusterPartitionHeals(t *testing.T) {
 	nodes := newClusterNodes(t, 3)
 	realAddr := nodes[1].cluster
@@ -691,6 +713,17 @@ func TestClusterPartitionHeals(t *testing.T) {
 	n2sub := dialPaho(t, nodes[1].b.mqtt, "n2-sub", false)
 	n2sub.sub(t, "orders/#", 1)
 	probe(t, n1pub, n2sub, "orders/probe") // through the delaying proxy
+
+	// A client connected to n2 before the cut...
+	dupConnect := func(addr string) *mqttConn {
+		mc := rawConn(t, addr)
+		mc.send(&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 60, ClientID: []byte("dup")})
+		if p, err := mc.read(); err != nil || p.Type() != codec.CONNACK {
+			t.Fatalf("dup: %v %v", p, err)
+		}
+		return mc
+	}
+	older := dupConnect(nodes[1].b.mqtt)
 
 	proxy.setCut(true)
 	waitUntil(t, 20*time.Second, "n1's lanes to n2 down", func() bool {
@@ -716,7 +749,18 @@ func TestClusterPartitionHeals(t *testing.T) {
 		t.Fatalf("n2 during the cut got %q, want its own client's message only", m.Payload())
 	}
 
+	// ...and the same client id on n1 during it: n2 cannot be asked.
+	newer := dupConnect(nodes[0].b.mqtt)
+
 	proxy.setCut(false)
+	// The newest connection wins once the sides hear of each other.
+	if p, err := older.read(); err != nil || p.Type() != codec.DISCONNECT || p.(*codec.Disconnect).Code != codec.SessionTakenOver {
+		t.Fatalf("older dup connection after the heal: %+v %v, want DISCONNECT 0x8E", p, err)
+	}
+	newer.send(&codec.Pingreq{})
+	if p, err := newer.read(); err != nil || p.Type() != codec.PINGRESP {
+		t.Fatalf("newer dup connection after the heal: %+v %v, want it still served", p, err)
+	}
 	got := collect(t, n2sub, 50)
 	for i, m := range got {
 		if string(m.Payload()) != strconv.Itoa(i) {
