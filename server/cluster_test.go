@@ -110,3 +110,31 @@ func TestClusterForwardsEveryMessage(t *testing.T) {
 		}
 	}
 }
+
+// $SYS statistics describe the node that publishes them: a peer's never
+// replace a node's own.
+func TestClusterSysStaysLocal(t *testing.T) {
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 0 {
+			c.SysInterval = 20 * time.Millisecond
+		}
+	})
+	var clients []*v5client
+	for i := range 3 {
+		vc, _ := dialV5(t, nodes[0], &paho.Connect{ClientID: fmt.Sprintf("c%d", i), CleanStart: true, KeepAlive: 30})
+		clients = append(clients, vc)
+	}
+	// n1 publishes its statistics; wait until it has done so with the
+	// three clients counted.
+	waitFor(t, "n1's $SYS statistics", func() bool {
+		ms := nodes[0].retained.match(nil, []byte("$SYS/broker/clients/connected"))
+		return len(ms) == 1 && string(ms[0].payload) == "3"
+	})
+	// A retained message published on n1 after that reaches n2, so the
+	// statistics would have too.
+	clients[0].publish(t, &paho.Publish{Topic: "marker", QoS: 1, Retain: true, Payload: []byte("x")})
+	waitFor(t, "the marker on n2", func() bool { return len(nodes[1].retained.match(nil, []byte("marker"))) == 1 })
+	if ms := nodes[1].retained.match(nil, []byte("$SYS/#")); len(ms) != 0 {
+		t.Fatalf("n2 holds %d $SYS messages from n1, e.g. %s", len(ms), ms[0].topic)
+	}
+}
