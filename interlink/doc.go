@@ -44,8 +44,9 @@
 //	BATCH (5): flags u8 | epoch uvarint | first seq uvarint | [raw length uvarint] | records
 //	           flags bit 0: records are compressed with the link's codec, and
 //	           the raw length bounds what the receiver will inflate.
-//	ACK   (6): epoch uvarint | seq uvarint: every reliable record up to seq
-//	           on this lane is done (its effects durable on the receiver).
+//	ACK   (6): epoch uvarint | seq uvarint: every reliable record of that
+//	           run up to seq on this lane is done (its effects durable on
+//	           the receiver).
 //	PING  (7): u64 send time; PONG (8) echoes it, for round-trip time.
 //
 // A record is
@@ -62,10 +63,15 @@
 //
 // A reliable record (a QoS 1/2 message, a session transfer) stays in its
 // lane's queue from Send until the receiver acknowledges it, and is
-// written again on every new connection of the lane until then. The
-// receiver remembers, per sender, epoch (the sender's run) and lane, the
-// last sequence number it accepted and drops records at or below it, so a
-// replay delivers nothing twice. The receiver acknowledges a record only
+// written again on every new connection of the lane until then. Its
+// identity is (sender, epoch: the sender's run, lane, seq); a batch holds
+// consecutive records of one epoch. The receiver remembers, per sender,
+// epoch and lane, the last sequence number it accepted and drops records
+// at or below it, so a replay delivers nothing twice. A broker that keeps
+// records in its store (SendTracked) queues them again after a restart
+// under their first identity (Preload), and a receiver that stores its
+// positions (Receive's pos, Restore) recognises them across its own
+// restart too. The receiver acknowledges a record only
 // when the broker reports its effects done, which with persistence on is
 // after they are on disk. A queue is bounded (Config.QueueLimit); Send
 // refuses past it. Unreliable records (QoS 0, route deltas, retained

@@ -87,7 +87,8 @@ type Node struct {
 	mu      sync.Mutex
 	peers   map[string]*peer
 	streams map[streamKey]*stream
-	conns   map[net.Conn]struct{} // accepted, for Stop
+	notify  map[streamKey]chan struct{} // per sender lane (epoch 0)
+	conns   map[net.Conn]struct{}       // accepted, for Stop
 
 	stats *nodeStats
 	done  chan struct{}
@@ -114,6 +115,7 @@ func New(cfg Config, h Handler) (*Node, error) {
 		seed:    maphash.MakeSeed(),
 		peers:   make(map[string]*peer),
 		streams: make(map[streamKey]*stream),
+		notify:  make(map[streamKey]chan struct{}),
 		conns:   make(map[net.Conn]struct{}),
 		done:    make(chan struct{}),
 	}
@@ -264,21 +266,26 @@ func (n *Node) Send(peerName string, lane int, kind byte, body []byte, reliable 
 }
 
 // SendTracked queues a reliable record that the broker also keeps (in its
-// store) under token, until Handler.Settled reports the token.
-func (n *Node) SendTracked(peerName string, lane int, kind byte, body []byte, token uint64) error {
+// store) under token, until Handler.Settled reports the token. It returns
+// the record's identity on the link, for Preload after a restart.
+func (n *Node) SendTracked(peerName string, lane int, kind byte, body []byte, token uint64) (Position, error) {
 	n.mu.Lock()
 	p := n.peers[peerName]
 	n.mu.Unlock()
 	if p == nil {
-		return ErrUnknownPeer
+		return Position{}, ErrUnknownPeer
 	}
-	return p.lanes[lane].sendRel(kind, body, token)
+	seq, err := p.lanes[lane].sendRel(kind, body, token)
+	return Position{Epoch: n.epoch, Lane: uint8(lane), Seq: seq}, err
 }
 
-// Preload queues a record kept from before a restart for a peer that may
-// not have gossiped yet: it goes once the peer is seen. Call it before
-// Start.
-func (n *Node) Preload(peerName string, lane int, kind byte, body []byte, token uint64) error {
+// Preload queues a record kept from before a restart, under the identity
+// SendTracked gave it, for a peer that may not have gossiped yet: it goes
+// once the peer is seen, and a peer that had it already drops it. Call it
+// before Start, for each peer and lane in the order the records were
+// first sent.
+func (n *Node) Preload(peerName string, pos Position, kind byte, body []byte, token uint64) error {
+	lane := int(pos.Lane)
 	if lane < 0 || lane >= n.cfg.Lanes {
 		lane = 0
 	}
@@ -290,7 +297,8 @@ func (n *Node) Preload(peerName string, lane int, kind byte, body []byte, token 
 		p.mu.goneAt = time.Now()
 	}
 	n.mu.Unlock()
-	return p.lanes[lane].sendRel(kind, body, token)
+	_, err := p.lanes[lane].enqueue(kind, body, true, token, pos.Epoch, pos.Seq)
+	return err
 }
 
 // Peers lists the peers that messages can be queued for: alive ones, and

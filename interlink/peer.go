@@ -151,10 +151,10 @@ type lane struct {
 		buf       []byte   // unreliable records not yet written
 		rel       []relRec // reliable records not yet acknowledged, by seq
 		head      int
-		nextSeq   uint64 // last assigned
-		acked     uint64
-		sent      uint64 // last seq written on the current connection
-		unsent    int    // bytes waiting to be written
+		nextSeq   uint64            // last assigned in this run
+		ackedBy   map[uint64]uint64 // per run (epoch): last seq acknowledged
+		sentIdx   int               // rel[head:head+sentIdx] are written on this connection
+		unsent    int               // bytes waiting to be written
 		connected bool
 		conn      net.Conn
 	}
@@ -167,6 +167,7 @@ type lane struct {
 }
 
 type relRec struct {
+	epoch uint64 // the run that first sent it (older ones come from the store)
 	seq   uint64
 	token uint64 // the broker's, for SendTracked; 0 for none
 	rec   []byte
@@ -191,44 +192,51 @@ func (l *lane) queued() int {
 	return len(l.mu.rel) - l.mu.head
 }
 
-func (l *lane) sendRel(kind byte, body []byte, token uint64) error {
-	return l.enqueue(kind, body, true, token)
+func (l *lane) sendRel(kind byte, body []byte, token uint64) (uint64, error) {
+	return l.enqueue(kind, body, true, token, 0, 0)
 }
 
 func (l *lane) send(kind byte, body []byte, reliable bool) error {
-	return l.enqueue(kind, body, reliable, 0)
+	_, err := l.enqueue(kind, body, reliable, 0, 0, 0)
+	return err
 }
 
-func (l *lane) enqueue(kind byte, body []byte, reliable bool, token uint64) error {
+// enqueue queues a record and returns a reliable one's seq. A record kept
+// from an earlier run (epoch != 0) goes under its old identity, so that
+// the receiver recognises it if it had it already.
+func (l *lane) enqueue(kind byte, body []byte, reliable bool, token, epoch, seq uint64) (uint64, error) {
 	cfg := &l.p.n.cfg
 	if len(body) > cfg.MaxFrame/2 {
 		l.p.st.droppedFull.Inc()
-		return ErrTooLarge
+		return 0, ErrTooLarge
 	}
 	l.mu.Lock()
 	before := l.mu.unsent
 	if reliable {
-		if len(l.mu.rel)-l.mu.head >= (cfg.QueueLimit+cfg.Lanes-1)/cfg.Lanes {
+		if epoch == 0 && len(l.mu.rel)-l.mu.head >= (cfg.QueueLimit+cfg.Lanes-1)/cfg.Lanes {
 			l.mu.Unlock()
 			l.p.st.droppedFull.Inc()
-			return ErrQueueFull
+			return 0, ErrQueueFull
 		}
-		l.mu.nextSeq++
+		if epoch == 0 {
+			l.mu.nextSeq++
+			epoch, seq = l.p.n.epoch, l.mu.nextSeq
+		}
 		rec := appendRecord(make([]byte, 0, len(body)+6), kind, true, body)
-		l.mu.rel = append(l.mu.rel, relRec{seq: l.mu.nextSeq, token: token, rec: rec})
+		l.mu.rel = append(l.mu.rel, relRec{epoch: epoch, seq: seq, token: token, rec: rec})
 		l.mu.unsent += len(rec)
 	} else {
 		if !l.mu.connected {
 			l.mu.Unlock()
 			l.p.st.droppedDown.Inc()
-			return ErrNotLinked
+			return 0, ErrNotLinked
 		}
 		if len(l.mu.buf) >= unreliableLimit(cfg) {
 			// The peer or the link is behind: QoS 0 and other
 			// unreliable records give way.
 			l.mu.Unlock()
 			l.p.st.droppedFull.Inc()
-			return ErrQueueFull
+			return 0, ErrQueueFull
 		}
 		n := len(l.mu.buf)
 		l.mu.buf = appendRecord(l.mu.buf, kind, false, body)
@@ -242,7 +250,7 @@ func (l *lane) enqueue(kind byte, body []byte, reliable bool, token uint64) erro
 	if connected && (before == 0 || (before < cfg.BatchBytes && after >= cfg.BatchBytes)) {
 		l.poke()
 	}
-	return nil
+	return seq, nil
 }
 
 // unreliableLimit bounds the unreliable records a lane holds while its
@@ -252,7 +260,7 @@ func unreliableLimit(cfg *Config) int {
 }
 
 // ackTo drops the reliable records up to seq: the peer has them.
-func (l *lane) ackTo(seq uint64) {
+func (l *lane) ackTo(epoch, seq uint64) {
 	var tokens []uint64
 	defer func() {
 		if len(tokens) > 0 {
@@ -260,15 +268,23 @@ func (l *lane) ackTo(seq uint64) {
 		}
 	}()
 	l.mu.Lock()
-	if seq > l.mu.acked {
-		l.mu.acked = seq
+	if l.mu.ackedBy == nil {
+		l.mu.ackedBy = make(map[uint64]uint64)
 	}
-	for l.mu.head < len(l.mu.rel) && l.mu.rel[l.mu.head].seq <= seq {
+	if seq > l.mu.ackedBy[epoch] {
+		l.mu.ackedBy[epoch] = seq
+	}
+	// Records leave in queue order; one run's records are acknowledged
+	// after the earlier runs' that precede them, whatever order the
+	// acknowledgements come in.
+	for l.mu.head < len(l.mu.rel) && l.mu.rel[l.mu.head].seq <= l.mu.ackedBy[l.mu.rel[l.mu.head].epoch] {
 		r := l.mu.rel[l.mu.head]
 		if r.token != 0 {
 			tokens = append(tokens, r.token)
 		}
-		if r.seq > l.mu.sent {
+		if l.mu.sentIdx > 0 {
+			l.mu.sentIdx--
+		} else {
 			// Acknowledged before this connection wrote it again (the
 			// receiver had it from an earlier one): it no longer waits.
 			l.mu.unsent -= len(r.rec)
@@ -276,7 +292,6 @@ func (l *lane) ackTo(seq uint64) {
 		l.mu.rel[l.mu.head] = relRec{}
 		l.mu.head++
 	}
-	l.mu.sent = max(l.mu.sent, seq)
 	if l.mu.head == len(l.mu.rel) {
 		l.mu.rel, l.mu.head = l.mu.rel[:0], 0
 	} else if l.mu.head >= 1024 && l.mu.head*2 >= len(l.mu.rel) {
@@ -402,8 +417,8 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 	l.mu.Lock()
 	l.mu.connected = true
 	l.mu.conn = conn
-	replay := l.mu.sent - l.mu.acked
-	l.mu.sent = l.mu.acked // everything unacknowledged goes again
+	replay := l.mu.sentIdx
+	l.mu.sentIdx = 0 // everything unacknowledged goes again
 	l.mu.unsent = len(l.mu.buf)
 	for _, r := range l.mu.rel[l.mu.head:] {
 		l.mu.unsent += len(r.rec)
@@ -493,8 +508,7 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 func (l *lane) pending() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := len(l.mu.rel)
-	return len(l.mu.buf) > 0 || (n > l.mu.head && l.mu.rel[n-1].seq > l.mu.sent)
+	return len(l.mu.buf) > 0 || len(l.mu.rel)-l.mu.head > l.mu.sentIdx
 }
 
 func (l *lane) unsentBytes() int {
@@ -508,18 +522,20 @@ func (l *lane) writeAll(conn net.Conn) error {
 	cfg := &l.p.n.cfg
 	for {
 		l.mu.Lock()
-		first := l.mu.sent + 1
 		l.recs = l.recs[:0]
 		size := 0
-		last := l.mu.sent
-		if len(l.mu.rel) > l.mu.head {
-			i := l.mu.head + int(first-l.mu.rel[l.mu.head].seq)
-			for ; i < len(l.mu.rel) && size < cfg.BatchBytes; i++ {
-				r := l.mu.rel[i]
-				l.recs = append(l.recs, r.rec)
-				size += len(r.rec)
-				last = r.seq
+		// A frame carries consecutive records of one run.
+		var epoch, first, last uint64
+		for i := l.mu.head + l.mu.sentIdx; i < len(l.mu.rel) && size < cfg.BatchBytes; i++ {
+			r := l.mu.rel[i]
+			if len(l.recs) == 0 {
+				epoch, first = r.epoch, r.seq
+			} else if r.epoch != epoch || r.seq != last+1 {
+				break
 			}
+			l.recs = append(l.recs, r.rec)
+			size += len(r.rec)
+			last = r.seq
 		}
 		var unrel []byte
 		if size < cfg.BatchBytes && len(l.mu.buf) > 0 {
@@ -533,7 +549,7 @@ func (l *lane) writeAll(conn net.Conn) error {
 		// Write returns, and must not count these as waiting. A failed
 		// write ends the connection, and the next one starts over from
 		// the last acknowledged.
-		l.mu.sent = last
+		l.mu.sentIdx += len(l.recs)
 		l.mu.Unlock()
 		if size == 0 {
 			return nil
@@ -556,12 +572,11 @@ func (l *lane) writeAll(conn net.Conn) error {
 			flags = batchZipped
 		}
 		f = append(f, flags)
-		f = binary.AppendUvarint(f, l.p.n.epoch)
-		if nrel > 0 {
-			f = binary.AppendUvarint(f, first)
-		} else {
-			f = binary.AppendUvarint(f, 0)
+		if nrel == 0 {
+			epoch, first = l.p.n.epoch, 0
 		}
+		f = binary.AppendUvarint(f, epoch)
+		f = binary.AppendUvarint(f, first)
 		if zip {
 			f = binary.AppendUvarint(f, uint64(len(l.raw)))
 			f = l.comp.compress(f, l.raw)
@@ -597,9 +612,7 @@ func (l *lane) readAcks(br *bufio.Reader) error {
 			if err != nil {
 				return err
 			}
-			if epoch == l.p.n.epoch {
-				l.ackTo(seq)
-			}
+			l.ackTo(epoch, seq)
 		case framePong:
 			if len(p) == 8 {
 				sent := int64(binary.BigEndian.Uint64(p))

@@ -40,22 +40,44 @@ func (st *stream) finish(seq uint64) {
 	}
 }
 
-// stream returns the state for k, dropping the state of the sender's
-// earlier runs on that lane: a sender that restarted cannot replay them.
+// stream returns the state for k. A sender's earlier runs keep theirs: a
+// sender that restarted replays what it kept from them under their
+// identity. All runs of one sender's lane share one notify channel, the
+// acker's.
 func (n *Node) stream(k streamKey) *stream {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.streams[k]
 	if st == nil {
-		for o := range n.streams {
-			if o.node == k.node && o.lane == k.lane && o.epoch != k.epoch {
-				delete(n.streams, o)
-			}
-		}
-		st = &stream{notify: make(chan struct{}, 1)}
+		st = &stream{notify: n.notifier(k.node, k.lane)}
 		n.streams[k] = st
 	}
 	return st
+}
+
+// notifier returns the channel that wakes the acker of a sender's lane.
+// REQUIRES: n.mu held.
+func (n *Node) notifier(node string, lane uint8) chan struct{} {
+	k := streamKey{node: node, lane: lane}
+	ch := n.notify[k]
+	if ch == nil {
+		ch = make(chan struct{}, 1)
+		n.notify[k] = ch
+	}
+	return ch
+}
+
+// streamsOf lists the runs of a sender's lane with their states.
+func (n *Node) streamsOf(node string, lane uint8) map[uint64]*stream {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make(map[uint64]*stream)
+	for k, st := range n.streams {
+		if k.node == node && k.lane == lane {
+			out[k.epoch] = st
+		}
+	}
+	return out
 }
 
 func (n *Node) accept() {
@@ -157,12 +179,14 @@ func (n *Node) serveConn(c net.Conn) {
 		return
 	}
 	defer dec.close()
-	st := n.stream(streamKey{h.node, h.epoch, h.lane})
 	pst := n.stats.peer(h.node)
+	n.mu.Lock()
+	wake := n.notifier(h.node, h.lane)
+	n.mu.Unlock()
 	pongs := make(chan [8]byte, 4)
 	closed := make(chan struct{})
 	defer close(closed)
-	go n.acker(c, st, h.epoch, pongs, closed)
+	go n.acker(c, h.node, h.lane, wake, pongs, closed)
 
 	var buf []byte
 	var recs []Record
@@ -182,7 +206,9 @@ func (n *Node) serveConn(c net.Conn) {
 		case frameBatch:
 			hdr, data, err := decodeBatch(p, dec, n.cfg.MaxFrame)
 			var top uint64
+			var st *stream
 			if err == nil {
+				st = n.stream(streamKey{h.node, hdr.epoch, h.lane})
 				recs, top, err = n.accept1(st, hdr, data, recs[:0], pst)
 			}
 			if err != nil {
@@ -195,7 +221,7 @@ func (n *Node) serveConn(c net.Conn) {
 			pst.wireRecv.Add(len(p) + frameHeader)
 			pst.rawRecv.Add(len(data))
 			if len(recs) > 0 {
-				pos := Position{Epoch: h.epoch, Lane: h.lane, Seq: top}
+				pos := Position{Epoch: hdr.epoch, Lane: h.lane, Seq: top}
 				n.h.Receive(h.node, pos, recs, func() {
 					if top > 0 {
 						st.finish(top)
@@ -257,25 +283,28 @@ func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, 
 	return recs, top, nil
 }
 
-// acker writes acknowledgements (and pongs) back to the sender.
-func (n *Node) acker(c net.Conn, st *stream, epoch uint64, pongs chan [8]byte, closed chan struct{}) {
-	var sent uint64
+// acker writes acknowledgements (and pongs) back to the sender: for every
+// run of the sender's lane, how far it is done.
+func (n *Node) acker(c net.Conn, node string, lane uint8, wake chan struct{}, pongs chan [8]byte, closed chan struct{}) {
+	sent := make(map[uint64]uint64)
 	var buf []byte
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
-		st.mu.Lock()
-		d := st.done
-		st.mu.Unlock()
-		if d > sent {
-			buf = appendAck(buf[:0], epoch, d)
-			if _, err := c.Write(buf); err != nil {
-				return
+		for epoch, st := range n.streamsOf(node, lane) {
+			st.mu.Lock()
+			d := st.done
+			st.mu.Unlock()
+			if d > sent[epoch] {
+				buf = appendAck(buf[:0], epoch, d)
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+				sent[epoch] = d
 			}
-			sent = d
 		}
 		select {
-		case <-st.notify:
+		case <-wake:
 		case <-t.C:
 		case v := <-pongs:
 			if _, err := c.Write(appendBytesFrame(buf[:0], framePong, v[:])); err != nil {

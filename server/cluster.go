@@ -2,9 +2,11 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,9 +74,14 @@ func newCluster(s *Server) (*cluster, error) {
 	}
 	s.marks = nil
 	// Records acknowledged to publishers and not yet to peers go again,
-	// in the order they were first sent.
+	// in the order they were first sent on each lane: by run (the high
+	// bits of the token) and sequence number.
+	slices.SortFunc(s.spool, func(a, b spooled) int {
+		return cmp.Or(strings.Compare(a.peer, b.peer), cmp.Compare(a.pos.Lane, b.pos.Lane),
+			cmp.Compare(a.token>>40, b.token>>40), cmp.Compare(a.pos.Epoch, b.pos.Epoch), cmp.Compare(a.pos.Seq, b.pos.Seq))
+	})
 	for _, sp := range s.spool {
-		if err := n.Preload(sp.peer, sp.lane, sp.kind, sp.body, sp.token); err != nil {
+		if err := n.Preload(sp.peer, sp.pos, sp.kind, sp.body, sp.token); err != nil {
 			s.log.Warn("cannot queue a kept record for a peer again", "peer", sp.peer, "err", err)
 		}
 	}
@@ -230,7 +237,7 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	if pos.Seq > 0 && s.store != nil {
 		// Written with what the records did, so that after a crash the
 		// peer's replay of them is dropped rather than delivered twice.
-		ob.batch.PutMeta(markKey(peer, pos.Lane), markValue(pos))
+		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
 	}
 	now := s.now()
 	var routeChunks []string
@@ -290,10 +297,11 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	cl.obs.Put(ob)
 }
 
-// markKey names the stored position of a peer's lane (one per lane: a
-// peer's earlier runs can no longer replay anything).
-func markKey(peer string, lane uint8) string {
-	return markPrefix + string(rune('0'+lane%10)) + string(rune('0'+lane/10)) + "/" + peer
+// markKey names the stored position of one run of a peer's lane (a
+// restarted peer replays what it kept under its earlier run's identity).
+func markKey(peer string, pos interlink.Position) string {
+	return markPrefix + string(rune('0'+pos.Lane%10)) + string(rune('0'+pos.Lane/10)) + "/" +
+		strconv.FormatUint(pos.Epoch|1<<63, 16) + "/" + peer
 }
 
 const markPrefix = "interlink/"
@@ -307,13 +315,13 @@ func markValue(pos interlink.Position) []byte {
 // value.
 func restoreMark(key string, val []byte) (peer string, pos interlink.Position, ok bool) {
 	rest, found := strings.CutPrefix(key, markPrefix)
-	if !found || len(rest) < 4 || rest[2] != '/' || len(val) != 16 {
+	if !found || len(rest) < 21 || rest[2] != '/' || rest[19] != '/' || len(val) != 16 {
 		return "", pos, false
 	}
 	pos.Lane = (rest[0] - '0') + (rest[1]-'0')*10
 	pos.Epoch = binary.BigEndian.Uint64(val)
 	pos.Seq = binary.BigEndian.Uint64(val[8:])
-	return rest[3:], pos, true
+	return rest[20:], pos, true
 }
 
 func decodeRoutes(b []byte) (first bool, fs []string, err error) {
@@ -755,11 +763,9 @@ func (cl *cluster) send(ob *outbox, peer string, lane int, kind byte, body []byt
 		return cl.node.Send(peer, lane, kind, body, true)
 	}
 	token := g.st.NextID()
-	key := spoolKey(peer, token)
-	ob.batch.CreateMeta(key, spoolValue(lane, kind, body))
-	err := cl.node.SendTracked(peer, lane, kind, body, token)
-	if err != nil {
-		ob.batch.DeleteMeta(key)
+	pos, err := cl.node.SendTracked(peer, lane, kind, body, token)
+	if err == nil {
+		ob.batch.CreateMeta(spoolKey(peer, token), spoolValue(pos, kind, body))
 	}
 	return err
 }
@@ -785,8 +791,14 @@ func spoolKey(peer string, token uint64) string {
 	return spoolPrefix + peer + "/" + strconv.FormatUint(token|1<<63, 16)
 }
 
-func spoolValue(lane int, kind byte, body []byte) []byte {
-	return append([]byte{byte(lane), kind}, body...)
+// spoolValue is a kept record: its identity on the link (so that a peer
+// that had it drops the copy sent after a restart), its kind and body.
+func spoolValue(pos interlink.Position, kind byte, body []byte) []byte {
+	b := make([]byte, 0, 18+len(body))
+	b = binary.BigEndian.AppendUint64(b, pos.Epoch)
+	b = binary.BigEndian.AppendUint64(b, pos.Seq)
+	b = append(b, pos.Lane, kind)
+	return append(b, body...)
 }
 
 // restoreSpool reads a kept record back; ok is false for another meta
@@ -794,21 +806,22 @@ func spoolValue(lane int, kind byte, body []byte) []byte {
 func restoreSpool(key string, val []byte) (sp spooled, ok bool) {
 	rest, found := strings.CutPrefix(key, spoolPrefix)
 	i := strings.LastIndexByte(rest, '/')
-	if !found || i <= 0 || len(val) < 2 {
+	if !found || i <= 0 || len(val) < 18 {
 		return sp, false
 	}
 	t, err := strconv.ParseUint(rest[i+1:], 16, 64)
 	if err != nil || t>>63 == 0 {
 		return sp, false
 	}
-	return spooled{peer: rest[:i], token: t &^ (1 << 63), lane: int(val[0]), kind: val[1], body: val[2:]}, true
+	pos := interlink.Position{Epoch: binary.BigEndian.Uint64(val), Seq: binary.BigEndian.Uint64(val[8:]), Lane: val[16]}
+	return spooled{peer: rest[:i], token: t &^ (1 << 63), pos: pos, kind: val[17], body: val[18:]}, true
 }
 
 // spooled is a record kept for a peer, read back at start.
 type spooled struct {
 	peer  string
 	token uint64
-	lane  int
+	pos   interlink.Position
 	kind  byte
 	body  []byte
 }

@@ -553,8 +553,9 @@ func TestClusterKill9(t *testing.T) {
 
 // kill -9 of the node the publishers are connected to, under load: what
 // it acknowledged and had not yet handed to the subscribers' node is kept
-// in its store and sent after it restarts, so every acknowledged message
-// reaches the persistent sessions on the other node.
+// in its store and sent after it restarts, under its first identity, so
+// every acknowledged message reaches the persistent sessions on the other
+// node, and QoS 2 exactly once.
 func TestClusterKill9PublisherNode(t *testing.T) {
 	nodes := newClusterNodes(t, 2, "--durability=sync", "--max-queued-messages=1000000")
 	startClusterNodes(t, nodes)
@@ -610,12 +611,14 @@ func TestClusterKill9PublisherNode(t *testing.T) {
 				switch n := got[key]; {
 				case n == 0:
 					t.Errorf("%s lost %s, acknowledged at QoS %d", id, key, p.qos)
+				case n > 1 && id == "keep-q2" && p.qos == 2:
+					t.Errorf("%s got %s %d times at QoS 2", id, key, n)
 				case n > 1:
 					dups++
 				}
 			}
 		}
-		t.Logf("%s: %d acknowledged messages, %d delivered more than once", id, len(got), dups)
+		t.Logf("%s: %d messages, %d at QoS 1 delivered more than once", id, len(got), dups)
 	}
 }
 
