@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
 )
 
 // handleConnect authenticates nothing yet, settles the session (new,
@@ -372,33 +373,45 @@ func (s *Server) expireSession(sess *session, gen uint64) {
 	}
 }
 
-// endSession removes a session: its subscriptions leave the index and its
-// queued messages go. A pending will is published now [MQTT-3.1.2-8].
-func (s *Server) endSession(ob *outbox, sess *session) {
+// forgetSession takes sess out of the sessions map, unless another
+// session has replaced it there.
+func (s *Server) forgetSession(sess *session) {
 	s.sessions.Lock()
 	if s.sessions.m[sess.id] == sess {
 		delete(s.sessions.m, sess.id)
 	}
 	s.sessions.Unlock()
+}
 
+// endLocked marks the session ended: its stored state goes, its queue and
+// expiry timer are released. It returns the subscriptions to take out of
+// the index and the pending will, both now the caller's.
+// REQUIRES: ss.mu held, ss.mu.ended false.
+func (ss *session) endLocked(ob *outbox) (map[string]fanout.Options, *pendingWill) {
+	if ss.persistentLocked() {
+		ss.unstoreLocked(ob)
+	}
+	ss.mu.ended = true
+	subs, will := ss.mu.subs, ss.mu.will
+	ss.mu.subs, ss.mu.will = nil, nil
+	ss.mu.inflight = nil
+	ss.mu.queue = msgQueue{}
+	if ss.mu.expTimer != nil {
+		ss.mu.expTimer.Stop()
+	}
+	return subs, will
+}
+
+// endSession removes a session: its subscriptions leave the index and its
+// queued messages go. A pending will is published now [MQTT-3.1.2-8].
+func (s *Server) endSession(ob *outbox, sess *session) {
+	s.forgetSession(sess)
 	sess.mu.Lock()
 	if sess.mu.ended {
 		sess.mu.Unlock()
 		return
 	}
-	if sess.persistentLocked() {
-		sess.unstoreLocked(ob)
-	}
-	sess.mu.ended = true
-	subs := sess.mu.subs
-	sess.mu.subs = nil
-	sess.mu.inflight = nil
-	sess.mu.queue = msgQueue{}
-	if sess.mu.expTimer != nil {
-		sess.mu.expTimer.Stop()
-	}
-	will := sess.mu.will
-	sess.mu.will = nil
+	subs, will := sess.endLocked(ob)
 	sess.mu.Unlock()
 
 	for f := range subs {

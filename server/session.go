@@ -175,6 +175,17 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 	}
 }
 
+// inflightLocked returns the inflight window in delivery order.
+// REQUIRES: s.mu held.
+func (s *session) inflightLocked() []*outMsg {
+	list := make([]*outMsg, 0, len(s.mu.inflight))
+	for _, m := range s.mu.inflight {
+		list = append(list, m)
+	}
+	slices.SortFunc(list, func(a, b *outMsg) int { return cmp.Compare(a.seq, b.seq) })
+	return list
+}
+
 // resendLocked redelivers the inflight window in its original order after a
 // reconnect, PUBLISH with DUP set or PUBREL [MQTT-4.4.0-1].
 // REQUIRES: s.mu held, s.mu.cl != nil.
@@ -182,12 +193,7 @@ func (s *session) resendLocked(ob *outbox, now int64) {
 	if len(s.mu.inflight) == 0 {
 		return
 	}
-	list := make([]*outMsg, 0, len(s.mu.inflight))
-	for _, m := range s.mu.inflight {
-		list = append(list, m)
-	}
-	slices.SortFunc(list, func(a, b *outMsg) int { return cmp.Compare(a.seq, b.seq) })
-	for _, m := range list {
+	for _, m := range s.inflightLocked() {
 		// Expiry no longer applies: onward delivery has started.
 		cl := s.mu.cl
 		if m.released {

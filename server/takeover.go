@@ -1,9 +1,7 @@
 package server
 
 import (
-	"cmp"
 	"encoding/binary"
-	"slices"
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
@@ -45,12 +43,7 @@ const movedGrace = 10 * time.Second
 // handOverTo is handOver for a session moving to peer (empty: going
 // nowhere).
 func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSession {
-	s.sessions.Lock()
-	if s.sessions.m[sess.id] == sess {
-		delete(s.sessions.m, sess.id)
-	}
-	s.sessions.Unlock()
-
+	s.forgetSession(sess)
 	sess.mu.Lock()
 	if sess.mu.ended {
 		sess.mu.Unlock()
@@ -58,33 +51,17 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSessio
 	}
 	cl := sess.mu.cl
 	mv := &movedSession{id: sess.id, since: sess.mu.since, online: cl != nil, expiry: sess.mu.expiry, subs: sess.mu.subs}
-	infl := make([]*outMsg, 0, len(sess.mu.inflight))
-	for _, om := range sess.mu.inflight {
-		infl = append(infl, om)
-	}
-	slices.SortFunc(infl, func(a, b *outMsg) int { return cmp.Compare(a.seq, b.seq) })
-	for _, om := range append(infl, sess.mu.queue.items[sess.mu.queue.head:]...) {
+	for _, om := range append(sess.inflightLocked(), sess.mu.queue.items[sess.mu.queue.head:]...) {
 		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
 			pid: om.pid, released: om.released})
 	}
 	for pid := range sess.mu.rxQoS2 {
 		mv.rx = append(mv.rx, pid)
 	}
-	if sess.persistentLocked() {
-		sess.unstoreLocked(ob)
-	}
+	_, will := sess.endLocked(ob)
 	sess.mu.cl = nil
 	sess.mu.gen++
-	sess.mu.ended = true
 	sess.mu.movedTo = peer
-	sess.mu.subs = nil
-	sess.mu.inflight = nil
-	sess.mu.queue = msgQueue{}
-	if sess.mu.expTimer != nil {
-		sess.mu.expTimer.Stop()
-	}
-	will := sess.mu.will
-	sess.mu.will = nil
 	sess.mu.Unlock()
 
 	if will != nil {
