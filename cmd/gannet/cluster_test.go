@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -472,19 +471,7 @@ func TestClusterKill9(t *testing.T) {
 	nodes := newClusterNodes(t, 3, "--durability=sync", "--max-queued-messages=1000000")
 	startClusterNodes(t, nodes)
 	victim := nodes[2]
-	sessions := []struct {
-		id  string
-		qos byte
-	}{{"keep-q1", 1}, {"keep-q2", 2}}
-	for _, s := range sessions {
-		mc := dialSession(t, victim.b.mqtt, s.id, false)
-		mc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("crash/#"), QoS: s.qos}}})
-		if p, err := mc.read(); err != nil || p.Type() != codec.SUBACK {
-			t.Fatalf("%s: %v %v", s.id, p, err)
-		}
-		mc.send(&codec.Disconnect{})
-		_ = mc.c.Close()
-	}
+	subscribeSessions(t, victim.b.mqtt)
 	// The routes reach n1 before the load starts.
 	pubNode := nodes[0]
 	watch := dialPaho(t, victim.b.mqtt, "watch", true)
@@ -492,22 +479,9 @@ func TestClusterKill9(t *testing.T) {
 	probe(t, dialPaho(t, pubNode.b.mqtt, "prober", true), watch, "crash/probe")
 	watch.Disconnect(0)
 
-	pubs := []*loadPublisher{{id: "p1", qos: 1}, {id: "p2", qos: 1}, {id: "p3", qos: 2}, {id: "p4", qos: 2}}
-	var total atomic.Int64
-	var once sync.Once
-	var wg sync.WaitGroup
-	for _, p := range pubs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.run(pubNode.b.mqtt, 1000, func() {
-				if total.Add(1) == 1200 {
-					once.Do(func() { _ = victim.b.cmd.Process.Kill() })
-				}
-			})
-		}()
-	}
-	wg.Wait()
+	pubs := loadPublishers()
+	_, wait, _ := runLoad(pubs, pubNode.b.mqtt, 1000, 1200, func() { _ = victim.b.cmd.Process.Kill() })
+	wait()
 	for _, p := range pubs {
 		if p.err != nil {
 			t.Fatalf("publisher %s on a surviving node: %v", p.id, p.err)
@@ -534,20 +508,8 @@ func TestClusterKill9(t *testing.T) {
 			}
 		}
 	}()
-	for _, s := range sessions {
-		got := receiveAll(t, victim.b.mqtt, s.id, pubs)
-		for _, p := range pubs {
-			for seq := range p.acked {
-				key := p.id + "/" + strconv.Itoa(seq)
-				n := got[key]
-				switch {
-				case n == 0:
-					t.Errorf("%s lost %s, acknowledged at QoS %d", s.id, key, p.qos)
-				case n > 1 && s.qos == 2 && p.qos == 2:
-					t.Errorf("%s got %s %d times at QoS 2", s.id, key, n)
-				}
-			}
-		}
+	for _, s := range crashSessions {
+		checkDelivered(t, s, receiveAll(t, victim.b.mqtt, s.id, pubs), pubs)
 	}
 }
 
@@ -560,40 +522,15 @@ func TestClusterKill9PublisherNode(t *testing.T) {
 	nodes := newClusterNodes(t, 2, "--durability=sync", "--max-queued-messages=1000000")
 	startClusterNodes(t, nodes)
 	pubNode, subNode := nodes[0], nodes[1]
-	for _, id := range []string{"keep-q1", "keep-q2"} {
-		qos := byte(1)
-		if id == "keep-q2" {
-			qos = 2
-		}
-		mc := dialSession(t, subNode.b.mqtt, id, false)
-		mc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("crash/#"), QoS: qos}}})
-		if p, err := mc.read(); err != nil || p.Type() != codec.SUBACK {
-			t.Fatalf("%s: %v %v", id, p, err)
-		}
-		mc.send(&codec.Disconnect{})
-		_ = mc.c.Close()
-	}
+	subscribeSessions(t, subNode.b.mqtt)
 	watch := dialPaho(t, subNode.b.mqtt, "watch", true)
 	watch.sub(t, "crash/#", 0)
 	probe(t, dialPaho(t, pubNode.b.mqtt, "prober", true), watch, "crash/probe")
 	watch.Disconnect(0)
 
-	pubs := []*loadPublisher{{id: "p1", qos: 1}, {id: "p2", qos: 1}, {id: "p3", qos: 2}, {id: "p4", qos: 2}}
-	var total atomic.Int64
-	var once sync.Once
-	var wg sync.WaitGroup
-	for _, p := range pubs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.run(pubNode.b.mqtt, 20_000, func() {
-				if total.Add(1) == 1500 {
-					once.Do(func() { _ = pubNode.b.cmd.Process.Kill() })
-				}
-			})
-		}()
-	}
-	wg.Wait()
+	pubs := loadPublishers()
+	_, wait, _ := runLoad(pubs, pubNode.b.mqtt, 20_000, 1500, func() { _ = pubNode.b.cmd.Process.Kill() })
+	wait()
 	<-pubNode.b.exited
 	for _, p := range pubs {
 		if p.err != nil && !p.lost {
@@ -602,23 +539,10 @@ func TestClusterKill9PublisherNode(t *testing.T) {
 	}
 	pubNode.start(t, nodes)
 	waitMesh(t, nodes)
-	for _, id := range []string{"keep-q1", "keep-q2"} {
-		got := receiveAll(t, subNode.b.mqtt, id, pubs)
-		dups := 0
-		for _, p := range pubs {
-			for seq := range p.acked {
-				key := p.id + "/" + strconv.Itoa(seq)
-				switch n := got[key]; {
-				case n == 0:
-					t.Errorf("%s lost %s, acknowledged at QoS %d", id, key, p.qos)
-				case n > 1 && id == "keep-q2" && p.qos == 2:
-					t.Errorf("%s got %s %d times at QoS 2", id, key, n)
-				case n > 1:
-					dups++
-				}
-			}
-		}
-		t.Logf("%s: %d messages, %d at QoS 1 delivered more than once", id, len(got), dups)
+	for _, s := range crashSessions {
+		got := receiveAll(t, subNode.b.mqtt, s.id, pubs)
+		dups := checkDelivered(t, s, got, pubs)
+		t.Logf("%s: %d messages, %d at QoS 1 delivered more than once", s.id, len(got), dups)
 	}
 }
 

@@ -24,52 +24,20 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	args := []string{"--data-dir=" + dir, "--durability=sync", "--max-queued-messages=1000000", "--log-level=warn"}
 	b := startGannet(t, args...)
 
-	sessions := []struct {
-		id  string
-		qos byte
-	}{{"keep-q1", 1}, {"keep-q2", 2}}
-	for _, s := range sessions {
-		mc := dialSession(t, b.mqtt, s.id, false)
-		mc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("crash/#"), QoS: s.qos}}})
-		if p, err := mc.read(); err != nil || p.Type() != codec.SUBACK {
-			t.Fatalf("%s: got %v, %v; want SUBACK", s.id, p, err)
-		}
-		mc.send(&codec.Disconnect{})
-		_ = mc.c.Close()
-	}
+	subscribeSessions(t, b.mqtt)
 
 	// Publishers at QoS 1 and 2 record what the broker acknowledged. The
 	// broker is killed once enough is acknowledged, with publishes still
 	// in flight.
-	const killAfter = 1500
-	pubs := []*loadPublisher{
-		{id: "p1", qos: 1}, {id: "p2", qos: 1}, {id: "p3", qos: 2}, {id: "p4", qos: 2},
-	}
-	var total atomic.Int64
-	killed := make(chan struct{})
-	var once sync.Once
-	var wg sync.WaitGroup
-	for _, p := range pubs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.run(b.mqtt, 20_000, func() {
-				if total.Add(1) == killAfter {
-					once.Do(func() {
-						_ = b.cmd.Process.Kill()
-						close(killed)
-					})
-				}
-			})
-		}()
-	}
+	pubs := loadPublishers()
+	killed, wait, total := runLoad(pubs, b.mqtt, 20_000, 1500, func() { _ = b.cmd.Process.Kill() })
 	select {
 	case <-killed:
 	case <-time.After(60 * time.Second):
 		t.Fatalf("only %d messages acknowledged in 60s", total.Load())
 	}
 	<-b.exited
-	wg.Wait()
+	wait()
 	for _, p := range pubs {
 		if p.err != nil && !p.lost {
 			t.Fatalf("publisher %s: %v", p.id, p.err)
@@ -78,20 +46,9 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	t.Logf("acknowledged before the kill: %d", total.Load())
 
 	b2 := startGannet(t, args...)
-	for _, s := range sessions {
+	for _, s := range crashSessions {
 		got := receiveAll(t, b2.mqtt, s.id, pubs)
-		for _, p := range pubs {
-			for seq := range p.acked {
-				key := p.id + "/" + strconv.Itoa(seq)
-				n := got[key]
-				switch {
-				case n == 0:
-					t.Errorf("%s lost %s, which the broker acknowledged at QoS %d", s.id, key, p.qos)
-				case n > 1 && s.qos == 2 && p.qos == 2:
-					t.Errorf("%s got %s %d times at QoS 2", s.id, key, n)
-				}
-			}
-		}
+		checkDelivered(t, s, got, pubs)
 		if s.qos == 2 {
 			// Exactly once holds for every QoS 2 message, acknowledged or
 			// caught in flight by the kill.
@@ -128,6 +85,82 @@ func dialSession(t *testing.T, addr, id string, wantPresent bool) *mqttConn {
 		t.Fatalf("%s: got %+v, want CONNACK success with session present %v", id, p, wantPresent)
 	}
 	return mc
+}
+
+// crashSession is a persistent session the crash tests subscribe to
+// crash/# at qos before the load.
+type crashSession struct {
+	id  string
+	qos byte
+}
+
+var crashSessions = []crashSession{{"keep-q1", 1}, {"keep-q2", 2}}
+
+// subscribeSessions creates the crash sessions on the broker at addr and
+// leaves them offline.
+func subscribeSessions(t *testing.T, addr string) {
+	t.Helper()
+	for _, s := range crashSessions {
+		mc := dialSession(t, addr, s.id, false)
+		mc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("crash/#"), QoS: s.qos}}})
+		if p, err := mc.read(); err != nil || p.Type() != codec.SUBACK {
+			t.Fatalf("%s: got %v, %v; want SUBACK", s.id, p, err)
+		}
+		mc.send(&codec.Disconnect{})
+		_ = mc.c.Close()
+	}
+}
+
+// loadPublishers are two QoS 1 and two QoS 2 publishers.
+func loadPublishers() []*loadPublisher {
+	return []*loadPublisher{{id: "p1", qos: 1}, {id: "p2", qos: 1}, {id: "p3", qos: 2}, {id: "p4", qos: 2}}
+}
+
+// runLoad runs pubs against addr, n messages each, and calls kill once
+// killAfter messages are acknowledged in all. It returns a channel closed
+// after the kill, a wait for every publisher to end, and the count of
+// acknowledged messages.
+func runLoad(pubs []*loadPublisher, addr string, n int, killAfter int64, kill func()) (<-chan struct{}, func(), *atomic.Int64) {
+	total := new(atomic.Int64)
+	killed := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	for _, p := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.run(addr, n, func() {
+				if total.Add(1) == killAfter {
+					once.Do(func() {
+						kill()
+						close(killed)
+					})
+				}
+			})
+		}()
+	}
+	return killed, wg.Wait, total
+}
+
+// checkDelivered fails the test for every acknowledged message the
+// session did not get, and for any QoS 2 message a QoS 2 session got more
+// than once. It returns how many other messages came more than once.
+func checkDelivered(t *testing.T, s crashSession, got map[string]int, pubs []*loadPublisher) (dups int) {
+	t.Helper()
+	for _, p := range pubs {
+		for seq := range p.acked {
+			key := p.id + "/" + strconv.Itoa(seq)
+			switch n := got[key]; {
+			case n == 0:
+				t.Errorf("%s lost %s, which the broker acknowledged at QoS %d", s.id, key, p.qos)
+			case n > 1 && s.qos == 2 && p.qos == 2:
+				t.Errorf("%s got %s %d times at QoS 2", s.id, key, n)
+			case n > 1:
+				dups++
+			}
+		}
+	}
+	return dups
 }
 
 // receiveAll reconnects a persistent session and takes everything it holds,
