@@ -1,7 +1,5 @@
 package codec
 
-import "bytes"
-
 // Decode decodes a PUBLISH. A v5 PUBLISH may have an empty topic only when
 // it carries a topic alias; resolving the alias is the receiver's job.
 func (p *Publish) Decode(h FixedHeader, body []byte, v Version) error {
@@ -20,7 +18,7 @@ func (p *Publish) Decode(h FixedHeader, body []byte, v Version) error {
 	}
 	r := reader{b: body, pkt: "PUBLISH"}
 	p.Topic = r.str("topic")
-	if r.err == nil && bytes.ContainsAny(p.Topic, "+#") {
+	if r.err == nil && hasWildcard(p.Topic) {
 		p.Props.reset()
 		return &Error{Code: TopicNameInvalid, Rule: "MQTT-3.3.2-2", Msg: "wildcard in topic name " + quote(p.Topic)}
 	}

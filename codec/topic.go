@@ -12,10 +12,17 @@ func ValidateTopicName(t []byte) error {
 	if len(t) > 0xffff {
 		return &Error{Code: TopicNameInvalid, Msg: "topic name longer than 65535 bytes"}
 	}
-	if bytes.ContainsAny(t, "+#") {
+	if hasWildcard(t) {
 		return &Error{Code: TopicNameInvalid, Rule: "MQTT-3.3.2-2", Msg: "wildcard in topic name " + quote(t)}
 	}
 	return nil
+}
+
+// hasWildcard reports whether b holds '+' or '#'. Two IndexByte scans are
+// several times faster than bytes.ContainsAny, which builds a set per call:
+// this runs for every PUBLISH.
+func hasWildcard(b []byte) bool {
+	return bytes.IndexByte(b, '+') >= 0 || bytes.IndexByte(b, '#') >= 0
 }
 
 // ValidateTopicFilter checks a SUBSCRIBE or UNSUBSCRIBE topic filter,
@@ -33,7 +40,7 @@ func ValidateTopicFilter(f []byte) error {
 	}
 	if bytes.HasPrefix(f, sharePrefix) {
 		group, rest, ok := SplitShared(f)
-		if !ok || len(group) == 0 || bytes.ContainsAny(group, "+#") {
+		if !ok || len(group) == 0 || hasWildcard(group) {
 			return &Error{Code: TopicFilterInvalid, Rule: "MQTT-4.8.2-2", Msg: "bad share name in " + quote(f)}
 		}
 		if len(rest) == 0 {
