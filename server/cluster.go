@@ -246,11 +246,13 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 		var err error
 		switch r.Kind {
 		case recForward:
-			var f *forward
-			var m *message
-			if f, m, err = decodeForward(r.Body, now); err == nil {
+			m := &ob.scratch
+			if err = decodeForward(r.Body, now, &ob.fw, m); err == nil {
+				if m.qos > 0 {
+					m = m.own() // queues and inflight windows keep it
+				}
 				s.stats.forwardedIn.Add(1)
-				s.routeFrom(ob, m, f)
+				s.routeFrom(ob, m, &ob.fw)
 			}
 		case recRouteAdd:
 			cl.setRoutes(peer, []string{string(r.Body)}, false)
@@ -347,14 +349,15 @@ func decodeRetained(b []byte, now int64) (*message, error) {
 		return nil, errWire
 	}
 	stamp := r.uvarint("stamp")
-	m := readMessage(r, now)
+	var rm message
+	readMessage(r, now, &rm)
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("trailing bytes")
 	}
 	if r.err != nil {
 		return nil, r.err
 	}
-	m = m.own()
+	m := rm.own()
 	m.stamp = int64(stamp)
 	m.retain = true
 	return m, nil
@@ -733,7 +736,8 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		subIDs = append(subIDs, uint32(r.uvarint("subscription id")))
 	}
-	m := readMessage(r, now)
+	var m message
+	readMessage(r, now, &m)
 	if r.err == nil && (fl&3 == 3 || fl&^7 != 0) {
 		r.fail("flags")
 	}

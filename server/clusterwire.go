@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/gannetmq/gannet/codec"
 )
@@ -105,11 +106,6 @@ func appendStr(dst, s []byte) []byte {
 	return append(dst, s...)
 }
 
-// keptProps are the properties that travel with a message, in mask bit
-// order.
-var keptProps = [...]codec.PropID{codec.PropPayloadFormat, codec.PropContentType,
-	codec.PropResponseTopic, codec.PropCorrelationData}
-
 // appendMessage encodes m as it stands at now.
 func appendMessage(dst []byte, m *message, now int64) []byte {
 	bits := m.qos & 3
@@ -126,31 +122,32 @@ func appendMessage(dst []byte, m *message, now int64) []byte {
 	}
 	dst = appendStr(dst, []byte(m.from))
 	dst = appendStr(dst, m.topic)
+	pr := m.prop()
 	var mask uint64
 	for i, id := range keptProps {
-		if m.props.Has(id) {
+		if pr.Has(id) {
 			mask |= 1 << i
 		}
 	}
-	if len(m.props.User) > 0 {
+	if len(pr.User) > 0 {
 		mask |= 1 << len(keptProps)
 	}
 	dst = binary.AppendUvarint(dst, mask)
-	if m.props.Has(codec.PropPayloadFormat) {
-		dst = append(dst, m.props.PayloadFormat)
+	if pr.Has(codec.PropPayloadFormat) {
+		dst = append(dst, pr.PayloadFormat)
 	}
-	if m.props.Has(codec.PropContentType) {
-		dst = appendStr(dst, m.props.ContentType)
+	if pr.Has(codec.PropContentType) {
+		dst = appendStr(dst, pr.ContentType)
 	}
-	if m.props.Has(codec.PropResponseTopic) {
-		dst = appendStr(dst, m.props.ResponseTopic)
+	if pr.Has(codec.PropResponseTopic) {
+		dst = appendStr(dst, pr.ResponseTopic)
 	}
-	if m.props.Has(codec.PropCorrelationData) {
-		dst = appendStr(dst, m.props.CorrelationData)
+	if pr.Has(codec.PropCorrelationData) {
+		dst = appendStr(dst, pr.CorrelationData)
 	}
-	if len(m.props.User) > 0 {
-		dst = binary.AppendUvarint(dst, uint64(len(m.props.User)))
-		for _, u := range m.props.User {
+	if len(pr.User) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(pr.User)))
+		for _, u := range pr.User {
 			dst = appendStr(dst, u.Key)
 			dst = appendStr(dst, u.Value)
 		}
@@ -158,65 +155,72 @@ func appendMessage(dst []byte, m *message, now int64) []byte {
 	return appendStr(dst, m.payload)
 }
 
-// readMessage decodes a message. Its byte fields alias r's input.
-func readMessage(r *wireReader, now int64) *message {
+// readMessage decodes a message into m. All its fields, from included,
+// alias r's input: call own to keep it.
+func readMessage(r *wireReader, now int64, m *message) bool {
 	bits := r.byte1("message flags")
 	if bits&^0x0F != 0 || bits&3 == 3 {
 		r.fail("message flags")
-		return nil
+		return false
 	}
-	m := &message{qos: bits & 3, retain: bits&4 != 0}
+	*m = message{qos: bits & 3, retain: bits&4 != 0}
 	if bits&8 != 0 {
 		left := r.uvarint("expiry")
 		if left > 1<<42 {
 			r.fail("expiry")
-			return nil
+			return false
 		}
 		m.expiresAt = now + int64(left)*int64(time.Millisecond)
 	}
-	m.from = string(r.str("publisher"))
+	if from := r.str("publisher"); len(from) > 0 {
+		m.from = unsafe.String(&from[0], len(from))
+	}
 	m.topic = r.str("topic")
 	mask := r.uvarint("property mask")
 	if mask>>(len(keptProps)+1) != 0 {
 		r.fail("property mask")
-		return nil
+		return false
 	}
-	if mask&1 != 0 {
-		m.props.PayloadFormat = r.byte1("payload format")
-		m.props.Set(codec.PropPayloadFormat)
-	}
-	if mask&2 != 0 {
-		m.props.ContentType = r.str("content type")
-		m.props.Set(codec.PropContentType)
-	}
-	if mask&4 != 0 {
-		m.props.ResponseTopic = r.str("response topic")
-		m.props.Set(codec.PropResponseTopic)
-	}
-	if mask&8 != 0 {
-		m.props.CorrelationData = r.str("correlation data")
-		m.props.Set(codec.PropCorrelationData)
-	}
-	if mask&16 != 0 {
-		n := r.uvarint("user properties")
-		if n == 0 || n > uint64(len(r.b)) {
-			r.fail("user properties")
-			return nil
+	if mask != 0 {
+		pr := new(codec.Properties)
+		if mask&1 != 0 {
+			pr.PayloadFormat = r.byte1("payload format")
+			pr.Set(codec.PropPayloadFormat)
 		}
-		m.props.User = make([]codec.UserProperty, n)
-		for i := range m.props.User {
-			m.props.User[i] = codec.UserProperty{Key: r.str("user property"), Value: r.str("user property")}
+		if mask&2 != 0 {
+			pr.ContentType = r.str("content type")
+			pr.Set(codec.PropContentType)
 		}
+		if mask&4 != 0 {
+			pr.ResponseTopic = r.str("response topic")
+			pr.Set(codec.PropResponseTopic)
+		}
+		if mask&8 != 0 {
+			pr.CorrelationData = r.str("correlation data")
+			pr.Set(codec.PropCorrelationData)
+		}
+		if mask&16 != 0 {
+			n := r.uvarint("user properties")
+			if n == 0 || n > uint64(len(r.b)) {
+				r.fail("user properties")
+				return false
+			}
+			pr.User = make([]codec.UserProperty, n)
+			for i := range pr.User {
+				pr.User[i] = codec.UserProperty{Key: r.str("user property"), Value: r.str("user property")}
+			}
+		}
+		m.props = pr
 	}
 	m.payload = r.str("payload")
 	if r.err != nil {
-		return nil
+		return false
 	}
 	if codec.ValidateTopicName(m.topic) != nil {
 		r.fail("topic")
-		return nil
+		return false
 	}
-	return m
+	return true
 }
 
 // forward is one message on its way to a peer, with what the peer is to
@@ -240,18 +244,18 @@ func appendForward(dst []byte, f *forward, msg []byte) []byte {
 	return append(dst, msg...)
 }
 
-// decodeForward decodes a forwarded message; the message's fields are
-// copied out of b.
-func decodeForward(b []byte, now int64) (*forward, *message, error) {
+// decodeForward decodes a forwarded message into f and m; m's fields
+// alias b (see readMessage).
+func decodeForward(b []byte, now int64, f *forward, m *message) error {
 	r := &wireReader{b: b}
 	if v := r.byte1("version"); r.err == nil && v != wireVersion {
-		return nil, nil, fmt.Errorf("%w: version %d, this node speaks %d", errWire, v, wireVersion)
+		return fmt.Errorf("%w: version %d, this node speaks %d", errWire, v, wireVersion)
 	}
 	flags := r.byte1("flags")
 	if flags&^1 != 0 {
 		r.fail("flags")
 	}
-	f := &forward{plain: flags&1 != 0}
+	f.plain, f.groups = flags&1 != 0, f.groups[:0]
 	n := r.uvarint("group count")
 	if n > uint64(len(r.b)) {
 		r.fail("group count")
@@ -259,20 +263,9 @@ func decodeForward(b []byte, now int64) (*forward, *message, error) {
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		f.groups = append(f.groups, string(r.str("group")))
 	}
-	m := readMessage(r, now)
+	readMessage(r, now, m)
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("trailing bytes")
 	}
-	if r.err != nil {
-		return nil, nil, r.err
-	}
-	return f, m.own(), nil
-}
-
-// own copies the message's byte fields into one allocation of its own.
-func (m *message) own() *message {
-	p := codec.Publish{Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain, Props: m.props}
-	c := newMessage(&p, m.from, 0)
-	c.expiresAt = m.expiresAt
-	return c
+	return r.err
 }

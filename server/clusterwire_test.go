@@ -26,8 +26,8 @@ func TestClusterWireRoundTrip(t *testing.T) {
 	m := testMessage()
 	f := &forward{plain: true, groups: []string{"$share/g/plant/+/temp"}}
 	b := appendForward(nil, f, appendMessage(nil, m, 1_000))
-	gf, gm, err := decodeForward(b, 2_000)
-	if err != nil {
+	gf, gm := &forward{}, &message{}
+	if err := decodeForward(b, 2_000, gf, gm); err != nil {
 		t.Fatal(err)
 	}
 	if !gf.plain || len(gf.groups) != 1 || gf.groups[0] != f.groups[0] {
@@ -37,6 +37,14 @@ func TestClusterWireRoundTrip(t *testing.T) {
 		gm.from != "pub-1" || !bytes.Equal(gm.props.ContentType, m.props.ContentType) ||
 		!bytes.Equal(gm.props.CorrelationData, m.props.CorrelationData) || len(gm.props.User) != 1 {
 		t.Fatalf("message %+v", gm)
+	}
+	// The decoded message aliases the frame; its own copy does not.
+	own := gm.own()
+	clear(b)
+	if own.from != "pub-1" || string(own.topic) != "plant/7/temp" || string(own.payload) != `{"t":21.5}` ||
+		string(own.props.ContentType) != "application/json" || string(own.props.User[0].Value) != "v" ||
+		own.expiresAt != gm.expiresAt || own.qos != 1 || !own.retain {
+		t.Fatalf("owned copy %+v", own)
 	}
 	// Expiry travels as the milliseconds left (60 s, sent at 1,000 ns)
 	// and is re-based on the receiver's clock (2,000 ns).
@@ -74,7 +82,8 @@ func FuzzClusterRecords(f *testing.F) {
 	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
 	f.Add(appendConnected(nil, "dev", 5))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, m, err := decodeForward(b, 0); err == nil && codec.ValidateTopicName(m.topic) != nil {
+		var m message
+		if err := decodeForward(b, 0, &forward{}, &m); err == nil && codec.ValidateTopicName(m.topic) != nil {
 			t.Fatalf("forwarded message with topic %q", m.topic)
 		}
 		_, _ = decodeRetained(b, 0)

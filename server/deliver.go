@@ -32,7 +32,12 @@ type outbox struct {
 	index   map[*session]int
 	parts   [][]byte
 
+	// a QoS 0 message being routed that no one keeps (borrow)
+	scratch      message
+	scratchProps codec.Properties
+
 	// cluster forwarding scratch (cluster.go)
+	fw      forward
 	targets []target
 	rgroups []rgroup
 	fwmsg   []byte

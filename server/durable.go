@@ -218,14 +218,18 @@ func (s *Server) fireStoredWill(client string, m *message) {
 // slices become the message's own.
 func messageFromRecord(r *persist.Message) *message {
 	m := &message{topic: r.Topic, payload: r.Payload, qos: r.QoS, retain: r.Retain,
-		props: r.Props, expiresAt: r.ExpiresAt, from: r.From, id: r.ID}
+		expiresAt: r.ExpiresAt, from: r.From, id: r.ID}
+	if r.Props.Present != 0 || len(r.Props.User) > 0 {
+		pr := r.Props
+		m.props = &pr
+	}
 	return m
 }
 
 // record is the stored form of m; it shares m's bytes.
 func (m *message) record() *persist.Message {
 	return &persist.Message{ID: m.id, Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain,
-		Props: m.props, ExpiresAt: m.expiresAt, From: m.from}
+		Props: *m.prop(), ExpiresAt: m.expiresAt, From: m.from}
 }
 
 // persistentLocked reports whether the session's state goes to the store.

@@ -95,7 +95,12 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 // It reports false when a QoS 1/2 message could not be queued for every
 // cluster peer that should have it.
 func (c *client) publish(ob *outbox, p *codec.Publish) bool {
-	m := newMessage(p, c.id, c.srv.now())
+	var m *message
+	if p.QoS == 0 && !p.Retain {
+		m = ob.borrow(p, c.id, c.srv.now())
+	} else {
+		m = newMessage(p, c.id, c.srv.now())
+	}
 	c.srv.stats.msgsIn.Add(1)
 	n, ok := c.srv.publishOn(ob, m)
 	if n == 0 {

@@ -228,8 +228,8 @@ func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
 		for j := uint64(0); j < k; j++ {
 			mm.subIDs = append(mm.subIDs, uint32(r.uvarint("subscription id")))
 		}
-		m := readMessage(r, now)
-		if r.err != nil {
+		var m message
+		if !readMessage(r, now, &m) {
 			break
 		}
 		if mm.qos == 0 || mm.qos == 3 {
