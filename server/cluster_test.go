@@ -138,3 +138,22 @@ func TestClusterSysStaysLocal(t *testing.T) {
 		t.Fatalf("n2 holds %d $SYS messages from n1, e.g. %s", len(ms), ms[0].topic)
 	}
 }
+
+// A retained message set and cleared in quick succession (within one tick
+// of the broker clock) is cleared on every node: each version made on a
+// node orders after the one before.
+func TestClusterRetainedClearedAtOnce(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	pub, _ := dialV5(t, nodes[0], &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
+	for i := range 20 {
+		topic := fmt.Sprintf("site/%d/status", i)
+		pub.publish(t, &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: []byte("stale")})
+		pub.publish(t, &paho.Publish{Topic: topic, QoS: 1, Retain: true})
+	}
+	// Replicated in order on the control lane: the marker comes last.
+	pub.publish(t, &paho.Publish{Topic: "marker", QoS: 1, Retain: true, Payload: []byte("x")})
+	waitFor(t, "the marker on n2", func() bool { return len(nodes[1].retained.match(nil, []byte("marker"))) == 1 })
+	if ms := nodes[1].retained.match(nil, []byte("site/#")); len(ms) != 0 {
+		t.Fatalf("n2 kept %d cleared retained messages, e.g. %s", len(ms), ms[0].topic)
+	}
+}

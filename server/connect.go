@@ -246,7 +246,7 @@ func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expir
 	}
 	sess.mu.expiry = expiry
 	sess.mu.window = window
-	sess.mu.since = s.now()
+	sess.mu.since = s.stamp()
 	since := sess.mu.since
 	sess.saveLocked(ob, 0)
 	if sess.mu.expTimer != nil {

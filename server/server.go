@@ -46,6 +46,7 @@ type Server struct {
 	}
 
 	clock   atomic.Int64 // unix nanoseconds, refreshed by the ticker
+	stamps  atomic.Int64 // the last stamp handed out (stamp)
 	started time.Time
 
 	eng      gnet.Engine
@@ -108,6 +109,21 @@ func New(cfg Config) (*Server, error) {
 	s.loops.m = make(map[gnet.EventLoop]*loop)
 	s.clock.Store(time.Now().UnixNano())
 	return s, nil
+}
+
+// stamp returns a time for ordering versions across the cluster (a
+// retained message, a client's connection): the wall clock in unix
+// nanoseconds, made strictly increasing on this node, so that two
+// versions made here in one tick of the broker clock still order.
+func (s *Server) stamp() int64 {
+	now := time.Now().UnixNano()
+	for {
+		last := s.stamps.Load()
+		next := max(now, last+1)
+		if s.stamps.CompareAndSwap(last, next) {
+			return next
+		}
+	}
 }
 
 // now returns the broker clock in unix nanoseconds, at most a few

@@ -104,7 +104,7 @@ func (s *Server) publishOn(ob *outbox, m *message) (int, bool) {
 // setRetained replaces the retained message of m's topic, in memory and in
 // the store.
 func (s *Server) setRetained(ob *outbox, m *message) {
-	m.stamp = s.now()
+	m.stamp = s.stamp()
 	s.retained.set(m)
 	if s.cl != nil && !bytes.HasPrefix(m.topic, []byte("$SYS/")) {
 		// $SYS statistics are each node's own.
