@@ -252,10 +252,17 @@ type broker struct {
 // process exit; it is then tried again on new ports.
 func startGannet(t *testing.T, args ...string) *broker {
 	t.Helper()
+	return startGannetArgs(t, func(int) []string { return args })
+}
+
+// startGannetArgs is startGannet with the flags made for each attempt, so
+// that ports taken meanwhile can be picked again.
+func startGannetArgs(t *testing.T, argsFor func(attempt int) []string) *broker {
+	t.Helper()
 	for attempt := 0; ; attempt++ {
 		b := &broker{mqtt: freeAddr(t), http: freeAddr(t), stderr: &lockedBuffer{}, exited: make(chan struct{})}
 		b.cmd = exec.Command(gannetBin, append([]string{"--listen=" + b.mqtt, "--http-listen=" + b.http,
-			"--data-dir=" + t.TempDir()}, args...)...)
+			"--data-dir=" + t.TempDir()}, argsFor(attempt)...)...)
 		b.cmd.Stderr = b.stderr
 		if err := b.cmd.Start(); err != nil {
 			t.Fatal(err)
