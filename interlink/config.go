@@ -79,6 +79,11 @@ type Config struct {
 	// QueueLimit bounds the reliable records waiting for one peer (sent
 	// and not yet acknowledged, or not yet sent).
 	QueueLimit int
+	// Backpressure is how long a lane may stay behind without writing
+	// anything before it stops counting for Node.Behind; 0 turns holding
+	// publishers back off (QoS 0 is then dropped as soon as a lane's
+	// buffer is full).
+	Backpressure time.Duration
 	// MaxFrame bounds a frame, and a batch after decompression.
 	MaxFrame int
 	// FailureTimeout is about how long a silent peer takes to be declared
@@ -102,6 +107,7 @@ func DefaultConfig() Config {
 		BatchDelay:     500 * time.Microsecond,
 		Lanes:          3,
 		QueueLimit:     200_000,
+		Backpressure:   100 * time.Millisecond,
 		MaxFrame:       16 << 20,
 		FailureTimeout: 3 * time.Second,
 		ForgetAfter:    15 * time.Minute,
@@ -135,6 +141,7 @@ func (c *Config) Validate() error {
 	check(c.BatchDelay >= 0 && c.BatchDelay <= time.Second, "--interlink-batch-delay must be between 0 and 1s, got %s", c.BatchDelay)
 	check(c.Lanes >= 1 && c.Lanes <= 64, "--interlink-lanes must be between 1 and 64, got %d", c.Lanes)
 	check(c.QueueLimit >= 1, "--interlink-queue must be at least 1, got %d", c.QueueLimit)
+	check(c.Backpressure >= 0 && c.Backpressure <= time.Minute, "--interlink-backpressure must be between 0 and 1m, got %s", c.Backpressure)
 	check(c.FailureTimeout >= 200*time.Millisecond, "--cluster-failure-timeout must be at least 200ms, got %s", c.FailureTimeout)
 	check(c.ForgetAfter >= 0, "--cluster-forget-after must be >= 0, got %s", c.ForgetAfter)
 	check(c.Compression <= CompressZstd, "unknown compression %d", c.Compression)

@@ -76,4 +76,16 @@
 // after they are on disk. A queue is bounded (Config.QueueLimit); Send
 // refuses past it. Unreliable records (QoS 0, route deltas, retained
 // updates) to a peer that is not connected are dropped and counted.
+//
+// # Backpressure
+//
+// Unreliable records wait in a lane's buffer, bounded at eight batches; a
+// record that finds it full is dropped and counted. Before it comes to
+// that, a lane with more than two batches waiting on a live connection is
+// behind (pace.go), and Node.Behind tells the broker to read its
+// publishers more slowly (it holds their input back without blocking) so
+// that at overload the peer's pace sets the publishers' and nothing is
+// dropped. A lane whose writer takes nothing for Config.Backpressure (the
+// peer stopped reading) stops counting until it writes again: a stuck peer
+// loses its QoS 0 messages rather than slowing everyone's publishers.
 package interlink

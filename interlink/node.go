@@ -91,6 +91,8 @@ type Node struct {
 	conns   map[net.Conn]struct{}       // accepted, for Stop
 
 	stats *nodeStats
+	pace  *pacer
+	mark  int // backlog bytes from which a lane is behind
 	done  chan struct{}
 	wg    sync.WaitGroup
 }
@@ -118,6 +120,8 @@ func New(cfg Config, h Handler) (*Node, error) {
 		notify:  make(map[streamKey]chan struct{}),
 		conns:   make(map[net.Conn]struct{}),
 		done:    make(chan struct{}),
+		pace:    newPacer(),
+		mark:    paceMark(&cfg),
 	}
 	n.stats = newNodeStats(cfg.Metrics)
 	return n, nil
@@ -150,9 +154,10 @@ func (n *Node) Start() error {
 		ln.Close()
 		return err
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.accept()
 	go n.maintain()
+	go n.watchPace()
 	if len(n.cfg.Join) > 0 {
 		if _, err := n.ml.Join(n.seeds()); err != nil {
 			n.log.Warn("cannot reach the seeds yet; serving alone and retrying", "join", strings.Join(n.cfg.Join, ","), "err", err)

@@ -22,6 +22,9 @@ type recorder struct {
 	added chan struct{}
 	hold  bool // keep done callbacks instead of calling them
 	dones []func()
+	// block, when set, stalls Receive until it is closed: the node stops
+	// reading its links.
+	block chan struct{}
 }
 
 func newRecorder() *recorder {
@@ -32,6 +35,9 @@ func (r *recorder) PeerUp(peer string)                   { r.up <- peer }
 func (r *recorder) PeerForget(peer string)               {}
 func (r *recorder) Settled(peer string, tokens []uint64) {}
 func (r *recorder) Receive(peer string, _ Position, recs []Record, done func()) {
+	if r.block != nil {
+		<-r.block
+	}
 	r.mu.Lock()
 	for _, rc := range recs {
 		rc.Body = bytes.Clone(rc.Body)

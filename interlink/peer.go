@@ -128,6 +128,8 @@ func (p *peer) dropQueues() int {
 			}
 		}
 		l.mu.rel, l.mu.head, l.mu.buf = nil, 0, nil
+		l.mu.unsent, l.mu.sentIdx = 0, 0
+		l.paceLocked()
 		l.mu.Unlock()
 	}
 	p.st.droppedFull.Add(n)
@@ -155,6 +157,9 @@ type lane struct {
 		ackedBy   map[uint64]uint64 // per run (epoch): last seq acknowledged
 		sentIdx   int               // rel[head:head+sentIdx] are written on this connection
 		unsent    int               // bytes waiting to be written
+		behind    bool              // counted in the node's backlog (pace.go)
+		stuck     bool              // behind without writing: not counted
+		tookAt    time.Time         // when the writer last took records
 		connected bool
 		conn      net.Conn
 	}
@@ -244,6 +249,7 @@ func (l *lane) enqueue(kind byte, body []byte, reliable bool, token, epoch, seq 
 	}
 	after := l.mu.unsent
 	connected := l.mu.connected
+	l.paceLocked()
 	l.mu.Unlock()
 	// Wake the writer when a batch starts and when it fills; in between
 	// it is waiting out the batch delay anyway.
@@ -288,6 +294,7 @@ func (l *lane) ackTo(epoch, seq uint64) {
 			// Acknowledged before this connection wrote it again (the
 			// receiver had it from an earlier one): it no longer waits.
 			l.mu.unsent -= len(r.rec)
+			l.paceLocked()
 		}
 		l.mu.rel[l.mu.head] = relRec{}
 		l.mu.head++
@@ -423,6 +430,7 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 	for _, r := range l.mu.rel[l.mu.head:] {
 		l.mu.unsent += len(r.rec)
 	}
+	l.paceLocked()
 	l.mu.Unlock()
 	if replay > 0 {
 		l.p.st.replayed.Add(int(replay))
@@ -435,6 +443,7 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 		l.mu.unsent -= len(l.mu.buf)
 		l.p.st.droppedDown.Add(countRecords(l.mu.buf))
 		l.mu.buf = l.mu.buf[:0]
+		l.paceLocked()
 		l.mu.Unlock()
 	}()
 	if l.idx == 0 {
@@ -550,6 +559,9 @@ func (l *lane) writeAll(conn net.Conn) error {
 		// write ends the connection, and the next one starts over from
 		// the last acknowledged.
 		l.mu.sentIdx += len(l.recs)
+		if size > 0 {
+			l.tookLocked()
+		}
 		l.mu.Unlock()
 		if size == 0 {
 			return nil
