@@ -37,6 +37,8 @@ type client struct {
 	parked bool
 	// proxied is set once the PROXY protocol header was read.
 	proxied bool
+	// heldGen is the list of held connections this one is on (pace.go).
+	heldGen uint64
 
 	// Limits the client announced in CONNECT (v5).
 	maxPacket   int // largest packet we may send; 0: no limit
@@ -107,6 +109,9 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		used = n
 	}
 	for used < len(buf) && !c.closed && !c.parked {
+		if used > 0 && c.srv.cl != nil && c.srv.cl.holdBack(c) {
+			break // the rest once the lanes to peers catch up (pace.go)
+		}
 		h, n, herr := codec.DecodeFixedHeader(buf[used:])
 		if herr == codec.ErrIncomplete {
 			break

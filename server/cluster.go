@@ -45,7 +45,8 @@ type cluster struct {
 		next uint64
 		m    map[uint64]*takeoverReq
 	}
-	obs sync.Pool // outboxes for receiving batches
+	obs  sync.Pool // outboxes for receiving batches
+	held *held     // connections whose input waits for the lanes (pace.go)
 }
 
 // takeoverTimeout bounds how long a CONNECT waits for peers to hand over
@@ -56,7 +57,7 @@ const takeoverTimeout = 3 * time.Second
 const routeChunk = 256 << 10
 
 func newCluster(s *Server) (*cluster, error) {
-	cl := &cluster{s: s, routes: trie.New[string, struct{}]()}
+	cl := &cluster{s: s, routes: trie.New[string, struct{}](), held: newHeld()}
 	cl.ann.local = make(map[string]int)
 	cl.peerRoutes.m = make(map[string]map[string]struct{})
 	cl.reqs.m = make(map[uint64]*takeoverReq)

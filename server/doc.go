@@ -52,7 +52,10 @@
 // the route table before the local index, so that one member of a shared
 // group is picked across the cluster; a peer gets each message once and
 // delivers it locally only. A CONNECT asks every peer for the client's
-// session and is parked until they answer (takeover.go).
+// session and is parked until they answer (takeover.go). While a lane to a
+// peer is behind, connected clients' input is left in their read buffers
+// and read once it catches up (pace.go): overload slows publishers instead
+// of dropping their QoS 0 messages at the lane.
 //
 // The trie's read lock is held while Match visits subscribers, and a shared
 // group pick checks a member's session.mu under it, so no code may call

@@ -60,6 +60,9 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
+	if cl := h.srv.cl; cl != nil && cl.holdBack(c) {
+		return gnet.None // read once the lanes to peers catch up (pace.go)
+	}
 	ob := c.loop.ob
 	act := c.onTraffic(ob)
 	ob.flush()

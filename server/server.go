@@ -148,6 +148,7 @@ func (s *Server) Start() error {
 			_ = s.closeStore()
 			return err
 		}
+		go cl.release()
 	}
 
 	loops := s.cfg.EventLoops
@@ -190,6 +191,7 @@ func (s *Server) Start() error {
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
 			_ = s.eng.Stop(context.Background())
+			s.stopCluster()
 			_ = s.closeStore()
 			return err
 		}
@@ -253,6 +255,8 @@ type mark struct {
 func (s *Server) stopCluster() {
 	if s.cl != nil {
 		s.cl.node.Stop()
+		close(s.cl.held.stop)
+		<-s.cl.held.done
 	}
 }
 

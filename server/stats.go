@@ -36,6 +36,7 @@ type stats struct {
 	storeRefused      *metrics.Counter
 	forwardedOut      *metrics.Counter // messages sent to peers, once per peer
 	forwardedIn       *metrics.Counter // messages peers sent here
+	heldBack          *metrics.Counter // clients' input held while a lane was behind (pace.go)
 }
 
 func newStats(s *Server) *stats {
@@ -58,6 +59,7 @@ func newStats(s *Server) *stats {
 		sessionsCreated:   set.NewCounter("gannet_sessions_created_total"),
 		forwardedOut:      set.NewCounter("gannet_cluster_forwarded_out_total"),
 		forwardedIn:       set.NewCounter("gannet_cluster_forwarded_in_total"),
+		heldBack:          set.NewCounter("gannet_cluster_input_held_total"),
 		sessionsExpired:   set.NewCounter("gannet_sessions_expired_total"),
 		storeRefused:      set.NewCounter("gannet_store_refused_total"),
 	}

@@ -129,6 +129,7 @@ Flags:
 	fs.DurationVar(&ic.BatchDelay, "interlink-batch-delay", ic.BatchDelay, "or this long after its first record")
 	fs.IntVar(&ic.Lanes, "interlink-lanes", ic.Lanes, "TCP connections per peer: the first carries control records, the others messages; one publisher's messages always take the same one")
 	fs.IntVar(&ic.QueueLimit, "interlink-queue", ic.QueueLimit, "QoS 1/2 messages kept per peer until it acknowledges them; past it publishes are refused (0x97)")
+	fs.DurationVar(&ic.Backpressure, "interlink-backpressure", ic.Backpressure, "while a peer takes messages more slowly than clients publish them, clients' input is read only as fast as the peer takes it; a peer that takes nothing for this long stops holding clients back and its QoS 0 messages are dropped; 0: never hold back, drop at once")
 	fs.DurationVar(&ic.FailureTimeout, "cluster-failure-timeout", ic.FailureTimeout, "about how long a silent peer takes to be declared failed")
 	fs.DurationVar(&ic.ForgetAfter, "cluster-forget-after", ic.ForgetAfter, "how long a failed peer's routes and queued messages are kept for its return; 0: forever")
 
