@@ -47,8 +47,13 @@ type client struct {
 	once      sync.Once
 	credit    chan struct{} // publish window
 	pending   atomic.Int64  // QoS 0: messages since the last ping
-	closed    atomic.Bool
-	errs      atomic.Int64
+
+	// Publisher state, owned by the goroutine that publishes for it.
+	seq    uint64 // messages sent
+	pid    uint16
+	filler []byte
+	closed atomic.Bool
+	errs   atomic.Int64
 }
 
 func (c *client) ready() {
@@ -196,17 +201,11 @@ func (c *client) release(n int) {
 // message waits for window credit: QoS 1/2 credit returns with the
 // acknowledgement, QoS 0 credit in blocks with each PINGRESP, so the
 // generator never runs further ahead of the broker than the window. When
-// the rate is unlimited, all the credit at hand goes out in one write.
+// the rate is unlimited, all the credit at hand goes out in one write. (A
+// fixed rate with a tick is paced by runner.pace instead.)
 func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64) {
-	cfg := &c.run.cfg
-	filler := make([]byte, max(cfg.Payload, headerSize))
-	for range cfg.Window {
-		c.credit <- struct{}{}
-	}
 	const batchMax = 64
-	var seq uint64
-	var pid uint16
-	for count == 0 || int64(seq) < count {
+	for count == 0 || int64(c.seq) < count {
 		if !limiter.wait(stop) {
 			return
 		}
@@ -216,7 +215,7 @@ func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64
 		case <-c.credit:
 		}
 		n := 1
-		for limiter.every == 0 && n < batchMax && (count == 0 || int64(seq)+int64(n) < count) {
+		for limiter.every == 0 && n < batchMax && (count == 0 || int64(c.seq)+int64(n) < count) {
 			select {
 			case <-c.credit:
 				n++
@@ -225,41 +224,110 @@ func (c *client) publish(stop <-chan struct{}, limiter *rateLimiter, count int64
 			}
 			break
 		}
-		if c.closed.Load() {
+		if !c.send(n) {
 			return
 		}
-		p := codec.Publish{QoS: cfg.QoS, Retain: cfg.Retain, Topic: c.topic, Payload: filler}
-		buf := make([]byte, 0, n*(p.Size(c.v)+8))
-		now := time.Now().UnixNano()
-		for range n {
-			if cfg.QoS > 0 {
-				pid++
-				if pid == 0 {
-					pid = 1
+	}
+}
+
+// send writes n messages (credit for them taken) in one write. It reports
+// false once the connection is gone.
+func (c *client) send(n int) bool {
+	if c.closed.Load() {
+		return false
+	}
+	cfg := &c.run.cfg
+	if c.filler == nil {
+		c.filler = make([]byte, max(cfg.Payload, headerSize))
+	}
+	p := codec.Publish{QoS: cfg.QoS, Retain: cfg.Retain, Topic: c.topic, Payload: c.filler}
+	buf := make([]byte, 0, n*(p.Size(c.v)+8))
+	now := time.Now().UnixNano()
+	for range n {
+		if cfg.QoS > 0 {
+			c.pid++
+			if c.pid == 0 {
+				c.pid = 1
+			}
+			p.PacketID = c.pid
+		}
+		if cfg.Retain {
+			p.Topic = append(append([]byte(nil), c.topic...), []byte("/"+itoa(int(c.seq%uint64(cfg.RetainedTopics))))...)
+		}
+		putHeader(c.filler, c.idx, c.seq, now)
+		if cfg.JSON {
+			fillJSON(c.filler[headerSize:], c.idx, c.seq, now)
+		}
+		buf = p.Append(buf, c.v)
+		if cfg.QoS == 0 && c.pending.Add(1)%cfg.PingEvery == 0 {
+			buf = (&codec.Pingreq{}).Append(buf, c.v)
+		}
+		c.seq++
+	}
+	if err := c.conn.AsyncWrite(buf, nil); err != nil {
+		return false
+	}
+	c.run.sent.Add(int64(n))
+	if c.run.measuring.Load() {
+		c.run.windowSent.Add(int64(n))
+	}
+	c.run.pubSeq[c.idx].Store(c.seq)
+	return true
+}
+
+// pace sends a fixed rate for every publisher from one goroutine: each
+// tick, the messages due since the last one are dealt round-robin to the
+// publishers that have window credit, and each publisher's share goes out
+// in one write. A publisher without credit is passed over; what it misses
+// stays due and goes out when credit returns, as with a publisher that
+// waits. One wake-up per tick instead of one per message keeps the
+// generator's CPU well under the broker's at fixed rates; messages leave
+// in bursts of rate x tick spread over the publishers.
+func (r *runner) pace(pubs []*client, stop <-chan struct{}, count int64) {
+	t := time.NewTicker(r.cfg.Tick)
+	defer t.Stop()
+	start := time.Now()
+	var sent int64
+	share := make([]int, len(pubs))
+	next := 0
+	for {
+		var now time.Time
+		select {
+		case <-stop:
+			return
+		case now = <-t.C:
+		}
+		due := int64(now.Sub(start)) * int64(r.cfg.Rate) / int64(time.Second)
+		for misses := 0; sent < due && misses < len(pubs); next = (next + 1) % len(pubs) {
+			c := pubs[next]
+			if count > 0 && int64(c.seq)+int64(share[next]) >= count {
+				misses++
+				continue
+			}
+			select {
+			case <-c.credit:
+				share[next]++
+				sent++
+				misses = 0
+			default:
+				misses++
+			}
+		}
+		live := 0
+		for i, c := range pubs {
+			if n := share[i]; n > 0 {
+				share[i] = 0
+				if !c.send(n) {
+					continue
 				}
-				p.PacketID = pid
 			}
-			if cfg.Retain {
-				p.Topic = append(append([]byte(nil), c.topic...), []byte("/"+itoa(int(seq%uint64(cfg.RetainedTopics))))...)
+			if (count == 0 || int64(c.seq) < count) && !c.closed.Load() {
+				live++
 			}
-			putHeader(filler, c.idx, seq, now)
-			if cfg.JSON {
-				fillJSON(filler[headerSize:], c.idx, seq, now)
-			}
-			buf = p.Append(buf, c.v)
-			if cfg.QoS == 0 && c.pending.Add(1)%cfg.PingEvery == 0 {
-				buf = (&codec.Pingreq{}).Append(buf, c.v)
-			}
-			seq++
 		}
-		if err := c.conn.AsyncWrite(buf, nil); err != nil {
+		if live == 0 {
 			return
 		}
-		c.run.sent.Add(int64(n))
-		if c.run.measuring.Load() {
-			c.run.windowSent.Add(int64(n))
-		}
-		c.run.pubSeq[c.idx].Store(seq)
 	}
 }
 

@@ -46,15 +46,18 @@ type Config struct {
 	// with clean session 0.
 	SessionExpiry time.Duration
 	Rate          int // total messages per second; 0: unlimited
-	Duration      time.Duration
-	Count         int64 // messages per publisher; 0: until Duration ends
-	Warmup        time.Duration
-	Window        int   // unacknowledged messages per publisher
-	PingEvery     int64 // QoS 0: a PINGREQ every this many messages
-	ConnectRate   int   // conn: connections per second; 0: as fast as possible
-	BrokerPID     int
-	Drain         time.Duration // how long to wait for stragglers
-	Retain        bool
+	// Tick paces a fixed Rate: the messages due are sent together every
+	// tick from one goroutine; 0 gives every message its own timer.
+	Tick        time.Duration
+	Duration    time.Duration
+	Count       int64 // messages per publisher; 0: until Duration ends
+	Warmup      time.Duration
+	Window      int   // unacknowledged messages per publisher
+	PingEvery   int64 // QoS 0: a PINGREQ every this many messages
+	ConnectRate int   // conn: connections per second; 0: as fast as possible
+	BrokerPID   int
+	Drain       time.Duration // how long to wait for stragglers
+	Retain      bool
 	// RetainedTopics is how many distinct topics a retained storm cycles
 	// through per publisher.
 	RetainedTopics int
@@ -186,6 +189,9 @@ func (cfg *Config) fill() error {
 	if cfg.QoS == 0 && cfg.Window < 2*int(cfg.PingEvery) {
 		return errors.New("--inflight must be at least twice the ping interval at QoS 0")
 	}
+	if cfg.Tick < 0 {
+		return errors.New("--tick must not be negative")
+	}
 	if cfg.Duration <= 0 && cfg.Count <= 0 {
 		cfg.Duration = 10 * time.Second
 	}
@@ -207,6 +213,9 @@ func (r *runner) dial(c *client, addr string) error {
 	c.run = r
 	c.connected = make(chan struct{})
 	c.credit = make(chan struct{}, r.cfg.Window)
+	for range r.cfg.Window {
+		c.credit <- struct{}{}
+	}
 	c.tracks = map[uint32]*seqTrack{}
 	gc, err := r.cli.DialContext("tcp", addr, c)
 	if err != nil {
@@ -428,12 +437,20 @@ func (r *runner) traffic(ctx context.Context) (*Result, error) {
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, c := range pubs {
+	if cfg.Rate > 0 && cfg.Tick > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.publish(stop, limiter, cfg.Count)
+			r.pace(pubs, stop, cfg.Count)
 		}()
+	} else {
+		for _, c := range pubs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.publish(stop, limiter, cfg.Count)
+			}()
+		}
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
