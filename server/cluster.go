@@ -367,6 +367,7 @@ func decodeRetained(b []byte, now int64) (*message, error) {
 // applyRetained takes a peer's retained message unless this node has a
 // newer version of the topic.
 func (cl *cluster) applyRetained(ob *outbox, m *message) {
+	cl.s.observe(m.stamp)
 	if !cl.s.retained.apply(m) {
 		return
 	}
@@ -533,6 +534,7 @@ func (cl *cluster) connectedElsewhere(ob *outbox, b []byte) error {
 	}
 	id := string(b[n:])
 	s := cl.s
+	s.observe(int64(since))
 	s.sessions.Lock()
 	sess := s.sessions.m[id]
 	s.sessions.Unlock()

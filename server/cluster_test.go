@@ -7,6 +7,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/interlink"
 )
 
@@ -155,5 +156,32 @@ func TestClusterRetainedClearedAtOnce(t *testing.T) {
 	waitFor(t, "the marker on n2", func() bool { return len(nodes[1].retained.match(nil, []byte("marker"))) == 1 })
 	if ms := nodes[1].retained.match(nil, []byte("site/#")); len(ms) != 0 {
 		t.Fatalf("n2 kept %d cleared retained messages, e.g. %s", len(ms), ms[0].topic)
+	}
+}
+
+// A retained version made on a node whose clock runs an hour ahead does
+// not outlive a later one: a node that has seen it stamps what it makes
+// afterwards later still, so every node converges on the newest.
+func TestClusterRetainedAfterAFastClock(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	ahead := time.Now().Add(time.Hour).UnixNano()
+	far := newMessage(&codec.Publish{Topic: []byte("site/1/status"), Payload: []byte("from the future"), Retain: true}, "far", 0)
+	far.stamp = ahead
+	rec := []interlink.Record{{Kind: recRetained, Body: appendRetained(nil, far, nodes[0].now())}}
+	for _, s := range nodes { // as a third node with a fast clock would have sent it
+		s.cl.Receive("n3", interlink.Position{}, rec, func() {})
+	}
+	pub, _ := dialV5(t, nodes[0], &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
+	pub.publish(t, &paho.Publish{Topic: "site/1/status", QoS: 1, Retain: true, Payload: []byte("fresh")})
+	pub.publish(t, &paho.Publish{Topic: "marker", QoS: 1, Retain: true, Payload: []byte("x")})
+	waitFor(t, "the marker on n2", func() bool { return len(nodes[1].retained.match(nil, []byte("marker"))) == 1 })
+	for i, s := range nodes {
+		ms := s.retained.match(nil, []byte("site/1/status"))
+		if len(ms) != 1 || string(ms[0].payload) != "fresh" {
+			t.Fatalf("n%d holds %d retained messages for the topic, first %q; want the later one", i+1, len(ms), ms[0].payload)
+		}
+		if ms[0].stamp <= ahead {
+			t.Fatalf("n%d: the later version's stamp %d is not past the fast clock's %d", i+1, ms[0].stamp, ahead)
+		}
 	}
 }

@@ -114,7 +114,12 @@ func New(cfg Config) (*Server, error) {
 // stamp returns a time for ordering versions across the cluster (a
 // retained message, a client's connection): the wall clock in unix
 // nanoseconds, made strictly increasing on this node, so that two
-// versions made here in one tick of the broker clock still order.
+// versions made here in one tick of the broker clock still order, and
+// moved past every stamp seen from a peer (observe). It is a hybrid
+// logical clock: a version made here after this node learned of another
+// orders after it even when the other node's clock runs ahead; only
+// versions made on two nodes without either knowing of the other are
+// ordered by their wall clocks.
 func (s *Server) stamp() int64 {
 	now := time.Now().UnixNano()
 	for {
@@ -122,6 +127,16 @@ func (s *Server) stamp() int64 {
 		next := max(now, last+1)
 		if s.stamps.CompareAndSwap(last, next) {
 			return next
+		}
+	}
+}
+
+// observe takes in a stamp made on a peer (see stamp).
+func (s *Server) observe(stamp int64) {
+	for {
+		last := s.stamps.Load()
+		if stamp <= last || s.stamps.CompareAndSwap(last, stamp) {
+			return
 		}
 	}
 }

@@ -101,6 +101,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	sess.mu.Lock()
 	sess.mu.expiry = mv.expiry
 	sess.mu.since = mv.since
+	s.observe(mv.since)
 	for _, pid := range mv.rx {
 		sess.mu.rxQoS2[pid] = struct{}{}
 	}
