@@ -40,6 +40,7 @@
 //	                  waits on the network); session.mu > interlink send
 //	                  too, for a moved session's redirects
 //	cluster.peerRoutes > route trie lock
+//	held.mu          (leaf; connections waiting for the lanes, pace.go)
 //
 // # Cluster
 //
