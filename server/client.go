@@ -109,7 +109,7 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		used = n
 	}
 	for used < len(buf) && !c.closed && !c.parked {
-		if used > 0 && c.srv.cl != nil && c.srv.cl.holdBack(c) {
+		if used > 0 && c.srv.cl != nil && c.srv.cl.holdBack(c, false) {
 			break // the rest once the lanes to peers catch up (pace.go)
 		}
 		h, n, herr := codec.DecodeFixedHeader(buf[used:])

@@ -60,8 +60,11 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
-	if cl := h.srv.cl; cl != nil && cl.holdBack(c) {
-		return gnet.None // read once the lanes to peers catch up (pace.go)
+	if cl := h.srv.cl; cl != nil && cl.holdBack(c, true) {
+		// Read once the lanes to peers catch up (pace.go). The bytes
+		// arrived: they count for the keepalive.
+		c.lastRead = h.srv.now()
+		return gnet.None
 	}
 	ob := c.loop.ob
 	act := c.onTraffic(ob)

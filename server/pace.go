@@ -42,22 +42,30 @@ func newHeld() *held {
 }
 
 // holdBack reports whether c's input is to wait for the lanes, and if so
-// registers c to be woken.
+// registers c to be woken. At the start of a read (first), a connection
+// woken from an earlier list reads at least one packet before it is held
+// again, so that under lasting overload every held client still makes
+// progress rather than losing the race for the lanes to others each time.
 // On c's loop.
-func (cl *cluster) holdBack(c *client) bool {
+func (cl *cluster) holdBack(c *client, first bool) bool {
 	if !c.connected || c.closed || !cl.node.Behind() || c.gc.InboundBuffered() >= holdLimit {
 		return false
 	}
 	h := cl.held
-	if c.heldGen == h.gen.Load() {
+	gen := h.gen.Load()
+	if c.heldGen == gen {
 		return true // on the list: woken with the rest
+	}
+	if first && c.heldGen != 0 {
+		c.heldGen = 0 // woken: one packet first
+		return false
 	}
 	h.mu.Lock()
 	c.heldGen = h.gen.Load()
 	h.conns = append(h.conns, c.gc)
-	first := len(h.conns) == 1
+	kick := len(h.conns) == 1
 	h.mu.Unlock()
-	if first {
+	if kick {
 		select {
 		case h.kick <- struct{}{}:
 		default:
