@@ -59,6 +59,12 @@ type client struct {
 	// pend holds bytes to write at the end of the current unit of work.
 	pend  [][]byte
 	dirty bool
+	// For the write delay (coalesce.go): when c was last written and last
+	// sent a request (monotime), and until when senders on other loops may
+	// leave its bytes for the write timer (0: not now).
+	wroteAt   int64
+	askedAt   int64
+	calmUntil atomic.Int64
 	// held counts slots in pend waiting for a store commit; output pauses
 	// while it is non-zero (durable.go).
 	held int
@@ -210,6 +216,7 @@ func (c *client) flush() {
 			n := min(len(p), 1024) // IOV_MAX
 			w, err := c.gc.Writev(p[:n])
 			c.srv.stats.bytesOut.Add(w)
+			c.srv.stats.writes.Inc()
 			if err != nil {
 				break
 			}
@@ -235,6 +242,9 @@ func (c *client) flush() {
 
 // handle dispatches one packet.
 func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
+	if h.Type != codec.PUBACK && h.Type != codec.PUBCOMP {
+		c.ready() // it waits for an answer (coalesce.go)
+	}
 	if !c.connected {
 		if h.Type != codec.CONNECT {
 			// The first packet must be CONNECT [MQTT-3.1.0-1].

@@ -104,6 +104,12 @@ type Config struct {
 	// SlowTimeout closes a connection that stays above OutboundHighWater for
 	// this long. Zero never closes.
 	SlowTimeout time.Duration
+	// WriteDelay coalesces writes to busy connections: a connection written
+	// less than this long ago gets its next bytes when that much time has
+	// passed, with everything else that came for it meanwhile, in one
+	// write. A connection that was quiet is written at once. Zero writes
+	// every unit of work's bytes at once.
+	WriteDelay time.Duration
 
 	// SharedPolicy picks the receiver in a shared subscription group.
 	SharedPolicy SharedPolicy
@@ -147,6 +153,7 @@ func DefaultConfig() Config {
 		ConnectTimeout:    10 * time.Second,
 		OutboundHighWater: 4 << 20,
 		SlowTimeout:       30 * time.Second,
+		WriteDelay:        time.Millisecond,
 		SharedPolicy:      SharedRoundRobin,
 		SysInterval:       10 * time.Second,
 	}
@@ -193,6 +200,7 @@ func (c *Config) Validate() error {
 		"--server-keepalive must be between 0 and 65535s, got %s", c.ServerKeepAlive)
 	check(c.ConnectTimeout > 0, "--connect-timeout must be positive, got %s", c.ConnectTimeout)
 	check(c.OutboundHighWater >= 1024, "--outbound-high-water must be at least 1024 bytes, got %d", c.OutboundHighWater)
+	check(c.WriteDelay >= 0 && c.WriteDelay <= time.Second, "--write-delay must be between 0 and 1s, got %s", c.WriteDelay)
 	check(c.SlowTimeout >= 0, "--slow-timeout must be >= 0, got %s", c.SlowTimeout)
 	switch c.SharedPolicy {
 	case SharedRoundRobin, SharedRandom, SharedHash:

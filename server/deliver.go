@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"hash/maphash"
 	"math/rand/v2"
 	"sync"
@@ -107,27 +106,26 @@ func (ob *outbox) addSlices(cl *client, parts [][]byte) {
 }
 
 // flush commits the store writes collected, then writes everything
-// collected. On the home loop it writes directly; other loops get one
-// Execute each. The commit goes first so that an acknowledgement from a
-// receiver, which can only follow these bytes, is committed after the
-// entry it removes.
+// collected: to home-loop clients directly, to other loops' clients through
+// their inbox (coalesce.go). The commit goes first so that an
+// acknowledgement from a receiver, which can only follow these bytes, is
+// committed after the entry it removes.
 func (ob *outbox) flush() {
 	ob.commit()
+	now := monotime()
 	for i, cl := range ob.local {
-		cl.flush()
+		cl.push(now)
 		ob.local[i] = nil
 	}
 	ob.local = ob.local[:0]
 	for l, x := range ob.remote {
 		delete(ob.remote, l)
-		if err := l.el.Execute(context.Background(), x); err != nil {
-			x.release() // the engine is shutting down; the bytes have nowhere to go
-		}
+		l.post(x, now)
 	}
 }
 
-// Run delivers the bytes on the target loop.
-func (x *xfer) Run(context.Context) error {
+// run delivers the bytes on the target loop.
+func (x *xfer) run(now int64) {
 	var dirty []*client
 	p := 0
 	for _, it := range x.items {
@@ -142,10 +140,15 @@ func (x *xfer) Run(context.Context) error {
 		p += it.n
 	}
 	for _, cl := range dirty {
-		cl.flush()
+		cl.push(now)
 	}
 	x.release()
-	return nil
+}
+
+// merge appends y's bytes to x.
+func (x *xfer) merge(y *xfer) {
+	x.items = append(x.items, y.items...)
+	x.parts = append(x.parts, y.parts...)
 }
 
 func (x *xfer) release() {

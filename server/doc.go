@@ -13,9 +13,13 @@
 //
 // Bytes for other clients are gathered in an outbox (deliver.go) for the
 // whole read batch: a client on the same loop gets its bytes appended and is
-// written once, with one writev, at the end; clients on other loops get one
-// Execute per loop carrying everything for that loop. Timers and other
+// written once, with one writev, at the end; clients on other loops get
+// theirs through that loop's inbox, one hand-off per loop. Timers and other
 // goroutines (wills, session expiry, $SYS) use an outbox with no home loop.
+// A receiver written less than --write-delay ago that is not waiting for an
+// answer gets its next bytes when the delay has passed, all in one writev
+// (coalesce.go): a subscriber fed by many publishers is written about once
+// per delay instead of once per message.
 //
 // Durable state (durable.go) is written behind: every unit of work adds its
 // store writes to its outbox's batch, flush hands the batch to the store's
@@ -41,6 +45,7 @@
 //	                  too, for a moved session's redirects
 //	cluster.peerRoutes > route trie lock
 //	held.mu          (leaf; connections waiting for the lanes, pace.go)
+//	inbox.mu         (leaf; bytes for a loop's clients, coalesce.go)
 //
 // # Cluster
 //

@@ -33,6 +33,7 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	if l == nil {
 		l = &loop{el: el, conns: make(map[*client]struct{})}
 		l.ob = newOutbox(s, l)
+		l.initCoalesce(s.cfg.WriteDelay)
 		s.loops.m[el] = l
 	}
 	return l

@@ -402,7 +402,7 @@ func TestOpsMetrics(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"gannet_messages_received_total", "gannet_messages_sent_total",
-		"gannet_bytes_received_total", "gannet_bytes_sent_total", "gannet_uptime_seconds",
+		"gannet_bytes_received_total", "gannet_bytes_sent_total", "gannet_writes_total", "gannet_uptime_seconds",
 		`gannet_messages_dropped_total{reason="too_large"}`, "process_resident_memory_bytes"} {
 		opsSample(t, m0, name)
 	}

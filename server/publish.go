@@ -176,6 +176,9 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 			want = 2
 		}
 		if m != nil && m.qos == want && (want == 1 || m.released) {
+			if sess.mu.queue.len() > 0 {
+				c.ready() // the window was full: what it frees goes at once
+			}
 			delete(sess.mu.inflight, a.PacketID)
 			sess.forgetLocked(ob, m)
 			sess.pumpLocked(ob, now)

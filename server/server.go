@@ -66,9 +66,10 @@ type Server struct {
 // loop is Gannet's state for one gnet event loop. Its fields are touched
 // only on that loop.
 type loop struct {
-	el    gnet.EventLoop
-	conns map[*client]struct{}
-	ob    *outbox
+	el       gnet.EventLoop
+	conns    map[*client]struct{}
+	ob       *outbox
+	coalesce // write delay and inbox (coalesce.go)
 	// scratch holds the packets OnTraffic decodes into, one set per loop
 	// rather than per connection: fields alias the read buffer and die with
 	// the call, and handlers copy what they keep. Kept per connection they
@@ -249,6 +250,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopCluster()
 	s.disconnectAll(ctx)
 	err := s.eng.Stop(ctx)
+	s.loops.Lock()
+	for _, l := range s.loops.m {
+		l.timer.Stop()
+	}
+	s.loops.Unlock()
 	if s.http != nil {
 		_ = s.http.Shutdown(ctx)
 	}
@@ -289,6 +295,7 @@ func (s *Server) disconnectAll(ctx context.Context) {
 		wg.Add(1)
 		err := l.el.Execute(ctx, runFunc(func() {
 			defer wg.Done()
+			l.takeInbox(monotime()) // what other loops left for these clients goes first
 			for c := range l.conns {
 				c.shutdown()
 			}

@@ -20,6 +20,7 @@ type stats struct {
 	msgsOut  *metrics.Counter
 	bytesIn  *metrics.Counter
 	bytesOut *metrics.Counter
+	writes   *metrics.Counter // writev calls to clients
 
 	droppedQueueFull *metrics.Counter
 	droppedSlow      *metrics.Counter
@@ -47,6 +48,7 @@ func newStats(s *Server) *stats {
 		msgsOut:           set.NewCounter("gannet_messages_sent_total"),
 		bytesIn:           set.NewCounter("gannet_bytes_received_total"),
 		bytesOut:          set.NewCounter("gannet_bytes_sent_total"),
+		writes:            set.NewCounter("gannet_writes_total"),
 		droppedQueueFull:  set.NewCounter(`gannet_messages_dropped_total{reason="queue_full"}`),
 		droppedSlow:       set.NewCounter(`gannet_messages_dropped_total{reason="slow_receiver"}`),
 		droppedExpired:    set.NewCounter(`gannet_messages_dropped_total{reason="expired"}`),

@@ -112,6 +112,7 @@ Flags:
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "time a new connection has to send CONNECT")
 	fs.IntVar(&cfg.OutboundHighWater, "outbound-high-water", cfg.OutboundHighWater, "outbound `bytes` buffered for a connection past which QoS 0 messages to it are dropped and QoS 1/2 wait in its session queue")
 	fs.DurationVar(&cfg.SlowTimeout, "slow-timeout", cfg.SlowTimeout, "close a connection that stays above the outbound high-water mark this long; 0: never")
+	fs.DurationVar(&cfg.WriteDelay, "write-delay", cfg.WriteDelay, "coalesce writes to busy receivers: a connection written less than this long ago gets its next deliveries together when this much time has passed; connections waiting for an answer are written at once; 0: write at once")
 	shared := fs.String("shared-policy", string(cfg.SharedPolicy), "which member of a shared subscription group gets a message: round-robin, random or hash (by publisher)")
 	fs.DurationVar(&cfg.SysInterval, "sys-interval", cfg.SysInterval, "how often $SYS/broker statistics are published; 0 disables them")
 	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol v1/v2 header on every MQTT connection (behind HAProxy or a load balancer)")

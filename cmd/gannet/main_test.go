@@ -127,6 +127,8 @@ func TestBadFlagExitsTwo(t *testing.T) {
 		{[]string{"--log-format=xml"}, []string{"--log-format", "xml"}},
 		{[]string{"--min-keepalive=10s", "--max-keepalive=5s"}, []string{"--min-keepalive", "--max-keepalive"}},
 		{[]string{"--topic-alias-maximum=70000"}, []string{"--topic-alias-maximum"}},
+		{[]string{"--write-delay=2s"}, []string{"--write-delay", "2s"}},
+		{[]string{"--write-delay=-1ms"}, []string{"--write-delay"}},
 		{[]string{"stray"}, []string{"stray"}},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

@@ -1,0 +1,212 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Write coalescing. Every write to a connection costs a system call and,
+// on the receiving host, a wake-up; a subscriber that gets a message from
+// each of a hundred publishers would otherwise be written a hundred times.
+// A connection written less than Config.WriteDelay ago keeps what comes for
+// it until the delay has passed since that write, then gets it all in one
+// writev. Light traffic sees no added latency, busy traffic at most the
+// delay.
+//
+// A connection that may be waiting for an answer is written at once: one
+// that sent, within the delay, anything but an acknowledgement of our
+// deliveries (a PUBLISH awaiting its PUBACK, a PINGREQ, a SUBSCRIBE, the
+// request of a request/response exchange), or an acknowledgement that
+// freed its inflight window for queued messages. So synchronous
+// publishers, request/response clients and consumers with a small receive
+// maximum run at full speed; streams of deliveries to a receiver that only
+// reads and acknowledges them are coalesced.
+//
+// Bytes for a client on another loop travel in that loop's inbox. The
+// sender wakes the loop only when a receiver in the batch may be written at
+// once; otherwise the loop's write timer, which is armed while it holds
+// delayed clients, takes the inbox when it fires.
+
+var epoch = time.Now()
+
+// monotime is a monotonic clock in nanoseconds.
+func monotime() int64 { return int64(time.Since(epoch)) }
+
+// inbox holds bytes other goroutines leave for a loop's clients.
+type inbox struct {
+	mu     sync.Mutex
+	x      *xfer
+	posted bool // a drain is queued on the loop
+	timed  bool // the write timer is armed and will take the inbox
+}
+
+// coalesce is a loop's write-delay state; it belongs to the loop.
+type coalesce struct {
+	delay int64     // Config.WriteDelay
+	later []*client // clients whose bytes wait for the delay
+	// laterAt is when the timer fires; 0 when it is not armed, -1 while
+	// flushLater runs.
+	laterAt int64
+	timer   *time.Timer
+	in      inbox
+	drain   runFunc
+}
+
+func (l *loop) initCoalesce(delay time.Duration) {
+	l.delay = int64(delay)
+	l.timer = time.AfterFunc(time.Hour, func() { _ = l.el.Execute(context.Background(), runFunc(l.flushLater)) })
+	l.timer.Stop()
+	l.drain = func() {
+		l.in.mu.Lock()
+		x := l.in.x
+		l.in.x, l.in.posted = nil, false
+		l.in.mu.Unlock()
+		if x != nil {
+			x.run(monotime())
+		}
+	}
+}
+
+// ready marks c as waiting for an answer: its bytes go at once for the
+// next write delay. It runs on c's loop.
+func (c *client) ready() {
+	if c.loop.delay == 0 {
+		return
+	}
+	c.askedAt = monotime()
+	if c.calmUntil.Load() != 0 {
+		c.calmUntil.Store(0)
+	}
+}
+
+// push writes c's pending bytes at once or, if c is a busy receiver, when
+// the write delay has passed since its last write. It runs on c's loop with
+// c.dirty set; c stays dirty while it waits, so further bytes for it join
+// pend without another push.
+func (c *client) push(now int64) {
+	l := c.loop
+	if l.delay == 0 || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay {
+		c.write(now)
+		return
+	}
+	l.later = append(l.later, c)
+	if l.laterAt == 0 {
+		l.arm(c.wroteAt+l.delay, now)
+	}
+}
+
+// write flushes c and records when, for the write delay.
+func (c *client) write(now int64) {
+	c.flush()
+	c.wroteAt = now
+	if d := c.loop.delay; d != 0 && now-c.askedAt >= d {
+		c.calmUntil.Store(now + d)
+	}
+}
+
+// arm sets the write timer to fire at due.
+func (l *loop) arm(due, now int64) {
+	l.laterAt = due
+	l.timer.Reset(time.Duration(due - now))
+	l.in.mu.Lock()
+	l.in.timed = true
+	l.in.mu.Unlock()
+}
+
+// flushLater runs when the write timer fires: it takes the inbox, writes
+// the clients whose delay has passed and sets the timer for the rest.
+func (l *loop) flushLater() {
+	now := monotime()
+	l.laterAt = -1 // push queues clients in later without arming
+	l.takeInbox(now)
+	keep := l.later[:0]
+	var next int64
+	for _, c := range l.later {
+		if !c.dirty {
+			continue // written meanwhile (a close, an early flush)
+		}
+		if due := c.wroteAt + l.delay; due > now && now-c.askedAt >= l.delay && !c.closed {
+			keep = append(keep, c)
+			if next == 0 || due < next {
+				next = due
+			}
+			continue
+		}
+		c.write(now)
+	}
+	clear(l.later[len(keep):])
+	l.later = keep
+	l.laterAt = 0
+	if next != 0 {
+		l.arm(next, now)
+		return
+	}
+	// Disarmed: take what arrived meanwhile, or tell senders to wake us.
+	for {
+		l.in.mu.Lock()
+		x := l.in.x
+		l.in.x = nil
+		if x == nil && l.laterAt == 0 {
+			l.in.timed = false
+		}
+		l.in.mu.Unlock()
+		if x == nil {
+			return
+		}
+		x.run(now)
+	}
+}
+
+// takeInbox runs the bytes waiting in the inbox. It runs on the loop.
+func (l *loop) takeInbox(now int64) {
+	l.in.mu.Lock()
+	x := l.in.x
+	l.in.x = nil
+	l.in.mu.Unlock()
+	if x != nil {
+		x.run(now)
+	}
+}
+
+// post hands x to loop l. The loop is woken unless every receiver in x is
+// a busy one and the loop's write timer will take the inbox anyway.
+func (l *loop) post(x *xfer, now int64) {
+	wait := l.delay != 0 && x.calm(now)
+	l.in.mu.Lock()
+	if l.in.x == nil {
+		l.in.x, x = x, nil
+	} else {
+		l.in.x.merge(x)
+	}
+	wake := !l.in.posted && !(wait && l.in.timed)
+	if wake {
+		l.in.posted = true
+	}
+	l.in.mu.Unlock()
+	if x != nil {
+		x.release()
+	}
+	if wake {
+		if err := l.el.Execute(context.Background(), l.drain); err != nil {
+			// The engine is shutting down; the bytes have nowhere to go.
+			l.in.mu.Lock()
+			x, l.in.x = l.in.x, nil
+			l.in.mu.Unlock()
+			if x != nil {
+				x.release()
+			}
+		}
+	}
+}
+
+// calm reports whether every receiver in x was written less than the write
+// delay ago and may not be waiting for an answer.
+func (x *xfer) calm(now int64) bool {
+	for _, it := range x.items {
+		if it.cl.calmUntil.Load() <= now {
+			return false
+		}
+	}
+	return true
+}

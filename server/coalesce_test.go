@@ -1,0 +1,170 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// A subscriber fed by several publishers, each message its own unit of
+// work, gets them in a few writes, in order per publisher, and none is
+// lost.
+func TestWriteDelayCoalesces(t *testing.T) {
+	t.Parallel()
+	const delay = 200 * time.Millisecond
+	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
+	sub := dialRaw(t, s, codec.V311)
+	sub.connect("co-sub", nil)
+	opsSubscribe(t, sub, 0, "co/#")
+	// Its SUBSCRIBE makes the subscriber one that may wait for an answer
+	// for the delay; from then on it only reads.
+	time.Sleep(delay)
+	const pubs, each = 3, 50
+	var ps [pubs]*rawConn
+	for i := range ps {
+		ps[i] = dialRaw(t, s, codec.V311)
+		ps[i].connect(fmt.Sprintf("co-pub%d", i), nil)
+	}
+	before := s.stats.writes.Get()
+	for n := range each {
+		for i, p := range ps {
+			p.send(&codec.Publish{Topic: fmt.Appendf(nil, "co/%d", i), Payload: fmt.Appendf(nil, "%d", n)})
+			// The PINGRESP says the broker has routed the message: each
+			// message is its own unit of work and, unless held, its own
+			// write.
+			if got := p.ping(); len(got) != 0 {
+				t.Fatalf("publisher got %v", got)
+			}
+		}
+	}
+	next := [pubs]int{}
+	for range pubs * each {
+		p, ok := sub.expect().(*codec.Publish)
+		if !ok {
+			t.Fatal("expected PUBLISH")
+		}
+		var i, n int
+		if _, err := fmt.Sscanf(string(p.Topic), "co/%d", &i); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fmt.Sscanf(string(p.Payload), "%d", &n); err != nil || n != next[i] {
+			t.Fatalf("publisher %d: got message %q, want %d", i, p.Payload, next[i])
+		}
+		next[i]++
+	}
+	// Each PINGRESP is a write of its own (the publisher waits for it);
+	// the subscriber's 150 messages take one write per delay elapsed, a
+	// handful here, where each would be a write without the delay.
+	writes := s.stats.writes.Get() - before
+	if max := uint64(pubs*each + pubs*each/3); writes > max {
+		t.Errorf("%d writes for %d messages and %d PINGRESPs, want at most %d", writes, pubs*each, pubs*each, max)
+	}
+}
+
+// Clients waiting for an answer are not held by the write delay: a
+// synchronous QoS 1 publisher, a request/response exchange between two
+// clients, and a consumer whose receive maximum is 1. Each exchange below
+// waits for the one before; held for the delay, the 90 of them would take
+// at least 90 seconds.
+func TestWriteDelayAnswersAtOnce(t *testing.T) {
+	t.Parallel()
+	s := startBroker(t, func(c *Config) { c.WriteDelay = time.Second })
+	start := time.Now()
+	a := dialRaw(t, s, codec.V5)
+	a.connect("rr-a", nil)
+	opsSubscribe(t, a, 0, "rr/a")
+	b := dialRaw(t, s, codec.V5)
+	b.connect("rr-b", nil)
+	opsSubscribe(t, b, 0, "rr/b")
+	for n := range 30 {
+		id := a.nextID()
+		a.send(&codec.Publish{Topic: []byte("rr/b"), QoS: 1, PacketID: id, Payload: fmt.Appendf(nil, "req%d", n)})
+		if ack, ok := a.expect().(*codec.Ack); !ok || ack.Kind != codec.PUBACK || ack.PacketID != id {
+			t.Fatalf("round %d: expected PUBACK %d, got %+v", n, id, ack)
+		}
+		req, ok := b.expect().(*codec.Publish)
+		if !ok || string(req.Payload) != fmt.Sprintf("req%d", n) {
+			t.Fatalf("round %d: responder got %+v", n, req)
+		}
+		b.send(&codec.Publish{Topic: []byte("rr/a"), Payload: fmt.Appendf(nil, "resp%d", n)})
+		resp, ok := a.expect().(*codec.Publish)
+		if !ok || string(resp.Payload) != fmt.Sprintf("resp%d", n) {
+			t.Fatalf("round %d: requester got %+v", n, resp)
+		}
+	}
+
+	// A consumer with one message in flight at a time: each PUBACK frees
+	// the window for the next queued message.
+	c := dialRaw(t, s, codec.V5)
+	c.connect("rr-c", func(p *codec.Connect) {
+		p.Props.ReceiveMaximum = 1
+		p.Props.Set(codec.PropReceiveMaximum)
+	})
+	opsSubscribe(t, c, 1, "rr/c")
+	for n := range 30 {
+		a.send(&codec.Publish{Topic: []byte("rr/c"), QoS: 1, PacketID: a.nextID(), Payload: fmt.Appendf(nil, "%d", n)})
+	}
+	acks := 0
+	for n := 0; n < 30; {
+		switch p := c.expect().(type) {
+		case *codec.Publish:
+			if string(p.Payload) != fmt.Sprint(n) {
+				t.Fatalf("consumer got %q, want %d", p.Payload, n)
+			}
+			c.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+			n++
+		default:
+			t.Fatalf("consumer got %+v", p)
+		}
+	}
+	for acks < 30 {
+		if ack, ok := a.expect().(*codec.Ack); !ok || ack.Kind != codec.PUBACK {
+			t.Fatalf("expected PUBACK, got %+v", ack)
+		}
+		acks++
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("90 exchanges took %s: answers were held for the write delay", d)
+	}
+}
+
+// Bytes held for the write delay, on the subscriber's loop or on their way
+// to it, go out before the DISCONNECT of a shutdown.
+func TestWriteDelayShutdownFlushes(t *testing.T) {
+	t.Parallel()
+	const delay = 500 * time.Millisecond
+	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("sd-sub", nil)
+	opsSubscribe(t, sub, 0, "sd/#")
+	time.Sleep(delay) // its SUBSCRIBE no longer counts as waiting for an answer
+	// The first message is written at once, the next ones are held.
+	pubs := make([]*rawConn, 4) // on both loops
+	for i := range pubs {
+		pubs[i] = dialRaw(t, s, codec.V311)
+		pubs[i].connect(fmt.Sprintf("sd-pub%d", i), nil)
+		pubs[i].send(&codec.Publish{Topic: []byte("sd/x"), Payload: fmt.Appendf(nil, "%d", i)})
+		pubs[i].ping() // routed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := sub.expectClosed()
+	seen := map[string]bool{}
+	for _, p := range got[:len(got)-1] {
+		if m, ok := p.(*codec.Publish); ok {
+			seen[string(m.Payload)] = true
+		}
+	}
+	if len(seen) != len(pubs) {
+		t.Errorf("got %d of %d held messages before the connection closed: %+v", len(seen), len(pubs), got)
+	}
+	if d, ok := got[len(got)-1].(*codec.Disconnect); !ok || d.Code != codec.ServerShuttingDown {
+		t.Errorf("last packet %+v, want DISCONNECT 0x8B", got[len(got)-1])
+	}
+}
