@@ -54,6 +54,14 @@ type client struct {
 	filler []byte
 	closed atomic.Bool
 	errs   atomic.Int64
+
+	// The pacer writes a publisher's socket itself when nothing else does
+	// (direct.go): wfd is its own descriptor for it and backlog what the
+	// socket did not take yet.
+	direct  bool
+	wfd     int
+	backlog []byte
+	wbuf    []byte // send's buffer, reused when writing directly
 }
 
 func (c *client) ready() {
@@ -241,7 +249,12 @@ func (c *client) send(n int) bool {
 		c.filler = make([]byte, max(cfg.Payload, headerSize))
 	}
 	p := codec.Publish{QoS: cfg.QoS, Retain: cfg.Retain, Topic: c.topic, Payload: c.filler}
-	buf := make([]byte, 0, n*(p.Size(c.v)+8))
+	var buf []byte
+	if c.direct {
+		buf = c.wbuf[:0] // written or copied to the backlog before send returns
+	} else {
+		buf = make([]byte, 0, n*(p.Size(c.v)+8)) // the event loop writes it later
+	}
 	now := time.Now().UnixNano()
 	for range n {
 		if cfg.QoS > 0 {
@@ -264,7 +277,12 @@ func (c *client) send(n int) bool {
 		}
 		c.seq++
 	}
-	if err := c.conn.AsyncWrite(buf, nil); err != nil {
+	if c.direct {
+		c.wbuf = buf[:0]
+		if !c.writeDirect(buf) {
+			return false
+		}
+	} else if err := c.conn.AsyncWrite(buf, nil); err != nil {
 		return false
 	}
 	c.run.sent.Add(int64(n))
@@ -286,6 +304,14 @@ func (c *client) send(n int) bool {
 func (r *runner) pace(pubs []*client, stop <-chan struct{}, count int64) {
 	t := time.NewTicker(r.cfg.Tick)
 	defer t.Stop()
+	for _, c := range pubs {
+		c.openDirect()
+	}
+	defer func() {
+		for _, c := range pubs {
+			c.closeDirect()
+		}
+	}()
 	start := time.Now()
 	var sent int64
 	share := make([]int, len(pubs))
@@ -320,6 +346,8 @@ func (r *runner) pace(pubs []*client, stop <-chan struct{}, count int64) {
 				if !c.send(n) {
 					continue
 				}
+			} else if len(c.backlog) > 0 && !c.writeDirect(nil) {
+				continue
 			}
 			if (count == 0 || int64(c.seq) < count) && !c.closed.Load() {
 				live++
