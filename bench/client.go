@@ -298,9 +298,9 @@ func (c *client) send(n int) bool {
 // publishers that have window credit, and each publisher's share goes out
 // in one write. A publisher without credit is passed over; what it misses
 // stays due and goes out when credit returns, as with a publisher that
-// waits. One wake-up per tick instead of one per message keeps the
-// generator's CPU well under the broker's at fixed rates; messages leave
-// in bursts of rate x tick spread over the publishers.
+// waits. One wake-up per tick instead of one per message leaves the
+// generator's CPU mostly in the writes themselves (direct.go); messages
+// leave in bursts of rate x tick spread over the publishers.
 func (r *runner) pace(pubs []*client, stop <-chan struct{}, count int64) {
 	t := time.NewTicker(r.cfg.Tick)
 	defer t.Stop()
