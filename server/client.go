@@ -59,11 +59,16 @@ type client struct {
 	// pend holds bytes to write at the end of the current unit of work.
 	pend  [][]byte
 	dirty bool
-	// For the write delay (coalesce.go): when c was last written and last
-	// sent a request (monotime), and until when senders on other loops may
-	// leave its bytes for the write timer (0: not now).
+	// For the write delay (coalesce.go): when c was last written
+	// (monotime); whether it sent a request since, and when the write
+	// after its last request was; whether its bytes are being held (the
+	// stamp of its entry in loop.later); until when senders on other loops
+	// may leave its bytes for the write timer (0: not now).
 	wroteAt   int64
+	asked     bool
 	askedAt   int64
+	waiting   bool
+	waitSeq   uint32
 	calmUntil atomic.Int64
 	// held counts slots in pend waiting for a store commit; output pauses
 	// while it is non-zero (durable.go).

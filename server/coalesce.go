@@ -43,14 +43,20 @@ type inbox struct {
 
 // coalesce is a loop's write-delay state; it belongs to the loop.
 type coalesce struct {
-	delay int64     // Config.WriteDelay
-	later []*client // clients whose bytes wait for the delay
-	// laterAt is when the timer fires; 0 when it is not armed, -1 while
-	// flushLater runs.
+	delay int64    // Config.WriteDelay
+	later []waiter // clients whose bytes wait for the delay
+	spare []waiter
+	// laterAt is when the timer fires; 0 when it is not armed.
 	laterAt int64
 	timer   *time.Timer
 	in      inbox
 	drain   runFunc
+}
+
+// waiter is an entry of loop.later; it stands while c.waitSeq is seq.
+type waiter struct {
+	c   *client
+	seq uint32
 }
 
 func (l *loop) initCoalesce(delay time.Duration) {
@@ -68,15 +74,25 @@ func (l *loop) initCoalesce(delay time.Duration) {
 	}
 }
 
-// ready marks c as waiting for an answer: its bytes go at once for the
-// next write delay. It runs on c's loop.
+// ready marks c as waiting for an answer: its bytes go at once until the
+// write delay has passed since the next write. It runs on c's loop, for
+// every packet c sends but acknowledgements, so it only sets flags; the
+// end of the read (answerNow) writes a client that was being held.
 func (c *client) ready() {
 	if c.loop.delay == 0 {
 		return
 	}
-	c.askedAt = monotime()
+	c.asked = true
 	if c.calmUntil.Load() != 0 {
 		c.calmUntil.Store(0)
+	}
+}
+
+// answerNow writes c at the end of a read in which it asked for something
+// while its bytes were held: the answer joined the held bytes.
+func (c *client) answerNow() {
+	if c.asked && c.waiting {
+		c.push(monotime())
 	}
 }
 
@@ -86,11 +102,17 @@ func (c *client) ready() {
 // pend without another push.
 func (c *client) push(now int64) {
 	l := c.loop
+	if c.asked {
+		c.asked, c.askedAt = false, now
+	}
+	c.waiting = false
 	if l.delay == 0 || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay {
 		c.write(now)
 		return
 	}
-	l.later = append(l.later, c)
+	c.waiting = true
+	c.waitSeq++
+	l.later = append(l.later, waiter{c, c.waitSeq})
 	if l.laterAt == 0 {
 		l.arm(c.wroteAt+l.delay, now)
 	}
@@ -100,7 +122,8 @@ func (c *client) push(now int64) {
 func (c *client) write(now int64) {
 	c.flush()
 	c.wroteAt = now
-	if d := c.loop.delay; d != 0 && now-c.askedAt >= d {
+	c.waiting = false
+	if d := c.loop.delay; d != 0 && !c.asked && now-c.askedAt >= d {
 		c.calmUntil.Store(now + d)
 	}
 }
@@ -118,36 +141,23 @@ func (l *loop) arm(due, now int64) {
 // the clients whose delay has passed and sets the timer for the rest.
 func (l *loop) flushLater() {
 	now := monotime()
-	l.laterAt = -1 // push queues clients in later without arming
-	l.takeInbox(now)
-	keep := l.later[:0]
-	var next int64
-	for _, c := range l.later {
-		if !c.dirty {
-			continue // written meanwhile (a close, an early flush)
-		}
-		if due := c.wroteAt + l.delay; due > now && now-c.askedAt >= l.delay && !c.closed {
-			keep = append(keep, c)
-			if next == 0 || due < next {
-				next = due
-			}
-			continue
-		}
-		c.write(now)
-	}
-	clear(l.later[len(keep):])
-	l.later = keep
 	l.laterAt = 0
-	if next != 0 {
-		l.arm(next, now)
-		return
+	l.takeInbox(now)
+	list := l.later
+	l.later = l.spare[:0]
+	for _, w := range list {
+		if w.c.waiting && w.c.waitSeq == w.seq {
+			w.c.push(now) // written, or held again until its own time
+		}
 	}
+	clear(list)
+	l.spare = list[:0]
 	// Disarmed: take what arrived meanwhile, or tell senders to wake us.
-	for {
+	for l.laterAt == 0 {
 		l.in.mu.Lock()
 		x := l.in.x
 		l.in.x = nil
-		if x == nil && l.laterAt == 0 {
+		if x == nil {
 			l.in.timed = false
 		}
 		l.in.mu.Unlock()

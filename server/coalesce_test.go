@@ -168,3 +168,35 @@ func TestWriteDelayShutdownFlushes(t *testing.T) {
 		t.Errorf("last packet %+v, want DISCONNECT 0x8B", got[len(got)-1])
 	}
 }
+
+// A client whose deliveries are being held and that then asks for
+// something gets the answer, and what was held, at once.
+func TestWriteDelayHeldClientAsks(t *testing.T) {
+	t.Parallel()
+	const delay = time.Second
+	// One event loop, so that the feeder's PINGRESP says the message is
+	// already held for x, not still on its way from another loop.
+	s := startBroker(t, func(c *Config) { c.WriteDelay, c.EventLoops = delay, 1 })
+	x := dialRaw(t, s, codec.V311)
+	x.connect("ha-x", nil)
+	opsSubscribe(t, x, 0, "ha/#")
+	feed := dialRaw(t, s, codec.V311)
+	feed.connect("ha-feed", nil)
+	time.Sleep(delay) // x's SUBSCRIBE no longer counts as waiting for an answer
+	for n := range 2 {
+		feed.send(&codec.Publish{Topic: []byte("ha/t"), Payload: fmt.Appendf(nil, "%d", n)})
+		feed.ping() // routed
+	}
+	// The first message went at once; the second waits for the delay.
+	if p, ok := x.expect().(*codec.Publish); !ok || string(p.Payload) != "0" {
+		t.Fatalf("got %+v, want the first message", p)
+	}
+	start := time.Now()
+	got := x.ping()
+	if took := time.Since(start); took > delay*3/4 {
+		t.Errorf("PINGRESP took %s: held for the write delay", took)
+	}
+	if len(got) != 1 || string(got[0].(*codec.Publish).Payload) != "1" {
+		t.Errorf("got %+v before the PINGRESP, want the held message", got)
+	}
+}

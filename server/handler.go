@@ -70,6 +70,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	ob := c.loop.ob
 	act := c.onTraffic(ob)
 	ob.flush()
+	c.answerNow()
 	return act
 }
 
