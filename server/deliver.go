@@ -106,22 +106,25 @@ func (ob *outbox) addSlices(cl *client, parts [][]byte) {
 }
 
 // flush commits the store writes collected, then writes everything
-// collected: to home-loop clients directly, to other loops' clients through
-// their inbox (coalesce.go). The commit goes first so that an
+// collected: to other loops' clients through their inbox (coalesce.go), to
+// home-loop clients directly. The commit goes first so that an
 // acknowledgement from a receiver, which can only follow these bytes, is
-// committed after the entry it removes.
+// committed after the entry it removes. Other loops come before home so
+// that a publisher's answer (PUBACK, PINGRESP) is written only once its
+// message is with every loop that delivers it: a shutdown or takeover
+// that follows the answer finds the message there.
 func (ob *outbox) flush() {
 	ob.commit()
 	now := monotime()
+	for l, x := range ob.remote {
+		delete(ob.remote, l)
+		l.post(x, now)
+	}
 	for i, cl := range ob.local {
 		cl.push(now)
 		ob.local[i] = nil
 	}
 	ob.local = ob.local[:0]
-	for l, x := range ob.remote {
-		delete(ob.remote, l)
-		l.post(x, now)
-	}
 }
 
 // run delivers the bytes on the target loop.
