@@ -105,7 +105,6 @@ func (c *client) push(now int64) {
 	if c.asked {
 		c.asked, c.askedAt = false, now
 	}
-	c.waiting = false
 	if l.delay == 0 || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay {
 		c.write(now)
 		return

@@ -16,12 +16,7 @@ func TestWriteDelayCoalesces(t *testing.T) {
 	t.Parallel()
 	const delay = 200 * time.Millisecond
 	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
-	sub := dialRaw(t, s, codec.V311)
-	sub.connect("co-sub", nil)
-	opsSubscribe(t, sub, 0, "co/#")
-	// Its SUBSCRIBE makes the subscriber one that may wait for an answer
-	// for the delay; from then on it only reads.
-	time.Sleep(delay)
+	sub := quietSubscriber(t, s, codec.V311, "co-sub", "co/#", delay)
 	const pubs, each = 3, 50
 	var ps [pubs]*rawConn
 	for i := range ps {
@@ -137,10 +132,7 @@ func TestWriteDelayShutdownFlushes(t *testing.T) {
 	t.Parallel()
 	const delay = 500 * time.Millisecond
 	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
-	sub := dialRaw(t, s, codec.V5)
-	sub.connect("sd-sub", nil)
-	opsSubscribe(t, sub, 0, "sd/#")
-	time.Sleep(delay) // its SUBSCRIBE no longer counts as waiting for an answer
+	sub := quietSubscriber(t, s, codec.V5, "sd-sub", "sd/#", delay)
 	// The first message is written at once, the next ones are held.
 	pubs := make([]*rawConn, 4) // on both loops
 	for i := range pubs {
@@ -177,12 +169,9 @@ func TestWriteDelayHeldClientAsks(t *testing.T) {
 	// One event loop, so that the feeder's PINGRESP says the message is
 	// already held for x, not still on its way from another loop.
 	s := startBroker(t, func(c *Config) { c.WriteDelay, c.EventLoops = delay, 1 })
-	x := dialRaw(t, s, codec.V311)
-	x.connect("ha-x", nil)
-	opsSubscribe(t, x, 0, "ha/#")
+	x := quietSubscriber(t, s, codec.V311, "ha-x", "ha/#", delay)
 	feed := dialRaw(t, s, codec.V311)
 	feed.connect("ha-feed", nil)
-	time.Sleep(delay) // x's SUBSCRIBE no longer counts as waiting for an answer
 	for n := range 2 {
 		feed.send(&codec.Publish{Topic: []byte("ha/t"), Payload: fmt.Appendf(nil, "%d", n)})
 		feed.ping() // routed
@@ -199,4 +188,16 @@ func TestWriteDelayHeldClientAsks(t *testing.T) {
 	if len(got) != 1 || string(got[0].(*codec.Publish).Payload) != "1" {
 		t.Errorf("got %+v before the PINGRESP, want the held message", got)
 	}
+}
+
+// quietSubscriber connects a client subscribed to filter at QoS 0 and waits
+// out the write delay: its SUBSCRIBE no longer counts as waiting for an
+// answer, and from then on it only reads, so what comes for it is held.
+func quietSubscriber(t *testing.T, s *Server, v codec.Version, id, filter string, delay time.Duration) *rawConn {
+	t.Helper()
+	rc := dialRaw(t, s, v)
+	rc.connect(id, nil)
+	opsSubscribe(t, rc, 0, filter)
+	time.Sleep(delay) // the rule is a time: nothing else to wait on
+	return rc
 }
