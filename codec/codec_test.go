@@ -87,7 +87,7 @@ func samples(v Version) []Packet {
 			ClientID: []byte("c2"), WillFlag: true, WillQoS: 2, WillRetain: true, WillProps: props(maskWill),
 			WillTopic: []byte("last/will"), WillPayload: []byte("gone"), UsernameFlag: true,
 			Username: []byte("user"), PasswordFlag: true, Password: []byte{0, 0xff, 'p'}},
-		&Connack{SessionPresent: true, Code: Success, Props: props(maskConnack)},
+		&Connack{SessionPresent: v != V31, Code: Success, Props: props(maskConnack)},
 		&Publish{Topic: []byte("a/b/c"), Payload: []byte("hello")},
 		&Publish{Dup: true, QoS: 1, Retain: true, Topic: []byte("a/b"), PacketID: 7, Props: props(maskPublish), Payload: []byte{}},
 		&Publish{QoS: 2, Topic: []byte("x"), PacketID: 65535, Props: props(maskPublish), Payload: bytes.Repeat([]byte{0xAB}, 300)},
@@ -290,5 +290,18 @@ func TestTopicValidation(t *testing.T) {
 	}
 	if _, _, ok := SplitShared([]byte("$sharex/a")); ok {
 		t.Error("SplitShared accepted $sharex")
+	}
+}
+
+// MQTT 3.1 has no session present flag: a resumed session's CONNACK keeps
+// the byte zero.
+func TestConnackV31NoSessionPresent(t *testing.T) {
+	got := (&Connack{SessionPresent: true}).Append(nil, V31)
+	if want := []byte{0x20, 2, 0, 0}; !bytes.Equal(got, want) {
+		t.Fatalf("v3.1 CONNACK = % x, want % x", got, want)
+	}
+	got = (&Connack{SessionPresent: true}).Append(nil, V311)
+	if want := []byte{0x20, 2, 1, 0}; !bytes.Equal(got, want) {
+		t.Fatalf("v3.1.1 CONNACK = % x, want % x", got, want)
 	}
 }

@@ -189,7 +189,8 @@ func (p *Connack) remaining(v Version) int {
 func (p *Connack) Append(dst []byte, v Version) []byte {
 	dst = appendHeader(dst, CONNACK, 0, p.remaining(v))
 	var f byte
-	if p.SessionPresent {
+	if p.SessionPresent && v != V31 {
+		// MQTT 3.1 has no session present flag: the byte is reserved.
 		f = 1
 	}
 	dst = append(dst, f, byte(p.Code))
