@@ -311,11 +311,22 @@ func (p *Properties) size(mask uint64) int {
 
 // appendTo writes the property list (length and properties) allowed by mask.
 func (p *Properties) appendTo(dst []byte, mask uint64) []byte {
+	dst, _ = p.appendMarked(dst, mask, 0)
+	return dst
+}
+
+// appendMarked is appendTo that also returns the offset in dst of the value
+// of property mark (a non-repeatable one), or -1 when it is not written.
+func (p *Properties) appendMarked(dst []byte, mask uint64, mark PropID) ([]byte, int) {
+	off := -1
 	dst = AppendVarint(dst, p.bodySize(mask))
 	for m := p.Present & mask &^ repeatable; m != 0; m &= m - 1 {
 		id := PropID(bits.TrailingZeros64(m))
 		{
 			dst = append(dst, byte(id))
+			if id == mark {
+				off = len(dst)
+			}
 			v, b := p.field(id)
 			switch propKinds[id] {
 			case kindByte:
@@ -342,7 +353,7 @@ func (p *Properties) appendTo(dst []byte, mask uint64) []byte {
 			dst = appendBinary(dst, u.Value)
 		}
 	}
-	return dst
+	return dst, off
 }
 
 // empty reports whether no property allowed by mask is present.

@@ -75,17 +75,25 @@ func (p *Publish) Append(dst []byte, v Version) []byte {
 // the result of the two packet identifier bytes, or -1 for QoS 0. A fan-out
 // writes one encoding to many receivers and swaps only those two bytes.
 func (p *Publish) AppendSplit(dst []byte, v Version) ([]byte, int) {
+	dst, off, _ := p.AppendFrame(dst, v)
+	return dst, off
+}
+
+// AppendFrame is AppendSplit that also returns aliasOff, the offset of
+// the two bytes of the topic alias property's value (-1 without one), so
+// that a frame shared by receivers can carry each receiver's own alias.
+func (p *Publish) AppendFrame(dst []byte, v Version) (buf []byte, idOff, aliasOff int) {
 	dst = appendHeader(dst, PUBLISH, p.flags(), p.remaining(v))
 	dst = appendBinary(dst, p.Topic)
-	off := -1
+	idOff, aliasOff = -1, -1
 	if p.QoS > 0 {
-		off = len(dst)
+		idOff = len(dst)
 		dst = appendU16(dst, p.PacketID)
 	}
 	if v == V5 {
-		dst = p.Props.appendTo(dst, maskPublish)
+		dst, aliasOff = p.Props.appendMarked(dst, maskPublish, PropTopicAlias)
 	}
-	return append(dst, p.Payload...), off
+	return append(dst, p.Payload...), idOff, aliasOff
 }
 
 func (p *Publish) Size(v Version) int { return total(p.remaining(v)) }

@@ -21,7 +21,7 @@ import (
 )
 
 // Form is what makes one receiver's PUBLISH differ from another's, the
-// packet identifier aside.
+// packet identifier and the topic alias's number aside.
 type Form struct {
 	V5     bool
 	QoS    byte
@@ -29,32 +29,52 @@ type Form struct {
 	// SubIDs are the v5 subscription identifiers of the subscriptions that
 	// matched, in ascending order without duplicates.
 	SubIDs []uint32
-	// Alias is a v5 topic alias (0: none); with AliasOnly the topic is left
-	// out because the receiver already knows the alias.
-	Alias     uint16
-	AliasOnly bool
+	// Alias says whether the v5 PUBLISH carries a topic alias, and whether
+	// the topic goes with it. The alias's number is the receiver's own:
+	// like the packet identifier, it is written beside the shared frame.
+	Alias AliasMode
 }
+
+// AliasMode is how a PUBLISH uses a topic alias (MQTT 5, 3.3.2.3.4).
+type AliasMode uint8
+
+// Alias modes.
+const (
+	AliasNone AliasMode = iota // the topic, no alias
+	AliasSet                   // the topic and an alias: (re)defines the alias
+	AliasUse                   // the alias alone, the topic left out
+)
 
 func (f *Form) equal(g *Form) bool {
 	return f.V5 == g.V5 && f.QoS == g.QoS && f.Retain == g.Retain &&
-		f.Alias == g.Alias && f.AliasOnly == g.AliasOnly && slices.Equal(f.SubIDs, g.SubIDs)
+		f.Alias == g.Alias && slices.Equal(f.SubIDs, g.SubIDs)
 }
 
 // Frame is one encoded PUBLISH shared by every receiver of its form. Buf
 // must not be modified. For QoS 1/2, IDOff is the offset of the two packet
-// identifier bytes in Buf; for QoS 0 it is -1.
+// identifier bytes in Buf; for QoS 0 it is -1. With a topic alias,
+// AliasOff is the offset of the alias's two bytes; otherwise it is -1.
 type Frame struct {
-	Buf   []byte
-	IDOff int
+	Buf      []byte
+	IDOff    int
+	AliasOff int
 }
 
 // Parts returns the slices to write for a receiver whose packet identifier
-// bytes are id (ignored for QoS 0). It appends to dst and returns it.
-func (f Frame) Parts(dst [][]byte, id []byte) [][]byte {
-	if f.IDOff < 0 {
-		return append(dst, f.Buf)
+// bytes are id (ignored for QoS 0) and whose topic alias bytes are alias
+// (ignored without an alias). It appends to dst and returns it. The packet
+// identifier always comes before the properties, so before the alias.
+func (f Frame) Parts(dst [][]byte, id, alias []byte) [][]byte {
+	b, at := f.Buf, 0
+	if f.IDOff >= 0 {
+		dst = append(dst, b[:f.IDOff], id)
+		at = f.IDOff + 2
 	}
-	return append(dst, f.Buf[:f.IDOff], id, f.Buf[f.IDOff+2:])
+	if f.AliasOff >= 0 {
+		dst = append(dst, b[at:f.AliasOff], alias)
+		at = f.AliasOff + 2
+	}
+	return append(dst, b[at:])
 }
 
 // Size is the encoded length of the packet.
@@ -97,7 +117,7 @@ func (e *Encoder) Frame(f *Form) Frame {
 	}
 	fr := Encode(&e.pub, f)
 	e.forms = append(e.forms, Form{V5: f.V5, QoS: f.QoS, Retain: f.Retain,
-		SubIDs: slices.Clone(f.SubIDs), Alias: f.Alias, AliasOnly: f.AliasOnly})
+		SubIDs: slices.Clone(f.SubIDs), Alias: f.Alias})
 	e.frames = append(e.frames, fr)
 	return fr
 }
@@ -118,10 +138,10 @@ func Encode(p *codec.Publish, f *Form) Frame {
 	if f.V5 {
 		v = codec.V5
 		q.Props.SubscriptionIDs = f.SubIDs
-		if f.Alias != 0 {
-			q.Props.TopicAlias = f.Alias
+		if f.Alias != AliasNone {
+			q.Props.TopicAlias = 0xFFFF // placeholder, like the packet id
 			q.Props.Set(codec.PropTopicAlias)
-			if f.AliasOnly {
+			if f.Alias == AliasUse {
 				q.Topic = nil
 			}
 		} else {
@@ -131,8 +151,8 @@ func Encode(p *codec.Publish, f *Form) Frame {
 		q.Props = codec.Properties{}
 	}
 	buf := make([]byte, 0, q.Size(v))
-	buf, off := q.AppendSplit(buf, v)
-	return Frame{Buf: buf, IDOff: off}
+	buf, off, aoff := q.AppendFrame(buf, v)
+	return Frame{Buf: buf, IDOff: off, AliasOff: aoff}
 }
 
 // Options are a subscription's delivery options as the broker stores them.

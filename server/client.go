@@ -41,16 +41,15 @@ type client struct {
 	heldGen uint64
 
 	// Limits the client announced in CONNECT (v5).
-	maxPacket   int // largest packet we may send; 0: no limit
-	aliasOutMax uint16
+	maxPacket   int  // largest packet we may send; 0: no limit
 	problemInfo bool // request problem information
 
 	// Inbound topic aliases (client to server).
 	aliasIn [][]byte
-	// Outbound topic aliases (server to client), assigned only on the
-	// client's own loop so that a definition is always written before its
-	// uses. Guarded by sess.mu like every delivery.
-	aliasOut map[string]uint16
+	// Outbound topic aliases (server to client, alias.go); nil when the
+	// client allows none or they are turned off. Guarded by sess.mu like
+	// every delivery, and used only on the client's own loop.
+	aliases *aliasTable
 
 	will *message
 	// willDelay is the v5 will delay interval in seconds.
@@ -320,45 +319,32 @@ func (c *client) encodeAck(kind codec.Type, pid uint16) []byte {
 	return a.Append(make([]byte, 0, 4), c.version)
 }
 
-// frame returns the shared frame for a live delivery to c. ok is false
-// when the packet would exceed the client's maximum packet size.
+// frame returns the shared frame for a live delivery to c, and the topic
+// alias bytes to write beside it (nil without an alias). ok is false when
+// the packet would exceed the client's maximum packet size.
 // REQUIRES: c.sess.mu held.
-func (c *client) frame(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32) (fanout.Frame, bool) {
+func (c *client) frame(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32) (fr fanout.Frame, alias []byte, ok bool) {
 	f := fanout.Form{V5: c.version == codec.V5, QoS: qos, Retain: retain}
 	if f.V5 {
 		f.SubIDs = subIDs
-		if c.aliasOutMax > 0 {
-			f.Alias, f.AliasOnly = c.outAlias(m.topic, ob.home == c.loop)
+		if c.aliases != nil && ob.home == c.loop {
+			var a uint16
+			a, f.Alias = c.aliases.lookup(m.topic)
+			alias = aliasWire[a][:]
 		}
 	}
-	fr := ob.enc.Frame(&f)
+	fr = ob.enc.Frame(&f)
 	if c.maxPacket > 0 && fr.Size() > c.maxPacket {
+		if f.Alias == fanout.AliasSet {
+			c.aliases.forget(uint16(alias[0])<<8 | uint16(alias[1]))
+		}
 		c.srv.stats.droppedTooLarge.Add(1)
-		return fanout.Frame{}, false
+		return fanout.Frame{}, nil, false
 	}
-	return fr, true
-}
-
-// outAlias returns the topic alias to use for topic; known says the client
-// has already seen it, so the topic can be left out. Only the client's own
-// loop assigns aliases: its packets go straight into c.pend, so the packet
-// that sets an alias is always written before any packet that uses it,
-// while packets from other loops arrive later through Execute. Other loops
-// use aliases already set and otherwise send the topic alone.
-// REQUIRES: c.sess.mu held.
-func (c *client) outAlias(topic []byte, home bool) (alias uint16, known bool) {
-	if a, ok := c.aliasOut[string(topic)]; ok {
-		return a, true
+	if f.Alias == fanout.AliasUse {
+		c.srv.stats.aliasedOut.Add(1)
 	}
-	if !home || len(c.aliasOut) >= int(c.aliasOutMax) {
-		return 0, false
-	}
-	if c.aliasOut == nil {
-		c.aliasOut = make(map[string]uint16)
-	}
-	a := uint16(len(c.aliasOut) + 1)
-	c.aliasOut[string(topic)] = a
-	return a, false
+	return fr, alias, true
 }
 
 // encodeStored encodes a queued or inflight message for c as it is now.

@@ -82,6 +82,10 @@ type Config struct {
 	// TopicAliasMaximum is the number of topic aliases a v5 client may use
 	// towards the broker.
 	TopicAliasMaximum int
+	// TopicAliasOut is the most topic aliases the broker sets towards one
+	// MQTT 5 client (the lower of this and the client's Topic Alias
+	// Maximum); 0 sends no aliases.
+	TopicAliasOut int
 	// MaxSessionExpiry caps the session expiry interval a client may ask for.
 	MaxSessionExpiry time.Duration
 
@@ -147,6 +151,7 @@ func DefaultConfig() Config {
 		MaxInflight:       1024,
 		MaxQueuedMessages: 10_000,
 		TopicAliasMaximum: 64,
+		TopicAliasOut:     32,
 		MaxSessionExpiry:  7 * 24 * time.Hour,
 		MinKeepAlive:      0,
 		MaxKeepAlive:      18 * time.Hour,
@@ -190,6 +195,8 @@ func (c *Config) Validate() error {
 	check(c.MaxQueuedMessages >= 0, "--max-queued-messages must be >= 0, got %d", c.MaxQueuedMessages)
 	check(c.TopicAliasMaximum >= 0 && c.TopicAliasMaximum <= 65535,
 		"--topic-alias-maximum must be between 0 and 65535, got %d", c.TopicAliasMaximum)
+	check(c.TopicAliasOut >= 0 && c.TopicAliasOut <= maxTopicAliasOut,
+		"--topic-alias-out must be between 0 and %d, got %d", maxTopicAliasOut, c.TopicAliasOut)
 	check(c.MaxSessionExpiry >= 0 && c.MaxSessionExpiry <= 0xFFFFFFFF*time.Second,
 		"--max-session-expiry must be between 0 and 4294967295s, got %s", c.MaxSessionExpiry)
 	check(c.MinKeepAlive >= 0 && c.MaxKeepAlive >= 0 && c.MinKeepAlive <= 65535*time.Second && c.MaxKeepAlive <= 65535*time.Second,

@@ -101,8 +101,8 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		if p.Props.Has(codec.PropMaximumPacketSize) {
 			c.maxPacket = int(p.Props.MaximumPacketSize)
 		}
-		if p.Props.Has(codec.PropTopicAliasMaximum) {
-			c.aliasOutMax = p.Props.TopicAliasMaximum
+		if n := min(int(p.Props.TopicAliasMaximum), c.srv.cfg.TopicAliasOut); n > 0 {
+			c.aliases = newAliasTable(n)
 		}
 		c.problemInfo = !p.Props.Has(codec.PropRequestProblemInfo) || p.Props.RequestProblemInfo == 1
 	}

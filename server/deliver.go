@@ -81,9 +81,10 @@ func (ob *outbox) add(cl *client, pkt []byte) {
 	ob.addSlices(cl, ob.parts)
 }
 
-// addParts queues a shared frame for cl with its packet id bytes.
-func (ob *outbox) addParts(cl *client, fr fanout.Frame, id []byte) {
-	ob.parts = fr.Parts(ob.parts[:0], id)
+// addParts queues a shared frame for cl with its packet id and topic
+// alias bytes.
+func (ob *outbox) addParts(cl *client, fr fanout.Frame, id, alias []byte) {
+	ob.parts = fr.Parts(ob.parts[:0], id, alias)
 	ob.addSlices(cl, ob.parts)
 }
 
@@ -308,9 +309,9 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 			ss.srv.stats.droppedSlow.Add(1)
 			return
 		}
-		fr, ok := cl.frame(ob, m, 0, retain, subIDs)
+		fr, alias, ok := cl.frame(ob, m, 0, retain, subIDs)
 		if ok {
-			ob.addParts(cl, fr, nil)
+			ob.addParts(cl, fr, nil, alias)
 			ss.srv.stats.sentMessage()
 		}
 		return
@@ -319,7 +320,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		ss.enqueueLocked(ob, ss.newOutMsgLocked(m, qos, retain, subIDs))
 		return
 	}
-	fr, ok := cl.frame(ob, m, qos, retain, subIDs)
+	fr, alias, ok := cl.frame(ob, m, qos, retain, subIDs)
 	if !ok {
 		return // too large for this client: discarded as if delivered [MQTT-3.1.2-25]
 	}
@@ -328,6 +329,6 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	om.idb[0], om.idb[1] = byte(om.pid>>8), byte(om.pid)
 	ss.mu.inflight[om.pid] = om
 	ss.storeEntryLocked(ob, om)
-	ob.addParts(cl, fr, om.idb[:])
+	ob.addParts(cl, fr, om.idb[:], alias)
 	ss.srv.stats.sentMessage()
 }

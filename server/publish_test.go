@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 
@@ -563,4 +564,80 @@ func TestPayloadFormatValidated(t *testing.T) {
 		t.Fatalf("got %+v", a)
 	}
 	rc.expect()
+}
+
+// Outbound aliases follow the topics most recently sent: with more topics
+// than the client allows, the least recently used alias is given to the new
+// topic, and every PUBLISH resolves to its own topic on the client's side,
+// also with publishers on other event loops than the subscriber's.
+func TestTopicAliasesMostRecentlyUsed(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.EventLoops = 2 })
+	rc := dialRaw(t, s, codec.V5)
+	rc.connect("alias-lru", func(p *codec.Connect) {
+		p.Props.TopicAliasMaximum = 3
+		p.Props.Set(codec.PropTopicAliasMaximum)
+	})
+	rc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("lru/#"), QoS: 1}}})
+	rc.expect()
+	var pubs []*rawConn
+	for i := range 4 {
+		p := dialRaw(t, s, codec.V5)
+		p.connect(fmt.Sprintf("alias-pub-%d", i), nil)
+		pubs = append(pubs, p)
+	}
+	// A pattern that reuses recent topics and brings in new ones.
+	topics := []string{"lru/a", "lru/b", "lru/a", "lru/c", "lru/d", "lru/a", "lru/b", "lru/e", "lru/e", "lru/a"}
+	table := map[uint16]string{} // the client's view
+	aliased := 0
+	for round := range 20 {
+		for i, topic := range topics {
+			p := pubs[(round+i)%len(pubs)]
+			p.send(&codec.Publish{QoS: 1, PacketID: p.nextID(), Topic: []byte(topic), Payload: []byte(topic)})
+			p.expect()
+			got := rc.expect().(*codec.Publish)
+			rc.send(&codec.Ack{Kind: codec.PUBACK, PacketID: got.PacketID})
+			name := string(got.Topic)
+			if got.Props.Has(codec.PropTopicAlias) {
+				a := got.Props.TopicAlias
+				if a < 1 || a > 3 {
+					t.Fatalf("alias %d outside the client's maximum 3", a)
+				}
+				if name != "" {
+					table[a] = name
+				} else {
+					name = table[a]
+					aliased++
+				}
+			}
+			if name != topic {
+				t.Fatalf("round %d, message %d: resolves to %q, sent to %q", round, i, name, topic)
+			}
+		}
+	}
+	if aliased == 0 {
+		t.Fatal("no message was sent with its alias alone")
+	}
+	if n := s.stats.aliasedOut.Get(); n != uint64(aliased) {
+		t.Fatalf("gannet_messages_sent_aliased_total %d, want %d", n, aliased)
+	}
+}
+
+// --topic-alias-out 0 sends no aliases.
+func TestTopicAliasOutOff(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.TopicAliasOut = 0; c.EventLoops = 1 })
+	rc := dialRaw(t, s, codec.V5)
+	rc.connect("alias-off", func(p *codec.Connect) {
+		p.Props.TopicAliasMaximum = 3
+		p.Props.Set(codec.PropTopicAliasMaximum)
+	})
+	rc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("off/#")}}})
+	rc.expect()
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("alias-off-pub", nil)
+	for range 3 {
+		pub.send(&codec.Publish{Topic: []byte("off/t"), Payload: []byte("x")})
+		if p := rc.expect().(*codec.Publish); p.Props.Has(codec.PropTopicAlias) || string(p.Topic) != "off/t" {
+			t.Fatalf("got %+v, want the topic and no alias", p)
+		}
+	}
 }

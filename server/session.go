@@ -153,7 +153,7 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 		s.forgetLocked(ob, m)
 		return
 	}
-	ob.addParts(cl, fr, m.idb[:])
+	ob.addParts(cl, fr, m.idb[:], nil)
 }
 
 // pumpLocked moves queued messages into the inflight window while there is
@@ -206,6 +206,6 @@ func (s *session) resendLocked(ob *outbox, now int64) {
 			s.forgetLocked(ob, m)
 			continue
 		}
-		ob.addParts(cl, fr, m.idb[:])
+		ob.addParts(cl, fr, m.idb[:], nil)
 	}
 }

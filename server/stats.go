@@ -21,6 +21,9 @@ type stats struct {
 	bytesIn  *metrics.Counter
 	bytesOut *metrics.Counter
 	writes   *metrics.Counter // writev calls to clients
+	// aliasedOut counts messages sent to MQTT 5 clients with a topic alias
+	// in place of the topic (alias.go).
+	aliasedOut *metrics.Counter
 
 	droppedQueueFull *metrics.Counter
 	droppedSlow      *metrics.Counter
@@ -49,6 +52,7 @@ func newStats(s *Server) *stats {
 		bytesIn:           set.NewCounter("gannet_bytes_received_total"),
 		bytesOut:          set.NewCounter("gannet_bytes_sent_total"),
 		writes:            set.NewCounter("gannet_writes_total"),
+		aliasedOut:        set.NewCounter("gannet_messages_sent_aliased_total"),
 		droppedQueueFull:  set.NewCounter(`gannet_messages_dropped_total{reason="queue_full"}`),
 		droppedSlow:       set.NewCounter(`gannet_messages_dropped_total{reason="slow_receiver"}`),
 		droppedExpired:    set.NewCounter(`gannet_messages_dropped_total{reason="expired"}`),

@@ -162,7 +162,7 @@ func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, 
 	if qos == 0 {
 		om := &outMsg{msg: m, qos: qos, retain: retain, subIDs: subIDs}
 		if fr, ok := cl.encodeStored(om, now); ok {
-			ob.addParts(cl, fr, nil)
+			ob.addParts(cl, fr, nil, nil)
 		}
 		return
 	}

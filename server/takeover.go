@@ -273,7 +273,7 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 	if qos == 0 {
 		om := &outMsg{msg: m, retain: retain, subIDs: subIDs}
 		if fr, ok := cl.encodeStored(om, now); ok {
-			ob.addParts(cl, fr, nil)
+			ob.addParts(cl, fr, nil, nil)
 		}
 		return
 	}

@@ -105,6 +105,7 @@ Flags:
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "outbound QoS 1/2 messages awaiting acknowledgement per session (also capped by the client's receive maximum)")
 	fs.IntVar(&cfg.MaxQueuedMessages, "max-queued-messages", cfg.MaxQueuedMessages, "QoS 1/2 messages queued per session while it is offline or its window is full; the oldest is dropped beyond this")
 	fs.IntVar(&cfg.TopicAliasMaximum, "topic-alias-maximum", cfg.TopicAliasMaximum, "topic aliases an MQTT 5 client may use towards the broker")
+	fs.IntVar(&cfg.TopicAliasOut, "topic-alias-out", cfg.TopicAliasOut, "topic aliases the broker sets towards an MQTT 5 client that allows them, for the topics it received most recently (at most 1024); 0: none")
 	fs.DurationVar(&cfg.MaxSessionExpiry, "max-session-expiry", cfg.MaxSessionExpiry, "longest session expiry granted; also the expiry of MQTT 3 persistent sessions")
 	fs.DurationVar(&cfg.MinKeepAlive, "min-keepalive", cfg.MinKeepAlive, "shortest keepalive an MQTT 5 client may use (raised to this and announced); 0: no bound")
 	fs.DurationVar(&cfg.MaxKeepAlive, "max-keepalive", cfg.MaxKeepAlive, "longest keepalive an MQTT 5 client may use (lowered to this and announced); 0: no bound")
