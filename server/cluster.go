@@ -614,7 +614,9 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 	if sess != nil {
 		mv = s.handOverTo(ob, sess, peer)
 	}
-	if mv != nil && clean == 0 && (mv.expiry > 0 || mv.online) {
+	// A session with expiry 0 ended with the connection it was taken
+	// from: it is never reused [MQTT-3.1.2-6].
+	if mv != nil && clean == 0 && mv.expiry > 0 {
 		reply = append(reply, 1)
 		reply = appendMoved(reply, mv, s.now())
 		s.log.Info("session handed over", "client", client, "to", peer)

@@ -217,22 +217,40 @@ func newClientID() string {
 // it over from another connection. It reports whether an existing session
 // was resumed (CONNACK's session present).
 func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expiry time.Duration, window int) (*session, bool) {
-	s.sessions.Lock()
-	old := s.sessions.m[id]
-	var sess *session
+	var old, sess *session
 	present := false
-	if old != nil && !cleanStart {
-		sess = old
-		present = true
-	} else {
-		sess = newSession(s, id)
-		s.sessions.m[id] = sess
+	for sess == nil {
+		s.sessions.Lock()
+		old = s.sessions.m[id]
+		s.sessions.Unlock()
+		// Asked outside the sessions lock (doc.go's lock order), then
+		// settled only if the map still holds what was asked about.
+		resume := old != nil && !cleanStart && old.resumable()
+		s.sessions.Lock()
+		if s.sessions.m[id] == old {
+			if resume {
+				sess, present = old, true
+			} else {
+				sess = newSession(s, id)
+				s.sessions.m[id] = sess
+			}
+		}
+		s.sessions.Unlock()
 	}
-	s.sessions.Unlock()
 
 	if old != nil && old != sess {
-		// Clean start: the old session ends here [MQTT-3.1.2-4].
+		// Clean start, or a session that ends with its connection: the
+		// old session ends here [MQTT-3.1.2-4, MQTT-3.1.2-6], and a
+		// connection still on it is told so and closed [MQTT-3.1.4-2].
+		// Detached first, it sends no will, as in any takeover.
+		old.mu.Lock()
+		oldCl := old.mu.cl
+		old.mu.cl = nil
+		old.mu.Unlock()
 		s.endSession(ob, old)
+		if oldCl != nil {
+			oldCl.kick(codec.SessionTakenOver)
+		}
 	}
 
 	sess.mu.Lock()

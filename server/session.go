@@ -89,6 +89,16 @@ func newSession(srv *Server, id string) *session {
 	return s
 }
 
+// resumable reports whether a later connection may resume the session: a
+// session with expiry 0 (a clean session, in MQTT 3 terms) ends with its
+// connection, and its state is never reused [MQTT-3.1.2-6], even while that
+// connection is still open or its end is still under way.
+func (s *session) resumable() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.mu.ended && s.mu.expiry > 0
+}
+
 // newOutMsgLocked makes the session's next QoS 1/2 delivery of msg.
 // REQUIRES: s.mu held.
 func (s *session) newOutMsgLocked(msg *message, qos byte, retain bool, subIDs []uint32) *outMsg {
