@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
@@ -39,6 +41,10 @@ type client struct {
 	proxied bool
 	// heldGen is the list of held connections this one is on (pace.go).
 	heldGen uint64
+	// While a closed connection lingers (close): until when (broker
+	// clock), and how many more bytes it may send.
+	lingerUntil int64
+	lingerLeft  int
 
 	// Limits the client announced in CONNECT (v5).
 	maxPacket   int  // largest packet we may send; 0: no limit
@@ -188,12 +194,54 @@ func (c *client) writeNow(ob *outbox, pkt []byte) {
 	}
 }
 
-// close closes the connection after flushing what is pending.
+// A connection the broker ends lingers: after its last packet (CONNACK
+// with a refusal, DISCONNECT with a reason) the write side is shut down
+// (FIN), and what the client still sends is read and discarded for up to
+// lingerTime or lingerBytes before the socket closes. Closing at once with
+// the client's bytes unread would make the kernel answer with a reset,
+// and a client still writing then sees "connection reset" or "broken
+// pipe" instead of the reason code.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// close ends the connection after flushing what is pending: the session
+// lets go of it now, and the socket lingers (above) before it closes.
 // It runs on the client's loop.
 func (c *client) close() {
 	if c.closed {
 		return
 	}
+	c.flushLast()
+	c.closed = true
+	if c.srv.stopping.Load() {
+		_ = c.gc.Close()
+		return
+	}
+	if c.gc.OutboundBuffered() == 0 {
+		// With bytes still queued, gnet writes them before it closes;
+		// shutting down the write side now would lose them.
+		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
+	}
+	c.lingerUntil = c.srv.now() + int64(lingerTime)
+	c.lingerLeft = lingerBytes
+	c.detach()
+}
+
+// closeNow closes the socket at once after flushing what is pending, for
+// the broker's own shutdown.
+func (c *client) closeNow() {
+	if c.closed {
+		return
+	}
+	c.flushLast()
+	c.closed = true
+	_ = c.gc.Close()
+}
+
+// flushLast writes the last bytes before a close.
+func (c *client) flushLast() {
 	if c.held > 0 {
 		// The last bytes go now; acknowledgements still waiting for the
 		// disk never do.
@@ -203,8 +251,28 @@ func (c *client) close() {
 	if c.dirty || len(c.pend) > 0 {
 		c.flush()
 	}
-	c.closed = true
-	_ = c.gc.Close()
+}
+
+// detach ends the client's part in its session (will, expiry, takeover
+// see it gone) when the connection ends, whether the socket is closed yet
+// or still lingering. It runs once.
+func (c *client) detach() {
+	if !c.connected {
+		return
+	}
+	c.srv.stats.clients.Add(-1)
+	c.onClose()
+	c.connected = false
+}
+
+// discardLingering reads and drops what a lingering connection sends,
+// closing it once lingerBytes have come.
+func (c *client) discardLingering() {
+	n, _ := c.gc.Discard(-1)
+	c.lingerLeft -= n
+	if c.lingerLeft <= 0 {
+		_ = c.gc.Close()
+	}
 }
 
 // flush writes the pending bytes with as few writev calls as possible and

@@ -1,8 +1,13 @@
 package server
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/gannetmq/gannet/codec"
 )
@@ -98,6 +103,118 @@ func TestCleanSessionNotResumedAfterDisconnect(t *testing.T) {
 			}
 			rc.expectClosed()
 			_ = nu.c.Close()
+		}
+	}
+}
+
+// flood writes QoS 2 publishes on rc until the connection breaks or stop
+// closes, never reading: a client still sending when it is refused.
+func flood(rc *rawConn, stop <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	payload := make([]byte, 1<<10)
+	var buf []byte
+	for id := uint16(1); ; id++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		buf = (&codec.Publish{QoS: 2, PacketID: id, Topic: []byte("flood"), Payload: payload}).Append(buf[:0], rc.v)
+		_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		if _, err := rc.c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// burst writes n QoS 2 publishes in one write and then nothing.
+func burst(rc *rawConn, n int) {
+	payload := make([]byte, 1<<10)
+	var buf []byte
+	for id := 1; id <= n; id++ {
+		buf = (&codec.Publish{QoS: 2, PacketID: uint16(id), Topic: []byte("burst"), Payload: payload}).Append(buf, rc.v)
+	}
+	_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = rc.c.Write(buf)
+}
+
+// readUntilClosed returns the packets read before the connection ended
+// and the error that ended it (io.EOF for a graceful close).
+func readUntilClosed(rc *rawConn) ([]codec.Packet, error) {
+	var got []codec.Packet
+	for {
+		p, err := rc.read()
+		if err != nil {
+			return got, err
+		}
+		got = append(got, p)
+	}
+}
+
+// A refusal reaches a client that is still writing: the broker closes
+// gracefully (the reason code, then FIN, then it reads and discards what
+// the client still sends) instead of resetting the connection with the
+// client's bytes unread, which can destroy the reason code in flight.
+func TestRefusalReachesBusyClient(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.ReceiveMaximum = 4 })
+	// Many publishes past the receive maximum in one burst, read only
+	// afterwards (as a client library that writes before it reads).
+	for i := range 20 {
+		rc := dialRaw(t, s, codec.V5)
+		rc.connect(fmt.Sprintf("burst-%d", i), nil)
+		burst(rc, 500)
+		got, err := readUntilClosed(rc)
+		if len(got) == 0 {
+			t.Fatalf("burst round %d: nothing read before %v", i, err)
+		}
+		if last, ok := got[len(got)-1].(*codec.Disconnect); !ok || last.Code != codec.ReceiveMaximumExceeded {
+			t.Fatalf("burst round %d: last packet %v (then %v), want DISCONNECT 0x93", i, got[len(got)-1], err)
+		}
+		if err != io.EOF {
+			t.Fatalf("burst round %d: the connection ended with %v, want a graceful close (EOF)", i, err)
+		}
+	}
+	// A client still writing while it reads.
+	for i := range 5 {
+		rc := dialRaw(t, s, codec.V5)
+		rc.connect(fmt.Sprintf("busy-%d", i), nil)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go flood(rc, stop, &wg)
+		got, err := readUntilClosed(rc)
+		close(stop)
+		wg.Wait()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("round %d: connection still open after 5s", i)
+		}
+		if len(got) == 0 {
+			t.Fatalf("round %d: nothing read before %v", i, err)
+		}
+		last, ok := got[len(got)-1].(*codec.Disconnect)
+		if !ok || last.Code != codec.ReceiveMaximumExceeded {
+			t.Fatalf("round %d: last packet %T %v (then %v), want DISCONNECT 0x93", i, got[len(got)-1], got[len(got)-1], err)
+		}
+	}
+	// A CONNACK refusal too: the client sends on after its CONNECT.
+	for i := range 5 {
+		rc := dialRaw(t, s, codec.V5)
+		rc.send(&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, CleanStart: true,
+			ClientID: []byte(fmt.Sprintf("refused-%d", i)),
+			Props:    codec.Properties{Present: 1 << codec.PropAuthMethod, AuthMethod: []byte("SCRAM")}})
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go flood(rc, stop, &wg)
+		got, err := readUntilClosed(rc)
+		close(stop)
+		wg.Wait()
+		if len(got) != 1 {
+			t.Fatalf("round %d: got %v (then %v), want one CONNACK", i, got, err)
+		}
+		if ca, ok := got[0].(*codec.Connack); !ok || ca.Code != codec.BadAuthenticationMethod {
+			t.Fatalf("round %d: got %v, want CONNACK 0x8C", i, got[0])
 		}
 	}
 }

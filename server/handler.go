@@ -61,6 +61,10 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
+	if c.lingerUntil != 0 {
+		c.discardLingering()
+		return gnet.None
+	}
 	if cl := h.srv.cl; cl != nil && cl.holdBack(c, true) {
 		// Read once the lanes to peers catch up (pace.go). The bytes
 		// arrived: they count for the keepalive.
@@ -82,15 +86,12 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c.closed = true
 	delete(c.loop.conns, c)
 	h.srv.stats.connections.Add(-1)
-	if c.connected {
-		h.srv.stats.clients.Add(-1)
-	}
 	if err != nil && c.connected && !c.disconnect {
 		c.logger().Info("connection lost", "err", err)
 	}
 	clear(c.pend)
 	c.pend = nil
-	c.onClose()
+	c.detach()
 	return gnet.None
 }
 
@@ -99,6 +100,10 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 // slow receiver for too long. It also resumes a session's queue once a
 // slow connection drained.
 func (c *client) checkDeadlines(ob *outbox, now int64) {
+	if c.lingerUntil != 0 && now > c.lingerUntil {
+		_ = c.gc.Close()
+		return
+	}
 	if c.closed {
 		return
 	}
@@ -146,7 +151,7 @@ func (c *client) shutdown() {
 		c.dirty = true
 	}
 	// The broker going away is not the client's doing: wills stand.
-	c.close()
+	c.closeNow()
 }
 
 // gnetLogger sends gnet's own logs to slog.
