@@ -218,3 +218,37 @@ func TestRefusalReachesBusyClient(t *testing.T) {
 		}
 	}
 }
+
+// A publisher subscribed to its own topic gets its PUBACK or PUBREC before
+// the copy of its message, with and without a store.
+func TestPublisherAckedBeforeItsCopy(t *testing.T) {
+	for _, d := range []Durability{DurabilityNone, DurabilitySync} {
+		t.Run(string(d), func(t *testing.T) {
+			s := startBroker(t, func(c *Config) { c.Durability = d })
+			for _, v := range []codec.Version{codec.V311, codec.V5} {
+				rc := dialRaw(t, s, v)
+				connectAs(rc, "self-"+v.String(), false)
+				rc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("self/t"), QoS: 2}}})
+				rc.expect()
+				for qos := byte(1); qos <= 2; qos++ {
+					rc.send(&codec.Publish{QoS: qos, PacketID: 10 + uint16(qos), Topic: []byte("self/t"), Payload: []byte("x")})
+					first, second := rc.expect(), rc.expect()
+					ack, ok := first.(*codec.Ack)
+					if !ok || ack.PacketID != 10+uint16(qos) {
+						t.Fatalf("%s QoS %d: first %v, then %v; want the acknowledgement first", v, qos, first, second)
+					}
+					if _, ok := second.(*codec.Publish); !ok {
+						t.Fatalf("%s QoS %d: second %v, want the copy", v, qos, second)
+					}
+					if qos == 2 {
+						rc.send(&codec.Ack{Kind: codec.PUBREL, PacketID: 12})
+						if p := rc.expect(); p.(*codec.Ack).Kind != codec.PUBCOMP {
+							t.Fatalf("%s: want PUBCOMP, got %v", v, p)
+						}
+					}
+					rc.ping() // the copy's flow is not finished; that is fine here
+				}
+			}
+		})
+	}
+}

@@ -330,14 +330,17 @@ func (ob *outbox) holds(c *client) bool {
 	return c.srv.store != nil && (ob.batch.Len() > 0 || c.held > 0)
 }
 
-// hold gives an acknowledgement to c a slot in its pending bytes, filled
-// when the outbox's batch is durable. It runs on c's loop, which is the
-// outbox's home.
+// hold gives an acknowledgement to c a slot in its pending bytes (h.slot,
+// reserved earlier, or a new one when negative), filled when the outbox's
+// batch is durable. It runs on c's loop, which is the outbox's home.
 func (ob *outbox) hold(h heldAck) {
 	c := h.c
 	c.held++
-	h.slot = len(c.pend)
-	c.pend = append(c.pend, nil)
+	if h.slot < 0 {
+		h.slot = len(c.pend)
+		c.pend = append(c.pend, nil)
+	}
+	c.pend[h.slot] = nil
 	if !c.dirty {
 		c.dirty = true
 		ob.local = append(ob.local, c)

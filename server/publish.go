@@ -45,7 +45,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 		c.srv.stats.protocolErrors.Add(1)
 		c.logger().Info("publish refused", "topic", string(p.Topic), "reason", "payload is not valid UTF-8")
-		return c.ackPublish(ob, p, codec.PayloadFormatInvalid)
+		return c.ackPublish(ob, p, -1, codec.PayloadFormatInvalid)
 	}
 
 	if p.QoS > 0 {
@@ -56,7 +56,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 			if !v5 {
 				return &codec.Error{Code: codec.QuotaExceeded, Msg: "the broker cannot store messages now: " + err.Error()}
 			}
-			return c.ackPublish(ob, p, codec.QuotaExceeded)
+			return c.ackPublish(ob, p, -1, codec.QuotaExceeded)
 		}
 	}
 
@@ -65,7 +65,10 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		c.publish(ob, p)
 		return nil
 	case 1:
-		return c.ackRouted(ob, p, c.publish(ob, p))
+		// The acknowledgement's place comes before the copy that a
+		// publisher subscribed to its own topic gets.
+		slot := c.reserve(ob)
+		return c.ackRouted(ob, p, slot, c.publish(ob, p))
 	default:
 		c.sess.mu.Lock()
 		_, seen := c.sess.mu.rxQoS2[p.PacketID]
@@ -85,9 +88,10 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		if !seen {
 			// Deliver once; a resent PUBLISH with the same id is only
 			// acknowledged again [MQTT-4.3.3-10].
-			return c.ackRouted(ob, p, c.publish(ob, p))
+			slot := c.reserve(ob)
+			return c.ackRouted(ob, p, slot, c.publish(ob, p))
 		}
-		return c.ackPublish(ob, p, codec.Success)
+		return c.ackPublish(ob, p, -1, codec.Success)
 	}
 }
 
@@ -112,18 +116,34 @@ func (c *client) publish(ob *outbox, p *codec.Publish) bool {
 // ackRouted acknowledges a QoS 1/2 publish after routing: Success, or, when
 // a peer's queue refused it, 0x97 in MQTT 5 (the client may resend) and a
 // close in 3.x (the client resends after reconnecting).
-func (c *client) ackRouted(ob *outbox, p *codec.Publish, ok bool) error {
+// The acknowledgement goes in slot (see reserve).
+func (c *client) ackRouted(ob *outbox, p *codec.Publish, slot int, ok bool) error {
 	if ok {
-		return c.ackPublish(ob, p, codec.Success)
+		return c.ackPublish(ob, p, slot, codec.Success)
 	}
 	if c.version != codec.V5 {
+		c.pend[slot] = []byte{}
 		return &codec.Error{Code: codec.QuotaExceeded, Msg: "a cluster peer's queue is full"}
 	}
-	return c.ackPublish(ob, p, codec.QuotaExceeded)
+	return c.ackPublish(ob, p, slot, codec.QuotaExceeded)
 }
 
-// ackPublish answers a QoS 1/2 PUBLISH with PUBACK or PUBREC.
-func (c *client) ackPublish(ob *outbox, p *codec.Publish, code codec.ReasonCode) error {
+// reserve gives an acknowledgement that is decided later a place in c's
+// pending bytes now, so that it is written before anything queued for c
+// in between, and returns the place for queueAck.
+func (c *client) reserve(ob *outbox) int {
+	slot := len(c.pend)
+	c.pend = append(c.pend, []byte{})
+	if !c.dirty {
+		c.dirty = true
+		ob.local = append(ob.local, c)
+	}
+	return slot
+}
+
+// ackPublish answers a QoS 1/2 PUBLISH with PUBACK or PUBREC, in slot
+// when it is not negative (reserve).
+func (c *client) ackPublish(ob *outbox, p *codec.Publish, slot int, code codec.ReasonCode) error {
 	if p.QoS == 0 {
 		return nil
 	}
@@ -141,7 +161,7 @@ func (c *client) ackPublish(ob *outbox, p *codec.Publish, code codec.ReasonCode)
 			c.sess.mu.Unlock()
 		}
 	}
-	c.queueAck(ob, kind, p.PacketID, code)
+	c.queueAck(ob, slot, kind, p.PacketID, code)
 	return nil
 }
 
@@ -166,7 +186,7 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 		if !ok {
 			code = codec.PacketIdentifierNotFound
 		}
-		c.queueAck(ob, codec.PUBCOMP, a.PacketID, code)
+		c.queueAck(ob, -1, codec.PUBCOMP, a.PacketID, code)
 		return nil
 	case codec.PUBACK, codec.PUBCOMP:
 		sess.mu.Lock()
@@ -225,10 +245,12 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 }
 
 // queueAck queues an acknowledgement for this client, encoded into the
-// client's arena (reused after each flush). It runs on the client's loop.
-func (c *client) queueAck(ob *outbox, kind codec.Type, pid uint16, code codec.ReasonCode) {
+// client's arena (reused after each flush), in slot when it is not
+// negative (reserve), else after what is pending. It runs on the client's
+// loop.
+func (c *client) queueAck(ob *outbox, slot int, kind codec.Type, pid uint16, code codec.ReasonCode) {
 	if ob.holds(c) {
-		ob.hold(heldAck{c: c, kind: kind, pid: pid, code: code})
+		ob.hold(heldAck{c: c, slot: slot, kind: kind, pid: pid, code: code})
 		return
 	}
 	a := codec.Ack{Kind: kind, PacketID: pid}
@@ -237,7 +259,12 @@ func (c *client) queueAck(ob *outbox, kind codec.Type, pid uint16, code codec.Re
 	}
 	start := len(c.arena)
 	c.arena = a.Append(c.arena, c.version)
-	ob.add(c, c.arena[start:len(c.arena):len(c.arena)])
+	pkt := c.arena[start:len(c.arena):len(c.arena)]
+	if slot >= 0 {
+		c.pend[slot] = pkt
+		return
+	}
+	ob.add(c, pkt)
 }
 
 func validUTF8(b []byte) bool { return utf8.Valid(b) }

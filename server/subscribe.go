@@ -144,7 +144,7 @@ func (c *client) handleUnsubscribe(ob *outbox, p *codec.Unsubscribe) error {
 // durable when the session is persistent.
 func (c *client) sendAck(ob *outbox, pkt []byte) {
 	if ob.holds(c) {
-		ob.hold(heldAck{c: c, pkt: pkt})
+		ob.hold(heldAck{c: c, slot: -1, pkt: pkt})
 		return
 	}
 	ob.add(c, pkt)
