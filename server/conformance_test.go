@@ -252,3 +252,30 @@ func TestPublisherAckedBeforeItsCopy(t *testing.T) {
 		})
 	}
 }
+
+// A filter listed several times in one SUBSCRIBE is answered once per
+// listing, but its retained messages come once.
+func TestDuplicateFiltersRetainedOnce(t *testing.T) {
+	s := startBroker(t, nil)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("dup-pub", nil)
+	pub.send(&codec.Publish{QoS: 1, PacketID: 1, Retain: true, Topic: []byte("dupf/a"), Payload: []byte("r")})
+	pub.expect()
+	for _, v := range []codec.Version{codec.V311, codec.V5} {
+		rc := dialRaw(t, s, v)
+		rc.connect("dup-sub-"+v.String(), nil)
+		f := []byte("dupf/#")
+		rc.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: f, QoS: 1}, {Filter: f, QoS: 1}, {Filter: f, QoS: 0}}})
+		sa, ok := rc.expect().(*codec.Suback)
+		if !ok || len(sa.Codes) != 3 || sa.Codes[2] != codec.GrantedQoS0 {
+			t.Fatalf("%s: SUBACK %v, want three codes, the last granting QoS 0", v, sa)
+		}
+		got := rc.ping()
+		if len(got) != 1 {
+			t.Fatalf("%s: got %d packets for one retained message, want 1: %v", v, len(got), got)
+		}
+		if p := got[0].(*codec.Publish); p.QoS != 0 || string(p.Payload) != "r" {
+			t.Fatalf("%s: got %v, want the retained message at the last listing's QoS 0", v, p)
+		}
+	}
+}

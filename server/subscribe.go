@@ -1,6 +1,8 @@
 package server
 
 import (
+	"slices"
+
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
 )
@@ -41,6 +43,12 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			continue
 		}
 		if sub.RetainHandling == 0 || (sub.RetainHandling == 1 && added) {
+			// A filter listed twice in one SUBSCRIBE gets the retained
+			// messages once, with the options of its last listing.
+			if j := slices.IndexFunc(wantRetained, func(r retainReq) bool { return string(r.filter) == filter }); j >= 0 {
+				wantRetained[j].opts = opts
+				continue
+			}
 			wantRetained = append(wantRetained, retainReq{sub.Filter, opts})
 		}
 	}
