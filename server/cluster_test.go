@@ -185,3 +185,35 @@ func TestClusterRetainedAfterAFastClock(t *testing.T) {
 		}
 	}
 }
+
+// A client id in use on one node is taken from that connection by a
+// CONNECT on another, whatever either asks for its session; only a
+// persistent session moves [MQTT-3.1.4-2, MQTT-3.1.2-6].
+func TestClusterClientIDTakeoverMatrix(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n := 0
+	for _, ov := range []codec.Version{codec.V311, codec.V5} {
+		for _, oclean := range []bool{true, false} {
+			for _, nv := range []codec.Version{codec.V311, codec.V5} {
+				for _, nclean := range []bool{true, false} {
+					n++
+					name := fmt.Sprintf("old=%s,clean=%v/new=%s,clean=%v", ov, oclean, nv, nclean)
+					id := fmt.Sprintf("cmatrix-%d", n)
+					old := dialRaw(t, nodes[0], ov)
+					connectAs(old, id, oclean)
+					nu := dialRaw(t, nodes[1], nv)
+					ca := connectAs(nu, id, nclean)
+					if want := !oclean && !nclean; ca.SessionPresent != want {
+						t.Errorf("%s: session present %v, want %v", name, ca.SessionPresent, want)
+					}
+					got := old.expectClosed()
+					if ov == codec.V5 && (len(got) != 1 || got[0].(*codec.Disconnect).Code != codec.SessionTakenOver) {
+						t.Errorf("%s: old connection got %v, want DISCONNECT 0x8E", name, got)
+					}
+					nu.send(&codec.Disconnect{})
+					nu.expectClosed()
+				}
+			}
+		}
+	}
+}
