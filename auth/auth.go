@@ -163,10 +163,15 @@ var (
 //	passwd.go    the password file (Mosquitto's format): PasswordFile
 //	acl.go       the ACL file (Mosquitto's acl_file format): ACLFile
 //	matcher.go   compiled per-client rules: Compile, Matcher
-//	chain.go     the chain: sources in order, caches, merging, limits,
-//	             circuit breakers, metrics: Chain
+//	chain.go     the chain: sources in order, merging of identical
+//	             questions, limits, the ACL stage: Chain
+//	cache.go     the answer cache (TTL, bounded, CLOCK eviction)
+//	breaker.go   the per-backend circuit breaker
+//	metrics.go   the chain's metrics
 //	http.go      the HTTP source: HTTPSource
 //	jwt.go       the JWT source: JWTSource
+//	rulesjson.go ACL rules as JSON (HTTP answers, JWT claims)
 //	redis.go     the Redis source: RedisSource
 //	postgres.go  the PostgreSQL source: PostgresSource
+//	placeholders.go  ${username}-style placeholders in backend queries
 //	cert.go      the client certificate source: CertSource
