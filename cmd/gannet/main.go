@@ -23,6 +23,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "passwd" {
+		os.Exit(runPasswd(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
@@ -77,6 +80,7 @@ func parseFlags(args []string, out io.Writer) (server.Config, slog.Level, string
 	fs.SetOutput(out)
 	fs.Usage = func() {
 		fmt.Fprint(out, `Usage: gannet [flags]
+       gannet passwd [-c] [-D] [-b] [-H algorithm] [-I iterations] FILE USER [PASSWORD]
 
 Gannet is a clustered MQTT broker (MQTT 3.1, 3.1.1 and 5.0). With no flags it
 serves MQTT on :1883 and HTTP on :8080 (/metrics in Prometheus format,
