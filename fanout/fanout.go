@@ -161,6 +161,9 @@ type Options struct {
 	NoLocal           bool
 	RetainAsPublished bool
 	SubID             uint32 // 0: none
+	// Check says that the subscriber's ACL allows this filter only in
+	// part: each message it matches is checked for read access.
+	Check bool
 }
 
 // Merged is the delivery one receiver gets for one message when several of

@@ -12,7 +12,7 @@ func FuzzRecords(f *testing.F) {
 	m := sampleMessage(42)
 	f.Add(appendMessage(nil, m))
 	f.Add(appendSession(nil, &Session{Expiry: time.Hour, DisconnectedAt: 5,
-		Subs: []Subscription{{Filter: "a/+", QoS: 2, NoLocal: true, RetainAsPublished: true, SubID: 3}}}))
+		Subs: []Subscription{{Filter: "a/+", QoS: 2, NoLocal: true, RetainAsPublished: true, SubID: 3, ReadCheck: true}}, Owner: "bob"}))
 	f.Add(appendEntry(nil, &Entry{MsgID: 9, QoS: 2, Retain: true, PacketID: 7, Released: true, SubIDs: []uint32{1, 2}}))
 	f.Add(appendWill(nil, &Will{Msg: *m, FireAt: 99}))
 	f.Add([]byte{})

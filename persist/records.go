@@ -31,6 +31,9 @@ type Subscription struct {
 	NoLocal           bool
 	RetainAsPublished bool
 	SubID             uint32
+	// ReadCheck: the subscriber's ACL allows the filter only in part, so
+	// each message is checked for read access before delivery.
+	ReadCheck bool
 }
 
 // Session is a session's own record.
@@ -39,6 +42,10 @@ type Session struct {
 	Expiry         time.Duration
 	DisconnectedAt int64 // unix ns the client went offline; 0: connected when written
 	Subs           []Subscription
+	// Owner is the user whose connection made or last took the session
+	// (empty: an anonymous client, or a record from before owners were
+	// kept).
+	Owner string
 }
 
 // Entry is one QoS 1/2 message on its way to a session: queued (PacketID
@@ -254,8 +261,15 @@ func appendSession(dst []byte, s *Session) []byte {
 		if sub.RetainAsPublished {
 			o |= 8
 		}
+		if sub.ReadCheck {
+			o |= 16
+		}
 		dst = append(dst, o)
 		dst = binary.AppendUvarint(dst, uint64(sub.SubID))
+	}
+	if s.Owner != "" {
+		// Optional at the end: records without it decode as before.
+		dst = appendStr(dst, []byte(s.Owner))
 	}
 	return dst
 }
@@ -280,16 +294,19 @@ func DecodeSession(b []byte) (*Session, error) {
 		var sub Subscription
 		sub.Filter = string(r.str("filter"))
 		o := r.byte1("subscription options")
-		if o&^15 != 0 || o&3 == 3 {
+		if o&^31 != 0 || o&3 == 3 {
 			r.fail("subscription options")
 		}
-		sub.QoS, sub.NoLocal, sub.RetainAsPublished = o&3, o&4 != 0, o&8 != 0
+		sub.QoS, sub.NoLocal, sub.RetainAsPublished, sub.ReadCheck = o&3, o&4 != 0, o&8 != 0, o&16 != 0
 		id := r.uvarint("subscription id")
 		if id > codec.MaxSubscriptionID {
 			r.fail("subscription id")
 		}
 		sub.SubID = uint32(id)
 		s.Subs = append(s.Subs, sub)
+	}
+	if len(r.b) > 0 && r.err == nil {
+		s.Owner = string(r.str("owner"))
 	}
 	return s, r.done("session")
 }

@@ -94,7 +94,8 @@ func TestRoundTripEveryRecord(t *testing.T) {
 	var b Batch
 	b.PutBody(m)
 	sess := &Session{ClientID: "c1", Expiry: time.Hour, DisconnectedAt: time.Now().UnixNano(),
-		Subs: []Subscription{{Filter: "a/#", QoS: 1, NoLocal: true, SubID: 7}, {Filter: "$share/g/x", QoS: 2, RetainAsPublished: true}}}
+		Subs:  []Subscription{{Filter: "a/#", QoS: 1, NoLocal: true, SubID: 7}, {Filter: "$share/g/x", QoS: 2, RetainAsPublished: true, ReadCheck: true}},
+		Owner: "alice"}
 	b.PutSession(sess)
 	e1 := &Entry{Seq: 1, MsgID: id, QoS: 1, PacketID: 5, SubIDs: []uint32{7}}
 	e2 := &Entry{Seq: 2, MsgID: id, QoS: 2, Retain: true, PacketID: 6, Released: true}

@@ -11,6 +11,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
 )
@@ -52,6 +53,12 @@ type client struct {
 
 	// Inbound topic aliases (client to server).
 	aliasIn [][]byte
+	// ident is what the client authenticated as; nil without an
+	// authentication chain. acl is its compiled ACL; nil allows
+	// everything (auth.go).
+	ident *identity
+	acl   *auth.Matcher
+
 	// Outbound topic aliases (server to client, alias.go); nil when the
 	// client allows none or they are turned off. Guarded by sess.mu like
 	// every delivery, and used only on the client's own loop.

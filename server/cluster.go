@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
 	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/persist"
@@ -559,6 +560,7 @@ type takeoverReq struct {
 	waiting map[string]bool
 	moved   *movedSession
 	timer   *time.Timer
+	refused bool // a peer holds the session for another user
 }
 
 // takeover asks every linked peer to hand over c's session. It reports
@@ -575,6 +577,17 @@ func (cl *cluster) takeover(c *client, req *connectReq) bool {
 		clean = 1
 	}
 	body = append(body, clean)
+	// Who asks: a peer hands the session only to its owner (auth.go).
+	var who byte
+	var user string
+	if c.ident != nil {
+		who, user = 1, c.ident.user
+		if c.ident.superuser {
+			who |= 2
+		}
+	}
+	body = append(body, who)
+	body = appendStr(body, []byte(user))
 	body = append(body, req.id...)
 	for _, p := range peers {
 		if !cl.node.Linked(p) {
@@ -601,15 +614,26 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 	r := &wireReader{b: b}
 	id := r.uvarint("request id")
 	clean := r.byte1("clean start")
+	who := r.byte1("who")
+	user := string(r.str("user"))
 	if r.err != nil {
 		return r.err
 	}
 	client := string(r.b)
 	s := cl.s
+	reply := binary.AppendUvarint(nil, id)
+	if who&1 != 0 && !s.mayOwn(client, &identity{user: user, superuser: who&2 != 0}) {
+		// Another user's session: untouched, and the CONNECT is refused.
+		s.log.Warn("refusing a peer's takeover: the client id belongs to another user", "client", client, "peer", peer)
+		reply = append(reply, 2)
+		if err := cl.send(ob, peer, 0, recSession, reply, true); err != nil {
+			s.log.Warn("cannot answer a peer's takeover", "client", client, "peer", peer, "err", err)
+		}
+		return nil
+	}
 	s.sessions.Lock()
 	sess := s.sessions.m[client]
 	s.sessions.Unlock()
-	reply := binary.AppendUvarint(nil, id)
 	var mv *movedSession
 	if sess != nil {
 		mv = s.handOverTo(ob, sess, peer)
@@ -660,6 +684,9 @@ func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
 		return nil
 	}
 	delete(t.waiting, peer)
+	if present == 2 {
+		t.refused = true
+	}
 	if mv != nil && (t.moved == nil || mv.since > t.moved.since) {
 		t.moved = mv
 	}
@@ -696,6 +723,16 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 			return
 		}
 		c.parked = false
+		if t.refused {
+			if t.moved != nil {
+				cl.s.install(ob, t.moved)
+			}
+			c.srv.stats.connRefusedOwner.Inc()
+			c.refuseConnect(ob, codec.ClientIdentifierNotValid, codec.V3IdentifierRejected,
+				"client id belongs to another user on a peer")
+			ob.flush()
+			return
+		}
 		c.finishConnect(ob, t.req, t.moved)
 		ob.flush()
 		_ = c.gc.Wake(nil)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/interlink"
 )
 
@@ -58,6 +59,11 @@ type Config struct {
 	PurgeInterval time.Duration
 	// storeFS replaces the real file system in tests.
 	storeFS vfs.FS
+
+	// Auth decides who may connect, publish and subscribe; nil lets
+	// everyone do anything (cmd/gannet warns). The broker does not own
+	// it: the caller closes it after Shutdown.
+	Auth *auth.Chain
 
 	// EventLoops is the number of gnet event loops; 0 means one per CPU.
 	EventLoops int

@@ -131,15 +131,25 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 
 	req := &connectReq{id: id, assigned: assigned, cleanStart: p.CleanStart, expiry: expiry, window: window,
 		ka: ka, serverKA: serverKA, askedExpiry: p.Props.SessionExpiry}
+	if ch := c.srv.cfg.Auth; ch != nil {
+		// settle runs on this loop once the chain has decided (auth.go).
+		c.authenticate(ch, &p, req)
+		return nil
+	}
+	c.settle(ob, req)
+	return nil
+}
+
+// settle attaches the session, after asking cluster peers for it.
+func (c *client) settle(ob *outbox, req *connectReq) {
 	if c.srv.cl != nil && c.srv.cl.takeover(c, req) {
 		// Peers are asked for the session first; finishConnect runs on
 		// this loop when they have answered, and packets after CONNECT
 		// wait in the read buffer until then.
 		c.parked = true
-		return nil
+		return
 	}
 	c.finishConnect(ob, req, nil)
-	return nil
 }
 
 // connectReq is what CONNECT settled, kept for finishConnect.
@@ -164,6 +174,9 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	}
 	sess, present := c.srv.attach(ob, c, id, req.cleanStart, req.expiry, req.window)
 	c.sess = sess
+	if c.ident != nil {
+		c.srv.adopt(ob, c, sess)
+	}
 	c.connected = true
 	c.srv.stats.clients.Add(1)
 

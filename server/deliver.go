@@ -184,7 +184,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	}
 	s.subs.Match(m.topic, func(ss *session, o fanout.Options) {
 		if fw == nil || fw.plain {
-			ob.collect(ss, o, m.from)
+			ob.collect(ss, o, m)
 		}
 	}, func(g *trie.Group[*session, fanout.Options]) {
 		switch {
@@ -198,7 +198,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 			}
 		}
 		if ss, o, ok := s.pickShared(g, m); ok {
-			ob.collect(ss, o, m.from)
+			ob.collect(ss, o, m)
 		}
 	})
 	remote, ok := 0, true
@@ -225,9 +225,13 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 }
 
 // collect records one matching subscription. A no-local subscription by the
-// publisher itself does not count [MQTT-3.8.3-3].
-func (ob *outbox) collect(ss *session, o fanout.Options, from string) {
-	if o.NoLocal && ss.id == from {
+// publisher itself does not count [MQTT-3.8.3-3], nor one whose subscriber
+// may not read the topic (auth.go).
+func (ob *outbox) collect(ss *session, o fanout.Options, m *message) {
+	if o.NoLocal && ss.id == m.from {
+		return
+	}
+	if !ss.mayRead(o, m.topic) {
 		return
 	}
 	var mg fanout.Merged

@@ -128,8 +128,10 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 		Session: func(r *persist.Session) {
 			ss := newSession(s, r.ClientID)
 			ss.mu.expiry = r.Expiry
+			ss.mu.owner = r.Owner
 			for _, sub := range r.Subs {
-				opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: sub.SubID}
+				opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: sub.SubID,
+					Check: sub.ReadCheck}
 				if _, _, err := s.subs.Subscribe(sub.Filter, ss, opts); err != nil {
 					s.log.Warn("dropping a stored subscription", "client", r.ClientID, "filter", sub.Filter, "err", err)
 					continue
@@ -243,10 +245,10 @@ func (ss *session) persistentLocked() bool {
 // REQUIRES: ss.mu held.
 func (ss *session) recordLocked(disconnectedAt int64) *persist.Session {
 	r := &persist.Session{ClientID: ss.id, Expiry: ss.mu.expiry, DisconnectedAt: disconnectedAt,
-		Subs: make([]persist.Subscription, 0, len(ss.mu.subs))}
+		Subs: make([]persist.Subscription, 0, len(ss.mu.subs)), Owner: ss.mu.owner}
 	for f, o := range ss.mu.subs {
 		r.Subs = append(r.Subs, persist.Subscription{Filter: f, QoS: o.QoS, NoLocal: o.NoLocal,
-			RetainAsPublished: o.RetainAsPublished, SubID: o.SubID})
+			RetainAsPublished: o.RetainAsPublished, SubID: o.SubID, ReadCheck: o.Check})
 	}
 	return r
 }

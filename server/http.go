@@ -28,6 +28,9 @@ func (s *Server) startHTTP() error {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.stats.set.WritePrometheus(w)
+		if s.cfg.Auth != nil {
+			s.cfg.Auth.Metrics().WritePrometheus(w)
+		}
 		metrics.WriteProcessMetrics(w)
 	})
 	mux.HandleFunc("GET /api/v1/cluster", func(w http.ResponseWriter, _ *http.Request) {

@@ -38,6 +38,9 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 	if err := codec.ValidateTopicName(p.Topic); err != nil {
 		return err
 	}
+	if !c.mayPublish(p.Topic) {
+		return c.denyPublish(ob, p)
+	}
 	if v5 && p.Props.Has(codec.PropPayloadFormat) && p.Props.PayloadFormat == 1 && !validUTF8(p.Payload) {
 		// The payload must be UTF-8 as the indicator says [MQTT-3.3.2-4].
 		if p.QoS == 0 {

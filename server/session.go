@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/fanout"
 )
 
@@ -18,6 +20,9 @@ import (
 type session struct {
 	srv *Server
 	id  string
+	// acl is the compiled ACL of the client that last attached; deliveries
+	// through a subscription the ACL allows only in part check it (auth.go).
+	acl atomic.Pointer[auth.Matcher]
 
 	mu struct {
 		sync.Mutex
@@ -36,6 +41,9 @@ type session struct {
 		rxQoS2   map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
 		will     *pendingWill
 		since    int64 // broker clock when the last connection attached
+		// owner is the user whose connection made or last took the
+		// session; another user may not take it (auth.go).
+		owner string
 		// movedTo names the peer an ended session moved to; for a grace
 		// period its subscriptions stay and what still arrives here for
 		// it is sent on (takeover.go).

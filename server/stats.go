@@ -41,6 +41,14 @@ type stats struct {
 	forwardedOut      *metrics.Counter // messages sent to peers, once per peer
 	forwardedIn       *metrics.Counter // messages peers sent here
 	heldBack          *metrics.Counter // clients' input held while a lane was behind (pace.go)
+	// Authorization (auth.go): connections refused, by reason, and
+	// publishes, subscriptions and deliveries the ACLs denied.
+	connRefusedAuth        *metrics.Counter
+	connRefusedUnavailable *metrics.Counter
+	connRefusedOwner       *metrics.Counter
+	publishDenied          *metrics.Counter
+	subscribeDenied        *metrics.Counter
+	readDenied             *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -68,6 +76,13 @@ func newStats(s *Server) *stats {
 		heldBack:          set.NewCounter("gannet_cluster_input_held_total"),
 		sessionsExpired:   set.NewCounter("gannet_sessions_expired_total"),
 		storeRefused:      set.NewCounter("gannet_store_refused_total"),
+
+		connRefusedAuth:        set.NewCounter(`gannet_connections_refused_total{reason="not_authorized"}`),
+		connRefusedUnavailable: set.NewCounter(`gannet_connections_refused_total{reason="auth_unavailable"}`),
+		connRefusedOwner:       set.NewCounter(`gannet_connections_refused_total{reason="client_id_owned"}`),
+		publishDenied:          set.NewCounter(`gannet_acl_denied_total{action="publish"}`),
+		subscribeDenied:        set.NewCounter(`gannet_acl_denied_total{action="subscribe"}`),
+		readDenied:             set.NewCounter(`gannet_acl_denied_total{action="deliver"}`),
 	}
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
 	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })

@@ -3,6 +3,7 @@ package server
 import (
 	"slices"
 
+	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
 )
@@ -28,8 +29,20 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
 			continue
 		}
+		access := c.subscribeAccess(sub.Filter)
+		if access == auth.SubDenied {
+			c.srv.stats.subscribeDenied.Inc()
+			c.srv.logThrottled("subscription denied", "client", c.id, "filter", string(sub.Filter))
+			if v5 {
+				ack.Codes[i] = codec.NotAuthorized
+			} else {
+				ack.Codes[i] = codec.V3SubackFailure
+			}
+			continue
+		}
 		filter := string(sub.Filter)
-		opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: subID}
+		opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: subID,
+			Check: access == auth.SubPartial}
 		added, err := c.srv.subscribe(filter, c.sess, opts)
 		if err != nil {
 			c.logger().Info("subscription refused", "filter", filter, "err", err)
@@ -64,7 +77,7 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 	for _, rr := range wantRetained {
 		msgs = c.srv.retained.match(msgs[:0], rr.filter)
 		for _, m := range msgs {
-			if m.expired(now) {
+			if m.expired(now) || !c.sess.mayRead(rr.opts, m.topic) {
 				continue
 			}
 			var mg fanout.Merged

@@ -18,6 +18,7 @@ type movedSession struct {
 	subs   map[string]fanout.Options
 	msgs   []movedMsg // inflight first, then queued, in delivery order
 	rx     []uint16   // inbound QoS 2 ids awaiting PUBREL
+	owner  string     // the user the session belongs to (auth.go)
 }
 
 type movedMsg struct {
@@ -50,7 +51,8 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSessio
 		return nil
 	}
 	cl := sess.mu.cl
-	mv := &movedSession{id: sess.id, since: sess.mu.since, online: cl != nil, expiry: sess.mu.expiry, subs: sess.mu.subs}
+	mv := &movedSession{id: sess.id, since: sess.mu.since, online: cl != nil, expiry: sess.mu.expiry, subs: sess.mu.subs,
+		owner: sess.mu.owner}
 	for _, om := range append(sess.inflightLocked(), sess.mu.queue.items[sess.mu.queue.head:]...) {
 		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
 			pid: om.pid, released: om.released})
@@ -101,6 +103,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	sess.mu.Lock()
 	sess.mu.expiry = mv.expiry
 	sess.mu.since = mv.since
+	sess.mu.owner = mv.owner
 	s.observe(mv.since)
 	for _, pid := range mv.rx {
 		sess.mu.rxQoS2[pid] = struct{}{}
@@ -137,7 +140,10 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 //	client id str | since uvarint | online u8 | expiry seconds uvarint |
 //	subs: uvarint n, n × (filter str, options u8, subscription id uvarint) |
 //	msgs: uvarint n, n × (flags u8, [pid u16], subids: uvarint n + n uvarint, message) |
-//	rx:   uvarint n, n × pid u16
+//	rx:   uvarint n, n × pid u16 | owner str
+//
+// Subscription options: QoS in bits 0-1, no local 4, retain as published
+// 8, read check 16.
 //
 // options: QoS bits 0-1, no local 2, retain as published 3.
 // flags: QoS bits 0-1, retain 2, released 3, inflight (pid follows) 4.
@@ -160,6 +166,9 @@ func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
 		}
 		if o.RetainAsPublished {
 			ob |= 8
+		}
+		if o.Check {
+			ob |= 16
 		}
 		dst = append(dst, ob)
 		dst = binary.AppendUvarint(dst, uint64(o.SubID))
@@ -190,7 +199,7 @@ func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
 	for _, pid := range mv.rx {
 		dst = binary.BigEndian.AppendUint16(dst, pid)
 	}
-	return dst
+	return appendStr(dst, []byte(mv.owner))
 }
 
 func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
@@ -204,11 +213,12 @@ func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
 		f := string(r.str("filter"))
 		ob := r.byte1("options")
 		id := r.uvarint("subscription id")
-		if codec.ValidateTopicFilter([]byte(f)) != nil || ob&3 == 3 || id > 268_435_455 {
+		if codec.ValidateTopicFilter([]byte(f)) != nil || ob&3 == 3 || ob&^31 != 0 || id > 268_435_455 {
 			r.fail("subscription")
 			break
 		}
-		mv.subs[f] = fanout.Options{QoS: ob & 3, NoLocal: ob&4 != 0, RetainAsPublished: ob&8 != 0, SubID: uint32(id)}
+		mv.subs[f] = fanout.Options{QoS: ob & 3, NoLocal: ob&4 != 0, RetainAsPublished: ob&8 != 0, SubID: uint32(id),
+			Check: ob&16 != 0}
 	}
 	n = r.uvarint("messages")
 	for i := uint64(0); i < n && r.err == nil; i++ {
@@ -244,6 +254,7 @@ func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		mv.rx = append(mv.rx, r.u16("inbound id"))
 	}
+	mv.owner = string(r.str("owner"))
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("trailing bytes")
 	}

@@ -1,0 +1,480 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gannetmq/gannet/auth"
+	"github.com/gannetmq/gannet/codec"
+)
+
+// testACL is the ACL file of the authorization tests, in Mosquitto's
+// format.
+const testACL = `# anonymous clients
+topic read public/#
+
+user alice
+topic readwrite alice/#
+topic read public/#
+topic deny public/secret
+topic write $SYS/alice
+
+user bob
+topic readwrite bob/#
+
+pattern readwrite devices/%c/#
+`
+
+// authBroker starts a broker whose chain has a password file (alice and
+// bob, password "secret"), the ACL file above, and an HTTP source (after
+// the file) that makes "root" with password "root" a superuser; unknown
+// answers pass through it. extra changes the chain's settings.
+func authBroker(t *testing.T, extra func(*auth.ChainConfig)) (*Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	var lines []string
+	for _, u := range []string{"alice", "bob"} {
+		h, err := auth.HashPassword(auth.HashSHA512PBKDF2, []byte("secret"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, u+":"+h)
+	}
+	pwPath := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(pwPath, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	aclPath := filepath.Join(dir, "acl")
+	if err := os.WriteFile(aclPath, []byte(testACL), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pf, err := auth.LoadPasswordFile(pwPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	af, err := auth.LoadACLFile(aclPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var q struct{ Username, Password string }
+		_ = json.NewDecoder(r.Body).Decode(&q)
+		if q.Username == "root" && q.Password == "root" {
+			_, _ = w.Write([]byte(`{"result":"allow","is_superuser":true}`))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(hs.Close)
+	hsrc, err := auth.NewHTTPSource(auth.HTTPConfig{URL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := auth.ChainConfig{Sources: []auth.Source{pf, hsrc}, ACLs: []auth.ACLSource{af}, CacheTTL: time.Minute}
+	if extra != nil {
+		extra(&cc)
+	}
+	ch, err := auth.NewChain(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ch.Close)
+	s := startBroker(t, func(c *Config) { c.Auth = ch })
+	return s, aclPath
+}
+
+// login connects rc with credentials and returns the CONNACK.
+func login(rc *rawConn, id, user, pass string) *codec.Connack {
+	rc.t.Helper()
+	return rc.connect(id, func(p *codec.Connect) {
+		if user != "" {
+			p.UsernameFlag, p.Username = true, []byte(user)
+		}
+		if pass != "" {
+			p.PasswordFlag, p.Password = true, []byte(pass)
+		}
+	})
+}
+
+func TestAuthConnect(t *testing.T) {
+	s, _ := authBroker(t, nil)
+	cases := []struct {
+		name, user, pass string
+		v5, v3           codec.ReasonCode
+	}{
+		{"right password", "alice", "secret", codec.Success, codec.V3Accepted},
+		{"wrong password", "alice", "nope", codec.BadUserNameOrPassword, codec.V3BadUsernameOrPassword},
+		{"unknown user", "mallory", "secret", codec.BadUserNameOrPassword, codec.V3BadUsernameOrPassword},
+		{"anonymous", "", "", codec.NotAuthorized, codec.V3NotAuthorized},
+		{"superuser from the HTTP source", "root", "root", codec.Success, codec.V3Accepted},
+	}
+	for _, tc := range cases {
+		for _, v := range []codec.Version{codec.V311, codec.V5} {
+			rc := dialRaw(t, s, v)
+			ca := login(rc, "c-"+tc.user, tc.user, tc.pass)
+			want := tc.v3
+			if v == codec.V5 {
+				want = tc.v5
+			}
+			if ca.Code != want {
+				t.Errorf("%s, %s: CONNACK %v, want %v", tc.name, v, ca.Code, want)
+			}
+			if want != codec.Success {
+				rc.expectClosed()
+			} else {
+				// Packets sent right behind CONNECT waited for the decision.
+				rc.ping()
+			}
+		}
+	}
+}
+
+// subscribeCodes subscribes rc to filters and returns the SUBACK codes.
+func subscribeCodes(rc *rawConn, filters ...string) []codec.ReasonCode {
+	rc.t.Helper()
+	var subs []codec.Subscription
+	for _, f := range filters {
+		subs = append(subs, codec.Subscription{Filter: []byte(f), QoS: 1})
+	}
+	rc.send(&codec.Subscribe{PacketID: rc.nextID(), Subs: subs})
+	return rc.expect().(*codec.Suback).Codes
+}
+
+func TestACLSubscribe(t *testing.T) {
+	s, _ := authBroker(t, nil)
+	for _, v := range []codec.Version{codec.V311, codec.V5} {
+		rc := dialRaw(t, s, v)
+		login(rc, "dev7", "alice", "secret")
+		no := codec.NotAuthorized
+		if v != codec.V5 {
+			no = codec.V3SubackFailure
+		}
+		got := subscribeCodes(rc, "alice/#", "bob/#", "#", "$share/g/alice/x", "$share/g/bob/x",
+			"public/+", "devices/dev7/cmd", "devices/dev8/cmd", "$SYS/#")
+		want := []codec.ReasonCode{codec.GrantedQoS1, no, no, codec.GrantedQoS1, no,
+			codec.GrantedQoS1, codec.GrantedQoS1, no, no}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("%s: SUBACK code %d = %v, want %v (all: %v)", v, i, got[i], want[i], got)
+			}
+		}
+	}
+}
+
+func TestACLPublishAndDeliver(t *testing.T) {
+	s, _ := authBroker(t, nil)
+	root := dialRaw(t, s, codec.V5)
+	login(root, "root-sub", "root", "root")
+	subscribeCodes(root, "#")
+
+	// A retained message alice may not read is not sent to her on
+	// subscribe; one she may read is.
+	root.send(&codec.Publish{QoS: 1, PacketID: root.nextID(), Retain: true, Topic: []byte("public/secret"), Payload: []byte("s")})
+	root.expect()
+	root.send(&codec.Publish{QoS: 1, PacketID: root.nextID(), Retain: true, Topic: []byte("public/news"), Payload: []byte("n")})
+	root.expect()
+	root.ping() // its own copies
+
+	alice := dialRaw(t, s, codec.V5)
+	login(alice, "alice-1", "alice", "secret")
+	if c := subscribeCodes(alice, "public/#"); c[0] != codec.GrantedQoS1 {
+		t.Fatalf("public/# refused: %v", c)
+	}
+	got := alice.ping()
+	if len(got) != 1 || string(got[0].(*codec.Publish).Topic) != "public/news" {
+		t.Fatalf("retained on subscribe: %v, want public/news alone", got)
+	}
+	alice.send(&codec.Ack{Kind: codec.PUBACK, PacketID: got[0].(*codec.Publish).PacketID})
+
+	// Live: the deny rule inside her subscription holds per message.
+	for _, topic := range []string{"public/secret", "public/a"} {
+		root.send(&codec.Publish{Topic: []byte(topic), Payload: []byte("live")})
+	}
+	root.ping()
+	got = alice.ping()
+	if len(got) != 1 || string(got[0].(*codec.Publish).Topic) != "public/a" {
+		t.Fatalf("live deliveries: %v, want public/a alone", got)
+	}
+
+	// A denied publish: MQTT 5 QoS 1 gets 0x87 and nothing is routed;
+	// MQTT 3 gets its PUBACK and nothing is routed either.
+	alice.send(&codec.Publish{QoS: 1, PacketID: 40, Topic: []byte("bob/x"), Payload: []byte("no")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.NotAuthorized || a.PacketID != 40 {
+		t.Fatalf("denied publish: %+v, want PUBACK 0x87", a)
+	}
+	a3 := dialRaw(t, s, codec.V311)
+	login(a3, "alice-3", "alice", "secret")
+	a3.send(&codec.Publish{QoS: 1, PacketID: 41, Topic: []byte("bob/y"), Payload: []byte("no")})
+	if a := a3.expect().(*codec.Ack); a.Kind != codec.PUBACK || a.PacketID != 41 {
+		t.Fatalf("MQTT 3 denied publish: %+v, want its PUBACK", a)
+	}
+	// Nobody publishes to $SYS, not even with a rule that allows it, nor a
+	// superuser; a retained publish that is denied is not retained.
+	alice.send(&codec.Publish{QoS: 1, PacketID: 42, Topic: []byte("$SYS/alice"), Payload: []byte("no")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.NotAuthorized {
+		t.Fatalf("$SYS publish by alice: %+v", a)
+	}
+	root.send(&codec.Publish{QoS: 1, PacketID: root.nextID(), Retain: true, Topic: []byte("$SYS/x"), Payload: []byte("no")})
+	if a := root.expect().(*codec.Ack); a.Code != codec.NotAuthorized {
+		t.Fatalf("$SYS publish by a superuser: %+v", a)
+	}
+	alice.send(&codec.Publish{QoS: 1, PacketID: 43, Topic: []byte("alice/ok"), Payload: []byte("yes")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.Success {
+		t.Fatalf("allowed publish: %+v", a)
+	}
+	got = root.ping()
+	if len(got) != 1 || string(got[0].(*codec.Publish).Topic) != "alice/ok" {
+		t.Fatalf("superuser saw %v, want alice/ok alone", got)
+	}
+	if n := s.stats.publishDenied.Get(); n != 4 {
+		t.Fatalf("gannet_acl_denied_total{action=publish} = %d, want 4", n)
+	}
+	if n := s.retained.len(); n != 2 {
+		t.Fatalf("%d retained messages, want 2", n)
+	}
+}
+
+// A will goes only to subscribers allowed to read its topic.
+func TestACLWill(t *testing.T) {
+	s, _ := authBroker(t, nil)
+	alice := dialRaw(t, s, codec.V311)
+	login(alice, "alice-w", "alice", "secret")
+	subscribeCodes(alice, "public/#")
+	root := dialRaw(t, s, codec.V311)
+	login(root, "root-w", "root", "root")
+	subscribeCodes(root, "public/#")
+
+	for _, topic := range []string{"public/secret", "public/gone"} {
+		w := dialRaw(t, s, codec.V311)
+		w.connect("will-"+topic, func(p *codec.Connect) {
+			p.UsernameFlag, p.Username, p.PasswordFlag, p.Password = true, []byte("root"), true, []byte("root")
+			p.WillFlag, p.WillTopic, p.WillPayload = true, []byte(topic), []byte("bye")
+		})
+		_ = w.c.Close() // not a DISCONNECT: the will goes
+		if p := root.expect().(*codec.Publish); string(p.Topic) != topic {
+			t.Fatalf("root got %q, want %q", p.Topic, topic)
+		}
+	}
+	got := alice.ping()
+	if len(got) != 1 || string(got[0].(*codec.Publish).Topic) != "public/gone" {
+		t.Fatalf("alice got %v, want the will on public/gone alone", got)
+	}
+}
+
+// A client id belongs to the user whose connection holds its session.
+func TestClientIDOwnership(t *testing.T) {
+	s, _ := authBroker(t, nil)
+	for _, v := range []codec.Version{codec.V311, codec.V5} {
+		id := "owned-" + v.String()
+		alice := dialRaw(t, s, v)
+		if ca := connectAsUser(alice, id, "alice", "secret", false); ca.Code != codec.Success {
+			t.Fatalf("alice: %v", ca.Code)
+		}
+		subscribeCodes(alice, "alice/#")
+
+		bob := dialRaw(t, s, v)
+		want := codec.V3IdentifierRejected
+		if v == codec.V5 {
+			want = codec.ClientIdentifierNotValid
+		}
+		if ca := connectAsUser(bob, id, "bob", "secret", false); ca.Code != want {
+			t.Fatalf("%s: bob taking alice's client id: %v, want %v", v, ca.Code, want)
+		}
+		bob.expectClosed()
+		// Alice is still connected, her session untouched.
+		alice.ping()
+
+		// Offline, the session still belongs to her.
+		alice.send(&codec.Disconnect{})
+		alice.expectClosed()
+		bob = dialRaw(t, s, v)
+		if ca := connectAsUser(bob, id, "bob", "secret", true); ca.Code != want {
+			t.Fatalf("%s: bob taking alice's offline session: %v, want %v", v, ca.Code, want)
+		}
+		// She gets it back; a superuser may take it.
+		alice = dialRaw(t, s, v)
+		if ca := connectAsUser(alice, id, "alice", "secret", false); ca.Code != codec.Success || !ca.SessionPresent {
+			t.Fatalf("%s: alice back: %+v", v, ca)
+		}
+		root := dialRaw(t, s, v)
+		if ca := connectAsUser(root, id, "root", "root", false); ca.Code != codec.Success {
+			t.Fatalf("%s: superuser takeover: %v", v, ca.Code)
+		}
+		alice.expectClosed()
+	}
+	if n := s.stats.connRefusedOwner.Get(); n != 4 {
+		t.Fatalf("gannet_connections_refused_total{reason=client_id_owned} = %d, want 4", n)
+	}
+}
+
+// connectAsUser is connectAs with credentials.
+func connectAsUser(rc *rawConn, id, user, pass string, clean bool) *codec.Connack {
+	rc.t.Helper()
+	return rc.connect(id, func(p *codec.Connect) {
+		p.CleanStart = clean
+		if rc.v == codec.V5 && !clean {
+			p.Props.SessionExpiry = 60
+			p.Props.Set(codec.PropSessionExpiry)
+		}
+		p.UsernameFlag, p.Username, p.PasswordFlag, p.Password = true, []byte(user), true, []byte(pass)
+	})
+}
+
+// A backend that cannot answer refuses new clients with 0x88 / 3 (never
+// "not authorized", never in) and leaves connected clients alone; logins
+// work again once it answers.
+func TestAuthBackendDown(t *testing.T) {
+	var down atomic.Bool
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "database on fire", http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte(`{"result":"allow"}`))
+	}))
+	t.Cleanup(hs.Close)
+	src, err := auth.NewHTTPSource(auth.HTTPConfig{URL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := auth.NewChain(auth.ChainConfig{Sources: []auth.Source{src}, BreakerFailures: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ch.Close)
+	s := startBroker(t, func(c *Config) { c.Auth = ch })
+
+	in := dialRaw(t, s, codec.V5)
+	if ca := login(in, "in", "u", "p"); ca.Code != codec.Success {
+		t.Fatalf("before the outage: %v", ca.Code)
+	}
+	down.Store(true)
+	for _, v := range []codec.Version{codec.V311, codec.V5} {
+		for i := range 5 {
+			rc := dialRaw(t, s, v)
+			want := codec.V3ServerUnavailable
+			if v == codec.V5 {
+				want = codec.ServerUnavailable
+			}
+			if ca := login(rc, "storm", "u", "p"); ca.Code != want {
+				t.Fatalf("%s #%d during the outage: %v, want %v", v, i, ca.Code, want)
+			}
+			rc.expectClosed()
+		}
+	}
+	in.ping() // still served
+	down.Store(false)
+	rc := dialRaw(t, s, codec.V5)
+	if ca := login(rc, "after", "u", "p"); ca.Code != codec.Success {
+		t.Fatalf("after the outage: %v", ca.Code)
+	}
+	if n := s.stats.connRefusedUnavailable.Get(); n != 10 {
+		t.Fatalf("gannet_connections_refused_total{reason=auth_unavailable} = %d, want 10", n)
+	}
+}
+
+// A reload applies a changed ACL file to connected clients: subscriptions
+// it no longer allows go, publishes it now allows pass.
+func TestACLReload(t *testing.T) {
+	s, aclPath := authBroker(t, nil)
+	alice := dialRaw(t, s, codec.V5)
+	login(alice, "alice-r", "alice", "secret")
+	subscribeCodes(alice, "alice/#")
+	alice.send(&codec.Publish{QoS: 1, PacketID: 1, Topic: []byte("shared/x"), Payload: []byte("1")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.NotAuthorized {
+		t.Fatalf("before: %+v", a)
+	}
+	changed := strings.Replace(testACL, "topic readwrite alice/#", "topic write shared/#", 1)
+	if err := os.WriteFile(aclPath, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RefreshAuth(); err != nil {
+		t.Fatal(err)
+	}
+	s.sessions.Lock()
+	sess := s.sessions.m["alice-r"]
+	s.sessions.Unlock()
+	waitFor(t, "alice's subscription to go", func() bool {
+		sess.mu.Lock()
+		defer sess.mu.Unlock()
+		_, ok := sess.mu.subs["alice/#"]
+		return !ok
+	})
+	alice.send(&codec.Publish{QoS: 1, PacketID: 2, Topic: []byte("shared/x"), Payload: []byte("2")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.Success {
+		t.Fatalf("after: %+v", a)
+	}
+	// A file that does not parse keeps the rules in force.
+	if err := os.WriteFile(aclPath, []byte("topic bogus bogus bogus\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RefreshAuth(); err == nil {
+		t.Fatal("a broken ACL file reloaded without an error")
+	}
+	alice.send(&codec.Publish{QoS: 1, PacketID: 3, Topic: []byte("shared/y"), Payload: []byte("3")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.Success {
+		t.Fatalf("after a failed reload: %+v", a)
+	}
+}
+
+// A client id belongs to its user across the cluster: a CONNECT on
+// another node by another user is refused and the session stays where it
+// is; the owner takes it over from any node.
+func TestClusterClientIDOwnership(t *testing.T) {
+	dir := t.TempDir()
+	var lines []string
+	for _, u := range []string{"alice", "bob"} {
+		h, err := auth.HashPassword(auth.HashSHA512PBKDF2, []byte("secret"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, u+":"+h)
+	}
+	pw := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(pw, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nodes := startCluster(t, 3, func(i int, c *Config) {
+		pf, err := auth.LoadPasswordFile(pw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := auth.NewChain(auth.ChainConfig{Sources: []auth.Source{pf}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ch.Close)
+		c.Auth = ch
+	})
+	for _, v := range []codec.Version{codec.V311, codec.V5} {
+		id := "cl-owned-" + v.String()
+		alice := dialRaw(t, nodes[0], v)
+		if ca := connectAsUser(alice, id, "alice", "secret", false); ca.Code != codec.Success {
+			t.Fatalf("alice: %v", ca.Code)
+		}
+		want := codec.V3IdentifierRejected
+		if v == codec.V5 {
+			want = codec.ClientIdentifierNotValid
+		}
+		for _, n := range nodes[1:] {
+			bob := dialRaw(t, n, v)
+			if ca := connectAsUser(bob, id, "bob", "secret", false); ca.Code != want {
+				t.Fatalf("%s: bob on another node: %v, want %v", v, ca.Code, want)
+			}
+			bob.expectClosed()
+		}
+		alice.ping() // untouched
+		again := dialRaw(t, nodes[2], v)
+		if ca := connectAsUser(again, id, "alice", "secret", false); ca.Code != codec.Success || !ca.SessionPresent {
+			t.Fatalf("%s: alice on node 3: %+v", v, ca)
+		}
+		alice.expectClosed()
+	}
+}
