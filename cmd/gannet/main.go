@@ -29,10 +29,12 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-// run parses args, starts the broker and blocks until SIGINT or SIGTERM. It
-// returns the process exit code: 2 for a bad flag, 1 for a failure to start.
+// run parses args, starts the broker and blocks until SIGINT or SIGTERM;
+// SIGHUP reloads the password file, the ACL file and the JWT keys. It
+// returns the process exit code: 2 for a bad flag or file, 1 for a failure
+// to start.
 func run(args []string, stderr io.Writer) int {
-	cfg, level, format, err := parseFlags(args, stderr)
+	cfg, level, format, af, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -47,6 +49,22 @@ func run(args []string, stderr io.Writer) int {
 	}
 	cfg.Logger = slog.New(h)
 
+	chain, closers, err := af.build(cfg.Logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "gannet: %v\n", err)
+		return 2
+	}
+	if chain == nil {
+		cfg.Logger.Warn("no authentication configured: anyone who reaches the MQTT port can connect, " +
+			"take over any client id, subscribe to # and publish anywhere (see --password-file and --acl-file)")
+	} else {
+		defer chain.Close()
+		for _, c := range closers {
+			defer c.Close()
+		}
+		cfg.Auth = chain
+	}
+
 	srv, err := server.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "gannet: %v\n", err)
@@ -56,13 +74,23 @@ func run(args []string, stderr io.Writer) int {
 	// SIGTERM sent as soon as it does must stop the broker cleanly rather
 	// than kill the process.
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sig)
 	if err := srv.Start(); err != nil {
 		cfg.Logger.Error("cannot start", "err", err)
 		return 1
 	}
-	got := <-sig
+	var got os.Signal
+	for got = range sig {
+		if got != syscall.SIGHUP {
+			break
+		}
+		if err := srv.RefreshAuth(); err != nil {
+			cfg.Logger.Error("reload failed; what did not load keeps its old contents", "err", err)
+		} else {
+			cfg.Logger.Info("reloaded", "signal", got.String())
+		}
+	}
 	cfg.Logger.Info("shutting down", "signal", got.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -74,8 +102,9 @@ func run(args []string, stderr io.Writer) int {
 }
 
 // parseFlags builds the server configuration from the command line.
-func parseFlags(args []string, out io.Writer) (server.Config, slog.Level, string, error) {
+func parseFlags(args []string, out io.Writer) (server.Config, slog.Level, string, *authFlags, error) {
 	cfg := server.DefaultConfig()
+	af := new(authFlags)
 	fs := flag.NewFlagSet("gannet", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
@@ -139,17 +168,19 @@ Flags:
 	fs.DurationVar(&ic.FailureTimeout, "cluster-failure-timeout", ic.FailureTimeout, "about how long a silent peer takes to be declared failed")
 	fs.DurationVar(&ic.ForgetAfter, "cluster-forget-after", ic.ForgetAfter, "how long a failed peer's routes and queued messages are kept for its return; 0: forever")
 
+	af.register(fs)
+
 	if err := fs.Parse(args); err != nil {
-		return cfg, 0, "", err
+		return cfg, 0, "", nil, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, 0, "", fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+		return cfg, 0, "", nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
 	cfg.SharedPolicy = server.SharedPolicy(*shared)
 	if ic.Listen != "" {
 		c, err := interlink.ParseCompression(*comp)
 		if err != nil {
-			return cfg, 0, "", err
+			return cfg, 0, "", nil, err
 		}
 		ic.Compression = c
 		for _, j := range strings.Split(*join, ",") {
@@ -159,19 +190,22 @@ Flags:
 		}
 		cfg.Cluster = &ic
 	} else if *join != "" {
-		return cfg, 0, "", errors.New("--join needs --cluster-listen")
+		return cfg, 0, "", nil, errors.New("--join needs --cluster-listen")
 	}
 	cfg.Durability = server.Durability(*durability)
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return cfg, 0, "", fmt.Errorf("--log-level must be debug, info, warn or error, got %q", *level)
+		return cfg, 0, "", nil, fmt.Errorf("--log-level must be debug, info, warn or error, got %q", *level)
 	}
 	f := strings.ToLower(*format)
 	if f != "text" && f != "json" {
-		return cfg, 0, "", fmt.Errorf("--log-format must be text or json, got %q", *format)
+		return cfg, 0, "", nil, fmt.Errorf("--log-format must be text or json, got %q", *format)
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, 0, "", err
+		return cfg, 0, "", nil, err
 	}
-	return cfg, lvl, f, nil
+	if err := af.validate(); err != nil {
+		return cfg, 0, "", nil, err
+	}
+	return cfg, lvl, f, af, nil
 }
