@@ -238,22 +238,71 @@ func (s *Server) RefreshAuth() error {
 		return nil
 	}
 	err := ch.Reload()
+	go s.recomputeACLs(ch)
+	return err
+}
+
+// aclLoop recomputes connected clients' ACLs whenever the chain says their
+// rules may have changed (its cached backend answers expired).
+func (s *Server) aclLoop() {
+	defer s.wg.Done()
+	ch := s.cfg.Auth
+	gen := ch.Generation()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			if g := ch.Generation(); g != gen {
+				gen = g
+				s.recomputeACLs(ch)
+			}
+		}
+	}
+}
+
+// recomputeACLs recomputes the ACL of every connected client, one client
+// at a time so that a hundred thousand clients do not make a hundred
+// thousand goroutines or concurrent backend calls.
+func (s *Server) recomputeACLs(ch *auth.Chain) {
 	s.loops.Lock()
 	loops := make([]*loop, 0, len(s.loops.m))
 	for _, l := range s.loops.m {
 		loops = append(loops, l)
 	}
 	s.loops.Unlock()
+	var clients []*client
 	for _, l := range loops {
-		_ = l.el.Execute(context.Background(), runFunc(func() {
+		got := make(chan []*client, 1)
+		err := l.el.Execute(context.Background(), runFunc(func() {
+			var cs []*client
 			for c := range l.conns {
 				if c.connected && !c.closed && c.ident != nil && !c.ident.fixed && !c.ident.superuser {
-					go c.recomputeACL(ch)
+					cs = append(cs, c)
 				}
 			}
+			got <- cs
 		}))
+		if err != nil {
+			return // stopping
+		}
+		select {
+		case cs := <-got:
+			clients = append(clients, cs...)
+		case <-s.done:
+			return
+		}
 	}
-	return err
+	for _, c := range clients {
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		c.recomputeACL(ch)
+	}
 }
 
 // recomputeACL asks the chain for c's rules again and applies them on c's

@@ -222,6 +222,10 @@ func (s *Server) Start() error {
 		s.wg.Add(1)
 		go s.purgeLoop()
 	}
+	if s.cfg.Auth != nil {
+		s.wg.Add(1)
+		go s.aclLoop()
+	}
 	s.ready.Store(true)
 	s.log.Info("gannet started", "mqtt", s.addr.String(), "http", s.HTTPAddr(), "event_loops", loops)
 	return nil
