@@ -40,18 +40,7 @@ pattern readwrite devices/%c/#
 func authBroker(t *testing.T, extra func(*auth.ChainConfig)) (*Server, string) {
 	t.Helper()
 	dir := t.TempDir()
-	var lines []string
-	for _, u := range []string{"alice", "bob"} {
-		h, err := auth.HashPassword(auth.HashSHA512PBKDF2, []byte("secret"), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, u+":"+h)
-	}
-	pwPath := filepath.Join(dir, "passwd")
-	if err := os.WriteFile(pwPath, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pwPath := writePasswd(t, dir)
 	aclPath := filepath.Join(dir, "acl")
 	if err := os.WriteFile(aclPath, []byte(testACL), 0o600); err != nil {
 		t.Fatal(err)
@@ -89,6 +78,25 @@ func authBroker(t *testing.T, extra func(*auth.ChainConfig)) (*Server, string) {
 	t.Cleanup(ch.Close)
 	s := startBroker(t, func(c *Config) { c.Auth = ch })
 	return s, aclPath
+}
+
+// writePasswd writes a password file in dir for alice and bob, both with
+// password "secret", and returns its path.
+func writePasswd(t *testing.T, dir string) string {
+	t.Helper()
+	var lines []string
+	for _, u := range []string{"alice", "bob"} {
+		h, err := auth.HashPassword(auth.HashSHA512PBKDF2, []byte("secret"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, u+":"+h)
+	}
+	path := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // login connects rc with credentials and returns the CONNACK.
@@ -322,12 +330,7 @@ func TestClientIDOwnership(t *testing.T) {
 // connectAsUser is connectAs with credentials.
 func connectAsUser(rc *rawConn, id, user, pass string, clean bool) *codec.Connack {
 	rc.t.Helper()
-	return rc.connect(id, func(p *codec.Connect) {
-		p.CleanStart = clean
-		if rc.v == codec.V5 && !clean {
-			p.Props.SessionExpiry = 60
-			p.Props.Set(codec.PropSessionExpiry)
-		}
+	return connectWith(rc, id, clean, func(p *codec.Connect) {
 		p.UsernameFlag, p.Username, p.PasswordFlag, p.Password = true, []byte(user), true, []byte(pass)
 	})
 }
@@ -433,19 +436,7 @@ func TestACLReload(t *testing.T) {
 // another node by another user is refused and the session stays where it
 // is; the owner takes it over from any node.
 func TestClusterClientIDOwnership(t *testing.T) {
-	dir := t.TempDir()
-	var lines []string
-	for _, u := range []string{"alice", "bob"} {
-		h, err := auth.HashPassword(auth.HashSHA512PBKDF2, []byte("secret"), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, u+":"+h)
-	}
-	pw := filepath.Join(dir, "passwd")
-	if err := os.WriteFile(pw, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pw := writePasswd(t, t.TempDir())
 	nodes := startCluster(t, 3, func(i int, c *Config) {
 		pf, err := auth.LoadPasswordFile(pw)
 		if err != nil {

@@ -17,11 +17,20 @@ import (
 // expiry of a minute; MQTT 3: the CleanSession flag).
 func connectAs(rc *rawConn, id string, clean bool) *codec.Connack {
 	rc.t.Helper()
+	return connectWith(rc, id, clean, nil)
+}
+
+// connectWith is connectAs with more changes to the CONNECT.
+func connectWith(rc *rawConn, id string, clean bool, mutate func(*codec.Connect)) *codec.Connack {
+	rc.t.Helper()
 	return rc.connect(id, func(p *codec.Connect) {
 		p.CleanStart = clean
 		if rc.v == codec.V5 && !clean {
 			p.Props.SessionExpiry = 60
 			p.Props.Set(codec.PropSessionExpiry)
+		}
+		if mutate != nil {
+			mutate(p)
 		}
 	})
 }
@@ -107,24 +116,35 @@ func TestCleanSessionNotResumedAfterDisconnect(t *testing.T) {
 	}
 }
 
-// flood writes QoS 2 publishes on rc until the connection breaks or stop
-// closes, never reading: a client still sending when it is refused.
-func flood(rc *rawConn, stop <-chan struct{}, wg *sync.WaitGroup) {
-	defer wg.Done()
-	payload := make([]byte, 1<<10)
-	var buf []byte
-	for id := uint16(1); ; id++ {
-		select {
-		case <-stop:
-			return
-		default:
+// flooded reads rc until the broker ends the connection while another
+// goroutine writes QoS 2 publishes on it without pause: a client still
+// sending when it is refused. It returns what was read and the error that
+// ended the reading.
+func flooded(rc *rawConn) ([]codec.Packet, error) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		payload := make([]byte, 1<<10)
+		var buf []byte
+		for id := uint16(1); ; id++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			buf = (&codec.Publish{QoS: 2, PacketID: id, Topic: []byte("flood"), Payload: payload}).Append(buf[:0], rc.v)
+			_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			if _, err := rc.c.Write(buf); err != nil {
+				return
+			}
 		}
-		buf = (&codec.Publish{QoS: 2, PacketID: id, Topic: []byte("flood"), Payload: payload}).Append(buf[:0], rc.v)
-		_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		if _, err := rc.c.Write(buf); err != nil {
-			return
-		}
-	}
+	}()
+	got, err := readUntilClosed(rc)
+	close(stop)
+	wg.Wait()
+	return got, err
 }
 
 // burst writes n QoS 2 publishes in one write and then nothing.
@@ -178,13 +198,7 @@ func TestRefusalReachesBusyClient(t *testing.T) {
 	for i := range 5 {
 		rc := dialRaw(t, s, codec.V5)
 		rc.connect(fmt.Sprintf("busy-%d", i), nil)
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go flood(rc, stop, &wg)
-		got, err := readUntilClosed(rc)
-		close(stop)
-		wg.Wait()
+		got, err := flooded(rc)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			t.Fatalf("round %d: connection still open after 5s", i)
@@ -203,13 +217,7 @@ func TestRefusalReachesBusyClient(t *testing.T) {
 		rc.send(&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, CleanStart: true,
 			ClientID: []byte(fmt.Sprintf("refused-%d", i)),
 			Props:    codec.Properties{Present: 1 << codec.PropAuthMethod, AuthMethod: []byte("SCRAM")}})
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go flood(rc, stop, &wg)
-		got, err := readUntilClosed(rc)
-		close(stop)
-		wg.Wait()
+		got, err := flooded(rc)
 		if len(got) != 1 {
 			t.Fatalf("round %d: got %v (then %v), want one CONNACK", i, got, err)
 		}
