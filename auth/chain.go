@@ -144,8 +144,10 @@ type Result struct {
 	// when it names one, the request's otherwise.
 	Username string
 	// Matcher is the client's compiled ACL, shared between clients with
-	// the same rules; nil when no ACL applies (no ACL source, no rules
-	// in the answer) or for a superuser: everything is allowed.
+	// the same rules (under an ACL file's client-id patterns, the part
+	// the clients of one user have in common is shared); nil when no
+	// ACL applies (no ACL source, no rules in the answer) or for a
+	// superuser: everything is allowed.
 	Matcher *Matcher
 	// FromAnswer reports that Matcher came with the deciding source's
 	// answer (an HTTP answer's rules, a JWT claim): Chain.Rules does not
@@ -379,10 +381,44 @@ func authCall(s Source) callFunc {
 	}
 }
 
+// splitACLSource is an ACLSource that also gives a client's rules in two
+// parts (ACLFile.SplitRules): shared, the rules every client of the user
+// has, and own, the rules of this client alone (patterns naming its
+// client id). The chain compiles them with CompileWith, so that the
+// clients of one user hold one trie of the shared part, interned once,
+// and only own is compiled per client: with a client-id pattern, a
+// CONNECT neither compiles the user's rules again nor pushes other
+// users' lists out of CompileShared's cache.
+//
+// SplitRules answers as Rules does, and must not change either slice
+// after returning it: the chain keeps them, uncopied, for the cache's
+// TTL.
+type splitACLSource interface {
+	SplitRules(ctx context.Context, r *Request, username string) (shared, own []Rule, err error)
+}
+
 // aclCall asks a for a client's rules. The only ACL source of a chain
-// compiles them at once; with several, the chain keeps a copy and
-// compiles their concatenation.
+// compiles them at once; with several, the chain keeps them and compiles
+// their concatenation at the end of the ACL stage.
+//
+// A splitACLSource is asked for its two parts. Alone, it gives its value
+// the matcher CompileWith compiles of them. With other ACL sources, its
+// value holds shared in rules and own in answer.Rules (an ACL value has
+// no other use for its answer); another source's rules all go with the
+// shared parts.
 func aclCall(a ACLSource, only bool) callFunc {
+	if s, ok := a.(splitACLSource); ok {
+		return func(ctx context.Context, r *Request, user string) (*cacheValue, error) {
+			shared, own, err := s.SplitRules(ctx, r, user)
+			if err != nil {
+				return nil, err
+			}
+			if only {
+				return &cacheValue{matcher: CompileWith(shared, own)}, nil
+			}
+			return &cacheValue{rules: shared, answer: Answer{Rules: own}}, nil
+		}
+	}
 	return func(ctx context.Context, r *Request, user string) (*cacheValue, error) {
 		rules, err := a.Rules(ctx, r, user)
 		if err != nil {
@@ -559,7 +595,8 @@ type decision struct {
 	missed bool // next's cache lookup missed: a backend call is due
 	hasSum bool
 	sum    [32]byte // the stage's question digest, once computed
-	rules  []Rule   // stageACL, several ACL sources: rules so far
+	rules  []Rule   // stageACL, several ACL sources: shared rules so far
+	own    []Rule   // stageACL, several ACL sources: this client's own rules so far
 	res    Result
 }
 
@@ -601,7 +638,7 @@ func (c *Chain) advance(ctx context.Context, d *decision, block bool) bool {
 		case stageACL:
 			if d.next == len(c.acls) {
 				if len(c.acls) > 1 {
-					d.res.Matcher = CompileShared(d.rules)
+					d.res.Matcher = CompileWith(d.rules, d.own)
 				}
 				d.stage = stageDone
 				continue
@@ -621,7 +658,8 @@ func (c *Chain) advance(ctx context.Context, d *decision, block bool) bool {
 			if len(c.acls) == 1 {
 				d.res.Matcher = v.matcher
 			} else {
-				d.rules = append(d.rules, v.rules...)
+				d.rules = appendRules(d.rules, v.rules)
+				d.own = appendRules(d.own, v.answer.Rules)
 			}
 			d.next++
 
@@ -629,6 +667,18 @@ func (c *Chain) advance(ctx context.Context, d *decision, block bool) bool {
 			return true
 		}
 	}
+}
+
+// appendRules appends src, a cached value's rules, to dst, the rules of
+// a decision's ACL sources so far. The first list is taken as it is,
+// clipped so that the next append copies it instead of writing into the
+// cached value; a client whose rules come from one of the sources
+// alone then costs no copy.
+func appendRules(dst, src []Rule) []Rule {
+	if len(dst) == 0 {
+		return slices.Clip(src)
+	}
+	return append(dst, src...)
 }
 
 // noneDecided ends authentication when no source allowed or denied.

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1165,5 +1168,222 @@ func BenchmarkChainCached(b *testing.B) {
 	})
 	if acl.calls.Load() != 1 {
 		b.Errorf("ACL source called %d times", acl.calls.Load())
+	}
+}
+
+// The HTTP source failing in each way a server can: every client is
+// Unavailable, never Allowed, within the chain's Timeout; once the
+// server answers again, the same clients get in (failures are not
+// cached).
+func TestChainHTTPSourceFailures(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	const allow = `{"result":"allow"}`
+	hijack := func(t *testing.T, w http.ResponseWriter, partial string) {
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Errorf("Hijack: %v", err)
+			return
+		}
+		_, _ = buf.WriteString(partial)
+		_ = buf.Flush()
+		conn.Close()
+	}
+	for _, tc := range []struct {
+		name string
+		fail func(t *testing.T, stop <-chan struct{}) http.HandlerFunc
+	}{
+		{"500", func(*testing.T, <-chan struct{}) http.HandlerFunc {
+			// With a body that would let the client in.
+			return httpAnswerWith(http.StatusInternalServerError, allow)
+		}},
+		{"timeout", func(_ *testing.T, stop <-chan struct{}) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-r.Context().Done():
+				case <-stop:
+				}
+			}
+		}},
+		{"connection closed", func(t *testing.T, _ <-chan struct{}) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) { hijack(t, w, "") }
+		}},
+		{"connection closed mid-answer", func(t *testing.T, _ <-chan struct{}) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) {
+				hijack(t, w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"+allow)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var healthy atomic.Bool
+			stop := make(chan struct{})
+			fail := tc.fail(t, stop)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if healthy.Load() {
+					httpAnswerWith(http.StatusOK, allow)(w, r)
+					return
+				}
+				fail(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			t.Cleanup(func() { close(stop) }) // before the server's Close
+			src, err := NewHTTPSource(HTTPConfig{URL: srv.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(src.Close)
+			c := newTestChain(t, ChainConfig{
+				Sources:         []Source{src},
+				CacheTTL:        time.Minute,
+				Timeout:         timeout,
+				BreakerFailures: -1, // every client asks the server
+			}, chainOptions{})
+
+			const clients = 20
+			reqs := make([]*Request, clients)
+			for i := range reqs {
+				reqs[i] = chainUser(fmt.Sprintf("user%02d", i), "pw")
+			}
+			results := make([]Result, clients)
+			took := make([]time.Duration, clients)
+			var wg sync.WaitGroup
+			for i, r := range reqs {
+				wg.Go(func() {
+					start := time.Now()
+					results[i] = authSync(c, r)
+					took[i] = time.Since(start)
+				})
+			}
+			wg.Wait()
+			for i, res := range results {
+				if res.Outcome != Unavailable || !errors.Is(res.Err, ErrUnavailable) || res.Source != "http" {
+					t.Errorf("client %d: got %v from %q (%v), want Unavailable from the HTTP source", i, res.Outcome, res.Source, res.Err)
+				}
+				if took[i] > 2*timeout {
+					t.Errorf("client %d: answered after %v, past twice the Timeout (%v)", i, took[i], timeout)
+				}
+			}
+
+			healthy.Store(true)
+			for i, r := range reqs {
+				if res := authSync(c, r); res.Outcome != Allowed {
+					t.Errorf("client %d, the server answering again: got %v (%v), want Allowed", i, res.Outcome, res.Err)
+				}
+			}
+		})
+	}
+}
+
+// aclFileWithClientPattern returns an ACL file giving user the n rules of
+// benchRules(n) and every client the pattern "devices/%c/#", readwrite.
+func aclFileWithClientPattern(t testing.TB, user string, n int) *ACLFile {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("user " + user + "\n")
+	for _, r := range benchRules(n) {
+		access := r.Access.String()
+		if r.Deny {
+			access = "deny"
+		}
+		fmt.Fprintf(&b, "topic %s %s\n", access, r.Filter)
+	}
+	b.WriteString("pattern readwrite devices/%c/#\n")
+	return loadACL(t, b.String())
+}
+
+// The clients of one user under an ACL file with a %c pattern hold one
+// compiled trie for the user's rules, interned once; only the pattern is
+// compiled per client. Several ACL sources keep the split too.
+func TestChainACLPerClientSharesUserPart(t *testing.T) {
+	const clients = 1000
+	file := aclFileWithClientPattern(t, "fleet", 100)
+	shared, _, _ := file.SplitRules(context.Background(), nil, "fleet")
+	for _, tc := range []struct {
+		name string
+		acls []ACLSource
+	}{
+		{"one source", []ACLSource{file}},
+		// The other source's rules are the same for every client: they
+		// join the shared part.
+		{"several sources", []ACLSource{file, staticACL("extra", Rule{Filter: "extra/#", Access: Read})}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestChain(t, ChainConfig{
+				Sources:  []Source{verdictSource("s", Allow)},
+				ACLs:     tc.acls,
+				CacheTTL: time.Minute,
+			}, chainOptions{})
+			before := sharedMatchers.len()
+			var base *trie
+			for i := range clients {
+				r := chainUser("fleet", "pw")
+				r.ClientID = fmt.Sprintf("dev-%04d", i)
+				res := authSync(c, r)
+				m := res.Matcher
+				if res.Outcome != Allowed || m == nil {
+					t.Fatalf("client %s: got %+v", r.ClientID, res)
+				}
+				if i == 0 {
+					base = m.base
+				}
+				if m.base != base || m.own == nil {
+					t.Fatalf("client %s: the user's rules are compiled for it alone (base %p, first client's %p; own part %p)", r.ClientID, m.base, base, m.own)
+				}
+				if m.Len() != len(shared)+len(tc.acls) {
+					t.Fatalf("client %s: %d rules compiled, want %d", r.ClientID, m.Len(), len(shared)+len(tc.acls))
+				}
+				if !m.CanPublish([]byte("devices/"+r.ClientID+"/x")) || m.CanPublish([]byte("devices/dev-other/x")) {
+					t.Fatalf("client %s: its own pattern is not applied, or another client's is", r.ClientID)
+				}
+				if !m.CanPublish([]byte("building/3/floor/3/temp")) || m.CanPublish([]byte("building/18/floor/4/secret")) {
+					t.Fatalf("client %s: the user's rules are not applied", r.ClientID)
+				}
+				if len(tc.acls) > 1 && !m.CanRead([]byte("extra/1")) {
+					t.Fatalf("client %s: the second source's rules are not applied", r.ClientID)
+				}
+				// The cached answers give the same matcher (one source:
+				// cached compiled) or the same shared part (several: their
+				// parts cached, joined per client).
+				if i%100 == 0 {
+					again := authSync(c, r).Matcher
+					if again == nil || again.base != base || len(tc.acls) == 1 && again != m {
+						t.Fatalf("client %s: a cached answer gave another matcher", r.ClientID)
+					}
+				}
+			}
+			if len(tc.acls) == 1 && base != CompileShared(shared).base {
+				t.Error("the shared part is not the user's interned matcher")
+			}
+			if extra, ok := tc.acls[len(tc.acls)-1].(*stubACL); ok {
+				if got := extra.calls.Load(); got != clients {
+					t.Errorf("second source asked %d times for %d clients, want once each: repeats within the TTL come from the cache", got, clients)
+				}
+			}
+			if grown := sharedMatchers.len() - before; grown > 1 {
+				t.Errorf("%d clients of one user added %d lists to the shared matcher cache, want at most 1", clients, grown)
+			}
+		})
+	}
+}
+
+// BenchmarkChainACLPerClient measures CONNECT's ACL cost for clients of
+// one user under an ACL file with 100 rules for the user and a %c
+// pattern: every client id is new, so nothing comes from the answer
+// cache.
+func BenchmarkChainACLPerClient(b *testing.B) {
+	c := newTestChain(b, ChainConfig{
+		Sources:  []Source{verdictSource("s", Allow)},
+		ACLs:     []ACLSource{aclFileWithClientPattern(b, "fleet", 100)},
+		CacheTTL: time.Minute,
+	}, chainOptions{})
+	ctx := context.Background()
+	r := chainUser("fleet", "pw")
+	i := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		i++
+		r.ClientID = "dev-" + strconv.Itoa(i)
+		if res := c.Authenticate(ctx, r); res.Outcome != Allowed || res.Matcher.Len() != 101 {
+			b.Fatalf("got %+v", res)
+		}
 	}
 }
