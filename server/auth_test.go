@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/codec"
 )
@@ -513,5 +516,49 @@ func TestACLFollowsBackendWithinTTL(t *testing.T) {
 	rc.send(&codec.Publish{QoS: 1, PacketID: 9, Topic: []byte("y/1"), Payload: []byte("ok")})
 	if a := rc.expect().(*codec.Ack); a.Code != codec.Success {
 		t.Fatalf("publish the new rules allow: %+v", a)
+	}
+}
+
+// The same rules seen through the Paho clients: paho.golang (MQTT 5) gets
+// 0x87 for a denied publish and in SUBACK; paho.mqtt.golang (3.1.1) is
+// refused with a wrong password and gets 0x80 for a denied filter.
+func TestACLWithPahoClients(t *testing.T) {
+	s, _ := authBroker(t, nil)
+	v5, ca := dialV5(t, s, &paho.Connect{ClientID: "paho5", UsernameFlag: true, Username: "alice",
+		PasswordFlag: true, Password: []byte("secret"), CleanStart: true})
+	if ca.ReasonCode != 0 {
+		t.Fatalf("CONNACK %d", ca.ReasonCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// paho.golang reports a refused filter as an error beside the SUBACK.
+	sa, _ := v5.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "alice/#", QoS: 1}, {Topic: "bob/#", QoS: 1}}})
+	if sa == nil || len(sa.Reasons) != 2 || sa.Reasons[0] != 1 || sa.Reasons[1] != byte(codec.NotAuthorized) {
+		t.Fatalf("SUBACK %v, want [1 0x87]", sa.Reasons)
+	}
+	// paho.golang reports the 0x87 PUBACK as an error naming it.
+	if r, err := v5.Publish(ctx, &paho.Publish{Topic: "bob/x", QoS: 1, Payload: []byte("no")}); err == nil ||
+		!strings.Contains(err.Error(), "not authorized") || (r != nil && r.ReasonCode != byte(codec.NotAuthorized)) {
+		t.Fatalf("denied publish: %+v, %v; want PUBACK 0x87", r, err)
+	}
+	v5.publish(t, &paho.Publish{Topic: "alice/y", QoS: 1, Payload: []byte("yes")})
+	if m := v5.expect(t); m.Topic != "alice/y" {
+		t.Fatalf("got %q", m.Topic)
+	}
+
+	o := paho3.NewClientOptions().AddBroker("tcp://" + s.Addr()).SetClientID("paho3-bad").
+		SetUsername("alice").SetPassword("wrong").SetAutoReconnect(false).SetConnectRetry(false).SetProtocolVersion(4)
+	bad := paho3.NewClient(o)
+	if tok := bad.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() == nil {
+		t.Fatal("paho.mqtt.golang connected with a wrong password")
+	}
+	v3 := dialV3(t, s, "paho3", true, func(o *paho3.ClientOptions) { o.SetUsername("alice").SetPassword("secret") })
+	tok := v3.SubscribeMultiple(map[string]byte{"alice/#": 1, "bob/#": 1}, nil)
+	if !tok.WaitTimeout(5 * time.Second) {
+		t.Fatal("no SUBACK")
+	}
+	res := tok.(*paho3.SubscribeToken).Result()
+	if res["alice/#"] != 1 || res["bob/#"] != 0x80 {
+		t.Fatalf("SUBACK codes %v, want alice/# 1 and bob/# 0x80", res)
 	}
 }
