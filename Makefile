@@ -5,7 +5,7 @@ FUZZTIME    ?= 10s
 BENCHTIME   ?= 1s
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare
+.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth
 
 all: build
 
@@ -56,3 +56,14 @@ SECS ?= 3
 compare:
 	@command -v mosquitto >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null)
 	bash bench/compare.sh $(SECS) bench/results
+
+# bench-auth measures what authentication and authorization cost, Gannet
+# and Mosquitto side by side: a 100-rule ACL on p2p publishes, the
+# connection rate with a password file (and Gannet's Redis and PostgreSQL
+# sources), and reconnect storms against PostgreSQL. It needs the Debian
+# packages mosquitto, mosquitto-clients, redis-server and postgresql.
+# ROUNDS sets the interleaved rounds; the results stay in
+# /tmp/gannet-bench-auth.
+ROUNDS ?= 3
+bench-auth:
+	bash bench/auth.sh $(ROUNDS)

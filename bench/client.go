@@ -29,6 +29,7 @@ func putHeader(b []byte, pub uint32, seq uint64, now int64) {
 type client struct {
 	run  *runner
 	id   string
+	user string // username sent in CONNECT; "" for none
 	idx  uint32 // publisher index, when it publishes
 	v    codec.Version
 	conn gnet.Conn
@@ -43,8 +44,12 @@ type client struct {
 	ack    codec.Ack
 	tracks map[uint32]*seqTrack
 
-	connected chan struct{} // closed on CONNACK (and SUBACK when subscribing)
+	connected chan struct{} // closed on CONNACK (and SUBACK when subscribing), refusal or close
 	once      sync.Once
+	slot      chan struct{} // conn: the window slot this client holds until connected is closed
+	connectAt atomic.Int64  // when CONNECT was handed to the loop (Unix ns)
+	acked     atomic.Bool   // CONNACK accepted the client
+	refusal   atomic.Uint32 // 0x100 | the code of a refusing CONNACK; 0: none
 	credit    chan struct{} // publish window
 	pending   atomic.Int64  // QoS 0: messages since the last ping
 
@@ -65,7 +70,12 @@ type client struct {
 }
 
 func (c *client) ready() {
-	c.once.Do(func() { close(c.connected) })
+	c.once.Do(func() {
+		close(c.connected)
+		if c.slot != nil {
+			<-c.slot
+		}
+	})
 }
 
 type handler struct {
@@ -107,7 +117,8 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	if c, ok := gc.Context().(*client); ok {
 		c.closed.Store(true)
-		if !c.run.stopping.Load() {
+		// A refused client is closed by the broker: counted already.
+		if !c.run.stopping.Load() && c.refusal.Load() == 0 {
 			c.errs.Add(1)
 			c.run.errorf("%s: connection closed: %v", c.id, err)
 		}
@@ -121,10 +132,18 @@ func (c *client) handle(out []byte, fh codec.FixedHeader, body []byte) []byte {
 	switch fh.Type {
 	case codec.CONNACK:
 		var ca codec.Connack
-		if err := ca.Decode(fh, body, c.v); err != nil || ca.Code != codec.Success {
+		if err := ca.Decode(fh, body, c.v); err != nil {
 			c.errs.Add(1)
-			c.run.errorf("%s: CONNACK %v %v", c.id, ca.Code, err)
+			c.run.errorf("%s: CONNACK: %v", c.id, err)
 			return out
+		}
+		if ca.Code != codec.Success {
+			c.refused(ca.Code)
+			return out
+		}
+		c.acked.Store(true)
+		if c.run.cfg.Scenario == "conn" {
+			c.run.record(time.Now().UnixNano() - c.connectAt.Load())
 		}
 		if len(c.subscribe) == 0 {
 			c.ready()

@@ -11,11 +11,14 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,9 +58,26 @@ type Config struct {
 	Window      int   // unacknowledged messages per publisher
 	PingEvery   int64 // QoS 0: a PINGREQ every this many messages
 	ConnectRate int   // conn: connections per second; 0: as fast as possible
-	BrokerPID   int
-	Drain       time.Duration // how long to wait for stragglers
-	Retain      bool
+	// ConnectWindow (conn) keeps at most this many CONNECTs waiting for
+	// their CONNACK; 0: no bound.
+	ConnectWindow int
+	// Username and Password are sent by every client when set; "%d" in
+	// Username becomes the client's index, modulo Users when Users > 0
+	// (see conn.go).
+	Username string
+	Password string
+	Users    int
+	// ClientID is the conn scenario's client id, "%d" the client's index
+	// (default bench-conn-%d).
+	ClientID string
+	// Topic is the topic of pair i in p2p and cluster, and of client i in
+	// stresser, "%d" the index and "%u" the username (default
+	// bench/p2p/%d, bench/stress/%d).
+	Topic string
+
+	BrokerPID int
+	Drain     time.Duration // how long to wait for stragglers
+	Retain    bool
 	// RetainedTopics is how many distinct topics a retained storm cycles
 	// through per publisher.
 	RetainedTopics int
@@ -91,9 +111,17 @@ type Result struct {
 	BrokerPeak  int64         `json:"broker_peak_rss_bytes"`
 	RSSPerConn  float64       `json:"broker_rss_per_conn_bytes,omitempty"`
 	ConnectRate float64       `json:"connects_per_sec,omitempty"`
-	ToolCPU     time.Duration `json:"tool_cpu_ns"`
-	ToolUsPer   float64       `json:"tool_cpu_us_per_msg"`
-	FirstErrors []string      `json:"first_errors,omitempty"`
+	// Conn: CONNACKs that accepted the client (P50 to Max are their
+	// CONNECT-to-CONNACK latencies), CONNECTs refused by code, and clients
+	// closed or never answered before a CONNACK.
+	Connected   int64            `json:"connected,omitempty"`
+	Refused     int64            `json:"refused,omitempty"`
+	RefusedBy   map[string]int64 `json:"refused_by,omitempty"`
+	Unanswered  int64            `json:"unanswered,omitempty"`
+	Max         time.Duration    `json:"max_ns,omitempty"`
+	ToolCPU     time.Duration    `json:"tool_cpu_ns"`
+	ToolUsPer   float64          `json:"tool_cpu_us_per_msg"`
+	FirstErrors []string         `json:"first_errors,omitempty"`
 	// RSSCurve is the broker's RSS as connections were added (conn).
 	RSSCurve    []RSSPoint `json:"rss_curve,omitempty"`
 	LossAllowed bool       `json:"loss_allowed"`
@@ -106,9 +134,11 @@ type RSSPoint struct {
 }
 
 // Failed reports whether the run lost or duplicated more than its QoS
-// allows: any loss at QoS 1 and 2, any duplicate at QoS 2.
+// allows (any loss at QoS 1 and 2, any duplicate at QoS 2), or whether a
+// client was refused or never answered at CONNECT.
 func (r *Result) Failed() bool {
-	return !r.LossAllowed && (r.Lost > 0 || (r.QoS == 2 && r.Duplicates > 0))
+	return r.Refused > 0 || r.Unanswered > 0 ||
+		(!r.LossAllowed && (r.Lost > 0 || (r.QoS == 2 && r.Duplicates > 0)))
 }
 
 type runner struct {
@@ -128,8 +158,9 @@ type runner struct {
 	histMu sync.Mutex
 	hist   *hdrhistogram.Histogram
 
-	errMu  sync.Mutex
-	errors []string
+	errMu    sync.Mutex
+	errors   []string
+	refusals map[string]int64 // CONNACK code and name: clients refused
 }
 
 func (r *runner) record(ns int64) {
@@ -204,7 +235,7 @@ func (cfg *Config) fill() error {
 	if cfg.QoS > 2 {
 		return fmt.Errorf("--qos must be 0, 1 or 2, got %d", cfg.QoS)
 	}
-	return nil
+	return cfg.checkNames()
 }
 
 // dial connects c and sends CONNECT; c.connected closes on CONNACK, or on
@@ -227,6 +258,12 @@ func (r *runner) dial(c *client, addr string) error {
 		name = []byte("MQIsdp")
 	}
 	p := codec.Connect{ProtocolName: name, ProtocolVersion: c.v, CleanStart: true, KeepAlive: 300, ClientID: []byte(c.id)}
+	if c.user != "" {
+		p.UsernameFlag, p.Username = true, []byte(c.user)
+	}
+	if r.cfg.Password != "" {
+		p.PasswordFlag, p.Password = true, []byte(r.cfg.Password)
+	}
 	if c.v == codec.V5 {
 		p.Props.ReceiveMaximum = 65535
 		p.Props.Set(codec.PropReceiveMaximum)
@@ -237,6 +274,7 @@ func (r *runner) dial(c *client, addr string) error {
 	} else if r.cfg.SessionExpiry > 0 {
 		p.CleanStart = false
 	}
+	c.connectAt.Store(time.Now().UnixNano())
 	return gc.AsyncWrite(p.Append(nil, c.v), nil)
 }
 
@@ -244,82 +282,24 @@ func (r *runner) awaitConnected(ctx context.Context, cs []*client) error {
 	for _, c := range cs {
 		select {
 		case <-c.connected:
+			if c.refusal.Load() != 0 {
+				// The others' answers are on their way: wait for them, so
+				// that the error counts every refusal.
+				_ = r.settle(ctx, cs)
+				return r.refusalError()
+			}
 			if c.closed.Load() {
+				r.errMu.Lock()
+				defer r.errMu.Unlock()
 				return fmt.Errorf("%s: connection closed during setup: %v", c.id, r.errors)
 			}
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(30 * time.Second):
-			return fmt.Errorf("%s: no CONNACK/SUBACK within 30s", c.id)
+		case <-time.After(setupTimeout):
+			return fmt.Errorf("%s: no CONNACK/SUBACK within %v", c.id, setupTimeout)
 		}
 	}
 	return nil
-}
-
-// conn opens Clients idle connections at ConnectRate and reports the
-// connect rate and the broker's memory per connection.
-func (r *runner) conn(ctx context.Context) (*Result, error) {
-	cfg := &r.cfg
-	res := &Result{Scenario: "conn", Clients: cfg.Clients, LossAllowed: true}
-	var before ProcSample
-	if cfg.BrokerPID > 0 {
-		var err error
-		if before, err = SampleProc(cfg.BrokerPID); err != nil {
-			return nil, err
-		}
-	}
-	var every time.Duration
-	if cfg.ConnectRate > 0 {
-		every = time.Second / time.Duration(cfg.ConnectRate)
-	}
-	start := time.Now()
-	for i := range cfg.Clients {
-		c := &client{id: fmt.Sprintf("bench-conn-%d", i), v: cfg.Version}
-		r.clients = append(r.clients, c)
-		if err := r.dial(c, cfg.Addr); err != nil {
-			return nil, err
-		}
-		if every > 0 {
-			time.Sleep(time.Until(start.Add(time.Duration(i+1) * every)))
-		}
-		if i%1000 == 999 {
-			if cfg.Progress != nil {
-				fmt.Fprintf(cfg.Progress, "\rconnected %d/%d", i+1, cfg.Clients)
-			}
-			if cfg.BrokerPID > 0 {
-				if err := r.awaitConnected(ctx, r.clients); err != nil {
-					return nil, err
-				}
-				if s, err := SampleProc(cfg.BrokerPID); err == nil {
-					res.RSSCurve = append(res.RSSCurve, RSSPoint{Conns: i + 1, RSS: s.RSS})
-				}
-			}
-		}
-	}
-	if err := r.awaitConnected(ctx, r.clients); err != nil {
-		return nil, err
-	}
-	el := time.Since(start)
-	res.ConnectRate = float64(cfg.Clients) / el.Seconds()
-	if cfg.BrokerPID > 0 {
-		// Let the broker settle, then measure.
-		time.Sleep(time.Second)
-		after, err := SampleProc(cfg.BrokerPID)
-		if err != nil {
-			return nil, err
-		}
-		res.BrokerRSS, res.BrokerPeak = after.RSS, after.Peak
-		res.RSSPerConn = float64(after.RSS-before.RSS) / float64(cfg.Clients)
-		res.BrokerCPU = after.CPU - before.CPU
-	}
-	for _, c := range r.clients {
-		res.Errors += c.errs.Load()
-	}
-	res.FirstErrors = r.errors
-	if cfg.Progress != nil {
-		fmt.Fprintln(cfg.Progress)
-	}
-	return res, nil
 }
 
 // plan builds the clients of a traffic scenario: who publishes where and
@@ -327,60 +307,72 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 func (r *runner) plan() (pubs, subs []*client, err error) {
 	cfg := &r.cfg
 	v := cfg.Version
-	sub := func(id string, filters ...string) *client {
-		c := &client{id: id, v: v}
+	sub := func(id string, i int, filters ...string) *client {
+		c := &client{id: id, v: v, user: cfg.username(i)}
 		for _, f := range filters {
 			c.subscribe = append(c.subscribe, codec.Subscription{Filter: []byte(f), QoS: cfg.QoS})
 		}
 		subs = append(subs, c)
 		return c
 	}
-	pub := func(id, topic string) *client {
-		c := &client{id: id, v: v, topic: []byte(topic), idx: uint32(len(pubs))}
+	pub := func(id string, i int, topic string) *client {
+		c := &client{id: id, v: v, user: cfg.username(i), topic: []byte(topic), idx: uint32(len(pubs))}
 		pubs = append(pubs, c)
 		return c
 	}
 	switch cfg.Scenario {
 	case "fanin":
-		sub("bench-sub-0", "bench/fanin/#")
+		sub("bench-sub-0", 0, "bench/fanin/#")
 		for i := range cfg.Publishers {
-			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/fanin/%d", i))
+			pub(fmt.Sprintf("bench-pub-%d", i), i, fmt.Sprintf("bench/fanin/%d", i))
 		}
 	case "fanout":
 		for i := range cfg.Subscribers {
-			sub(fmt.Sprintf("bench-sub-%d", i), "bench/fanout")
+			sub(fmt.Sprintf("bench-sub-%d", i), i, "bench/fanout")
 		}
 		for i := range cfg.Publishers {
-			pub(fmt.Sprintf("bench-pub-%d", i), "bench/fanout")
+			pub(fmt.Sprintf("bench-pub-%d", i), i, "bench/fanout")
 		}
 	case "p2p", "cluster":
+		topics := map[string]bool{}
 		for i := range cfg.Clients {
-			sub(fmt.Sprintf("bench-sub-%d", i), fmt.Sprintf("bench/p2p/%d", i))
-			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/p2p/%d", i))
+			topic := expand(cmp.Or(cfg.Topic, "bench/p2p/%d"), i, cfg.username(i))
+			if topics[topic] {
+				return nil, nil, fmt.Errorf("--topic %q gives pairs %d and others the same topic %q: every pair needs its own", cfg.Topic, i, topic)
+			}
+			topics[topic] = true
+			sub(fmt.Sprintf("bench-sub-%d", i), i, topic)
+			pub(fmt.Sprintf("bench-pub-%d", i), i, topic)
 		}
 	case "stresser":
 		// One connection per client publishes to its own topic and
 		// subscribes to it.
+		topics := map[string]bool{}
 		for i := range cfg.Clients {
-			c := pub(fmt.Sprintf("bench-stress-%d", i), fmt.Sprintf("bench/stress/%d", i))
+			topic := expand(cmp.Or(cfg.Topic, "bench/stress/%d"), i, cfg.username(i))
+			if topics[topic] {
+				return nil, nil, fmt.Errorf("--topic %q gives clients %d and others the same topic %q: every client needs its own", cfg.Topic, i, topic)
+			}
+			topics[topic] = true
+			c := pub(fmt.Sprintf("bench-stress-%d", i), i, topic)
 			c.subscribe = []codec.Subscription{{Filter: c.topic, QoS: cfg.QoS}}
 			subs = append(subs, c)
 		}
 	case "shared":
 		shared := &sharedTrack{t: map[uint32]*seqTrack{}}
 		for i := range cfg.Subscribers {
-			sub(fmt.Sprintf("bench-member-%d", i), "$share/bench/bench/shared/#").shared = shared
+			sub(fmt.Sprintf("bench-member-%d", i), i, "$share/bench/bench/shared/#").shared = shared
 		}
 		for i := range cfg.Publishers {
-			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/shared/%d", i))
+			pub(fmt.Sprintf("bench-pub-%d", i), i, fmt.Sprintf("bench/shared/%d", i))
 		}
 	case "retained":
 		cfg.Retain = true
 		for i := range cfg.Subscribers {
-			sub(fmt.Sprintf("bench-sub-%d", i), "bench/retained/#")
+			sub(fmt.Sprintf("bench-sub-%d", i), i, "bench/retained/#")
 		}
 		for i := range cfg.Publishers {
-			pub(fmt.Sprintf("bench-pub-%d", i), fmt.Sprintf("bench/retained/%d", i))
+			pub(fmt.Sprintf("bench-pub-%d", i), i, fmt.Sprintf("bench/retained/%d", i))
 		}
 	default:
 		return nil, nil, fmt.Errorf("unknown scenario %q: want conn, fanin, fanout, p2p, stresser, retained, shared or cluster", cfg.Scenario)
@@ -561,11 +553,24 @@ func (res *Result) Print(w io.Writer) {
 	row := func(k string, v any) { fmt.Fprintf(w, "%-26s %v\n", k, v) }
 	row("scenario", res.Scenario)
 	if res.Scenario == "conn" {
-		row("connections", res.Clients)
+		row("connections", fmt.Sprintf("%d of %d in %v", res.Connected, res.Clients, res.Window.Round(time.Millisecond)))
 		row("connect rate (/s)", fmt.Sprintf("%.0f", res.ConnectRate))
-		row("broker RSS", mib(res.BrokerRSS))
-		row("broker RSS per conn", fmt.Sprintf("%.0f B", res.RSSPerConn))
+		row("CONNACK p50/p90/p99/p99.9", fmt.Sprintf("%v / %v / %v / %v (max %v)", res.P50, res.P90, res.P99, res.P999, res.Max))
+		row("refused", res.Refused)
+		keys := slices.Sorted(maps.Keys(res.RefusedBy))
+		for _, k := range keys {
+			row("  CONNACK "+k, res.RefusedBy[k])
+		}
+		row("no CONNACK", res.Unanswered)
+		if res.BrokerCPU > 0 {
+			row("broker CPU µs/conn", fmt.Sprintf("%.1f", res.BrokerUsPer))
+			row("broker RSS", mib(res.BrokerRSS))
+			row("broker RSS per conn", fmt.Sprintf("%.0f B", res.RSSPerConn))
+		}
 		row("errors", res.Errors)
+		for _, e := range res.FirstErrors {
+			row("error", e)
+		}
 		return
 	}
 	row("publishers/subscribers", fmt.Sprintf("%d/%d", res.Publishers, res.Subscribers))

@@ -31,7 +31,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 gannet-bench drives an MQTT broker with one scenario and reports throughput,
 latency percentiles, lost and duplicated messages (by sequence numbers in
 the payloads) and, given --broker-pid, the broker's CPU time per message
-and memory. It exits 1 when messages were lost beyond what the QoS allows.
+and memory. It exits 1 when messages were lost beyond what the QoS allows,
+or when the broker refused a CONNECT (conn; other scenarios stop with exit
+code 2 at the first refusal, naming the codes).
 
        gannet-bench report --dir DIR [--plots OUT] [RUN...]
 
@@ -41,7 +43,8 @@ tables of the given runs with Gannet's ratio to every other broker, and
 draws throughput, latency and memory plots as PNG files into OUT.
 
 Scenarios:
-  conn      --clients idle connections at --connect-rate: connect rate, broker RSS per connection
+  conn      --clients idle connections at --connect-rate or --connect-window: connect rate,
+            CONNECT-to-CONNACK latency, refusals (any makes the run fail), broker CPU and RSS per connection
   fanin     --publishers clients publish, one subscriber receives everything
   fanout    --publishers publish to one topic, --subscribers receive every message
   p2p       --clients pairs: publisher i to subscriber i
@@ -75,6 +78,12 @@ Flags:
 	fs.DurationVar(&cfg.Warmup, "warmup", 0, "traffic before the measurement window starts")
 	fs.IntVar(&cfg.Window, "inflight", 0, "unacknowledged messages per publisher (default 100, or 1000 at QoS 0)")
 	fs.IntVar(&cfg.ConnectRate, "connect-rate", 0, "conn: connections per second; 0: as fast as possible")
+	fs.IntVar(&cfg.ConnectWindow, "connect-window", 0, "conn: at most this many CONNECTs awaiting their CONNACK at a time (the next client dials when one is answered); 0: no bound")
+	fs.StringVar(&cfg.Username, "username", "", "username every client sends; %d becomes the client's index (i of bench-conn-i, bench-pub-i, bench-sub-i), modulo --users; empty: none")
+	fs.StringVar(&cfg.Password, "password", "", "password every client sends; empty: none")
+	fs.IntVar(&cfg.Users, "users", 0, "with %d in --username: this many distinct users, client i being user i mod N; 0: one user per client")
+	fs.StringVar(&cfg.ClientID, "client-id", "", "conn: client id `template`, %d the client's index (default bench-conn-%d)")
+	fs.StringVar(&cfg.Topic, "topic", "", "p2p, cluster, stresser: topic `template` of pair (client) i, %d the index, %u the username (default bench/p2p/%d, bench/stress/%d)")
 	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "broker process `pid`, to read its CPU time and memory from /proc")
 	fs.DurationVar(&cfg.Drain, "drain", 0, "how long to wait for outstanding messages after publishing stops (default 10s)")
 	fs.IntVar(&cfg.RetainedTopics, "retained-topics", 1000, "retained: distinct topics per publisher")
@@ -108,6 +117,11 @@ Flags:
 		_ = enc.Encode(res)
 	} else {
 		res.Print(stdout)
+	}
+	if res.Refused > 0 || res.Unanswered > 0 {
+		fmt.Fprintf(stderr, "gannet-bench: FAILED: %d of %d CONNECTs refused (%s), %d closed or unanswered without a CONNACK\n",
+			res.Refused, res.Clients, res.Refusals(), res.Unanswered)
+		return 1
 	}
 	if res.Failed() {
 		fmt.Fprintf(stderr, "gannet-bench: %d messages lost, %d duplicated at QoS %d\n", res.Lost, res.Duplicates, res.QoS)
