@@ -121,6 +121,15 @@ func (f *ACLFile) Reload() error {
 	return nil
 }
 
+// RulesKeyedBy returns FieldClientID: the rules depend on the effective
+// username and, through "%c" patterns, on the client id. The client id is
+// in the key even when the file has no "%c" pattern, because a Reload may
+// add one, and an answer keyed by the username alone before it would then
+// be served to other clients of the user after it. Clients of one user
+// still share the compiled shared part (see SplitRules), and a call costs
+// no backend round trip.
+func (f *ACLFile) RulesKeyedBy() Fields { return FieldClientID }
+
 // Rules returns the rules of the client: those SplitRules returns, shared
 // first and then own, in one slice. The caller must not modify the slice:
 // without client-id patterns it is the shared part itself, which other

@@ -166,6 +166,7 @@ var (
 //	chain.go     the chain: sources in order, merging of identical
 //	             questions, limits, the ACL stage: Chain
 //	cache.go     the answer cache (TTL, bounded, CLOCK eviction)
+//	keys.go      what an answer is keyed by: Fields, AuthKeyer, RulesKeyer
 //	breaker.go   the per-backend circuit breaker
 //	metrics.go   the chain's metrics
 //	http.go      the HTTP source: HTTPSource

@@ -14,7 +14,8 @@ import (
 //
 // A key names one question asked of one source: the kind of question
 // (authentication or ACL), the source's place in the chain, and a SHA-256
-// digest of what the source is shown. The digest is salted with random
+// digest of the parts of the request the source's answer depends on (see
+// keys.go). The digest is salted with random
 // bytes drawn when the chain is built, so the cache holds nothing from
 // which a password could be recovered by guessing: not the password, not
 // an unsalted hash of it.
@@ -305,39 +306,6 @@ func (c *answerCache) len() int {
 		s.mu.RUnlock()
 	}
 	return n
-}
-
-// authSum digests what an authentication source is shown of r: every
-// field a source may decide on, except the remote port, which changes
-// with every connection. Fields are length-prefixed, so that no two
-// different requests share an encoding.
-func authSum(salt *[32]byte, r *Request) [sha256.Size]byte {
-	var arr [512]byte
-	b := append(arr[:0], salt[:]...)
-	b = append(b, kindAuth, r.Protocol, flagByte(r.HasUsername, r.HasPassword))
-	b = appendSumField(b, r.Username)
-	b = binary.AppendUvarint(b, uint64(len(r.Password)))
-	b = append(b, r.Password...)
-	b = appendSumField(b, r.ClientID)
-	b = appendSumField(b, r.Listener)
-	b = appendSumField(b, addrHost(r.Remote))
-	b = appendSumField(b, r.CertCN)
-	b = binary.AppendUvarint(b, uint64(len(r.CertSANs)))
-	for _, san := range r.CertSANs {
-		b = appendSumField(b, san)
-	}
-	return sha256.Sum256(b)
-}
-
-// aclSum digests the question asked of an ACL source: the client's
-// effective username and its client id.
-func aclSum(salt *[32]byte, username, clientID string) [sha256.Size]byte {
-	var arr [256]byte
-	b := append(arr[:0], salt[:]...)
-	b = append(b, kindACL)
-	b = appendSumField(b, username)
-	b = appendSumField(b, clientID)
-	return sha256.Sum256(b)
 }
 
 func flagByte(hasUsername, hasPassword bool) byte {

@@ -250,6 +250,12 @@ func TestCacheDoneContextStartsNoCall(t *testing.T) {
 	}
 }
 
+// authSum is keySum of an authentication question by every field: the
+// key of a source that does not say what it reads.
+func authSum(salt *[32]byte, r *Request) [32]byte {
+	return keySum(salt, kindAuth, AllFields, r, "")
+}
+
 func TestAuthSumSalted(t *testing.T) {
 	var s1, s2 [32]byte
 	s2[0] = 1
@@ -260,8 +266,39 @@ func TestAuthSumSalted(t *testing.T) {
 	if authSum(&s1, r) != authSum(&s1, chainUser("alice", "pw")) {
 		t.Error("one request gives two digests")
 	}
-	if aclSum(&s1, "alice", "c") == aclSum(&s1, "alic", "ec") {
+	a, b := chainUser("x", ""), chainUser("x", "")
+	a.ClientID, b.ClientID = "c", "ec"
+	if keySum(&s1, kindACL, FieldClientID, a, "alice") == keySum(&s1, kindACL, FieldClientID, b, "alic") {
 		t.Error("ACL digest fields run together")
+	}
+	if keySum(&s1, kindAuth, FieldUsername, r, "") == keySum(&s1, kindACL, FieldUsername, r, "") {
+		t.Error("an authentication and an ACL question share a digest")
+	}
+	if keySum(&s1, kindAuth, FieldUsername, r, "") == keySum(&s1, kindAuth, FieldUsername|FieldListener, r, "") {
+		t.Error("two field sets share a digest")
+	}
+}
+
+// TestKeySumFlags checks that the username and password flags are in
+// every key, whatever the fields: a request without a password never
+// shares an answer with one that has one.
+func TestKeySumFlags(t *testing.T) {
+	var salt [32]byte
+	for _, kind := range []uint8{kindAuth, kindACL} {
+		for f := Fields(0); f <= AllFields; f++ {
+			with := chainUser("alice", "")
+			without := chainUser("alice", "")
+			without.HasPassword = false
+			if keySum(&salt, kind, f, with, "alice") == keySum(&salt, kind, f, without, "alice") {
+				t.Fatalf("kind %d, fields %#x: HasPassword is not in the key", kind, f)
+			}
+			without = chainUser("", "")
+			without.HasUsername = false
+			anon := chainUser("", "")
+			if keySum(&salt, kind, f, anon, "") == keySum(&salt, kind, f, without, "") {
+				t.Fatalf("kind %d, fields %#x: HasUsername is not in the key", kind, f)
+			}
+		}
 	}
 }
 
@@ -271,7 +308,7 @@ func sumFields(r *Request) string {
 		strconv.FormatBool(r.HasUsername), strconv.FormatBool(r.HasPassword),
 		strconv.Itoa(int(r.Protocol)), strconv.Quote(r.Username), strconv.Quote(string(r.Password)),
 		strconv.Quote(r.ClientID), strconv.Quote(r.Listener), strconv.Quote(addrHost(r.Remote)),
-		strconv.Quote(r.CertCN), fmt.Sprintf("%q", r.CertSANs),
+		strconv.Quote(peerHost(r.Remote)), strconv.Quote(r.CertCN), fmt.Sprintf("%q", r.CertSANs),
 	}, ",")
 }
 

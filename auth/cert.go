@@ -21,7 +21,10 @@ type CertSource struct {
 	Field string
 }
 
-var _ Source = (*CertSource)(nil)
+var (
+	_ Source    = (*CertSource)(nil)
+	_ AuthKeyer = (*CertSource)(nil)
+)
 
 // NewCertSource returns a CertSource using field ("cn", "san" or "" for
 // "cn"), or an error naming a field that is neither.
@@ -43,6 +46,10 @@ func (s *CertSource) check() error {
 
 // Name returns "cert".
 func (s *CertSource) Name() string { return "cert" }
+
+// AuthKeyedBy returns the fields Authenticate reads: the certificate's
+// names; and the listener, whose CAs verified them.
+func (s *CertSource) AuthKeyedBy() Fields { return FieldCert | FieldListener }
 
 // Authenticate allows r when it carries a verified certificate with the
 // configured field. A Field other than "cn", "san" or "" is an error (use

@@ -192,10 +192,11 @@ type Chain struct {
 
 // chainLink is one Source or ACLSource in the chain.
 type chainLink struct {
-	name string
-	src  any // the Source or ACLSource, for Reload
-	b    *chainBackend
-	call callFunc
+	name   string
+	src    any // the Source or ACLSource, for Reload
+	b      *chainBackend
+	call   callFunc
+	fields Fields // what its answers are keyed by (keys.go)
 }
 
 // callFunc asks a source one question; user is the effective username
@@ -331,7 +332,7 @@ func newChain(cfg ChainConfig, opt chainOptions) (*Chain, error) {
 			return nil, fmt.Errorf("auth: Sources[%d]: another source is named %q", i, name)
 		}
 		seen[name] = true
-		c.sources = append(c.sources, chainLink{name: name, src: s, b: backendFor(name), call: authCall(s)})
+		c.sources = append(c.sources, chainLink{name: name, src: s, b: backendFor(name), call: authCall(s), fields: authKeyFields(s)})
 	}
 	clear(seen)
 	for i, a := range cfg.ACLs {
@@ -346,7 +347,7 @@ func newChain(cfg ChainConfig, opt chainOptions) (*Chain, error) {
 			return nil, fmt.Errorf("auth: ACLs[%d]: another ACL source is named %q", i, name)
 		}
 		seen[name] = true
-		c.acls = append(c.acls, chainLink{name: name, src: a, b: backendFor(name), call: aclCall(a, len(cfg.ACLs) == 1)})
+		c.acls = append(c.acls, chainLink{name: name, src: a, b: backendFor(name), call: aclCall(a, len(cfg.ACLs) == 1), fields: rulesKeyFields(a)})
 	}
 
 	c.workers.Add(opt.workers)
@@ -594,7 +595,8 @@ type decision struct {
 	next   int  // next source (stageAuth) or ACL source (stageACL)
 	missed bool // next's cache lookup missed: a backend call is due
 	hasSum bool
-	sum    [32]byte // the stage's question digest, once computed
+	sum    [32]byte // the stage's question digest over sumOf, once computed
+	sumOf  Fields   // the fields sum covers; links keyed alike reuse it
 	rules  []Rule   // stageACL, several ACL sources: shared rules so far
 	own    []Rule   // stageACL, several ACL sources: this client's own rules so far
 	res    Result
@@ -614,8 +616,8 @@ func (c *Chain) advance(ctx context.Context, d *decision, block bool) bool {
 				continue
 			}
 			l := &c.sources[d.next]
-			if !d.hasSum {
-				d.sum, d.hasSum = authSum(&c.salt, d.r), true
+			if !d.hasSum || d.sumOf != l.fields {
+				d.sum, d.sumOf, d.hasSum = keySum(&c.salt, kindAuth, l.fields, d.r, ""), l.fields, true
 			}
 			v, ok, err := c.lookup(ctx, d, l, cacheKey{kind: kindAuth, source: int32(d.next), sum: d.sum}, "", block)
 			if !ok {
@@ -644,8 +646,8 @@ func (c *Chain) advance(ctx context.Context, d *decision, block bool) bool {
 				continue
 			}
 			l := &c.acls[d.next]
-			if !d.hasSum {
-				d.sum, d.hasSum = aclSum(&c.salt, d.res.Username, d.r.ClientID), true
+			if !d.hasSum || d.sumOf != l.fields {
+				d.sum, d.sumOf, d.hasSum = keySum(&c.salt, kindACL, l.fields, d.r, d.res.Username), l.fields, true
 			}
 			v, ok, err := c.lookup(ctx, d, l, cacheKey{kind: kindACL, source: int32(d.next), sum: d.sum}, d.res.Username, block)
 			if !ok {

@@ -59,8 +59,9 @@ type PasswordFile struct {
 }
 
 var (
-	_ Source   = (*PasswordFile)(nil)
-	_ Reloader = (*PasswordFile)(nil)
+	_ Source    = (*PasswordFile)(nil)
+	_ Reloader  = (*PasswordFile)(nil)
+	_ AuthKeyer = (*PasswordFile)(nil)
 )
 
 // LoadPasswordFile reads and parses the password file at path.
@@ -76,6 +77,10 @@ func LoadPasswordFile(path string) (*PasswordFile, error) {
 
 // Name returns "password-file".
 func (f *PasswordFile) Name() string { return "password-file" }
+
+// AuthKeyedBy returns the fields Authenticate reads: the username and
+// the password.
+func (f *PasswordFile) AuthKeyedBy() Fields { return FieldUsername | FieldPassword }
 
 // Path returns the path the file was loaded from.
 func (f *PasswordFile) Path() string { return f.path }

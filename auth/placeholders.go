@@ -533,6 +533,30 @@ func backendAction(s string) (Access, bool) {
 	return 0, false
 }
 
+// fields returns the fields t's placeholders stand for.
+func (t *phTemplate) fields() Fields {
+	var f Fields
+	for _, h := range t.holes {
+		f |= placeholderField(h)
+	}
+	return f
+}
+
+// fields returns the fields q's parameters stand for.
+func (q *sqlQuery) fields() Fields {
+	var f Fields
+	for _, p := range q.params {
+		f |= placeholderField(p)
+	}
+	return f
+}
+
+// backendRulesFields are the fields the rules of the Redis and PostgreSQL
+// sources depend on, besides the effective username: whatever the query
+// reads, a stored topic filter may name ${clientid}, ${peerhost} or
+// ${cert_common_name}, which backendRule substitutes for this client.
+const backendRulesFields = FieldClientID | FieldRemote | FieldCert
+
 // backendRule makes the rule for one ACL entry stored in a backend: a
 // topic filter (in which placeholders stand for this client's values),
 // the access it concerns and whether it denies. ok is false when the rule

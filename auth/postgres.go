@@ -147,6 +147,25 @@ func (s *PostgresSource) Name() string { return "postgres" }
 // it serve as an ACLSource.
 func (s *PostgresSource) HasACL() bool { return s.acl != nil }
 
+// AuthKeyedBy returns the fields Authenticate reads: the username, the
+// password (checked here against the stored hash) and the fields of
+// AuthQuery's placeholders.
+func (s *PostgresSource) AuthKeyedBy() Fields {
+	return FieldUsername | FieldPassword | s.auth.fields()
+}
+
+// RulesKeyedBy returns the fields Rules reads besides the effective
+// username: those of every placeholder but ${username}, since a stored
+// topic filter may name any of them (see backendRule), whatever ACLQuery
+// reads.
+func (s *PostgresSource) RulesKeyedBy() Fields {
+	f := backendRulesFields
+	if s.acl != nil {
+		f |= s.acl.fields() &^ FieldUsername
+	}
+	return f
+}
+
 // Close closes the pool, waiting for connections in use to come back;
 // calls made after it fail. Safe to call more than once.
 func (s *PostgresSource) Close() { s.pool.Close() }

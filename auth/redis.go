@@ -232,6 +232,25 @@ func (s *RedisSource) Name() string { return "redis" }
 // may it serve as an ACLSource.
 func (s *RedisSource) HasACL() bool { return s.acl != nil }
 
+// AuthKeyedBy returns the fields Authenticate reads: the username, the
+// password (checked here against the stored hash) and the fields of the
+// placeholders in AuthCommand's key.
+func (s *RedisSource) AuthKeyedBy() Fields {
+	return FieldUsername | FieldPassword | s.auth.key.fields()
+}
+
+// RulesKeyedBy returns the fields Rules reads besides the effective
+// username: those of every placeholder but ${username}, since a stored
+// topic filter may name any of them (see backendRule), whatever
+// ACLCommand's key reads.
+func (s *RedisSource) RulesKeyedBy() Fields {
+	f := backendRulesFields
+	if s.acl != nil {
+		f |= s.acl.fields() &^ FieldUsername
+	}
+	return f
+}
+
 // Close closes the connections; calls made after it fail. Safe to call
 // more than once.
 func (s *RedisSource) Close() {
