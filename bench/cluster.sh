@@ -17,6 +17,9 @@ qos=${2:-0}
 rate=${3:-0}
 cd "$(dirname "$0")/.."
 go build -o bin/ ./cmd/gannet ./cmd/gannet-bench
+# Every node needs the cluster secret (its links are then sealed); the
+# environment keeps it out of the process list. Set it to reuse one.
+export GANNET_CLUSTER_SECRET=${GANNET_CLUSTER_SECRET:-$(head -c 24 /dev/urandom | base64)}
 dir=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }

@@ -62,9 +62,19 @@ type Config struct {
 	// Join lists seed nodes: each one's interlink address (its gossip port
 	// is taken as that port + 1) or "gossip=host:port" for an explicit one.
 	Join []string
-	// Secret authenticates peers at handshake and keys gossip encryption.
-	// Empty means no authentication.
+	// Secret authenticates peers at handshake and keys the encryption of
+	// the links (doc.go) and of gossip; at least MinSecretLen bytes.
+	// Empty is refused unless Insecure is set.
 	Secret string
+	// Insecure runs the node without a secret: peers are not
+	// authenticated and links and gossip travel in the clear.
+	Insecure bool
+	// HandshakeTimeout bounds a handshake, from connect to the peer's
+	// proof, on both ends.
+	HandshakeTimeout time.Duration
+	// PendingHandshakes bounds the accepted connections that have not
+	// finished their handshake; past it new ones are closed at once.
+	PendingHandshakes int
 	// Compression is what this node compresses its batches with.
 	Compression Compression
 	// CompressMin is the batch size (bytes) from which batches are
@@ -111,6 +121,9 @@ func DefaultConfig() Config {
 		MaxFrame:       16 << 20,
 		FailureTimeout: 3 * time.Second,
 		ForgetAfter:    15 * time.Minute,
+
+		HandshakeTimeout:  5 * time.Second,
+		PendingHandshakes: 64,
 	}
 }
 
@@ -145,6 +158,19 @@ func (c *Config) Validate() error {
 	check(c.FailureTimeout >= 200*time.Millisecond, "--cluster-failure-timeout must be at least 200ms, got %s", c.FailureTimeout)
 	check(c.ForgetAfter >= 0, "--cluster-forget-after must be >= 0, got %s", c.ForgetAfter)
 	check(c.Compression <= CompressZstd, "unknown compression %d", c.Compression)
+	switch {
+	case c.Secret == "" && !c.Insecure:
+		errs = append(errs, fmt.Errorf("a cluster node needs a secret of at least %d bytes (--cluster-secret-file or "+
+			"GANNET_CLUSTER_SECRET), or --cluster-insecure to run the cluster without one", MinSecretLen))
+	case c.Secret != "" && c.Insecure:
+		errs = append(errs, errors.New("--cluster-insecure and a cluster secret: give one or the other"))
+	case c.Secret != "" && len(c.Secret) < MinSecretLen:
+		errs = append(errs, fmt.Errorf("the cluster secret must be at least %d bytes, got %d", MinSecretLen, len(c.Secret)))
+	}
+	check(c.HandshakeTimeout >= 10*time.Millisecond && c.HandshakeTimeout <= time.Minute,
+		"--cluster-handshake-timeout must be between 10ms and 1m, got %s", c.HandshakeTimeout)
+	check(c.PendingHandshakes >= 1 && c.PendingHandshakes <= 1<<16,
+		"--cluster-pending-handshakes must be between 1 and 65536, got %d", c.PendingHandshakes)
 	return errors.Join(errs...)
 }
 

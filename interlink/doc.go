@@ -1,7 +1,11 @@
 // Package interlink is the node-to-node link of a Gannet cluster:
 // membership (over hashicorp/memberlist), a full mesh of TCP links between
-// the members, peer authentication, and batched, compressed, reliable
-// delivery of opaque records that the broker defines.
+// the members, peer authentication, encryption, and batched, compressed,
+// reliable delivery of opaque records that the broker defines.
+//
+// Gossip is encrypted by memberlist (AES-GCM) with a key derived from the
+// same secret, SHA-256("gannet gossip key" | 0 | secret); a node without
+// the secret cannot join. With --cluster-insecure gossip is plain too.
 //
 // # Links and lanes
 //
@@ -26,20 +30,62 @@
 //
 // The dialer speaks first:
 //
-//	HELLO   (1): magic "GNTL" | version 1 | node str | epoch u64 | lane u8 |
+//	HELLO   (1): magic "GNTL" | version 2 | node str | epoch u64 | lane u8 |
 //	             compression u8 | nonce [16]
-//	WELCOME (2): version 1 | node str | nonce [16] |
-//	             proof [32] = HMAC-SHA256(secret, "welcome" | both nonces | both names)
-//	PROOF   (3): proof [32] = HMAC-SHA256(secret, "hello" | both nonces | both names)
+//	WELCOME (2): version 2 | node str | nonce [16] |
+//	             proof [32] = HMAC-SHA256(secret, "welcome" | acceptor nonce |
+//	                          HELLO payload (uvarint length first) | acceptor name)
+//	PROOF   (3): proof [32] = HMAC-SHA256(secret, "hello" | acceptor nonce |
+//	                          HELLO payload (uvarint length first) | acceptor name)
 //	REJECT  (4): reason str (then the acceptor closes)
 //
-// A peer that does not know --cluster-secret cannot produce either proof;
-// the acceptor checks PROOF and the dialer checks WELCOME, each logs and
-// closes on a mismatch. The compression in HELLO is the dialer's choice
-// for what it sends (none 0, s2 1, zstd 2); an acceptor that cannot decode
-// it rejects the link.
+// A peer that does not know the cluster secret cannot produce either
+// proof; the acceptor checks PROOF and the dialer checks WELCOME, each
+// logs and closes on a mismatch. The proofs cover the whole HELLO, so its
+// lane, run and codec cannot be changed on the way either. The compression
+// in HELLO is the dialer's choice for what it sends (none 0, s2 1, zstd
+// 2); an acceptor that cannot decode it rejects the link. A HELLO or
+// WELCOME of another version is refused with a log line naming both
+// versions: every node of a cluster runs the same one.
 //
-// Then the dialer sends batches and pings, the acceptor acks and pongs:
+// Until a dialer has sent a good PROOF it holds little of the acceptor's:
+// a goroutine and a read buffer, for at most Config.HandshakeTimeout, and
+// at most Config.PendingHandshakes such connections exist at once; past
+// that a new connection is closed as soon as it is accepted.
+//
+// # Sealed frames
+//
+// After the handshake, when the nodes have a secret (always, unless
+// --cluster-insecure), every frame in both directions is sealed with
+// ChaCha20-Poly1305 (RFC 8439):
+//
+//	+-----------+------+--------------------------------+----------+
+//	| length    | type | ciphertext of the payload      | tag      |
+//	| 4 bytes BE| 1    | length - 17 bytes              | 16 bytes |
+//	+-----------+------+--------------------------------+----------+
+//	 \_____ associated data ______/
+//
+//	keys:  PRK = HKDF-Extract(SHA-256, salt = dialer nonce | acceptor nonce,
+//	                          input = secret)
+//	       key(dialer -> acceptor) = HKDF-Expand(SHA-256, PRK,
+//	           "gannet interlink 2: dialer to acceptor" | dialer name str | acceptor name str, 32)
+//	       key(acceptor -> dialer) = HKDF-Expand(SHA-256, PRK,
+//	           "gannet interlink 2: acceptor to dialer" | dialer name str | acceptor name str, 32)
+//	nonce: 4 zero bytes | frame number u64 BE
+//
+// Each direction of each connection has its own key (fresh nonces on
+// every connection give fresh keys) and numbers its frames from 0; the
+// number is not sent, each end counts. So a nonce never repeats under a
+// key, and a frame that was changed, replayed, dropped or moved fails to
+// open: the receiver counts it (gannet_interlink_unauthentic_frames_total),
+// logs it and closes the link, which reconnects as after any failure and
+// replays what was not acknowledged. The type byte travels in the clear
+// but, with the length, is authenticated. A BATCH is compressed first and
+// then sealed; its payload below is what the seal protects. Without a
+// secret frames travel as drawn above, unsealed.
+//
+// Then the dialer sends batches and pings, the acceptor acks and pongs
+// (payloads, before sealing):
 //
 //	BATCH (5): flags u8 | epoch uvarint | first seq uvarint | [raw length uvarint] | records
 //	           flags bit 0: records are compressed with the link's codec, and

@@ -27,7 +27,7 @@ const (
 
 const (
 	magic        = "GNTL"
-	version      = 1
+	version      = 2 // 2: frames after the handshake are sealed, proofs cover all of HELLO
 	nonceLen     = 16
 	proofLen     = sha256.Size
 	reliableBit  = 0x80
@@ -56,9 +56,15 @@ func finishFrame(f []byte, start int) []byte {
 }
 
 // readFrame reads one frame into buf (grown as needed, up to max bytes of
-// payload) and returns its type and payload.
+// payload) and returns its type and payload. It reads the handshake, which
+// is never sealed; frameReader reads what follows.
 func readFrame(r *bufio.Reader, buf []byte, max int) (byte, []byte, []byte, error) {
 	var h [frameHeader]byte
+	return readFrameHdr(r, &h, buf, max)
+}
+
+// readFrameHdr is readFrame keeping the frame's header in h.
+func readFrameHdr(r *bufio.Reader, h *[frameHeader]byte, buf []byte, max int) (byte, []byte, []byte, error) {
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, nil, buf, err
 	}
@@ -163,7 +169,7 @@ func decodeHello(p []byte) (*hello, error) {
 		return nil, frameErr("not an interlink peer (magic %q)", m)
 	}
 	if v := r.byte1("version"); r.err == nil && v != version {
-		return nil, frameErr("interlink version %d, this node speaks %d", v, version)
+		return nil, versionErr(v)
 	}
 	h := &hello{node: r.str("node name", maxNodeName)}
 	if e := r.fixed(8, "epoch"); r.err == nil {
@@ -201,7 +207,7 @@ func (w *welcome) append(dst []byte) []byte {
 func decodeWelcome(p []byte) (*welcome, error) {
 	r := &reader{b: p}
 	if v := r.byte1("version"); r.err == nil && v != version {
-		return nil, frameErr("interlink version %d, this node speaks %d", v, version)
+		return nil, versionErr(v)
 	}
 	w := &welcome{node: r.str("node name", maxNodeName)}
 	copy(w.nonce[:], r.fixed(nonceLen, "nonce"))
@@ -212,15 +218,20 @@ func decodeWelcome(p []byte) (*welcome, error) {
 	return w, r.err
 }
 
-// proof binds the secret to both sides' nonces and names, so that neither
-// side can replay an answer seen on another link.
-func proof(secret []byte, label string, h *hello, acceptor string, acceptorNonce [nonceLen]byte) [proofLen]byte {
+func versionErr(v byte) error {
+	return frameErr("the peer speaks interlink version %d, this node speaks %d: every node of a cluster must run the same version", v, version)
+}
+
+// proof binds the secret to the whole HELLO (the dialer's name, nonce,
+// run, lane and codec) and to the acceptor's nonce and name, so that
+// neither side can replay an answer seen on another link and nothing the
+// dialer announced can be changed on the way.
+func proof(secret []byte, label string, helloPayload []byte, acceptor string, acceptorNonce [nonceLen]byte) [proofLen]byte {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte(label))
-	mac.Write(h.nonce[:])
 	mac.Write(acceptorNonce[:])
-	mac.Write(binary.AppendUvarint(nil, uint64(len(h.node))))
-	mac.Write([]byte(h.node))
+	mac.Write(binary.AppendUvarint(nil, uint64(len(helloPayload))))
+	mac.Write(helloPayload)
 	mac.Write([]byte(acceptor))
 	var out [proofLen]byte
 	copy(out[:], mac.Sum(nil))

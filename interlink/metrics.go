@@ -1,6 +1,7 @@
 package interlink
 
 import (
+	"errors"
 	"strconv"
 	"sync"
 
@@ -11,7 +12,9 @@ import (
 type nodeStats struct {
 	set               *metrics.Set
 	handshakeFailures *metrics.Counter
+	handshakesShed    *metrics.Counter // closed at accept: too many handshakes pending
 	badFrames         *metrics.Counter
+	unauthentic       *metrics.Counter // bad frames that failed to open
 
 	mu    sync.Mutex
 	peers map[string]*peerStats
@@ -39,8 +42,19 @@ func newNodeStats(set *metrics.Set) *nodeStats {
 	return &nodeStats{
 		set:               set,
 		handshakeFailures: set.NewCounter("gannet_interlink_handshake_failures_total"),
+		handshakesShed:    set.NewCounter("gannet_interlink_handshakes_refused_total"),
 		badFrames:         set.NewCounter("gannet_interlink_bad_frames_total"),
+		unauthentic:       set.NewCounter("gannet_interlink_unauthentic_frames_total"),
 		peers:             make(map[string]*peerStats),
+	}
+}
+
+// badFrame counts a frame that closed a link; one that failed to open
+// (tampered with, replayed, reordered) counts in both counters.
+func (s *nodeStats) badFrame(err error) {
+	s.badFrames.Inc()
+	if errors.Is(err, errUnauthentic) {
+		s.unauthentic.Inc()
 	}
 }
 

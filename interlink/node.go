@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -84,11 +85,18 @@ type Node struct {
 	ml *memberlist.Memberlist
 	ln net.Listener
 
+	gossipEncrypted bool // set by Start
+
 	mu      sync.Mutex
 	peers   map[string]*peer
 	streams map[streamKey]*stream
 	notify  map[streamKey]chan struct{} // per sender lane (epoch 0)
 	conns   map[net.Conn]struct{}       // accepted, for Stop
+
+	pending   atomic.Int32 // accepted connections still in their handshake
+	shedMu    sync.Mutex
+	shedCount int       // connections refused since shedLog
+	shedLog   time.Time // when the last refusal was logged
 
 	stats *nodeStats
 	pace  *pacer
@@ -127,6 +135,10 @@ func New(cfg Config, h Handler) (*Node, error) {
 	return n, nil
 }
 
+// sealed reports whether the links' frames are encrypted and
+// authenticated after the handshake: whenever there is a secret.
+func (n *Node) sealed() bool { return len(n.secret) > 0 }
+
 // Name is this node's name.
 func (n *Node) Name() string { return n.cfg.NodeName }
 
@@ -164,7 +176,12 @@ func (n *Node) Start() error {
 		}
 	}
 	n.log.Info("cluster link up", "node", n.cfg.NodeName, "listen", ln.Addr().String(), "advertise", n.advertise,
-		"gossip", n.ml.LocalNode().Address(), "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes)
+		"gossip", n.ml.LocalNode().Address(), "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes,
+		"encrypted", n.sealed())
+	if !n.sealed() {
+		n.log.Warn("cluster running without a secret (--cluster-insecure): anyone who reaches the cluster or gossip port " +
+			"can join, read every message between the nodes and inject their own")
+	}
 	return nil
 }
 
@@ -188,7 +205,10 @@ func (n *Node) startGossip() error {
 	if ip := net.ParseIP(ahost); ip != nil && !ip.IsUnspecified() {
 		mc.AdvertiseAddr, mc.AdvertisePort = ahost, port
 	}
-	if len(n.secret) > 0 {
+	// Gossip is encrypted (and unencrypted packets refused: memberlist's
+	// GossipVerifyIncoming and GossipVerifyOutgoing are on by default)
+	// whenever there is a secret; only --cluster-insecure leaves it plain.
+	if n.sealed() {
 		k := sha256.Sum256(append([]byte("gannet gossip key\x00"), n.secret...))
 		mc.SecretKey = k[:]
 	}
@@ -209,6 +229,8 @@ func (n *Node) startGossip() error {
 		return fmt.Errorf("cannot start gossip on %s: %w", gl, err)
 	}
 	n.ml = ml
+	// Create builds the keyring from SecretKey.
+	n.gossipEncrypted = mc.EncryptionEnabled() && mc.GossipVerifyIncoming && mc.GossipVerifyOutgoing
 	return nil
 }
 

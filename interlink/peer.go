@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -332,7 +333,7 @@ func (l *lane) run() {
 			}
 			continue
 		}
-		conn, br, err := l.dial()
+		conn, lk, err := l.dial()
 		if err != nil {
 			if time.Since(lastWarn) > 10*time.Second {
 				lastWarn = time.Now()
@@ -350,39 +351,52 @@ func (l *lane) run() {
 		}
 		backoff = 50 * time.Millisecond
 		lastWarn = time.Time{}
-		err = l.serve(conn, br)
+		err = l.serve(conn, lk)
 		select {
 		case <-n.done:
 			return
 		default:
 		}
-		if err != nil && !l.p.stopped() {
+		if errors.Is(err, ErrFrame) {
+			n.stats.badFrame(err)
+			n.log.Warn("closing link: bad frame", "peer", l.p.name, "lane", l.idx, "err", err)
+		} else if err != nil && !l.p.stopped() {
 			n.log.Info("link to peer lost", "peer", l.p.name, "lane", l.idx, "err", err)
 		}
 	}
 }
 
+// link is the dialer's framing of one authenticated connection: acks and
+// pongs are read with in, and what the lane writes is sealed with out
+// (both nil-ciphered on an insecure link).
+type link struct {
+	in  *frameReader
+	out *frameCipher
+}
+
 // dial connects and authenticates.
-func (l *lane) dial() (net.Conn, *bufio.Reader, error) {
+func (l *lane) dial() (net.Conn, *link, error) {
 	n := l.p.n
 	addr := l.p.address()
 	if addr == "" {
 		return nil, nil, fmt.Errorf("no interlink address gossiped")
 	}
-	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	conn, err := net.DialTimeout("tcp", addr, n.cfg.HandshakeTimeout)
 	if err != nil {
 		return nil, nil, err
 	}
-	fail := func(err error) (net.Conn, *bufio.Reader, error) {
+	fail := func(err error) (net.Conn, *link, error) {
 		conn.Close()
 		return nil, nil, err
 	}
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	h := hello{node: n.cfg.NodeName, epoch: n.epoch, lane: uint8(l.idx), compression: n.cfg.Compression}
 	_, _ = rand.Read(h.nonce[:])
-	if _, err := conn.Write(h.append(nil)); err != nil {
+	hf := h.append(nil)
+	if _, err := conn.Write(hf); err != nil {
 		return fail(err)
 	}
+	hp := hf[frameHeader:]
 	br := bufio.NewReaderSize(conn, 64<<10)
 	t, p, _, err := readFrame(br, nil, 4096)
 	if err != nil {
@@ -403,23 +417,28 @@ func (l *lane) dial() (net.Conn, *bufio.Reader, error) {
 	if w.node != l.p.name {
 		return fail(fmt.Errorf("%s answered as %q, expected %q", addr, w.node, l.p.name))
 	}
-	want := proof(n.secret, "welcome", &h, w.node, w.nonce)
+	want := proof(n.secret, "welcome", hp, w.node, w.nonce)
 	if !hmac.Equal(want[:], w.proof[:]) {
 		n.stats.handshakeFailures.Inc()
 		n.log.Warn("peer rejected: it does not know the cluster secret", "peer", w.node, "addr", addr)
 		return fail(fmt.Errorf("%s failed the cluster secret check", addr))
 	}
-	pr := proof(n.secret, "hello", &h, w.node, w.nonce)
+	pr := proof(n.secret, "hello", hp, w.node, w.nonce)
 	if _, err := conn.Write(appendBytesFrame(nil, frameProof, pr[:])); err != nil {
 		return fail(err)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return conn, br, nil
+	lk := &link{in: &frameReader{r: br, max: 4096}}
+	if n.sealed() {
+		out, back := linkKeys(n.secret, h.nonce, w.nonce, h.node, w.node)
+		lk.out, lk.in.c = newFrameCipher(out), newFrameCipher(back)
+	}
+	return conn, lk, nil
 }
 
 // serve writes batches on conn until it fails. A second goroutine reads
 // the peer's acknowledgements and pongs.
-func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
+func (l *lane) serve(conn net.Conn, lk *link) error {
 	n := l.p.n
 	l.mu.Lock()
 	l.mu.connected = true
@@ -451,7 +470,7 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 	}
 
 	readErr := make(chan error, 1)
-	go func() { readErr <- l.readAcks(br) }()
+	go func() { readErr <- l.readAcks(lk.in) }()
 
 	var ping <-chan time.Time
 	if l.idx == 0 {
@@ -475,7 +494,12 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 		case <-ping:
 			var b [8]byte
 			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
-			if _, err := conn.Write(appendBytesFrame(l.frame[:0], framePing, b[:])); err != nil {
+			f, err := lk.out.finish(appendBytesFrame(l.frame[:0], framePing, b[:]), 0)
+			l.frame = f
+			if err != nil {
+				return err
+			}
+			if _, err := conn.Write(f); err != nil {
 				return err
 			}
 			continue
@@ -506,7 +530,7 @@ func (l *lane) serve(conn net.Conn, br *bufio.Reader) error {
 			}
 			delay.Stop()
 		}
-		if err := l.writeAll(conn); err != nil {
+		if err := l.writeAll(conn, lk.out); err != nil {
 			return err
 		}
 	}
@@ -526,8 +550,9 @@ func (l *lane) unsentBytes() int {
 	return l.mu.unsent
 }
 
-// writeAll writes everything waiting, in frames of about BatchBytes.
-func (l *lane) writeAll(conn net.Conn) error {
+// writeAll writes everything waiting, in frames of about BatchBytes,
+// each compressed (when large enough) and then sealed with out.
+func (l *lane) writeAll(conn net.Conn, out *frameCipher) error {
 	cfg := &l.p.n.cfg
 	for {
 		l.mu.Lock()
@@ -595,8 +620,11 @@ func (l *lane) writeAll(conn net.Conn) error {
 		} else {
 			f = append(f, l.raw...)
 		}
-		f = finishFrame(f, 0)
+		f, err := out.finish(f, 0)
 		l.frame = f
+		if err != nil {
+			return err
+		}
 		if _, err := conn.Write(f); err != nil {
 			return err
 		}
@@ -610,11 +638,9 @@ func (l *lane) writeAll(conn net.Conn) error {
 
 // readAcks reads what the peer sends back on a lane: acknowledgements and
 // pongs.
-func (l *lane) readAcks(br *bufio.Reader) error {
-	var buf []byte
+func (l *lane) readAcks(in *frameReader) error {
 	for {
-		t, p, b, err := readFrame(br, buf, 4096)
-		buf = b
+		t, p, err := in.next()
 		if err != nil {
 			return err
 		}

@@ -97,6 +97,15 @@ func (n *Node) accept() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		// Until it proves the secret a peer gets a goroutine, a read
+		// buffer and Config.HandshakeTimeout, and only
+		// Config.PendingHandshakes peers at a time: past that a new
+		// connection is closed at once.
+		if int(n.pending.Load()) >= n.cfg.PendingHandshakes {
+			c.Close()
+			n.shed()
+			continue
+		}
 		n.mu.Lock()
 		select {
 		case <-n.done:
@@ -107,61 +116,90 @@ func (n *Node) accept() {
 		}
 		n.conns[c] = struct{}{}
 		n.wg.Add(1)
+		n.pending.Add(1)
 		n.mu.Unlock()
 		go n.serveConn(c)
 	}
 }
 
-// handshake authenticates the dialer. It returns nil after logging when
-// the peer is refused.
-func (n *Node) handshake(c net.Conn, br *bufio.Reader) (*hello, *decompressor) {
+// shed counts a connection refused for too many pending handshakes and
+// logs it at most every ten seconds.
+func (n *Node) shed() {
+	n.stats.handshakesShed.Inc()
+	n.shedMu.Lock()
+	n.shedCount++
+	if time.Since(n.shedLog) < 10*time.Second {
+		n.shedMu.Unlock()
+		return
+	}
+	count := n.shedCount
+	n.shedCount, n.shedLog = 0, time.Now()
+	n.shedMu.Unlock()
+	n.log.Warn("refusing cluster connections: too many handshakes pending", "pending_limit", n.cfg.PendingHandshakes,
+		"refused", count)
+}
+
+// handshake authenticates the dialer and returns its HELLO, the
+// decompressor for what it sends, and the link's framing. It returns nil
+// after logging when the peer is refused.
+func (n *Node) handshake(c net.Conn, br *bufio.Reader) (*hello, *decompressor, *frameReader, *frameCipher) {
 	remote := c.RemoteAddr().String()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	reject := func(name, reason string) {
 		n.stats.handshakeFailures.Inc()
 		n.log.Warn("peer rejected", "peer", name, "remote", remote, "reason", reason)
 		_, _ = c.Write(appendBytesFrame(nil, frameReject, appendStr(nil, reason)))
 	}
-	t, p, _, err := readFrame(br, nil, 4096)
+	t, hp, _, err := readFrame(br, nil, 4096)
 	if err != nil || t != frameHello {
 		n.stats.handshakeFailures.Inc()
 		n.log.Warn("peer rejected", "remote", remote, "reason", "no interlink HELLO", "err", err)
-		return nil, nil
+		return nil, nil, nil, nil
 	}
-	h, err := decodeHello(p)
+	h, err := decodeHello(hp)
 	if err != nil {
 		reject("", err.Error())
-		return nil, nil
+		return nil, nil, nil, nil
 	}
 	if h.node == n.cfg.NodeName {
 		reject(h.node, "a peer uses this node's own name")
-		return nil, nil
+		return nil, nil, nil, nil
 	}
 	if int(h.lane) >= 64 {
 		reject(h.node, "lane out of range")
-		return nil, nil
+		return nil, nil, nil, nil
 	}
-	dec, err := newDecompressor(h.compression, n.cfg.MaxFrame)
-	if err != nil {
-		reject(h.node, err.Error())
-		return nil, nil
+	if h.compression > CompressZstd {
+		reject(h.node, frameErr("unknown compression %d", h.compression).Error())
+		return nil, nil, nil, nil
 	}
 	w := welcome{node: n.cfg.NodeName}
 	_, _ = rand.Read(w.nonce[:])
-	w.proof = proof(n.secret, "welcome", h, w.node, w.nonce)
+	w.proof = proof(n.secret, "welcome", hp, w.node, w.nonce)
 	if _, err := c.Write(w.append(nil)); err != nil {
-		dec.close()
-		return nil, nil
+		return nil, nil, nil, nil
 	}
-	t, p, _, err = readFrame(br, nil, 4096)
-	want := proof(n.secret, "hello", h, w.node, w.nonce)
+	t, p, _, err := readFrame(br, nil, 4096)
+	want := proof(n.secret, "hello", hp, w.node, w.nonce)
 	if err != nil || t != frameProof || !hmac.Equal(p, want[:]) {
 		reject(h.node, "it does not know the cluster secret")
-		dec.close()
-		return nil, nil
+		return nil, nil, nil, nil
+	}
+	// Authenticated: only now does the peer get a decompressor (zstd's
+	// holds its window) and its lane's state.
+	dec, err := newDecompressor(h.compression, n.cfg.MaxFrame)
+	if err != nil {
+		reject(h.node, err.Error())
+		return nil, nil, nil, nil
 	}
 	_ = c.SetDeadline(time.Time{})
-	return h, dec
+	fr := &frameReader{r: br, max: n.cfg.MaxFrame + 64}
+	var out *frameCipher
+	if n.sealed() {
+		in, back := linkKeys(n.secret, h.nonce, w.nonce, h.node, w.node)
+		fr.c, out = newFrameCipher(in), newFrameCipher(back)
+	}
+	return h, dec, fr, out
 }
 
 // serveConn receives one lane from a peer.
@@ -174,7 +212,8 @@ func (n *Node) serveConn(c net.Conn) {
 		n.mu.Unlock()
 	}()
 	br := bufio.NewReaderSize(c, 64<<10)
-	h, dec := n.handshake(c, br)
+	h, dec, fr, out := n.handshake(c, br)
+	n.pending.Add(-1)
 	if h == nil {
 		return
 	}
@@ -186,16 +225,14 @@ func (n *Node) serveConn(c net.Conn) {
 	pongs := make(chan [8]byte, 4)
 	closed := make(chan struct{})
 	defer close(closed)
-	go n.acker(c, h.node, h.lane, wake, pongs, closed)
+	go n.acker(c, out, h.node, h.lane, wake, pongs, closed)
 
-	var buf []byte
 	var recs []Record
 	for {
-		t, p, b, err := readFrame(br, buf, n.cfg.MaxFrame+64)
-		buf = b
+		t, p, err := fr.next()
 		if err != nil {
 			if errors.Is(err, ErrFrame) {
-				n.stats.badFrames.Inc()
+				n.stats.badFrame(err)
 				n.log.Warn("closing link: bad frame", "peer", h.node, "lane", h.lane, "err", err)
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				n.log.Debug("link from peer closed", "peer", h.node, "lane", h.lane, "err", err)
@@ -284,8 +321,9 @@ func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, 
 }
 
 // acker writes acknowledgements (and pongs) back to the sender: for every
-// run of the sender's lane, how far it is done.
-func (n *Node) acker(c net.Conn, node string, lane uint8, wake chan struct{}, pongs chan [8]byte, closed chan struct{}) {
+// run of the sender's lane, how far it is done. It is the only writer of
+// the connection after the handshake, and so the only user of out.
+func (n *Node) acker(c net.Conn, out *frameCipher, node string, lane uint8, wake chan struct{}, pongs chan [8]byte, closed chan struct{}) {
 	sent := make(map[uint64]uint64)
 	var buf []byte
 	t := time.NewTicker(100 * time.Millisecond)
@@ -296,7 +334,11 @@ func (n *Node) acker(c net.Conn, node string, lane uint8, wake chan struct{}, po
 			d := st.done
 			st.mu.Unlock()
 			if d > sent[epoch] {
-				buf = appendAck(buf[:0], epoch, d)
+				var err error
+				if buf, err = out.finish(appendAck(buf[:0], epoch, d), 0); err != nil {
+					c.Close()
+					return
+				}
 				if _, err := c.Write(buf); err != nil {
 					return
 				}
@@ -307,7 +349,12 @@ func (n *Node) acker(c net.Conn, node string, lane uint8, wake chan struct{}, po
 		case <-wake:
 		case <-t.C:
 		case v := <-pongs:
-			if _, err := c.Write(appendBytesFrame(buf[:0], framePong, v[:])); err != nil {
+			var err error
+			if buf, err = out.finish(appendBytesFrame(buf[:0], framePong, v[:]), 0); err != nil {
+				c.Close()
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
 				return
 			}
 		case <-closed:

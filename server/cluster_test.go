@@ -23,7 +23,7 @@ func startCluster(t *testing.T, n int, mutate func(i int, c *Config)) []*Server 
 			ic.Listen = "127.0.0.1:0"
 			ic.GossipListen = "127.0.0.1:0"
 			ic.FailureTimeout = time.Second
-			ic.Secret = "test secret"
+			ic.Secret = "server cluster test secret"
 			if i > 0 {
 				ic.Join = []string{"gossip=" + nodes[0].cl.node.Members()[0].Gossip}
 			}

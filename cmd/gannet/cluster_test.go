@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,15 +32,30 @@ type clusterNode struct {
 	gossip    string
 	advertise string // defaults to cluster
 	data      string
+	secret    []string // how the node gets the cluster secret
 	extra     []string
 	b         *broker
 }
 
+// clusterSecret is the test clusters' secret.
+const clusterSecret = "cluster test secret"
+
+// secretFile writes the cluster secret to a file only its owner reads.
+func secretFile(t *testing.T, secret string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "cluster.secret")
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func newClusterNodes(t *testing.T, n int, extra ...string) []*clusterNode {
 	var nodes []*clusterNode
+	secret := []string{"--cluster-secret-file=" + secretFile(t, clusterSecret)}
 	for i := range n {
 		nodes = append(nodes, &clusterNode{name: fmt.Sprintf("n%d", i+1), cluster: freeAddr(t), gossip: freeUDPTCP(t),
-			data: t.TempDir(), extra: extra})
+			data: t.TempDir(), secret: secret, extra: extra})
 	}
 	return nodes
 }
@@ -72,11 +90,12 @@ func (cn *clusterNode) start(t *testing.T, all []*clusterNode) {
 			cn.cluster, cn.gossip = freeAddr(t), freeUDPTCP(t)
 		}
 		args := []string{"--node-name=" + cn.name, "--cluster-listen=" + cn.cluster, "--gossip-listen=" + cn.gossip,
-			"--join=" + strings.Join(seeds, ","), "--cluster-secret=cluster test secret", "--cluster-failure-timeout=1s",
+			"--join=" + strings.Join(seeds, ","), "--cluster-failure-timeout=1s",
 			"--data-dir=" + cn.data, "--log-level=warn"}
 		if cn.advertise != "" {
 			args = append(args, "--cluster-advertise="+cn.advertise)
 		}
+		args = append(args, cn.secret...)
 		return append(args, cn.extra...)
 	})
 }
@@ -812,4 +831,114 @@ backend gannet
 		}
 	}
 	_, _ = io.Discard.Write([]byte(out.String()))
+}
+
+// exitCodeEnv is exitCode with env added to the child's environment.
+func exitCodeEnv(t *testing.T, env []string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gannetBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("gannet %q still running after 20s; output:\n%s", args, out)
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &ee):
+		return ee.ExitCode(), string(out)
+	}
+	t.Fatalf("gannet %q: %v", args, err)
+	return 0, ""
+}
+
+// A cluster node does not start without a secret of at least 16 bytes,
+// given one way, unless --cluster-insecure says so: exit code 2 and a
+// message that names the ways.
+func TestClusterSecretRequired(t *testing.T) {
+	safe := []string{"--listen=127.0.0.1:0", "--http-listen=", "--data-dir=" + t.TempDir()}
+	node := slices.Concat(safe, []string{"--cluster-listen=127.0.0.1:0", "--gossip-listen=127.0.0.1:0"})
+	with := func(base []string, more ...string) []string { return slices.Concat(base, more) }
+	good, short := secretFile(t, clusterSecret), secretFile(t, "fifteen bytes!!")
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		env  []string
+		args []string
+		want []string
+	}{
+		{"no secret", nil, node, []string{"--cluster-secret-file", "GANNET_CLUSTER_SECRET", "--cluster-insecure", "16 bytes"}},
+		{"short file", nil, with(node, "--cluster-secret-file="+short), []string{short, "15 bytes", "at least 16"}},
+		{"short env", []string{"GANNET_CLUSTER_SECRET=fifteen bytes!!"}, node, []string{"GANNET_CLUSTER_SECRET", "15 bytes", "at least 16"}},
+		{"empty file", nil, with(node, "--cluster-secret-file="+empty), []string{empty, "empty"}},
+		{"missing file", nil, with(node, "--cluster-secret-file=/nonexistent/secret"), []string{"--cluster-secret-file", "/nonexistent/secret"}},
+		{"file and env", []string{"GANNET_CLUSTER_SECRET=" + clusterSecret}, with(node, "--cluster-secret-file="+good),
+			[]string{"--cluster-secret-file", "GANNET_CLUSTER_SECRET", "one way"}},
+		{"secret and insecure", nil, with(node, "--cluster-secret-file="+good, "--cluster-insecure"), []string{"--cluster-insecure", "one or the other"}},
+		{"on the command line", nil, with(node, "--cluster-secret", clusterSecret), []string{"--cluster-secret is gone", "--cluster-secret-file", "GANNET_CLUSTER_SECRET"}},
+		{"on the command line with =", nil, with(node, "-cluster-secret="+clusterSecret), []string{"--cluster-secret is gone"}},
+		{"file without a cluster", nil, with(safe, "--cluster-secret-file="+good), []string{"--cluster-secret-file needs --cluster-listen"}},
+		{"insecure without a cluster", nil, with(safe, "--cluster-insecure"), []string{"--cluster-insecure needs --cluster-listen"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, out := exitCodeEnv(t, c.env, c.args...)
+			if code != 2 {
+				t.Fatalf("exit code %d, want 2; output:\n%s", code, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output does not name %q:\n%s", w, out)
+				}
+			}
+			if strings.Contains(out, clusterSecret) {
+				t.Errorf("the output repeats the secret:\n%s", out)
+			}
+		})
+	}
+}
+
+// The secret from --cluster-secret-file on one node and from
+// GANNET_CLUSTER_SECRET on the other: the two form a cluster and a message
+// crosses it.
+func TestClusterSecretFromFileAndEnv(t *testing.T) {
+	nodes := newClusterNodes(t, 2)
+	nodes[0].start(t, nodes)
+	nodes[1].secret = nil
+	t.Setenv("GANNET_CLUSTER_SECRET", clusterSecret) // only n2 starts from here on
+	nodes[1].start(t, nodes)
+	waitMesh(t, nodes)
+	pub := dialPaho(t, nodes[0].b.mqtt, "pub", true)
+	sub := dialPaho(t, nodes[1].b.mqtt, "sub", true)
+	sub.sub(t, "sealed/#", 1)
+	probe(t, pub, sub, "sealed/probe")
+	for _, n := range nodes {
+		if logs := n.b.stderr.String(); strings.Contains(logs, "without a secret") || strings.Contains(logs, clusterSecret) {
+			t.Errorf("%s log:\n%s", n.name, logs)
+		}
+	}
+}
+
+// --cluster-insecure nodes form a cluster, each saying once at start that
+// it runs without a secret.
+func TestClusterInsecure(t *testing.T) {
+	nodes := newClusterNodes(t, 2)
+	for _, n := range nodes {
+		n.secret = []string{"--cluster-insecure"}
+	}
+	startClusterNodes(t, nodes)
+	pub := dialPaho(t, nodes[0].b.mqtt, "pub", true)
+	sub := dialPaho(t, nodes[1].b.mqtt, "sub", true)
+	sub.sub(t, "open/#", 1)
+	probe(t, pub, sub, "open/probe")
+	for _, n := range nodes {
+		if got := strings.Count(n.b.stderr.String(), "cluster running without a secret"); got != 1 {
+			t.Errorf("%s warned %d times about running without a secret, want once:\n%s", n.name, got, n.b.stderr.String())
+		}
+	}
 }

@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/server"
 )
 
@@ -151,25 +150,12 @@ Flags:
 	fs.DurationVar(&cfg.SysInterval, "sys-interval", cfg.SysInterval, "how often $SYS/broker statistics are published; 0 disables them")
 	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol v1/v2 header on every MQTT connection (behind HAProxy or a load balancer)")
 
-	ic := interlink.DefaultConfig()
-	host, _ := os.Hostname()
-	fs.StringVar(&ic.NodeName, "node-name", host, "this node's name, unique in the cluster")
-	fs.StringVar(&ic.Listen, "cluster-listen", "", "interlink TCP listen `address`; setting it makes this broker a cluster node")
-	fs.StringVar(&ic.GossipListen, "gossip-listen", "", "membership gossip (TCP and UDP) listen `address`; default: the --cluster-listen port + 1")
-	fs.StringVar(&ic.Advertise, "cluster-advertise", "", "interlink `address` peers dial to reach this node; default: --cluster-listen")
-	join := fs.String("join", "", "comma-separated seed nodes, each its --cluster-listen `host:port` (gossip port + 1 assumed) or gossip=host:port")
-	fs.StringVar(&ic.Secret, "cluster-secret", "", "shared `secret`: peers prove it at handshake, and gossip is encrypted with a key derived from it")
-	comp := fs.String("interlink-compression", ic.Compression.String(), "how batches to peers are compressed: none, s2 or zstd")
-	fs.IntVar(&ic.BatchBytes, "interlink-batch-bytes", ic.BatchBytes, "a batch to a peer is written when it holds this many `bytes`")
-	fs.DurationVar(&ic.BatchDelay, "interlink-batch-delay", ic.BatchDelay, "or this long after its first record")
-	fs.IntVar(&ic.Lanes, "interlink-lanes", ic.Lanes, "TCP connections per peer: the first carries control records, the others messages; one publisher's messages always take the same one")
-	fs.IntVar(&ic.QueueLimit, "interlink-queue", ic.QueueLimit, "QoS 1/2 messages kept per peer until it acknowledges them; past it publishes are refused (0x97)")
-	fs.DurationVar(&ic.Backpressure, "interlink-backpressure", ic.Backpressure, "while a peer takes messages more slowly than clients publish them, clients' input is read only as fast as the peer takes it; a peer that takes nothing for this long stops holding clients back and its QoS 0 messages are dropped; 0: never hold back, drop at once")
-	fs.DurationVar(&ic.FailureTimeout, "cluster-failure-timeout", ic.FailureTimeout, "about how long a silent peer takes to be declared failed")
-	fs.DurationVar(&ic.ForgetAfter, "cluster-forget-after", ic.ForgetAfter, "how long a failed peer's routes and queued messages are kept for its return; 0: forever")
-
+	cf := registerClusterFlags(fs)
 	af.register(fs)
 
+	if err := removedClusterFlags(args); err != nil {
+		return cfg, 0, "", nil, err
+	}
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, "", nil, err
 	}
@@ -177,21 +163,11 @@ Flags:
 		return cfg, 0, "", nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
 	cfg.SharedPolicy = server.SharedPolicy(*shared)
-	if ic.Listen != "" {
-		c, err := interlink.ParseCompression(*comp)
-		if err != nil {
-			return cfg, 0, "", nil, err
-		}
-		ic.Compression = c
-		for _, j := range strings.Split(*join, ",") {
-			if j = strings.TrimSpace(j); j != "" {
-				ic.Join = append(ic.Join, j)
-			}
-		}
-		cfg.Cluster = &ic
-	} else if *join != "" {
-		return cfg, 0, "", nil, errors.New("--join needs --cluster-listen")
+	ic, err := cf.config(os.Getenv)
+	if err != nil {
+		return cfg, 0, "", nil, err
 	}
+	cfg.Cluster = ic
 	cfg.Durability = server.Durability(*durability)
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
