@@ -45,6 +45,16 @@ func (c *client) authenticate(ch *auth.Chain, p *codec.Connect, req *connectReq)
 		Protocol:    byte(c.version),
 		Listener:    "mqtt",
 	}
+	if c.tls != nil {
+		ar.Listener = "tls"
+		ar.CertCN, ar.CertSANs = c.tls.cn, c.tls.sans
+	}
+	if c.ws != nil {
+		ar.Listener = "ws"
+		if c.tls != nil {
+			ar.Listener = "wss"
+		}
+	}
 	c.parked = true
 	ch.Check(ar, func(r auth.Result) {
 		err := c.loop.el.Execute(context.Background(), runFunc(func() {

@@ -38,8 +38,10 @@ type client struct {
 	// parked is set while CONNECT waits for peers to hand over the
 	// session: later packets stay in the read buffer until it clears.
 	parked bool
-	// proxied is set once the PROXY protocol header was read.
-	proxied bool
+	// proxy says whether a PROXY protocol header is still expected
+	// (proxyRequired) or refused (proxyRefused) at the start of the
+	// input; proxyNone once the first bytes are past.
+	proxy proxyMode
 	// heldGen is the list of held connections this one is on (pace.go).
 	heldGen uint64
 	// While a closed connection lingers (close): until when (broker
@@ -53,6 +55,10 @@ type client struct {
 
 	// Inbound topic aliases (client to server).
 	aliasIn [][]byte
+	// ws is the WebSocket state of a connection from the WebSocket
+	// listener (ws.go); nil for plain MQTT.
+	ws *wsConn
+
 	// ident is what the client authenticated as; nil without an
 	// authentication chain. acl is its compiled ACL; nil allows
 	// everything (auth.go).
@@ -93,6 +99,11 @@ type client struct {
 
 	// arena holds small packets (acks) queued in pend; reset after flush.
 	arena []byte
+
+	// tls is the TLS connection this one carries the plaintext of; nil
+	// on the plain listener (tls.go). Last, so that it moves no field
+	// the hot paths use.
+	tls *tlsConn
 }
 
 func (c *client) logger() *slog.Logger {
@@ -114,23 +125,35 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 	buf, _ := c.gc.Peek(-1)
 	used := 0
 	var err error
-	if c.srv.cfg.ProxyProtocol && !c.proxied {
-		n, src, perr := parseProxy(buf)
-		switch {
-		case perr == errIncomplete:
+	if c.proxy != proxyNone {
+		n, ok := c.proxyHeader(buf)
+		if !ok {
 			return gnet.None
-		case perr != nil:
-			c.logger().Warn("closing connection", "reason", "bad PROXY protocol header", "err", perr)
-			c.srv.stats.protocolErrors.Add(1)
-			c.close()
-			return gnet.None
-		}
-		c.proxied = true
-		if src != "" {
-			c.addr = src
 		}
 		used = n
 	}
+	if c.ws != nil {
+		if used > 0 {
+			_, _ = c.gc.Discard(used) // the PROXY header
+		}
+		return c.onWSTraffic(ob, buf[used:])
+	}
+	used, err = c.decode(ob, buf, used)
+	if used > 0 {
+		_, _ = c.gc.Discard(used)
+	}
+	if err != nil {
+		c.fail(ob, err)
+		return gnet.None
+	}
+	return gnet.None
+}
+
+// decode handles every whole packet in buf from used on and returns how
+// far it got and the error that stopped it. Packet fields alias buf;
+// handlers copy what they keep.
+func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
+	var err error
 	for used < len(buf) && !c.closed && !c.parked {
 		if used > 0 && c.srv.cl != nil && c.srv.cl.holdBack(c, false) {
 			break // the rest once the lanes to peers catch up (pace.go)
@@ -158,14 +181,58 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 			break
 		}
 	}
-	if used > 0 {
-		_, _ = c.gc.Discard(used)
+	return used, err
+}
+
+// proxyHeader deals with the start of the input while a PROXY protocol
+// header is expected or refused: it returns the header's length (0 for
+// none), or false when more bytes are needed or the connection was
+// refused.
+func (c *client) proxyHeader(buf []byte) (int, bool) {
+	if c.proxy == proxyBridge {
+		if len(buf) < len(bridgeToken{}) {
+			return 0, false
+		}
+		tc := c.srv.tlsl.claim(buf[:len(bridgeToken{})])
+		if tc == nil {
+			c.logger().Warn("closing connection", "reason", "unknown token on the TLS listener's internal socket")
+			c.srv.stats.protocolErrors.Add(1)
+			c.close()
+			return 0, false
+		}
+		c.tls, c.addr, c.proxy = tc, tc.remote, proxyNone
+		return len(bridgeToken{}), true
 	}
-	if err != nil {
-		c.fail(ob, err)
-		return gnet.None
+	if c.proxy == proxyRefused {
+		yes, unsure := proxySignature(buf)
+		switch {
+		case unsure:
+			return 0, false // neither CONNECT nor a header yet: wait
+		case !yes:
+			c.proxy = proxyNone
+			return 0, true
+		}
+		c.logger().Warn("closing connection", "reason", "PROXY protocol header from a peer outside --proxy-protocol-from")
+		c.srv.stats.proxyUntrusted.Inc()
+		c.close()
+		return 0, false
 	}
-	return gnet.None
+	n, src, err := parseProxy(buf)
+	switch {
+	case err == errIncomplete:
+		return 0, false
+	case err != nil:
+		c.logger().Warn("closing connection", "reason", "bad PROXY protocol header", "err", err)
+		c.srv.stats.protocolErrors.Add(1)
+		c.srv.stats.proxyBad.Inc()
+		c.close()
+		return 0, false
+	}
+	c.proxy = proxyNone
+	if src != "" {
+		c.addr = src
+	}
+	return n, true
 }
 
 // fail ends the connection because of err: the reason code goes to a v5
@@ -291,6 +358,9 @@ func (c *client) flush() {
 	}
 	if !c.closed {
 		p := c.pend
+		if c.ws != nil && c.ws.upgraded {
+			p = c.ws.frames(p)
+		}
 		for len(p) > 0 && !c.closed {
 			n := min(len(p), 1024) // IOV_MAX
 			w, err := c.gc.Writev(p[:n])

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -42,6 +43,9 @@ const (
 type Config struct {
 	// Listen is the MQTT TCP listen address.
 	Listen string
+	// WSListen is the address of the MQTT over WebSocket listener (path
+	// /mqtt); empty: none.
+	WSListen string
 	// HTTPListen is the address of the HTTP listener (health, metrics). Empty
 	// disables it.
 	HTTPListen string
@@ -129,10 +133,19 @@ type Config struct {
 
 	// Cluster, when set, makes this broker a node of a cluster.
 	Cluster *interlink.Config
-	// ProxyProtocol makes the MQTT listener expect a PROXY protocol v1 or
+	// ProxyProtocol makes the MQTT listeners expect a PROXY protocol v1 or
 	// v2 header on every connection (behind HAProxy or a cloud load
 	// balancer), so that the broker sees the client's own address.
 	ProxyProtocol bool
+	// ProxyProtocolFrom, when not empty, trusts the PROXY protocol header
+	// from these address ranges only (the load balancers): it is required
+	// from them and refused from everyone else, who could otherwise claim
+	// any address. It applies to both listeners and implies ProxyProtocol.
+	ProxyProtocolFrom []netip.Prefix
+
+	// TLS, when set, opens a second MQTT listener that speaks TLS
+	// (tls.go). Nil: none.
+	TLS *TLSConfig
 
 	// Logger receives the broker's logs. Nil means slog.Default().
 	Logger *slog.Logger
@@ -179,8 +192,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	for _, a := range []struct{ flag, addr string }{{"--listen", c.Listen}, {"--http-listen", c.HTTPListen}} {
-		if a.addr == "" && a.flag == "--http-listen" {
+	for _, a := range []struct{ flag, addr string }{{"--listen", c.Listen}, {"--http-listen", c.HTTPListen}, {"--ws-listen", c.WSListen}} {
+		if a.addr == "" && a.flag != "--listen" {
 			continue // disabled
 		}
 		_, port, err := net.SplitHostPort(a.addr)
@@ -229,6 +242,9 @@ func (c *Config) Validate() error {
 	check(c.Durability == DurabilityNone || c.DataDir != "", "--data-dir must not be empty unless --durability=none")
 	check(c.SyncInterval > 0, "--sync-interval must be positive, got %s", c.SyncInterval)
 	check(c.PurgeInterval > 0, "--purge-interval must be positive, got %s", c.PurgeInterval)
+	if c.TLS != nil {
+		errs = append(errs, c.TLS.validate()...)
+	}
 	if c.Cluster != nil {
 		if err := c.Cluster.Validate(); err != nil {
 			errs = append(errs, err)

@@ -3,6 +3,8 @@ package server
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -14,13 +16,21 @@ import (
 // that owns the connection; none blocks.
 type handler struct {
 	gnet.BuiltinEventEngine
-	srv *Server
+	srv      *Server
+	tickOnce sync.Once
 }
 
 func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	h.srv.eng = eng
-	close(h.srv.engReady)
 	return gnet.None
+}
+
+// OnTick runs first once the event loops exist (OnBoot runs before gnet
+// makes them), which is when the engine is ready: connections may be
+// registered with it from now on (tls.go). Later ticks do nothing.
+func (h *handler) OnTick() (time.Duration, gnet.Action) {
+	h.tickOnce.Do(func() { close(h.srv.engReady) })
+	return 24 * time.Hour, gnet.None
 }
 
 // loopOf returns Gannet's state for the loop that owns gc, creating it on
@@ -47,8 +57,19 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(gc)
 	now := s.now()
 	c := &client{srv: s, gc: gc, loop: l, lastRead: now, openedAt: now}
-	if a := gc.RemoteAddr(); a != nil {
+	if la := gc.LocalAddr(); la != nil && la.Network() == "unix" {
+		// From the TLS listener, through the engine's unix socket
+		// (tls.go): a token names the TLS connection, whose peer
+		// address and certificate this client takes.
+		c.proxy = proxyBridge
+	} else if a := gc.RemoteAddr(); a != nil {
 		c.addr = a.String()
+		c.proxy = s.proxyMode(a)
+		if p := s.wsPort.Load(); p != 0 {
+			if la, ok := gc.LocalAddr().(*net.TCPAddr); ok && la.Port == int(p) {
+				c.ws = &wsConn{} // from the WebSocket listener (ws.go)
+			}
+		}
 	}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
@@ -82,6 +103,9 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c, ok := gc.Context().(*client)
 	if !ok {
 		return gnet.None
+	}
+	if c.tls != nil {
+		c.tls.loopClosed()
 	}
 	c.closed = true
 	delete(c.loop.conns, c)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 )
 
@@ -103,4 +104,52 @@ func parseProxyV2(b []byte) (int, string, error) {
 		return 16 + n, net.JoinHostPort(net.IP(body[0:16]).String(), strconv.Itoa(int(binary.BigEndian.Uint16(body[32:34])))), nil
 	}
 	return 16 + n, "", nil // AF_UNSPEC or AF_UNIX: no address to report
+}
+
+// proxyMode is what a connection's first bytes may be.
+type proxyMode uint8
+
+const (
+	proxyNone     proxyMode = iota // MQTT (or TLS) from the first byte
+	proxyRequired                  // a PROXY header, then MQTT
+	proxyRefused                   // MQTT; a PROXY header is refused: the peer is not a trusted balancer
+	proxyBridge                    // a bridgeToken naming the TLS connection this one carries (tls.go), then MQTT
+)
+
+// proxyMode says whether a connection from a must start with a PROXY
+// header: with --proxy-protocol-from, exactly when a is in one of its
+// ranges (and a header from anyone else is refused, since it would let
+// that peer claim any address); with --proxy-protocol alone, always.
+func (s *Server) proxyMode(a net.Addr) proxyMode {
+	if len(s.cfg.ProxyProtocolFrom) == 0 {
+		if s.cfg.ProxyProtocol {
+			return proxyRequired
+		}
+		return proxyNone
+	}
+	if ta, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(ta.IP); ok {
+			ip = ip.Unmap()
+			for _, p := range s.cfg.ProxyProtocolFrom {
+				if p.Contains(ip) {
+					return proxyRequired
+				}
+			}
+		}
+	}
+	return proxyRefused
+}
+
+// proxySignature reports whether b starts with a PROXY protocol v1 or v2
+// signature, or is too short to tell (unsure).
+func proxySignature(b []byte) (yes, unsure bool) {
+	for _, sig := range [][]byte{proxyV1Prefix, proxyV2Sig} {
+		switch {
+		case len(b) >= len(sig) && bytes.Equal(b[:len(sig)], sig):
+			return true, false
+		case len(b) < len(sig) && bytes.HasPrefix(sig, b):
+			unsure = true
+		}
+	}
+	return false, unsure
 }

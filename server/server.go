@@ -50,7 +50,7 @@ type Server struct {
 	started time.Time
 
 	eng      gnet.Engine
-	engReady chan struct{} // closed once OnBoot ran
+	engReady chan struct{} // closed once the event loops run (OnTick)
 	runErr   chan error
 	ready    atomic.Bool
 	stopping atomic.Bool
@@ -58,6 +58,9 @@ type Server struct {
 
 	http     *http.Server
 	httpAddr net.Addr
+	tlsl     *tlsListener // nil without --tls-listen
+	wsAddr   net.Addr     // the WebSocket listener's; nil without --ws-listen
+	wsPort   atomic.Int32 // its port, for OnOpen; 0 without
 
 	done chan struct{} // closed by Shutdown to stop the background goroutines
 	wg   sync.WaitGroup
@@ -109,6 +112,13 @@ func New(cfg Config) (*Server, error) {
 	s.sessions.m = make(map[string]*session)
 	s.loops.m = make(map[gnet.EventLoop]*loop)
 	s.clock.Store(time.Now().UnixNano())
+	if cfg.TLS != nil {
+		l, err := newTLSListener(s, s.cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		s.tlsl = l
+	}
 	return s, nil
 }
 
@@ -172,8 +182,40 @@ func (s *Server) Start() error {
 		loops = runtime.NumCPU()
 	}
 	h := &handler{srv: s}
+	addrs := []string{"tcp://" + s.cfg.Listen}
+	if s.tlsl != nil {
+		// The TLS listener hands its connections to the loops through
+		// a unix socket of the engine's own (tls.go).
+		a, err := s.tlsl.prepare()
+		if err != nil {
+			s.stopCluster()
+			_ = s.closeStore()
+			return err
+		}
+		addrs = append(addrs, a)
+	}
+	wsListen := s.cfg.WSListen
+	if wsListen != "" {
+		// MQTT over WebSocket is one more of the engine's listeners;
+		// OnOpen tells its connections by their local port (ws.go).
+		// The engine names its listeners by their configured address,
+		// so a port left to the kernel (":0", in tests) is picked here,
+		// or it could not be told from the MQTT listener's.
+		var err error
+		if wsListen, err = pickPort(wsListen); err != nil {
+			s.stopTLS()
+			s.stopCluster()
+			_ = s.closeStore()
+			return err
+		}
+		s.wsPort.Store(int32(portOf(wsListen)))
+		addrs = append(addrs, "tcp://"+wsListen)
+	}
+	// Round robin spreads connections evenly. Its counter belongs to the
+	// main reactor, so nothing else may pick a loop: no Engine.Register.
+	lb := gnet.RoundRobin
 	go func() {
-		err := gnet.Run(h, "tcp://"+s.cfg.Listen,
+		err := gnet.Rotate(h, addrs,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(loops),
 			gnet.WithReadBufferCap(s.cfg.ReadBufferSize),
@@ -181,6 +223,8 @@ func (s *Server) Start() error {
 			gnet.WithReusePort(false),
 			gnet.WithReuseAddr(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLoadBalancing(lb),
+			gnet.WithTicker(true), // for OnTick: the loops are running
 			gnet.WithLogger(gnetLogger{s.log}),
 		)
 		s.runErr <- err
@@ -188,6 +232,7 @@ func (s *Server) Start() error {
 	select {
 	case <-s.engReady:
 	case err := <-s.runErr:
+		s.stopTLS()
 		s.stopCluster()
 		_ = s.closeStore()
 		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
@@ -198,14 +243,37 @@ func (s *Server) Start() error {
 	addr, err := s.boundAddr()
 	if err != nil {
 		_ = s.eng.Stop(context.Background())
+		s.stopTLS()
 		s.stopCluster()
 		_ = s.closeStore()
 		return err
 	}
 	s.addr = addr
 
+	if s.tlsl != nil {
+		if err := s.tlsl.listen(); err != nil {
+			_ = s.eng.Stop(context.Background())
+			s.stopTLS()
+			s.stopCluster()
+			_ = s.closeStore()
+			return err
+		}
+	}
+	if wsListen != "" {
+		a, err := s.listenerAddr(wsListen)
+		if err != nil {
+			_ = s.eng.Stop(context.Background())
+			s.stopTLS()
+			s.stopCluster()
+			_ = s.closeStore()
+			return err
+		}
+		s.wsAddr = a
+		s.wsPort.Store(int32(a.(*net.TCPAddr).Port))
+	}
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
+			s.stopTLS()
 			_ = s.eng.Stop(context.Background())
 			s.stopCluster()
 			_ = s.closeStore()
@@ -227,7 +295,7 @@ func (s *Server) Start() error {
 		go s.aclLoop()
 	}
 	s.ready.Store(true)
-	s.log.Info("gannet started", "mqtt", s.addr.String(), "http", s.HTTPAddr(), "event_loops", loops)
+	s.log.Info("gannet started", "mqtt", s.addr.String(), "mqtts", s.TLSAddr(), "http", s.HTTPAddr(), "event_loops", loops)
 	return nil
 }
 
@@ -251,9 +319,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	close(s.done)
 	s.wg.Wait()
+	if s.tlsl != nil {
+		s.tlsl.stop()
+	}
 	s.stopCluster()
 	s.disconnectAll(ctx)
 	err := s.eng.Stop(ctx)
+	if s.tlsl != nil {
+		// The engine closed the loops' ends: the bridges send the
+		// last bytes on and end.
+		err = errors.Join(err, s.tlsl.wait(ctx))
+		s.tlsl.removeDir()
+	}
 	s.loops.Lock()
 	for _, l := range s.loops.m {
 		l.timer.Stop()
@@ -267,6 +344,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("gannet stopped")
 	return err
+}
+
+// stopTLS closes the TLS listener, waits for its goroutines and removes
+// its socket's directory, for a Start that fails after preparing it.
+func (s *Server) stopTLS() {
+	if s.tlsl != nil {
+		s.tlsl.stop()
+		_ = s.tlsl.wait(context.Background())
+		s.tlsl.removeDir()
+	}
 }
 
 // mark is a peer's stream position read from the store.
@@ -359,7 +446,12 @@ func (l *loop) sweep(now int64) {
 
 // boundAddr is the address of the engine's listening socket.
 func (s *Server) boundAddr() (net.Addr, error) {
-	fd, err := s.eng.Dup()
+	return s.listenerAddr(s.cfg.Listen)
+}
+
+// listenerAddr is the bound address of the engine's TCP listener on addr.
+func (s *Server) listenerAddr(addr string) (net.Addr, error) {
+	fd, err := s.eng.DupListener("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the MQTT listener's address: %w", err)
 	}

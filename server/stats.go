@@ -49,6 +49,11 @@ type stats struct {
 	publishDenied          *metrics.Counter
 	subscribeDenied        *metrics.Counter
 	readDenied             *metrics.Counter
+	// PROXY protocol refusals: a header from a peer outside
+	// --proxy-protocol-from, a missing or malformed one from a peer
+	// inside.
+	proxyUntrusted *metrics.Counter
+	proxyBad       *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -83,6 +88,9 @@ func newStats(s *Server) *stats {
 		publishDenied:          set.NewCounter(`gannet_acl_denied_total{action="publish"}`),
 		subscribeDenied:        set.NewCounter(`gannet_acl_denied_total{action="subscribe"}`),
 		readDenied:             set.NewCounter(`gannet_acl_denied_total{action="deliver"}`),
+
+		proxyUntrusted: set.NewCounter(`gannet_proxy_refused_total{reason="untrusted_peer"}`),
+		proxyBad:       set.NewCounter(`gannet_proxy_refused_total{reason="bad_header"}`),
 	}
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
 	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })

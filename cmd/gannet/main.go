@@ -29,9 +29,9 @@ func main() {
 }
 
 // run parses args, starts the broker and blocks until SIGINT or SIGTERM;
-// SIGHUP reloads the password file, the ACL file and the JWT keys. It
-// returns the process exit code: 2 for a bad flag or file, 1 for a failure
-// to start.
+// SIGHUP reloads the password file, the ACL file, the JWT keys and the TLS
+// certificates. It returns the process exit code: 2 for a bad flag or
+// file, 1 for a failure to start.
 func run(args []string, stderr io.Writer) int {
 	cfg, level, format, af, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -84,7 +84,7 @@ func run(args []string, stderr io.Writer) int {
 		if got != syscall.SIGHUP {
 			break
 		}
-		if err := srv.RefreshAuth(); err != nil {
+		if err := errors.Join(srv.RefreshAuth(), srv.ReloadTLS()); err != nil {
 			cfg.Logger.Error("reload failed; what did not load keeps its old contents", "err", err)
 		} else {
 			cfg.Logger.Info("reloaded", "signal", got.String())
@@ -120,6 +120,7 @@ Flags:
 	}
 
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "MQTT TCP listen `address`")
+	fs.StringVar(&cfg.WSListen, "ws-listen", "", "MQTT over WebSocket listen `address` (conventionally :8083; path /mqtt, subprotocol mqtt or mqttv3.1); empty: off")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz and /readyz; empty disables it")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for persistent state")
 	durability := fs.String("durability", string(cfg.Durability), "when a QoS 1/2 publish is acknowledged: sync (after its write is fsynced), batch (after the write; an OS crash or power loss can lose the last --sync-interval) or none (memory only)")
@@ -148,10 +149,12 @@ Flags:
 	fs.DurationVar(&cfg.WriteDelay, "write-delay", cfg.WriteDelay, "coalesce writes to busy receivers: a connection written less than this long ago gets its next deliveries together when this much time has passed; connections waiting for an answer are written at once; 0: write at once")
 	shared := fs.String("shared-policy", string(cfg.SharedPolicy), "which member of a shared subscription group gets a message: round-robin, random or hash (by publisher)")
 	fs.DurationVar(&cfg.SysInterval, "sys-interval", cfg.SysInterval, "how often $SYS/broker statistics are published; 0 disables them")
-	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol v1/v2 header on every MQTT connection (behind HAProxy or a load balancer)")
+	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol v1/v2 header on every MQTT connection (behind HAProxy or a load balancer); anyone reaching the port can then claim any address: prefer --proxy-protocol-from")
 
 	cf := registerClusterFlags(fs)
 	af.register(fs)
+	tf := new(tlsFlags)
+	tf.register(fs)
 
 	if err := removedClusterFlags(args); err != nil {
 		return cfg, 0, "", nil, err
@@ -176,6 +179,9 @@ Flags:
 	f := strings.ToLower(*format)
 	if f != "text" && f != "json" {
 		return cfg, 0, "", nil, fmt.Errorf("--log-format must be text or json, got %q", *format)
+	}
+	if err := tf.apply(&cfg); err != nil {
+		return cfg, 0, "", nil, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, 0, "", nil, err

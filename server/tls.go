@@ -1,0 +1,780 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"golang.org/x/sys/unix"
+)
+
+// MQTT over TLS (--tls-listen).
+//
+// crypto/tls wants a goroutine that blocks in Read and Write, and gnet's
+// event loops never block, so a TLS connection is served in two halves:
+//
+//	client ─TCP/TLS─ up/down goroutines ═ unix socket ═ engine's unix listener ─ event loop
+//	                 (tls.Conn)                                                  (client, as on :1883)
+//
+// A Go listener accepts; a goroutine reads the PROXY header where one is
+// expected and runs the handshake under a deadline, with at most
+// MaxHandshakes of them at once (the listener accepts no more until one
+// ends: what a client may cost before it has proved anything is bounded).
+// Once the handshake succeeds, the goroutine connects to a unix socket
+// that the gnet engine listens on beside the plain listener (in the data
+// directory; see prepare) and writes a random token first; the engine accepts the
+// connection like any other and an event loop owns it; OnTraffic reads the
+// token and takes the TLS connection's peer address and certificate names
+// from the pending map. Two new goroutines (the handshake's own stack
+// grew, and ends with it) copy the client's plaintext into the unix socket
+// (up) and what the loop writes back into the tls.Conn (down). Everything
+// past the handshake (keepalive, limits, slow receivers, authentication)
+// is the plain listener's code.
+//
+// Why a listener of the engine's rather than Engine.Register with a socket
+// pair: Register picks a loop with the engine's load balancer from the
+// caller's goroutine, which round robin does not allow (its counter is the
+// main reactor's), and least connections, which does, counts a connection
+// only once its loop has taken it, so a burst of connects piles onto one
+// loop, plain clients included. Through the engine's own listener the main
+// reactor hands out TLS and plain connections alike, round robin.
+//
+// Per connection this costs the two goroutines, up's small buffer (and
+// a big one while busy, see bridgeBuf), the tls.Conn's own buffers and
+// the unix sockets' kernel buffers (empty while idle), on top of what a
+// plain connection costs: about 30 KiB while idle, against under 2 KiB.
+
+// ClientAuth says whether the TLS listener asks for client certificates.
+type ClientAuth string
+
+// Client certificate policies.
+const (
+	ClientAuthNone    ClientAuth = "none"    // never asked for
+	ClientAuthRequest ClientAuth = "request" // asked for, verified if given
+	ClientAuthRequire ClientAuth = "require" // required and verified
+)
+
+// TLSConfig is the TLS listener's configuration.
+type TLSConfig struct {
+	// Listen is the listen address (conventionally :8883).
+	Listen string
+	// CertFile and KeyFile hold the server's certificate chain and private
+	// key, PEM. Server.ReloadTLS reads them again.
+	CertFile, KeyFile string
+	// ClientCAFile holds the CA certificates (PEM) that client
+	// certificates are verified against; reloaded with the certificate.
+	ClientCAFile string
+	// ClientAuth asks for client certificates; "" means ClientAuthRequire
+	// with a ClientCAFile and ClientAuthNone without.
+	ClientAuth ClientAuth
+	// MinVersion is the oldest TLS version accepted: tls.VersionTLS12 (0
+	// means this) or tls.VersionTLS13.
+	MinVersion uint16
+	// HandshakeTimeout bounds the handshake, PROXY header included; 0
+	// means 10s.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes is how many handshakes may be in progress at once;
+	// 0 means 1024.
+	MaxHandshakes int
+}
+
+func (c *TLSConfig) clientAuth() ClientAuth {
+	switch {
+	case c.ClientAuth != "":
+		return c.ClientAuth
+	case c.ClientCAFile != "":
+		return ClientAuthRequire
+	}
+	return ClientAuthNone
+}
+
+func (c *TLSConfig) minVersion() uint16 {
+	if c.MinVersion == 0 {
+		return tls.VersionTLS12
+	}
+	return c.MinVersion
+}
+
+func (c *TLSConfig) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout == 0 {
+		return 10 * time.Second
+	}
+	return c.HandshakeTimeout
+}
+
+func (c *TLSConfig) maxHandshakes() int {
+	if c.MaxHandshakes == 0 {
+		return 1024
+	}
+	return c.MaxHandshakes
+}
+
+func (c *TLSConfig) validate() []error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	_, _, err := net.SplitHostPort(c.Listen)
+	check(err == nil, "--tls-listen must be host:port (e.g. :8883), got %q", c.Listen)
+	check(c.CertFile != "" && c.KeyFile != "", "--tls-listen needs --tls-cert and --tls-key")
+	switch c.ClientAuth {
+	case "", ClientAuthNone:
+	case ClientAuthRequest, ClientAuthRequire:
+		check(c.ClientCAFile != "", "--tls-client-auth=%s needs --tls-client-ca", c.ClientAuth)
+	default:
+		errs = append(errs, fmt.Errorf("--tls-client-auth must be none, request or require, got %q", c.ClientAuth))
+	}
+	check(c.MinVersion == 0 || c.MinVersion == tls.VersionTLS12 || c.MinVersion == tls.VersionTLS13,
+		"--tls-min-version must be 1.2 or 1.3")
+	check(c.HandshakeTimeout >= 0, "--tls-handshake-timeout must not be negative, got %s", c.HandshakeTimeout)
+	check(c.MaxHandshakes >= 0, "--tls-max-handshakes must not be negative, got %d", c.MaxHandshakes)
+	return errs
+}
+
+// A TLS connection's copy buffers. While it is idle, up waits in
+// tls.Conn.Read on a buffer of upSmall bytes and down waits for the unix
+// socket to turn readable holding none; bytes are moved through buffers of
+// bridgeBuf bytes (one TLS record's plaintext) from bridgeBufs, and up
+// keeps one only while the client sends more than upSmall at a time.
+const (
+	bridgeBuf = 16 << 10
+	upSmall   = 2 << 10
+)
+
+var bridgeBufs = sync.Pool{New: func() any { b := make([]byte, bridgeBuf); return &b }}
+
+// Reasons a TLS handshake is refused, as the metric's label says them.
+const (
+	tlsUntrusted    = "untrusted_certificate" // not signed by a CA of --tls-client-ca
+	tlsExpired      = "expired_certificate"   // past its NotAfter (or before its NotBefore)
+	tlsBadCert      = "bad_certificate"       // any other verification failure
+	tlsNoCert       = "no_certificate"        // none given where one is required
+	tlsOldVersion   = "protocol_version"      // only versions below --tls-min-version offered
+	tlsNotTLS       = "not_tls"               // the first bytes are not TLS (plaintext MQTT, say)
+	tlsTimeout      = "timeout"               // not done within the handshake timeout
+	tlsOther        = "other"
+	tlsProxyRefused = "proxy_header" // a PROXY header from a peer not trusted to send one
+)
+
+var tlsReasons = []string{tlsUntrusted, tlsExpired, tlsBadCert, tlsNoCert, tlsOldVersion, tlsNotTLS, tlsTimeout, tlsOther, tlsProxyRefused}
+
+// tlsListener is the TLS listener and what it shares among connections.
+type tlsListener struct {
+	s   *Server
+	cfg *TLSConfig
+	ln  net.Listener
+	// base is the tls.Config handed to tls.Server. It holds the session
+	// ticket keys (rotated by crypto/tls) and no certificate: each
+	// handshake takes the current material through GetConfigForClient,
+	// so that ReloadTLS applies to the next handshake without touching
+	// open connections.
+	base *tls.Config
+	cur  atomic.Pointer[tlsMaterial]
+	// reload serialises ReloadTLS.
+	reload sync.Mutex
+
+	// sock is the unix socket the engine listens on for bridged
+	// connections, dir its private directory when it has one (prepare);
+	// pending holds the connections whose token the engine has not read
+	// yet.
+	dir     string
+	sock    string
+	pending sync.Map // bridgeToken -> *tlsConn
+
+	slots  chan struct{} // one per handshake in progress
+	ctx    context.Context
+	cancel context.CancelFunc // ends handshakes in progress at Shutdown
+	wg     sync.WaitGroup     // the accept loop, handshakes, bridges
+
+	handshakes *metrics.Counter
+	failures   map[string]*metrics.Counter // by reason, every reason made up front
+	reloads    *metrics.Counter
+	reloadErrs *metrics.Counter
+	inProgress atomic.Int64
+	open       atomic.Int64
+}
+
+// tlsMaterial is what one (re)load of the files made.
+type tlsMaterial struct {
+	cfg  *tls.Config
+	leaf *x509.Certificate
+}
+
+// newTLSListener loads the certificate, key and client CAs; it does not
+// listen yet.
+func newTLSListener(s *Server, cfg *TLSConfig) (*tlsListener, error) {
+	l := &tlsListener{s: s, cfg: cfg, slots: make(chan struct{}, cfg.maxHandshakes()), failures: make(map[string]*metrics.Counter)}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	m, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	l.cur.Store(m)
+	l.base = &tls.Config{
+		MinVersion: cfg.minVersion(),
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if p, ok := hello.Conn.(*tlsPeer); ok && len(hello.SupportedVersions) > 0 {
+				p.offered = slices.Max(hello.SupportedVersions)
+			}
+			return l.cur.Load().cfg, nil
+		},
+	}
+	set := s.stats.set
+	l.handshakes = set.NewCounter("gannet_tls_handshakes_total")
+	for _, r := range tlsReasons {
+		l.failures[r] = set.NewCounter(`gannet_tls_handshake_failures_total{reason="` + r + `"}`)
+	}
+	l.reloads = set.NewCounter(`gannet_tls_reloads_total{result="ok"}`)
+	l.reloadErrs = set.NewCounter(`gannet_tls_reloads_total{result="failed"}`)
+	set.NewGauge("gannet_tls_handshakes_in_progress", func() float64 { return float64(l.inProgress.Load()) })
+	set.NewGauge("gannet_tls_connections", func() float64 { return float64(l.open.Load()) })
+	set.NewGauge("gannet_tls_certificate_expiry_timestamp_seconds", func() float64 {
+		return float64(l.cur.Load().leaf.NotAfter.Unix())
+	})
+	return l, nil
+}
+
+// loadTLS reads the certificate, key and client CAs named by cfg. A
+// certificate that does not match its key, has expired or does not parse
+// is an error.
+func loadTLS(cfg *TLSConfig) (*tlsMaterial, error) {
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cannot load the TLS certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("cannot parse the TLS certificate %s: %w", cfg.CertFile, err)
+		}
+	}
+	if now := time.Now(); now.After(leaf.NotAfter) {
+		return nil, fmt.Errorf("the TLS certificate %s expired on %s", cfg.CertFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	tc := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   cfg.minVersion(),
+	}
+	switch cfg.clientAuth() {
+	case ClientAuthRequest:
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+	case ClientAuthRequire:
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	if cfg.ClientCAFile != "" {
+		pem, err := os.ReadFile(cfg.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read the client CA file: %w", err)
+		}
+		tc.ClientCAs = x509.NewCertPool()
+		if !tc.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("the client CA file %s holds no PEM certificate", cfg.ClientCAFile)
+		}
+	}
+	return &tlsMaterial{cfg: tc, leaf: leaf}, nil
+}
+
+// ReloadTLS reads the TLS listener's certificate, key and client CAs
+// again. New handshakes use them; open connections are not touched. When
+// a file cannot be read or does not make a usable certificate, the old
+// material stays and the error is returned. Without a TLS listener it
+// does nothing. It is safe to call from any goroutine.
+func (s *Server) ReloadTLS() error {
+	l := s.tlsl
+	if l == nil {
+		return nil
+	}
+	l.reload.Lock()
+	defer l.reload.Unlock()
+	m, err := loadTLS(l.cfg)
+	if err != nil {
+		l.reloadErrs.Inc()
+		return fmt.Errorf("the TLS listener keeps its old certificate: %w", err)
+	}
+	l.cur.Store(m)
+	l.reloads.Inc()
+	s.log.Info("TLS certificate loaded", "subject", m.leaf.Subject.String(),
+		"serial", m.leaf.SerialNumber.Text(16), "not_after", m.leaf.NotAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// TLSAddr returns the TLS listener's address, or "" when there is none.
+func (s *Server) TLSAddr() string {
+	if s.tlsl == nil || s.tlsl.ln == nil {
+		return ""
+	}
+	return s.tlsl.ln.Addr().String()
+}
+
+// prepare chooses where the engine's unix socket goes and returns its
+// address for gnet.Rotate: in the data directory, which the store's lock
+// makes this broker's alone (a socket left by a killed broker is replaced),
+// or else in a private directory of its own under $TMPDIR.
+func (l *tlsListener) prepare() (string, error) {
+	if l.s.store != nil && l.s.cfg.storeFS == nil {
+		if dir, err := filepath.Abs(l.s.cfg.DataDir); err == nil {
+			sock := filepath.Join(dir, "tls-bridge.sock")
+			fi, err := os.Lstat(sock)
+			if err == nil && fi.Mode()&os.ModeSocket != 0 {
+				_ = os.Remove(sock) // a killed broker's
+				err = os.ErrNotExist
+			}
+			if errors.Is(err, os.ErrNotExist) && len(sock) <= 100 { // sun_path holds 108 bytes
+				l.sock = sock
+				return "unix://" + sock, nil
+			}
+		}
+	}
+	dir, err := os.MkdirTemp("", "gannet-tls-")
+	if err != nil {
+		return "", fmt.Errorf("cannot make a directory for the TLS listener's socket: %w", err)
+	}
+	l.dir, l.sock = dir, filepath.Join(dir, "bridge.sock")
+	if len(l.sock) > 100 { // sun_path holds 108 bytes
+		_ = os.RemoveAll(dir)
+		return "", fmt.Errorf("cannot place the TLS listener's socket: %s is too long a path (set TMPDIR shorter)", l.sock)
+	}
+	return "unix://" + l.sock, nil
+}
+
+// listen opens the listener and starts accepting.
+func (l *tlsListener) listen() error {
+	ln, err := net.Listen("tcp", l.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", l.cfg.Listen, err)
+	}
+	l.ln = ln
+	l.wg.Add(1)
+	go l.accept()
+	return nil
+}
+
+// stop closes the listener and ends the handshakes in progress; bridged
+// connections live on until the engine closes their loop ends.
+func (l *tlsListener) stop() {
+	l.cancel()
+	if l.ln != nil {
+		_ = l.ln.Close()
+	}
+}
+
+// removeDir removes the unix socket's private directory, if it has one,
+// once the engine stopped.
+func (l *tlsListener) removeDir() {
+	if l.dir != "" {
+		_ = os.RemoveAll(l.dir)
+	}
+}
+
+// wait waits for every goroutine of the listener to end, or for ctx.
+func (l *tlsListener) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		l.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("TLS connections still closing: %w", ctx.Err())
+	}
+}
+
+// accept takes a handshake slot, then a connection, and hands it to its
+// own goroutine. With every slot taken it accepts nothing: further clients
+// wait in the kernel's accept queue.
+func (l *tlsListener) accept() {
+	defer l.wg.Done()
+	var backoff time.Duration
+	for {
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.ctx.Done():
+			return
+		}
+		raw, err := l.ln.Accept()
+		if err != nil {
+			<-l.slots
+			if l.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors, say: wait a little rather than spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.s.logThrottled("the TLS listener cannot accept", "err", err)
+			select {
+			case <-time.After(backoff):
+			case <-l.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		l.inProgress.Add(1)
+		l.wg.Add(1)
+		go l.serve(raw.(*net.TCPConn))
+	}
+}
+
+// tlsPeer is the client's TCP connection as tls.Server sees it: bytes
+// read past a PROXY header come first, and the ClientHello's newest
+// version is noted, to tell an old client from other failures.
+type tlsPeer struct {
+	*net.TCPConn
+	pre     []byte
+	offered uint16
+	got     int // bytes read from the client
+}
+
+func (p *tlsPeer) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	n, err := p.TCPConn.Read(b)
+	p.got += n
+	return n, err
+}
+
+// silent reports whether the peer closed without sending a byte, as a
+// load balancer's TCP health check does: not worth a log line or a count.
+func (p *tlsPeer) silent(err error) bool {
+	return p.got == 0 && errors.Is(err, io.EOF)
+}
+
+// proxyMaxTLS bounds the PROXY header read before a TLS handshake (v2
+// allows 64 KiB of TLVs; balancers send a few dozen bytes).
+const proxyMaxTLS = 4096
+
+// readProxy reads the PROXY protocol header and keeps what came after it.
+func (p *tlsPeer) readProxy() (string, error) {
+	buf := make([]byte, 0, 256)
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= proxyMaxTLS {
+				return "", fmt.Errorf("PROXY header longer than %d bytes", proxyMaxTLS)
+			}
+			buf = slices.Grow(buf, len(buf))
+		}
+		n, err := p.TCPConn.Read(buf[len(buf):cap(buf)])
+		p.got += n
+		buf = buf[:len(buf)+n]
+		hn, src, perr := parseProxy(buf)
+		switch {
+		case perr == nil:
+			p.pre = buf[hn:]
+			return src, nil
+		case perr != errIncomplete:
+			return "", perr
+		case err != nil:
+			return "", err
+		}
+	}
+}
+
+// serve runs one connection's handshake and, when it succeeds, bridges
+// the connection to an event loop.
+func (l *tlsListener) serve(raw *net.TCPConn) {
+	defer l.wg.Done()
+	held := true
+	release := func() {
+		if held {
+			held = false
+			l.inProgress.Add(-1)
+			<-l.slots
+		}
+	}
+	defer release()
+
+	remote := raw.RemoteAddr().String()
+	deadline := time.Now().Add(l.cfg.handshakeTimeout())
+	_ = raw.SetDeadline(deadline)
+	peer := &tlsPeer{TCPConn: raw}
+	mode := l.s.proxyMode(raw.RemoteAddr())
+	if mode == proxyRequired {
+		src, err := peer.readProxy()
+		if err != nil {
+			if l.ctx.Err() == nil && !peer.silent(err) {
+				l.s.stats.proxyBad.Inc()
+				l.s.log.Warn("refusing TLS connection", "remote", remote, "reason", "bad PROXY protocol header", "err", err)
+			}
+			_ = raw.Close()
+			return
+		}
+		if src != "" {
+			remote = src
+		}
+	}
+	tc := tls.Server(peer, l.base)
+	ctx, cancel := context.WithDeadline(l.ctx, deadline)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		l.refuse(raw, remote, peer, mode, err)
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	release()
+	l.handshakes.Inc()
+
+	b := &tlsConn{raw: raw, tc: tc, remote: remote}
+	b.cn, b.sans = certNames(tc.ConnectionState())
+	l.bridge(b)
+}
+
+// refuse counts, logs and closes a connection whose handshake failed.
+func (l *tlsListener) refuse(raw *net.TCPConn, remote string, p *tlsPeer, mode proxyMode, err error) {
+	if l.ctx.Err() != nil || p.silent(err) {
+		_ = raw.Close() // stopping, or nothing was tried
+		return
+	}
+	reason := handshakeFailure(p, l.cfg.minVersion(), mode, err)
+	l.failures[reason].Inc()
+	if reason == tlsProxyRefused {
+		l.s.stats.proxyUntrusted.Inc()
+		l.s.log.Warn("refusing TLS connection", "remote", remote, "reason", reason,
+			"err", "PROXY protocol header from a peer outside --proxy-protocol-from")
+	} else {
+		l.s.log.Warn("refusing TLS connection", "remote", remote, "reason", reason, "err", err)
+	}
+	if reason == tlsTimeout {
+		_ = raw.Close()
+		return
+	}
+	// As on the plain listener (client.close): the alert crypto/tls sent
+	// goes out ahead of a FIN, and what the client still sends is read
+	// and dropped for a while, so that it reads the alert rather than a
+	// reset.
+	_ = raw.CloseWrite()
+	_ = raw.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, raw, lingerBytes)
+	_ = raw.Close()
+}
+
+// handshakeFailure names the reason err ended a handshake.
+func handshakeFailure(p *tlsPeer, minVersion uint16, mode proxyMode, err error) string {
+	var (
+		rhe tls.RecordHeaderError
+		ua  x509.UnknownAuthorityError
+		ci  x509.CertificateInvalidError
+		cve *tls.CertificateVerificationError
+		ne  net.Error
+	)
+	switch {
+	case p.offered != 0 && p.offered < minVersion:
+		return tlsOldVersion
+	case errors.As(err, &rhe):
+		if yes, unsure := proxySignature(rhe.RecordHeader[:]); mode == proxyRefused && (yes || unsure) {
+			return tlsProxyRefused
+		}
+		return tlsNotTLS
+	case errors.As(err, &ua):
+		return tlsUntrusted
+	case errors.As(err, &ci) && ci.Reason == x509.Expired:
+		return tlsExpired
+	case errors.As(err, &ci), errors.As(err, &cve):
+		return tlsBadCert
+	case strings.Contains(err.Error(), "didn't provide a certificate"):
+		return tlsNoCert
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return tlsTimeout
+	}
+	return tlsOther
+}
+
+// certNames returns a verified client certificate's subject common name
+// and subject alternative names (DNS names, e-mail addresses, URIs, in
+// that order); nothing without a verified certificate.
+func certNames(st tls.ConnectionState) (string, []string) {
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return "", nil
+	}
+	leaf := st.PeerCertificates[0]
+	var sans []string
+	sans = append(sans, leaf.DNSNames...)
+	sans = append(sans, leaf.EmailAddresses...)
+	for _, u := range leaf.URIs {
+		sans = append(sans, u.String())
+	}
+	return leaf.Subject.CommonName, sans
+}
+
+// tlsConn is a TLS connection past its handshake. Its fields are set
+// before it is handed to the engine and not changed after.
+type tlsConn struct {
+	raw    *net.TCPConn
+	tc     *tls.Conn
+	br     *net.UnixConn // the bridge's end of the unix socket
+	remote string        // the client's address (from the PROXY header where there is one)
+	cn     string        // verified client certificate's names; empty without one
+	sans   []string
+}
+
+// bridgeToken is what a bridged connection sends first, naming its
+// tlsConn in pending: random, so that another process that can reach the
+// unix socket cannot pass for a TLS client.
+type bridgeToken [16]byte
+
+// bridge connects b to an event loop through the engine's unix socket and
+// starts the goroutines that copy between the two.
+func (l *tlsListener) bridge(b *tlsConn) {
+	var tok bridgeToken
+	_, _ = rand.Read(tok[:]) // never fails (crypto/rand)
+	l.pending.Store(tok, b)
+	l.open.Add(1)
+	var d net.Dialer
+	conn, err := d.DialContext(l.ctx, "unix", l.sock)
+	if err == nil {
+		b.br = conn.(*net.UnixConn)
+		_, err = b.br.Write(tok[:])
+	}
+	if err != nil {
+		if l.ctx.Err() == nil {
+			l.s.logThrottled("cannot bridge a TLS connection to an event loop", "remote", b.remote, "err", err)
+		}
+		_ = b.tc.Close()
+		if conn != nil {
+			_ = conn.Close()
+		}
+		l.pending.Delete(tok)
+		l.open.Add(-1)
+		return
+	}
+	// Two new goroutines rather than this one: its stack grew for the
+	// handshake.
+	upDone := make(chan struct{})
+	l.wg.Add(2)
+	go func() {
+		defer l.wg.Done()
+		b.up()
+		close(upDone)
+	}()
+	go func() {
+		defer l.wg.Done()
+		b.down(upDone)
+		l.pending.Delete(tok) // when the engine never read it
+		l.open.Add(-1)
+	}()
+}
+
+// claim returns the TLS connection whose token tok is, once.
+func (l *tlsListener) claim(tok []byte) *tlsConn {
+	var k bridgeToken
+	copy(k[:], tok)
+	v, ok := l.pending.LoadAndDelete(k)
+	if !ok {
+		return nil
+	}
+	return v.(*tlsConn)
+}
+
+// up copies the client's plaintext to the event loop until the client
+// ends; the loop then reads end-of-file and closes the connection as it
+// would a plain one.
+func (b *tlsConn) up() {
+	small := make([]byte, upSmall)
+	buf := small
+	var big *[]byte
+	for {
+		n, err := b.tc.Read(buf)
+		if n > 0 {
+			if _, werr := b.br.Write(buf[:n]); werr != nil {
+				break // the loop closed its end
+			}
+		}
+		if err != nil {
+			break
+		}
+		switch {
+		case n == len(buf) && big == nil: // more may be waiting: take whole records
+			big = bridgeBufs.Get().(*[]byte)
+			buf = *big
+		case n < len(small) && big != nil: // quiet again: wait on the small one
+			bridgeBufs.Put(big)
+			big, buf = nil, small
+		}
+	}
+	if big != nil {
+		bridgeBufs.Put(big)
+	}
+	_ = b.br.CloseWrite()
+}
+
+// down copies what the event loop writes to the client until the loop
+// closes its end, then closes the TLS connection the way client.close
+// closes a plain one: the last bytes, then close_notify and FIN, then
+// what the client still sends is read (by up) and dropped for lingerTime.
+func (b *tlsConn) down(upDone <-chan struct{}) {
+	clean := true
+	rc, err := b.br.SyscallConn()
+	for err == nil {
+		var (
+			buf  *[]byte
+			n    int
+			rerr error
+		)
+		// Wait for bytes without holding a buffer; take one when
+		// they are there.
+		err = rc.Read(func(fd uintptr) bool {
+			buf = bridgeBufs.Get().(*[]byte)
+			for {
+				n, rerr = unix.Read(int(fd), *buf)
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				bridgeBufs.Put(buf)
+				buf = nil
+				return false
+			}
+			return true
+		})
+		if buf == nil {
+			break
+		}
+		if rerr != nil || n <= 0 { // end of file, or the loop's end reset
+			bridgeBufs.Put(buf)
+			break
+		}
+		_, werr := b.tc.Write((*buf)[:n])
+		bridgeBufs.Put(buf)
+		if werr != nil {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		_ = b.tc.CloseWrite()
+		_ = b.raw.CloseWrite()
+		_ = b.raw.SetReadDeadline(time.Now().Add(lingerTime))
+	} else {
+		_ = b.tc.Close()
+	}
+	<-upDone
+	_ = b.tc.Close()
+	_ = b.br.Close()
+}
+
+// loopClosed is called by OnClose, on the event loop. The loop's last
+// bytes may still be on their way through down; a client that does not
+// take them within lingerTime is not waited for.
+func (b *tlsConn) loopClosed() {
+	_ = b.raw.SetWriteDeadline(time.Now().Add(lingerTime))
+}
