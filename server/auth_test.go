@@ -402,6 +402,13 @@ func TestACLReload(t *testing.T) {
 	if a := alice.expect().(*codec.Ack); a.Code != codec.NotAuthorized {
 		t.Fatalf("before: %+v", a)
 	}
+	alice.send(&codec.Publish{QoS: 1, PacketID: 4, Topic: []byte("alice/a"), Payload: []byte("4")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.Success {
+		t.Fatalf("before, her own topic: %+v", a)
+	}
+	if p := alice.expect().(*codec.Publish); string(p.Topic) != "alice/a" {
+		t.Fatalf("her copy: %q", p.Topic) // she is subscribed to alice/#
+	}
 	changed := strings.Replace(testACL, "topic readwrite alice/#", "topic write shared/#", 1)
 	if err := os.WriteFile(aclPath, []byte(changed), 0o600); err != nil {
 		t.Fatal(err)
@@ -421,6 +428,12 @@ func TestACLReload(t *testing.T) {
 	alice.send(&codec.Publish{QoS: 1, PacketID: 2, Topic: []byte("shared/x"), Payload: []byte("2")})
 	if a := alice.expect().(*codec.Ack); a.Code != codec.Success {
 		t.Fatalf("after: %+v", a)
+	}
+	// The topic she last published to under the old rules is checked
+	// again under the new ones.
+	alice.send(&codec.Publish{QoS: 1, PacketID: 5, Topic: []byte("alice/a"), Payload: []byte("5")})
+	if a := alice.expect().(*codec.Ack); a.Code != codec.NotAuthorized {
+		t.Fatalf("after, the topic the new rules no longer allow: %+v", a)
 	}
 	// A file that does not parse keeps the rules in force.
 	if err := os.WriteFile(aclPath, []byte("topic bogus bogus bogus\n"), 0o600); err != nil {

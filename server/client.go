@@ -64,6 +64,7 @@ type client struct {
 	// everything (auth.go).
 	ident *identity
 	acl   *auth.Matcher
+	pubOK []byte // the last topic acl allowed c to publish to (auth.go)
 
 	// Outbound topic aliases (server to client, alias.go); nil when the
 	// client allows none or they are turned off. Guarded by sess.mu like
