@@ -240,45 +240,12 @@ func (s *Server) Start() error {
 	// Learn the bound address (":0" picks a port) from gnet's own socket:
 	// binding a probe socket first and handing its port over would race
 	// with anything else taking that port in between.
-	addr, err := s.boundAddr()
-	if err != nil {
+	if err := s.listen(wsListen); err != nil {
 		_ = s.eng.Stop(context.Background())
 		s.stopTLS()
 		s.stopCluster()
 		_ = s.closeStore()
 		return err
-	}
-	s.addr = addr
-
-	if s.tlsl != nil {
-		if err := s.tlsl.listen(); err != nil {
-			_ = s.eng.Stop(context.Background())
-			s.stopTLS()
-			s.stopCluster()
-			_ = s.closeStore()
-			return err
-		}
-	}
-	if wsListen != "" {
-		a, err := s.listenerAddr(wsListen)
-		if err != nil {
-			_ = s.eng.Stop(context.Background())
-			s.stopTLS()
-			s.stopCluster()
-			_ = s.closeStore()
-			return err
-		}
-		s.wsAddr = a
-		s.wsPort.Store(int32(a.(*net.TCPAddr).Port))
-	}
-	if s.cfg.HTTPListen != "" {
-		if err := s.startHTTP(); err != nil {
-			s.stopTLS()
-			_ = s.eng.Stop(context.Background())
-			s.stopCluster()
-			_ = s.closeStore()
-			return err
-		}
 	}
 	s.wg.Add(1)
 	go s.tick()
@@ -442,6 +409,33 @@ func (l *loop) sweep(now int64) {
 		c.checkDeadlines(l.ob, now)
 	}
 	l.ob.flush()
+}
+
+// listen learns the engine's bound addresses and opens the listeners that
+// are not the engine's (TLS, HTTP), for Start once the engine runs.
+func (s *Server) listen(wsListen string) error {
+	addr, err := s.boundAddr()
+	if err != nil {
+		return err
+	}
+	s.addr = addr
+	if s.tlsl != nil {
+		if err := s.tlsl.listen(); err != nil {
+			return err
+		}
+	}
+	if wsListen != "" {
+		a, err := s.listenerAddr(wsListen)
+		if err != nil {
+			return err
+		}
+		s.wsAddr = a
+		s.wsPort.Store(int32(a.(*net.TCPAddr).Port))
+	}
+	if s.cfg.HTTPListen != "" {
+		return s.startHTTP()
+	}
+	return nil
 }
 
 // boundAddr is the address of the engine's listening socket.
