@@ -287,12 +287,7 @@ func (s *Server) aclLoop() {
 // at a time so that a hundred thousand clients do not make a hundred
 // thousand goroutines or concurrent backend calls.
 func (s *Server) recomputeACLs(ch *auth.Chain) {
-	s.loops.Lock()
-	loops := make([]*loop, 0, len(s.loops.m))
-	for _, l := range s.loops.m {
-		loops = append(loops, l)
-	}
-	s.loops.Unlock()
+	loops := s.loopList()
 	var clients []*client
 	for _, l := range loops {
 		got := make(chan []*client, 1)
@@ -364,18 +359,14 @@ func (s *Server) adopt(ob *outbox, c *client, sess *session) {
 	if c.acl != nil && sess.mu.queue.len() > 0 {
 		// Queued under an older ACL (or before a restart, with none):
 		// what the client may not read now goes.
-		q := &sess.mu.queue
-		kept := q.items[q.head:q.head]
-		for _, om := range q.items[q.head:] {
+		sess.mu.queue.filter(func(om *outMsg) bool {
 			if c.acl.CanRead(om.msg.topic) {
-				kept = append(kept, om)
-				continue
+				return true
 			}
 			s.stats.readDenied.Inc()
 			sess.forgetLocked(ob, om)
-		}
-		clear(q.items[q.head+len(kept):])
-		q.items = q.items[:q.head+len(kept)]
+			return false
+		})
 	}
 	if owner {
 		sess.saveLocked(ob, 0)

@@ -342,12 +342,7 @@ func (s *Server) stopCluster() {
 // disconnectAll sends every v5 client DISCONNECT 0x8B and closes every
 // connection, loop by loop, waiting until each loop has done it.
 func (s *Server) disconnectAll(ctx context.Context) {
-	s.loops.Lock()
-	loops := make([]*loop, 0, len(s.loops.m))
-	for _, l := range s.loops.m {
-		loops = append(loops, l)
-	}
-	s.loops.Unlock()
+	loops := s.loopList()
 	var wg sync.WaitGroup
 	for _, l := range loops {
 		wg.Add(1)
@@ -390,13 +385,21 @@ func (s *Server) tick() {
 	}
 }
 
-func (s *Server) sweep() {
+// loopList returns the event loops that have had a connection, taken
+// under the loops lock so that the caller can Execute on them outside it,
+// as doc.go's lock order asks.
+func (s *Server) loopList() []*loop {
 	s.loops.Lock()
+	defer s.loops.Unlock()
 	loops := make([]*loop, 0, len(s.loops.m))
 	for _, l := range s.loops.m {
 		loops = append(loops, l)
 	}
-	s.loops.Unlock()
+	return loops
+}
+
+func (s *Server) sweep() {
+	loops := s.loopList()
 	// Execute outside the lock, as doc.go's lock order asks.
 	for _, l := range loops {
 		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) }))

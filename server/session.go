@@ -89,6 +89,18 @@ func (q *msgQueue) pop() *outMsg {
 	return m
 }
 
+// filter keeps, in order, the queued messages keep returns true for.
+func (q *msgQueue) filter(keep func(*outMsg) bool) {
+	kept := q.items[q.head:q.head]
+	for _, m := range q.items[q.head:] {
+		if keep(m) {
+			kept = append(kept, m)
+		}
+	}
+	clear(q.items[q.head+len(kept):])
+	q.items = q.items[:q.head+len(kept)]
+}
+
 func newSession(srv *Server, id string) *session {
 	s := &session{srv: srv, id: id}
 	s.mu.subs = make(map[string]fanout.Options)
