@@ -12,9 +12,9 @@
 // packet fields die when it returns, so a PUBLISH is copied once into an
 // immutable message before it is routed.
 //
-// MQTT over WebSocket (ws.go) runs on the same loops: a listener goroutine
-// accepts and hands each connection to the engine (gnet's Register), the
-// loop answers the HTTP upgrade, unmasks frames into a per-connection
+// MQTT over WebSocket (ws.go) runs on the same loops: its listener is one
+// more of the engine's, OnOpen tells its connections by their local port,
+// the loop answers the HTTP upgrade, unmasks frames into a per-connection
 // buffer that exists only while it holds bytes, and writes each flush as
 // one binary frame.
 //
