@@ -202,6 +202,9 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 			return 0, false
 		}
 		c.tls, c.addr, c.proxy = tc, tc.remote, proxyNone
+		if tc.ws {
+			c.ws = &wsConn{} // from the WebSocket over TLS listener
+		}
 		return len(bridgeToken{}), true
 	}
 	if c.proxy == proxyRefused {

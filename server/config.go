@@ -49,6 +49,10 @@ type Config struct {
 	// HTTPListen is the address of the HTTP listener (health, metrics). Empty
 	// disables it.
 	HTTPListen string
+	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
+	// HTTPS only, with this certificate chain and key (PEM; reloaded by
+	// ReloadTLS). Both or neither.
+	HTTPTLSCertFile, HTTPTLSKeyFile string
 	// DataDir is where persistent state lives.
 	DataDir string
 	// Durability chooses when acknowledged messages are on disk.
@@ -202,6 +206,8 @@ func (c *Config) Validate() error {
 		}
 		check(err == nil, "%s must be host:port (e.g. :1883 or 127.0.0.1:1883), got %q", a.flag, a.addr)
 	}
+	check((c.HTTPTLSCertFile == "") == (c.HTTPTLSKeyFile == ""), "--http-tls-cert and --http-tls-key go together")
+	check(c.HTTPTLSCertFile == "" || c.HTTPListen != "", "--http-tls-cert needs --http-listen")
 	check(c.EventLoops >= 0, "--event-loops must be >= 0, got %d", c.EventLoops)
 	check(c.ReadBufferSize >= 512, "--read-buffer must be at least 512 bytes, got %d", c.ReadBufferSize)
 	check(c.WriteBufferSize >= 512, "--write-buffer must be at least 512 bytes, got %d", c.WriteBufferSize)

@@ -1,10 +1,13 @@
 package server
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -18,12 +21,22 @@ import (
 //	/healthz  200 while the process runs
 //	/readyz   200 while the broker accepts clients, 503 otherwise
 //	/api/v1/cluster  this node and its peers, with their state (JSON)
+//
+// With HTTPTLSCertFile it serves HTTPS only (TLS 1.2 and up).
 func (s *Server) startHTTP() error {
 	ln, err := net.Listen("tcp", s.cfg.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("cannot listen for HTTP on %s: %w", s.cfg.HTTPListen, err)
 	}
 	s.httpAddr = ln.Addr()
+	if hc := s.httpCert; hc != nil {
+		ln = tls.NewListener(ln, &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return hc.cur.Load(), nil
+			},
+		})
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
@@ -47,7 +60,10 @@ func (s *Server) startHTTP() error {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		// net/http logs each failed TLS handshake: the client's
+		// problem, worth a line at debug level only.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	go func() {
 		if err := s.http.Serve(ln); err != nil && err != http.ErrServerClosed {
 			s.log.Error("HTTP listener failed", "err", err)
@@ -68,4 +84,31 @@ func (s *Server) clusterView() clusterView {
 		return clusterView{Members: []interlink.Member{}}
 	}
 	return clusterView{Enabled: true, Node: s.cl.node.Name(), Members: s.cl.node.Members()}
+}
+
+// httpCert is the HTTP listener's certificate, when it serves HTTPS.
+type httpCert struct {
+	certFile, keyFile string
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+// load reads the certificate and key; on error the old ones stay.
+func (h *httpCert) load() error {
+	cert, _, err := loadKeyPair(h.certFile, h.keyFile)
+	if err != nil {
+		return err
+	}
+	h.cur.Store(&cert)
+	return nil
+}
+
+// reloadHTTPTLS reads the HTTP listener's certificate and key again.
+func (s *Server) reloadHTTPTLS() error {
+	if s.httpCert == nil {
+		return nil
+	}
+	if err := s.httpCert.load(); err != nil {
+		return fmt.Errorf("the HTTP listener keeps its old certificate: %w", err)
+	}
+	return nil
 }

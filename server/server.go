@@ -57,8 +57,9 @@ type Server struct {
 	addr     net.Addr
 
 	http     *http.Server
+	httpCert *httpCert // nil when HTTP is served in the clear
 	httpAddr net.Addr
-	tlsl     *tlsListener // nil without --tls-listen
+	tlsl     *tlsListener // nil without --tls-listen and --wss-listen
 	wsAddr   net.Addr     // the WebSocket listener's; nil without --ws-listen
 	wsPort   atomic.Int32 // its port, for OnOpen; 0 without
 
@@ -118,6 +119,12 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.tlsl = l
+	}
+	if cfg.HTTPTLSCertFile != "" {
+		s.httpCert = &httpCert{certFile: cfg.HTTPTLSCertFile, keyFile: cfg.HTTPTLSKeyFile}
+		if err := s.httpCert.load(); err != nil {
+			return nil, fmt.Errorf("HTTP listener: %w", err)
+		}
 	}
 	return s, nil
 }
@@ -262,7 +269,8 @@ func (s *Server) Start() error {
 		go s.aclLoop()
 	}
 	s.ready.Store(true)
-	s.log.Info("gannet started", "mqtt", s.addr.String(), "mqtts", s.TLSAddr(), "http", s.HTTPAddr(), "event_loops", loops)
+	s.log.Info("gannet started", "mqtt", s.addr.String(), "mqtts", s.TLSAddr(), "ws", s.WSAddr(), "wss", s.WSSAddr(),
+		"http", s.HTTPAddr(), "event_loops", loops)
 	return nil
 }
 

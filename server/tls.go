@@ -21,7 +21,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MQTT over TLS (--tls-listen).
+// MQTT over TLS (--tls-listen), and MQTT over WebSocket over TLS
+// (--wss-listen), which is the same up to the event loop: there, a
+// connection from the WebSocket listener is a WebSocket connection
+// (ws.go), as one from --ws-listen is.
 //
 // crypto/tls wants a goroutine that blocks in Read and Write, and gnet's
 // event loops never block, so a TLS connection is served in two halves:
@@ -67,10 +70,17 @@ const (
 	ClientAuthRequire ClientAuth = "require" // required and verified
 )
 
-// TLSConfig is the TLS listener's configuration.
+// TLSConfig is the configuration of the TLS listeners: MQTT over TLS and
+// MQTT over WebSocket over TLS, which share the certificate and the
+// handshake policy.
 type TLSConfig struct {
-	// Listen is the listen address (conventionally :8883).
+	// Listen is the MQTT over TLS listen address (conventionally :8883);
+	// empty for none.
 	Listen string
+	// WSSListen is the MQTT over WebSocket over TLS listen address
+	// (conventionally :8084); empty for none. Its connections are
+	// WebSocket connections (ws.go) once the handshake is done.
+	WSSListen string
 	// CertFile and KeyFile hold the server's certificate chain and private
 	// key, PEM. Server.ReloadTLS reads them again.
 	CertFile, KeyFile string
@@ -129,9 +139,14 @@ func (c *TLSConfig) validate() []error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	_, _, err := net.SplitHostPort(c.Listen)
-	check(err == nil, "--tls-listen must be host:port (e.g. :8883), got %q", c.Listen)
-	check(c.CertFile != "" && c.KeyFile != "", "--tls-listen needs --tls-cert and --tls-key")
+	check(c.Listen != "" || c.WSSListen != "", "a TLS listener needs --tls-listen or --wss-listen")
+	for _, a := range []struct{ flag, addr, eg string }{{"--tls-listen", c.Listen, ":8883"}, {"--wss-listen", c.WSSListen, ":8084"}} {
+		if a.addr != "" {
+			_, _, err := net.SplitHostPort(a.addr)
+			check(err == nil, "%s must be host:port (e.g. %s), got %q", a.flag, a.eg, a.addr)
+			check(c.CertFile != "" && c.KeyFile != "", "%s needs --tls-cert and --tls-key", a.flag)
+		}
+	}
 	switch c.ClientAuth {
 	case "", ClientAuthNone:
 	case ClientAuthRequest, ClientAuthRequire:
@@ -173,11 +188,12 @@ const (
 
 var tlsReasons = []string{tlsUntrusted, tlsExpired, tlsBadCert, tlsNoCert, tlsOldVersion, tlsNotTLS, tlsTimeout, tlsOther, tlsProxyRefused}
 
-// tlsListener is the TLS listener and what it shares among connections.
+// tlsListener is the TLS listeners and what they share among connections.
 type tlsListener struct {
-	s   *Server
-	cfg *TLSConfig
-	ln  net.Listener
+	s    *Server
+	cfg  *TLSConfig
+	ln   net.Listener // MQTT over TLS; nil without
+	wsln net.Listener // MQTT over WebSocket over TLS; nil without
 	// base is the tls.Config handed to tls.Server. It holds the session
 	// ticket keys (rotated by crypto/tls) and no certificate: each
 	// handshake takes the current material through GetConfigForClient,
@@ -253,18 +269,9 @@ func newTLSListener(s *Server, cfg *TLSConfig) (*tlsListener, error) {
 // certificate that does not match its key, has expired or does not parse
 // is an error.
 func loadTLS(cfg *TLSConfig) (*tlsMaterial, error) {
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	cert, leaf, err := loadKeyPair(cfg.CertFile, cfg.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("cannot load the TLS certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
-	}
-	leaf := cert.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("cannot parse the TLS certificate %s: %w", cfg.CertFile, err)
-		}
-	}
-	if now := time.Now(); now.After(leaf.NotAfter) {
-		return nil, fmt.Errorf("the TLS certificate %s expired on %s", cfg.CertFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return nil, err
 	}
 	tc := &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -289,12 +296,36 @@ func loadTLS(cfg *TLSConfig) (*tlsMaterial, error) {
 	return &tlsMaterial{cfg: tc, leaf: leaf}, nil
 }
 
-// ReloadTLS reads the TLS listener's certificate, key and client CAs
-// again. New handshakes use them; open connections are not touched. When
-// a file cannot be read or does not make a usable certificate, the old
-// material stays and the error is returned. Without a TLS listener it
-// does nothing. It is safe to call from any goroutine.
+// loadKeyPair reads a certificate chain and its key. A certificate that
+// does not match its key, has expired or does not parse is an error.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, *x509.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return cert, nil, fmt.Errorf("cannot load the TLS certificate %s and key %s: %w", certFile, keyFile, err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return cert, nil, fmt.Errorf("cannot parse the TLS certificate %s: %w", certFile, err)
+		}
+	}
+	if now := time.Now(); now.After(leaf.NotAfter) {
+		return cert, nil, fmt.Errorf("the TLS certificate %s expired on %s", certFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return cert, leaf, nil
+}
+
+// ReloadTLS reads the TLS listeners' certificate, key and client CAs
+// again, and the HTTP listener's certificate and key. New handshakes use
+// them; open connections are not touched. When a file cannot be read or
+// does not make a usable certificate, that listener keeps its old material
+// and the error is returned. Without TLS it does nothing. It is safe to
+// call from any goroutine.
 func (s *Server) ReloadTLS() error {
+	return errors.Join(s.reloadListenerTLS(), s.reloadHTTPTLS())
+}
+
+func (s *Server) reloadListenerTLS() error {
 	l := s.tlsl
 	if l == nil {
 		return nil
@@ -313,12 +344,22 @@ func (s *Server) ReloadTLS() error {
 	return nil
 }
 
-// TLSAddr returns the TLS listener's address, or "" when there is none.
+// TLSAddr returns the MQTT over TLS listener's address, or "" when there
+// is none.
 func (s *Server) TLSAddr() string {
 	if s.tlsl == nil || s.tlsl.ln == nil {
 		return ""
 	}
 	return s.tlsl.ln.Addr().String()
+}
+
+// WSSAddr returns the MQTT over WebSocket over TLS listener's address, or
+// "" when there is none.
+func (s *Server) WSSAddr() string {
+	if s.tlsl == nil || s.tlsl.wsln == nil {
+		return ""
+	}
+	return s.tlsl.wsln.Addr().String()
 }
 
 // prepare chooses where the engine's unix socket goes and returns its
@@ -352,24 +393,36 @@ func (l *tlsListener) prepare() (string, error) {
 	return "unix://" + l.sock, nil
 }
 
-// listen opens the listener and starts accepting.
+// listen opens the listeners and starts accepting.
 func (l *tlsListener) listen() error {
-	ln, err := net.Listen("tcp", l.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w", l.cfg.Listen, err)
+	for _, a := range []struct {
+		addr string
+		ln   *net.Listener
+		ws   bool
+	}{{l.cfg.Listen, &l.ln, false}, {l.cfg.WSSListen, &l.wsln, true}} {
+		if a.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			l.stop()
+			return fmt.Errorf("cannot listen on %s: %w", a.addr, err)
+		}
+		*a.ln = ln
+		l.wg.Add(1)
+		go l.accept(ln, a.ws)
 	}
-	l.ln = ln
-	l.wg.Add(1)
-	go l.accept()
 	return nil
 }
 
-// stop closes the listener and ends the handshakes in progress; bridged
+// stop closes the listeners and ends the handshakes in progress; bridged
 // connections live on until the engine closes their loop ends.
 func (l *tlsListener) stop() {
 	l.cancel()
-	if l.ln != nil {
-		_ = l.ln.Close()
+	for _, ln := range []net.Listener{l.ln, l.wsln} {
+		if ln != nil {
+			_ = ln.Close()
+		}
 	}
 }
 
@@ -396,10 +449,11 @@ func (l *tlsListener) wait(ctx context.Context) error {
 	}
 }
 
-// accept takes a handshake slot, then a connection, and hands it to its
-// own goroutine. With every slot taken it accepts nothing: further clients
-// wait in the kernel's accept queue.
-func (l *tlsListener) accept() {
+// accept takes a handshake slot, then a connection from ln, and hands it
+// to its own goroutine; ws says ln is the WebSocket listener. With every
+// slot taken (the listeners share them) it accepts nothing: further
+// clients wait in the kernel's accept queue.
+func (l *tlsListener) accept(ln net.Listener, ws bool) {
 	defer l.wg.Done()
 	var backoff time.Duration
 	for {
@@ -408,7 +462,7 @@ func (l *tlsListener) accept() {
 		case <-l.ctx.Done():
 			return
 		}
-		raw, err := l.ln.Accept()
+		raw, err := ln.Accept()
 		if err != nil {
 			<-l.slots
 			if l.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
@@ -427,7 +481,7 @@ func (l *tlsListener) accept() {
 		backoff = 0
 		l.inProgress.Add(1)
 		l.wg.Add(1)
-		go l.serve(raw.(*net.TCPConn))
+		go l.serve(raw.(*net.TCPConn), ws)
 	}
 }
 
@@ -489,8 +543,9 @@ func (p *tlsPeer) readProxy() (string, error) {
 }
 
 // serve runs one connection's handshake and, when it succeeds, bridges
-// the connection to an event loop.
-func (l *tlsListener) serve(raw *net.TCPConn) {
+// the connection to an event loop; ws says it came to the WebSocket
+// listener.
+func (l *tlsListener) serve(raw *net.TCPConn, ws bool) {
 	defer l.wg.Done()
 	held := true
 	release := func() {
@@ -533,7 +588,7 @@ func (l *tlsListener) serve(raw *net.TCPConn) {
 	release()
 	l.handshakes.Inc()
 
-	b := &tlsConn{raw: raw, tc: tc, remote: remote}
+	b := &tlsConn{raw: raw, tc: tc, remote: remote, ws: ws}
 	b.cn, b.sans = certNames(tc.ConnectionState())
 	l.bridge(b)
 }
@@ -624,6 +679,7 @@ type tlsConn struct {
 	remote string        // the client's address (from the PROXY header where there is one)
 	cn     string        // verified client certificate's names; empty without one
 	sans   []string
+	ws     bool // from the WebSocket listener: MQTT over WebSocket inside
 }
 
 // bridgeToken is what a bridged connection sends first, naming its

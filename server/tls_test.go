@@ -737,3 +737,59 @@ func TestProxyProtocolFrom(t *testing.T) {
 		}
 	})
 }
+
+// The HTTP listener over TLS: HTTPS only, its certificate reloaded with
+// the TLS listener's, a bad file reported and the old certificate kept.
+func TestHTTPOverTLS(t *testing.T) {
+	pki := newTestPKI(t, "Gannet Test CA")
+	certFile, keyFile := pki.serverFiles(100, "http.pem", "http-key.pem")
+	s := startBroker(t, func(c *Config) {
+		c.HTTPListen = "127.0.0.1:0"
+		c.HTTPTLSCertFile, c.HTTPTLSKeyFile = certFile, keyFile
+	})
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: tlsClientConfig(pki, nil), DisableKeepAlives: true}}
+	get := func(wantSerial int64) {
+		t.Helper()
+		resp, err := client.Get("https://" + s.HTTPAddr() + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
+			t.Fatalf("GET /healthz: %s %q", resp.Status, body)
+		}
+		if got := resp.TLS.PeerCertificates[0].SerialNumber.Int64(); got != wantSerial {
+			t.Fatalf("served certificate serial %d, want %d", got, wantSerial)
+		}
+	}
+	get(100)
+
+	// Plain HTTP to the HTTPS listener is refused.
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + s.HTTPAddr() + "/healthz")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("plain HTTP answered 200 on the HTTPS listener")
+		}
+	}
+
+	pki.serverFiles(200, "http.pem", "http-key.pem")
+	if err := s.ReloadTLS(); err != nil {
+		t.Fatal(err)
+	}
+	get(200)
+	pki.write("http.pem", []byte("not a certificate\n"))
+	if err := s.ReloadTLS(); err == nil || !strings.Contains(err.Error(), "HTTP listener") {
+		t.Fatalf("ReloadTLS of a bad HTTP certificate: %v, want an error naming the HTTP listener", err)
+	}
+	get(200)
+
+	// A certificate that does not load stops the broker from starting.
+	cfg := DefaultConfig()
+	cfg.HTTPTLSCertFile, cfg.HTTPTLSKeyFile = pki.write("bad.pem", []byte("nope")), keyFile
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "HTTP listener") {
+		t.Fatalf("New with a bad HTTP certificate: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -15,6 +16,7 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gobwas/ws"
 
+	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/codec"
 )
 
@@ -320,4 +322,134 @@ func TestWebSocketRefusals(t *testing.T) {
 	}
 	// The broker still upgrades (wsDial asserts 101).
 	wsDial(t, s)
+}
+
+// wsUpgradeOn sends the upgrade request on c and checks the answer is 101.
+func wsUpgradeOn(t *testing.T, c net.Conn) *bufio.Reader {
+	t.Helper()
+	if _, err := c.Write([]byte(wsRequest)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	return r
+}
+
+// MQTT over WebSocket over TLS (--wss-listen alone, without --tls-listen):
+// a raw client splitting packets across frames, paho over wss:// with a
+// client certificate that the chain sees, and the refusals of TLS without
+// an upgrade and of an upgrade without TLS.
+func TestWebSocketOverTLS(t *testing.T) {
+	pki := newTestPKI(t, "Gannet Test CA")
+	certFile, keyFile := pki.serverFiles(100, "server.pem", "server-key.pem")
+	cert := pki.client(leafSpec{cn: "device-1"})
+	rec := &recorder{}
+	ch := newChain(t, auth.ChainConfig{Sources: []auth.Source{rec}, AllowAnonymous: true})
+	s := startBroker(t, func(c *Config) {
+		c.TLS = &TLSConfig{WSSListen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
+			ClientCAFile: pki.caFile, ClientAuth: ClientAuthRequest}
+		c.Auth = ch
+	})
+	if s.TLSAddr() != "" || s.WSSAddr() == "" {
+		t.Fatalf("TLSAddr %q, WSSAddr %q: want only the WebSocket listener", s.TLSAddr(), s.WSSAddr())
+	}
+
+	// A raw client: CONNECT split over two frames, SUBSCRIBE in a third.
+	tc, err := tls.Dial("tcp", s.WSSAddr(), tlsClientConfig(pki, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	r := wsUpgradeOn(t, tc)
+	connect := (&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V311, CleanStart: true,
+		KeepAlive: 30, ClientID: []byte("wss-raw")}).Append(nil, codec.V311)
+	sub := (&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("wss/#")}}}).Append(nil, codec.V311)
+	var out []byte
+	out = append(out, maskedFrame(false, ws.OpBinary, connect[:5])...)
+	out = append(out, maskedFrame(true, ws.OpContinuation, connect[5:])...)
+	out = append(out, maskedFrame(true, ws.OpBinary, sub)...)
+	if _, err := tc.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	var stream []byte
+	for len(stream) < 4+5 { // CONNACK, SUBACK
+		op, p := wsRead(t, tc, r)
+		if op != ws.OpBinary {
+			t.Fatalf("frame %v", op)
+		}
+		stream = append(stream, p...)
+	}
+	if !bytes.Equal(stream, []byte{0x20, 2, 0, 0, 0x90, 3, 0, 1, 0}) {
+		t.Fatalf("MQTT stream % x, want CONNACK, SUBACK", stream)
+	}
+	if req := rec.request(t, "wss-raw"); req.Listener != "wss" || req.CertCN != "" {
+		t.Errorf("raw client's request: listener %q, CN %q; want wss and no certificate", req.Listener, req.CertCN)
+	}
+
+	// paho over wss:// with a client certificate publishes to the raw
+	// client.
+	o := paho3.NewClientOptions().AddBroker("wss://" + s.WSSAddr() + "/mqtt").SetClientID("wss-paho").
+		SetTLSConfig(tlsClientConfig(pki, &cert)).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
+	pc := paho3.NewClient(o)
+	if tok := pc.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("paho over wss: %v", tok.Error())
+	}
+	defer pc.Disconnect(100)
+	if req := rec.request(t, "wss-paho"); req.Listener != "wss" || req.CertCN != "device-1" {
+		t.Errorf("paho's request: listener %q, CN %q; want wss and device-1", req.Listener, req.CertCN)
+	}
+	big := strings.Repeat("y", 70_000) // more than one TLS record
+	if tok := pc.Publish("wss/big", 1, false, big); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	var pub []byte
+	for {
+		op, p := wsRead(t, tc, r)
+		if op != ws.OpBinary {
+			t.Fatalf("frame %v", op)
+		}
+		pub = append(pub, p...)
+		if pkt, _, err := codec.Decode(pub, codec.V311, 0); err == nil {
+			if got := string(pkt.(*codec.Publish).Payload); got != big {
+				t.Fatalf("the raw client got %d bytes, want %d", len(got), len(big))
+			}
+			break
+		}
+	}
+	if _, err := tc.Write(maskedFrame(true, ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))); err != nil {
+		t.Fatal(err)
+	}
+	if op, _ := wsRead(t, tc, r); op != ws.OpClose {
+		t.Fatalf("answer to close: %v", op)
+	}
+
+	// MQTT over TLS without the upgrade: an HTTP refusal.
+	tc2, err := tls.Dial("tcp", s.WSSAddr(), tlsClientConfig(pki, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc2.Close()
+	_, _ = tc2.Write(append(connect, "\r\n\r\n"...))
+	_ = tc2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(tc2), nil); err != nil || resp.StatusCode/100 != 4 {
+		t.Fatalf("MQTT over TLS to the WebSocket port: %v, %v; want an HTTP 4xx", resp, err)
+	}
+
+	// An upgrade without TLS: a failed handshake, counted.
+	before := s.tlsl.failures[tlsNotTLS].Get()
+	plain, err := net.Dial("tcp", s.WSSAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	_, _ = plain.Write([]byte(wsRequest))
+	_ = plain.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(plain), nil); err == nil {
+		t.Fatalf("plaintext upgrade on the TLS port answered %v", resp.Status)
+	}
+	waitFor(t, "not_tls counted", func() bool { return s.tlsl.failures[tlsNotTLS].Get() == before+1 })
 }

@@ -15,7 +15,7 @@ import (
 // tlsFlags are the TLS listener's settings and the PROXY protocol's
 // trusted ranges.
 type tlsFlags struct {
-	listen           string
+	listen, wss      string
 	cert, key        string
 	clientCA         string
 	clientAuth       string
@@ -27,7 +27,8 @@ type tlsFlags struct {
 
 func (f *tlsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "tls-listen", "", "MQTT over TLS listen `address` (conventionally :8883), served beside --listen; empty: no TLS listener")
-	fs.StringVar(&f.cert, "tls-cert", "", "the TLS listener's certificate `file` (PEM, intermediates after the leaf); reloaded on SIGHUP")
+	fs.StringVar(&f.wss, "wss-listen", "", "MQTT over WebSocket over TLS listen `address` (conventionally :8084; path /mqtt, subprotocol mqtt or mqttv3.1), with --tls-cert, --tls-key and the other --tls-* settings; empty: off")
+	fs.StringVar(&f.cert, "tls-cert", "", "the TLS listeners' certificate `file` (PEM, intermediates after the leaf); reloaded on SIGHUP")
 	fs.StringVar(&f.key, "tls-key", "", "the private key `file` (PEM) of --tls-cert; reloaded on SIGHUP")
 	fs.StringVar(&f.clientCA, "tls-client-ca", "", "CA certificates `file` (PEM) that client certificates are verified against; reloaded on SIGHUP")
 	fs.StringVar(&f.clientAuth, "tls-client-auth", "", "client certificates: none, request (verified if given) or require; default: require with --tls-client-ca, none without")
@@ -56,14 +57,14 @@ func (f *tlsFlags) apply(cfg *server.Config) error {
 		}
 		cfg.ProxyProtocolFrom = append(cfg.ProxyProtocolFrom, p.Masked())
 	}
-	if f.listen == "" {
+	if f.listen == "" && f.wss == "" {
 		if f.cert != "" || f.key != "" || f.clientCA != "" || f.clientAuth != "" {
-			return errors.New("--tls-cert, --tls-key, --tls-client-ca and --tls-client-auth need --tls-listen")
+			return errors.New("--tls-cert, --tls-key, --tls-client-ca and --tls-client-auth need --tls-listen or --wss-listen")
 		}
 		return nil
 	}
 	tc := &server.TLSConfig{
-		Listen: f.listen, CertFile: f.cert, KeyFile: f.key, ClientCAFile: f.clientCA,
+		Listen: f.listen, WSSListen: f.wss, CertFile: f.cert, KeyFile: f.key, ClientCAFile: f.clientCA,
 		ClientAuth: server.ClientAuth(f.clientAuth), HandshakeTimeout: f.handshakeTimeout, MaxHandshakes: f.maxHandshakes,
 	}
 	switch f.minVersion {

@@ -286,6 +286,11 @@ func TestTLSBadFlagsExitTwo(t *testing.T) {
 		{[]string{"--tls-listen=127.0.0.1:0", "--tls-cert=/nonexistent/cert.pem", "--tls-key=" + key}, "/nonexistent/cert.pem"},
 		{[]string{"--tls-listen=127.0.0.1:0", "--tls-cert=" + key, "--tls-key=" + cert}, "certificate"},
 		{[]string{"--proxy-protocol-from=10.0.0.0/8,nonsense"}, "nonsense"},
+		{[]string{"--wss-listen=127.0.0.1:0"}, "--wss-listen needs --tls-cert"},
+		{[]string{"--wss-listen=nonsense", "--tls-cert=" + cert, "--tls-key=" + key}, "--wss-listen must be host:port"},
+		{[]string{"--http-listen=127.0.0.1:0", "--http-tls-cert=" + cert}, "--http-tls-key"},
+		{[]string{"--http-tls-cert=" + cert, "--http-tls-key=" + key}, "--http-tls-cert needs --http-listen"},
+		{[]string{"--http-listen=127.0.0.1:0", "--http-tls-cert=" + key, "--http-tls-key=" + cert}, "HTTP listener"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			code, out := exitCode(t, append(slices.Clone(safe), c.args...)...)
