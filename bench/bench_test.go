@@ -49,12 +49,19 @@ func TestSampleProc(t *testing.T) {
 	if s.RSS <= 0 || s.Peak < s.RSS {
 		t.Fatalf("RSS %d peak %d", s.RSS, s.Peak)
 	}
-	busy := time.Now().Add(50 * time.Millisecond)
-	for time.Now().Before(busy) {
-	}
-	s2, _ := SampleProc(os.Getpid())
-	if s2.CPU <= s.CPU {
-		t.Fatalf("CPU did not advance: %v then %v", s.CPU, s2.CPU)
+	// Spin until the process's CPU time moves on: on a loaded machine
+	// this goroutine may wait for a CPU longer than any fixed busy spell.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s2, _ := SampleProc(os.Getpid())
+		if s2.CPU > s.CPU {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CPU did not advance in 10s of spinning: %v then %v", s.CPU, s2.CPU)
+		}
+		for spin := time.Now().Add(20 * time.Millisecond); time.Now().Before(spin); {
+		}
 	}
 }
 
