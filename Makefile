@@ -5,7 +5,7 @@ FUZZTIME    ?= 10s
 BENCHTIME   ?= 1s
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth
+.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth bench-tls
 
 all: build
 
@@ -67,3 +67,10 @@ compare:
 ROUNDS ?= 3
 bench-auth:
 	bash bench/auth.sh $(ROUNDS)
+
+# bench-tls compares Gannet with Mosquitto over plain TCP, TLS and
+# WebSocket: memory per idle connection, connection (full TLS handshake)
+# rate and CPU per message, ROUNDS interleaved rounds; the results stay in
+# /tmp/gannet-bench-tls. It needs the Debian packages mosquitto and openssl.
+bench-tls:
+	bash bench/tls.sh $(ROUNDS)

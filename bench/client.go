@@ -24,7 +24,8 @@ func putHeader(b []byte, pub uint32, seq uint64, now int64) {
 }
 
 // client is one MQTT connection. Its inbound side runs on a gnet event
-// loop (OnTraffic); a publishing client also has a goroutine that writes
+// loop (OnTraffic), or over TLS and WebSocket on a goroutine of its own
+// (stream.go); a publishing client also has a goroutine that writes
 // batches with AsyncWrite and waits for window credit.
 type client struct {
 	run  *runner
@@ -32,7 +33,10 @@ type client struct {
 	user string // username sent in CONNECT; "" for none
 	idx  uint32 // publisher index, when it publishes
 	v    codec.Version
-	conn gnet.Conn
+	conn gnet.Conn // nil for a stream client
+	// stream is the connection of a client over TLS or WebSocket, which
+	// a goroutine serves instead of an event loop (transport.go).
+	stream *stream
 
 	subscribe []codec.Subscription
 	topic     []byte // publish topic
@@ -88,11 +92,26 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	buf, _ := gc.Next(-1)
-	if len(c.inbuf) > 0 {
+	out, err := c.input(nil, buf)
+	if err != nil {
+		return gnet.Close
+	}
+	if len(out) > 0 {
+		_, _ = gc.Write(out)
+	}
+	return gnet.None
+}
+
+// input decodes the packets in buf, the next bytes from the broker, and
+// appends any answers to out. A packet cut short waits in c.inbuf for the
+// rest. It is called by c's event loop, or by its goroutine for a stream
+// client, never by both.
+func (c *client) input(out, buf []byte) ([]byte, error) {
+	held := len(c.inbuf) > 0
+	if held {
 		c.inbuf = append(c.inbuf, buf...)
 		buf = c.inbuf
 	}
-	var out []byte
 	for len(buf) > 0 {
 		fh, n, err := codec.DecodeFixedHeader(buf)
 		if err == codec.ErrIncomplete || (err == nil && len(buf) < n+fh.Remaining) {
@@ -101,17 +120,21 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 		if err != nil {
 			c.errs.Add(1)
 			c.run.errorf("%s: %v", c.id, err)
-			return gnet.Close
+			return out, err
 		}
 		body := buf[n : n+fh.Remaining]
 		buf = buf[n+fh.Remaining:]
 		out = c.handle(out, fh, body)
 	}
-	c.inbuf = append(c.inbuf[:0], buf...)
-	if len(out) > 0 {
-		_, _ = gc.Write(out)
+	switch {
+	case !held:
+		c.inbuf = append(c.inbuf[:0], buf...)
+	case len(buf) < len(c.inbuf):
+		// Keep the rest; nothing to move when no packet was complete (a
+		// big packet arriving in many small reads).
+		c.inbuf = c.inbuf[:copy(c.inbuf, buf)]
 	}
-	return gnet.None
+	return out, nil
 }
 
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
@@ -269,8 +292,8 @@ func (c *client) send(n int) bool {
 	}
 	p := codec.Publish{QoS: cfg.QoS, Retain: cfg.Retain, Topic: c.topic, Payload: c.filler}
 	var buf []byte
-	if c.direct {
-		buf = c.wbuf[:0] // written or copied to the backlog before send returns
+	if c.direct || c.stream != nil {
+		buf = c.wbuf[:0] // written (or copied to the backlog) before send returns
 	} else {
 		buf = make([]byte, 0, n*(p.Size(c.v)+8)) // the event loop writes it later
 	}
@@ -296,13 +319,21 @@ func (c *client) send(n int) bool {
 		}
 		c.seq++
 	}
-	if c.direct {
+	switch {
+	case c.direct:
 		c.wbuf = buf[:0]
 		if !c.writeDirect(buf) {
 			return false
 		}
-	} else if err := c.conn.AsyncWrite(buf, nil); err != nil {
-		return false
+	case c.stream != nil:
+		c.wbuf = buf[:0]
+		if c.stream.write(buf) != nil {
+			return false
+		}
+	default:
+		if err := c.conn.AsyncWrite(buf, nil); err != nil {
+			return false
+		}
 	}
 	c.run.sent.Add(int64(n))
 	if c.run.measuring.Load() {

@@ -160,8 +160,10 @@ func (r *runner) settle(ctx context.Context, cs []*client) error {
 // conn opens Clients connections and keeps them open (idle, keepalive
 // 300 s) until the run ends. It reports the connection rate (clients over
 // the time from the first dial to the last CONNACK), the CONNECT-to-CONNACK
-// latency percentiles, the CONNECTs refused by code, and with BrokerPID the
-// broker's CPU time per connection and memory per connection.
+// latency percentiles (over TLS or WebSocket, from the start of the
+// handshake), the CONNECTs refused by code, the generator's own CPU time
+// per connection, and with BrokerPID the broker's CPU time per connection
+// and memory per connection.
 //
 // Pacing: ConnectRate spaces the dials; ConnectWindow keeps at most that
 // many CONNECTs waiting for their CONNACK (a closed loop, so that the rate
@@ -191,6 +193,7 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 	}
 	wait := time.NewTimer(setupTimeout)
 	defer wait.Stop()
+	tool0 := selfCPU()
 	start := time.Now()
 	for i := range cfg.Clients {
 		if slots != nil {
@@ -238,6 +241,8 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 	el := time.Since(start)
 	res.Window = el
 	res.ConnectRate = float64(cfg.Clients) / el.Seconds()
+	res.ToolCPU = selfCPU() - tool0
+	res.ToolUsPer = float64(res.ToolCPU.Microseconds()) / float64(cfg.Clients)
 	if cfg.BrokerPID > 0 {
 		after, err := SampleProc(cfg.BrokerPID)
 		if err != nil {

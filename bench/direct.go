@@ -17,9 +17,10 @@ import (
 
 // openDirect lets the pacer write c's socket when nothing else does: a
 // publisher that subscribes to nothing, at QoS 0 or 1, whose event loop
-// only reads (PINGRESP, PUBACK).
+// only reads (PINGRESP, PUBACK). (A stream client is written directly
+// anyway, through its TLS or WebSocket framing.)
 func (c *client) openDirect() {
-	if c.direct || len(c.subscribe) > 0 || c.run.cfg.QoS > 1 || c.closed.Load() {
+	if c.direct || c.stream != nil || len(c.subscribe) > 0 || c.run.cfg.QoS > 1 || c.closed.Load() {
 		return
 	}
 	fd, err := unix.Dup(c.conn.Fd())

@@ -7,7 +7,9 @@
 // Connections are served by gnet event loops (one per core), not by a
 // goroutine each; only publishing clients have a goroutine, which writes
 // with AsyncWrite under a credit window so that the generator never runs
-// further ahead of the broker than the window allows.
+// further ahead of the broker than the window allows. Over TLS and
+// WebSocket (Config.Transport), each connection has a goroutine that
+// reads it instead of an event loop (transport.go).
 package bench
 
 import (
@@ -74,6 +76,9 @@ type Config struct {
 	// stresser, "%d" the index and "%u" the username (default
 	// bench/p2p/%d, bench/stress/%d).
 	Topic string
+	// Transport is how clients reach the broker: plain TCP (the zero
+	// value), TLS, WebSocket, or WebSocket over TLS (transport.go).
+	Transport Transport
 
 	BrokerPID int
 	Drain     time.Duration // how long to wait for stragglers
@@ -125,6 +130,12 @@ type Result struct {
 	// RSSCurve is the broker's RSS as connections were added (conn).
 	RSSCurve    []RSSPoint `json:"rss_curve,omitempty"`
 	LossAllowed bool       `json:"loss_allowed"`
+	// Transport names the transport and, over TLS, what the first
+	// connection negotiated ("tls: TLS 1.3, TLS_AES_128_GCM_SHA256,
+	// X25519, full handshakes"); TLSResumed counts the connections that
+	// resumed a session instead of making a full handshake.
+	Transport  string `json:"transport,omitempty"`
+	TLSResumed int64  `json:"tls_resumed,omitempty"`
 }
 
 // RSSPoint is the broker's resident memory with Conns clients connected.
@@ -143,7 +154,8 @@ func (r *Result) Failed() bool {
 
 type runner struct {
 	cfg     Config
-	cli     *gnet.Client
+	cli     *gnet.Client // plain TCP clients' event loops; nil for stream transports
+	streams *dialer      // TLS and WebSocket clients (transport.go)
 	clients []*client
 
 	stopping   atomic.Bool
@@ -184,18 +196,35 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	r := &runner{cfg: cfg, hist: hdrhistogram.New(1, 60_000_000, 3)}
 	var err error
-	if r.cli, err = gnet.NewClient(&handler{}, gnet.WithMulticore(true), gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithReadBufferCap(256<<10), gnet.WithWriteBufferCap(256<<10), gnet.WithLogger(quietLogger{})); err != nil {
-		return nil, err
+	if cfg.Transport.stream() {
+		if r.streams, err = newDialer(cfg.Transport, append([]string{cfg.Addr}, strings.Split(cfg.SubAddr, ",")...)); err != nil {
+			return nil, err
+		}
+		defer func() { r.stopping.Store(true); r.streams.stop() }()
+	} else {
+		if r.cli, err = gnet.NewClient(&handler{}, gnet.WithMulticore(true), gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithReadBufferCap(256<<10), gnet.WithWriteBufferCap(256<<10), gnet.WithLogger(quietLogger{})); err != nil {
+			return nil, err
+		}
+		if err := r.cli.Start(); err != nil {
+			return nil, err
+		}
+		defer func() { r.stopping.Store(true); _ = r.cli.Stop() }()
 	}
-	if err := r.cli.Start(); err != nil {
-		return nil, err
-	}
-	defer func() { r.stopping.Store(true); _ = r.cli.Stop() }()
+	var res *Result
 	if cfg.Scenario == "conn" {
-		return r.conn(ctx)
+		res, err = r.conn(ctx)
+	} else {
+		res, err = r.traffic(ctx)
 	}
-	return r.traffic(ctx)
+	if res != nil {
+		res.Transport = cfg.Transport.Name()
+		if r.streams != nil {
+			res.Transport = cmp.Or(r.streams.description(), res.Transport)
+			res.TLSResumed = r.streams.resumed.Load()
+		}
+	}
+	return res, err
 }
 
 func (cfg *Config) fill() error {
@@ -235,11 +264,15 @@ func (cfg *Config) fill() error {
 	if cfg.QoS > 2 {
 		return fmt.Errorf("--qos must be 0, 1 or 2, got %d", cfg.QoS)
 	}
+	if err := cfg.Transport.check(); err != nil {
+		return err
+	}
 	return cfg.checkNames()
 }
 
 // dial connects c and sends CONNECT; c.connected closes on CONNACK, or on
-// SUBACK when c subscribes.
+// SUBACK when c subscribes. Over TLS or WebSocket the TCP connection is
+// made here and the handshakes and CONNECT in c's goroutine.
 func (r *runner) dial(c *client, addr string) error {
 	c.run = r
 	c.connected = make(chan struct{})
@@ -248,11 +281,21 @@ func (r *runner) dial(c *client, addr string) error {
 		c.credit <- struct{}{}
 	}
 	c.tracks = map[uint32]*seqTrack{}
+	if r.streams != nil {
+		return r.streams.dial(c, addr, r.connectPacket(c))
+	}
 	gc, err := r.cli.DialContext("tcp", addr, c)
 	if err != nil {
 		return fmt.Errorf("cannot connect %s: %w", c.id, err)
 	}
 	c.conn = gc
+	p := r.connectPacket(c)
+	c.connectAt.Store(time.Now().UnixNano())
+	return gc.AsyncWrite(p, nil)
+}
+
+// connectPacket is c's CONNECT.
+func (r *runner) connectPacket(c *client) []byte {
 	name := []byte("MQTT")
 	if c.v == codec.V31 {
 		name = []byte("MQIsdp")
@@ -274,8 +317,7 @@ func (r *runner) dial(c *client, addr string) error {
 	} else if r.cfg.SessionExpiry > 0 {
 		p.CleanStart = false
 	}
-	c.connectAt.Store(time.Now().UnixNano())
-	return gc.AsyncWrite(p.Append(nil, c.v), nil)
+	return p.Append(nil, c.v)
 }
 
 func (r *runner) awaitConnected(ctx context.Context, cs []*client) error {
@@ -552,6 +594,12 @@ func (r *runner) traffic(ctx context.Context) (*Result, error) {
 func (res *Result) Print(w io.Writer) {
 	row := func(k string, v any) { fmt.Fprintf(w, "%-26s %v\n", k, v) }
 	row("scenario", res.Scenario)
+	if res.Transport != "" {
+		row("transport", res.Transport)
+	}
+	if res.TLSResumed > 0 {
+		row("TLS sessions resumed", res.TLSResumed)
+	}
 	if res.Scenario == "conn" {
 		row("connections", fmt.Sprintf("%d of %d in %v", res.Connected, res.Clients, res.Window.Round(time.Millisecond)))
 		row("connect rate (/s)", fmt.Sprintf("%.0f", res.ConnectRate))
@@ -567,6 +615,7 @@ func (res *Result) Print(w io.Writer) {
 			row("broker RSS", mib(res.BrokerRSS))
 			row("broker RSS per conn", fmt.Sprintf("%.0f B", res.RSSPerConn))
 		}
+		row("tool CPU µs/conn", fmt.Sprintf("%.1f", res.ToolUsPer))
 		row("errors", res.Errors)
 		for _, e := range res.FirstErrors {
 			row("error", e)

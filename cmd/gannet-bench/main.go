@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -53,6 +54,13 @@ Scenarios:
   shared    --publishers to a $share group of --subscribers members
   cluster   p2p with publishers on --addr and subscribers on --sub-addr
 
+Transports: plain TCP by default; --tls for MQTT over TLS, --ws for MQTT
+over WebSocket, both for WebSocket over TLS (wss). Every scenario runs over
+each. Over TLS, every connection makes a full handshake unless
+--tls-resume: the client keeps no session cache and offers no resumption,
+so the broker issues no tickets either. Over TLS or WebSocket, conn's
+CONNACK latency counts from the start of the TLS handshake or upgrade.
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -60,6 +68,8 @@ Flags:
 	var cfg bench.Config
 	var qos, version uint
 	var asJSON bool
+	var groups string
+	tr := &cfg.Transport
 	fs.StringVar(&cfg.Scenario, "scenario", "p2p", "scenario to run (see above)")
 	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:1883", "broker `address`")
 	fs.StringVar(&cfg.SubAddr, "sub-addr", "", "`address` subscribers connect to (default --addr); comma-separated: spread over them (cluster, or any scenario across nodes)")
@@ -88,6 +98,16 @@ Flags:
 	fs.DurationVar(&cfg.Drain, "drain", 0, "how long to wait for outstanding messages after publishing stops (default 10s)")
 	fs.IntVar(&cfg.RetainedTopics, "retained-topics", 1000, "retained: distinct topics per publisher")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	fs.BoolVar(&tr.TLS, "tls", false, "dial with TLS (MQTT over TLS; with --ws, WebSocket over TLS); needs --ca or --insecure-skip-verify")
+	fs.StringVar(&tr.CAFile, "ca", "", "with --tls: CA certificates `file` (PEM) the broker's certificate must chain to")
+	fs.BoolVar(&tr.InsecureSkipVerify, "insecure-skip-verify", false, "with --tls: accept whatever certificate the broker presents (the handshake is otherwise the same)")
+	fs.StringVar(&tr.CertFile, "cert", "", "with --tls: client certificate `file` (PEM) every client presents, with --key")
+	fs.StringVar(&tr.KeyFile, "key", "", "with --tls: private key `file` (PEM) of --cert")
+	fs.StringVar(&tr.ServerName, "tls-server-name", "", "with --tls: `name` the broker's certificate must hold, also sent as SNI (default: the host of the address dialled)")
+	fs.StringVar(&groups, "tls-groups", "", "with --tls: key exchange `groups` offered, comma-separated, preferred first: X25519, P256, P384, P521, X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024 (default: Go's, X25519MLKEM768 first)")
+	fs.BoolVar(&tr.Resume, "tls-resume", false, "with --tls: keep a session cache, so that connections resume earlier connections' sessions from their tickets; by default (false) there is no session cache and every connection makes a full handshake")
+	fs.BoolVar(&tr.WS, "ws", false, "MQTT over WebSocket: an HTTP upgrade to --ws-path asking for subprotocol mqtt, then masked binary frames; with --tls, over TLS (wss)")
+	wsPath := fs.String("ws-path", "/mqtt", "with --ws: the upgrade's `path`")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -101,6 +121,19 @@ Flags:
 	if version < 3 || version > 5 {
 		fmt.Fprintf(stderr, "gannet-bench: --mqtt must be 3, 4 or 5, got %d\n", version)
 		return 2
+	}
+	if groups != "" {
+		tr.Groups = strings.Split(groups, ",")
+	}
+	// --ws-path without --ws is refused by bench.Run, with a message.
+	if tr.WS {
+		tr.WSPath = *wsPath
+	} else {
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "ws-path" {
+				tr.WSPath = *wsPath
+			}
+		})
 	}
 	cfg.QoS, cfg.Version = byte(qos), codec.Version(version)
 	cfg.Progress = stderr
