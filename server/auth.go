@@ -44,6 +44,7 @@ func (c *client) authenticate(ch *auth.Chain, p *codec.Connect, req *connectReq)
 		Remote:      c.addr,
 		Protocol:    byte(c.version),
 		Listener:    "mqtt",
+		CertCN:      c.proxyCN,
 	}
 	if c.tls != nil {
 		ar.Listener = "tls"

@@ -105,6 +105,10 @@ type client struct {
 	// on the plain listener (tls.go). Last, so that it moves no field
 	// the hot paths use.
 	tls *tlsConn
+	// proxyCN is the client certificate CN a trusted balancer that
+	// terminated TLS vouched for in the PROXY header
+	// (Config.ProxyProtocolCertCN); empty otherwise.
+	proxyCN string
 }
 
 func (c *client) logger() *slog.Logger {
@@ -222,6 +226,9 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 		return 0, false
 	}
 	n, src, err := parseProxy(buf)
+	if err == nil && c.srv.cfg.ProxyProtocolCertCN {
+		c.proxyCN, err = proxyCertCN(buf[:n])
+	}
 	switch {
 	case err == errIncomplete:
 		return 0, false

@@ -146,6 +146,13 @@ type Config struct {
 	// from them and refused from everyone else, who could otherwise claim
 	// any address. It applies to both listeners and implies ProxyProtocol.
 	ProxyProtocolFrom []netip.Prefix
+	// ProxyProtocolCertCN takes a client certificate's CN from the PROXY
+	// v2 header of a balancer in ProxyProtocolFrom that terminated TLS and
+	// verified the certificate (HAProxy's send-proxy-v2-ssl-cn): the
+	// authentication chain and ACL patterns see it as they see a
+	// certificate the broker verified itself. It needs ProxyProtocolFrom,
+	// since a header from anyone else could claim any name.
+	ProxyProtocolCertCN bool
 
 	// TLS, when set, opens a second MQTT listener that speaks TLS
 	// (tls.go). Nil: none.
@@ -248,6 +255,8 @@ func (c *Config) Validate() error {
 	check(c.Durability == DurabilityNone || c.DataDir != "", "--data-dir must not be empty unless --durability=none")
 	check(c.SyncInterval > 0, "--sync-interval must be positive, got %s", c.SyncInterval)
 	check(c.PurgeInterval > 0, "--purge-interval must be positive, got %s", c.PurgeInterval)
+	check(!c.ProxyProtocolCertCN || len(c.ProxyProtocolFrom) > 0,
+		"--proxy-protocol-cert-cn needs --proxy-protocol-from: the CN in a PROXY header is trusted from the load balancers only")
 	if c.TLS != nil {
 		errs = append(errs, c.TLS.validate()...)
 	}

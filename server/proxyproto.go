@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"unicode"
+	"unicode/utf8"
 )
 
 // The PROXY protocol (haproxy.org/download/2.9/doc/proxy-protocol.txt)
@@ -104,6 +106,90 @@ func parseProxyV2(b []byte) (int, string, error) {
 		return 16 + n, net.JoinHostPort(net.IP(body[0:16]).String(), strconv.Itoa(int(binary.BigEndian.Uint16(body[32:34])))), nil
 	}
 	return 16 + n, "", nil // AF_UNSPEC or AF_UNIX: no address to report
+}
+
+// PROXY v2 TLVs follow the addresses: a type byte, a 16-bit length, the
+// value. A balancer that terminated TLS describes it in a PP2_TYPE_SSL
+// TLV: a client byte (flags), a 32-bit verify result (0: the client's
+// certificate verified), then sub-TLVs such as the certificate's subject
+// CN (HAProxy's send-proxy-v2-ssl-cn).
+const (
+	pp2TypeSSL        = 0x20
+	pp2SubtypeSSLCN   = 0x22
+	pp2ClientSSL      = 0x01 // the client spoke TLS
+	pp2ClientCertSess = 0x04 // it presented a certificate, in this connection or the session it resumed
+	proxyCNMax        = 256  // X.509 bounds a CN to 64 characters; this leaves room for UTF-8
+)
+
+// proxyCertCN returns the client certificate CN that the PROXY v2 header
+// hdr (as long as parseProxy measured it) carries in its SSL TLV, or ""
+// when it carries none or the balancer does not vouch for it: the TLV must
+// say the client spoke TLS and presented a certificate that verified. A
+// malformed TLV area, or a CN that is not UTF-8 text of at most
+// proxyCNMax bytes, is an error. Only a trusted balancer's header may be
+// given to it (Config.ProxyProtocolCertCN).
+func proxyCertCN(hdr []byte) (string, error) {
+	if len(hdr) < 16 || !bytes.Equal(hdr[:len(proxyV2Sig)], proxyV2Sig) || hdr[12]&0x0F != 1 {
+		return "", nil // v1 or LOCAL: no TLVs
+	}
+	tlvs, skip := hdr[16:], 0
+	switch hdr[13] >> 4 { // the addresses before the TLVs
+	case 1: // AF_INET
+		skip = 12
+	case 2: // AF_INET6
+		skip = 36
+	case 3: // AF_UNIX
+		skip = 216
+	}
+	if len(tlvs) < skip {
+		return "", errors.New("PROXY v2 addresses truncated")
+	}
+	tlvs = tlvs[skip:]
+	for len(tlvs) > 0 {
+		typ, v, rest, err := nextTLV(tlvs)
+		if err != nil {
+			return "", err
+		}
+		tlvs = rest
+		if typ != pp2TypeSSL {
+			continue
+		}
+		if len(v) < 5 {
+			return "", errors.New("PROXY v2 SSL TLV shorter than 5 bytes")
+		}
+		client, verify := v[0], binary.BigEndian.Uint32(v[1:5])
+		var cn []byte
+		for sub := v[5:]; len(sub) > 0; {
+			st, sv, srest, err := nextTLV(sub)
+			if err != nil {
+				return "", err
+			}
+			if st == pp2SubtypeSSLCN {
+				cn = sv
+			}
+			sub = srest
+		}
+		if client&pp2ClientSSL == 0 || client&pp2ClientCertSess == 0 || verify != 0 || len(cn) == 0 {
+			return "", nil
+		}
+		if len(cn) > proxyCNMax || !utf8.Valid(cn) || bytes.IndexFunc(cn, unicode.IsControl) >= 0 {
+			return "", fmt.Errorf("PROXY v2 SSL CN of %d bytes is not text of at most %d bytes", len(cn), proxyCNMax)
+		}
+		return string(cn), nil
+	}
+	return "", nil
+}
+
+// nextTLV splits the first TLV off b.
+func nextTLV(b []byte) (typ byte, v, rest []byte, err error) {
+	if len(b) < 3 {
+		return 0, nil, nil, errors.New("PROXY v2 TLV truncated")
+	}
+	n := int(binary.BigEndian.Uint16(b[1:3]))
+	if len(b) < 3+n {
+		return 0, nil, nil, fmt.Errorf("PROXY v2 TLV of type %#x truncated", b[0])
+	}
+	return b[0], b[3 : 3+n], b[3+n:], nil
 }
 
 // proxyMode is what a connection's first bytes may be.

@@ -152,6 +152,7 @@ Flags:
 	shared := fs.String("shared-policy", string(cfg.SharedPolicy), "which member of a shared subscription group gets a message: round-robin, random or hash (by publisher)")
 	fs.DurationVar(&cfg.SysInterval, "sys-interval", cfg.SysInterval, "how often $SYS/broker statistics are published; 0 disables them")
 	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol v1/v2 header on every MQTT connection (behind HAProxy or a load balancer); anyone reaching the port can then claim any address: prefer --proxy-protocol-from")
+	fs.BoolVar(&cfg.ProxyProtocolCertCN, "proxy-protocol-cert-cn", false, "take a client certificate's CN from the PROXY v2 header of a load balancer that terminated TLS and verified the certificate (HAProxy send-proxy-v2-ssl-cn), for --auth-cert cn and ACLs as if the broker had verified it; needs --proxy-protocol-from")
 
 	cf := registerClusterFlags(fs)
 	af.register(fs)
