@@ -32,6 +32,7 @@ func biConfig(c *Config) {
 	c.MaxPacketSize = biMaxPacket
 	c.ReceiveMaximum = biReceiveMax
 	c.TopicAliasMaximum = biAliasMax
+	c.connLogBurst = 1 << 30 // every warning is checked for
 }
 
 // biResp is one packet the broker must send back.

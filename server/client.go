@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,12 @@ type client struct {
 	// parked is set while CONNECT waits for peers to hand over the
 	// session: later packets stay in the read buffer until it clears.
 	parked bool
+	// Admission (limits.go): admitted while the connection counts
+	// against the limits, from ip; refusal is why its CONNECT will be
+	// refused, when it was not admitted.
+	admitted bool
+	ip       netip.Addr
+	refusal  string
 	// proxy says whether a PROXY protocol header is still expected
 	// (proxyRequired) or refused (proxyRefused) at the start of the
 	// input; proxyNone once the first bytes are past.
@@ -113,9 +120,9 @@ type client struct {
 
 func (c *client) logger() *slog.Logger {
 	if c.id != "" {
-		return c.srv.log.With("client", c.id, "remote", c.addr)
+		return c.srv.connLog.With("client", c.id, "remote", c.addr)
 	}
-	return c.srv.log.With("remote", c.addr)
+	return c.srv.connLog.With("remote", c.addr)
 }
 
 // errClose closes the connection without sending anything more; it is used
@@ -209,6 +216,10 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 		if tc.ws {
 			c.ws = &wsConn{} // from the WebSocket over TLS listener
 		}
+		if !c.admitClient() {
+			c.closeNow()
+			return 0, false
+		}
 		return len(bridgeToken{}), true
 	}
 	if c.proxy == proxyRefused {
@@ -242,6 +253,10 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 	c.proxy = proxyNone
 	if src != "" {
 		c.addr = src
+	}
+	if !c.admitClient() {
+		c.closeNow()
+		return 0, false
 	}
 	return n, true
 }
@@ -402,6 +417,9 @@ func (c *client) flush() {
 
 // handle dispatches one packet.
 func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
+	if f := testPanic.Load(); f != nil {
+		(*f)(c, h)
+	}
 	if h.Type != codec.PUBACK && h.Type != codec.PUBCOMP {
 		c.ready() // it waits for an answer (coalesce.go)
 	}

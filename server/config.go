@@ -49,6 +49,26 @@ type Config struct {
 	// HTTPListen is the address of the HTTP listener (health, metrics). Empty
 	// disables it.
 	HTTPListen string
+	// MaxConnections bounds the client connections, all listeners
+	// together; MaxConnectionsPerIP those from one source address;
+	// MaxConnectionRate the new connections per second on each listener.
+	// 0: no bound (limits.go).
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	MaxConnectionRate   float64
+	// TCPKeepAlive is the idle time after which the kernel probes a
+	// client's TCP connection (SO_KEEPALIVE), so that a peer that vanished
+	// without a FIN is found; 0: no probes.
+	TCPKeepAlive time.Duration
+	// MaxSubscriptions bounds a session's subscriptions (0: no bound);
+	// MaxTopicLevels and MaxTopicLength bound the topics a client may
+	// publish to or subscribe to (levels: separated by '/'; length in
+	// bytes; 0: no bound beyond the protocol's); MaxClientIDLength the
+	// client identifiers it may use (bytes).
+	MaxSubscriptions  int
+	MaxTopicLevels    int
+	MaxTopicLength    int
+	MaxClientIDLength int
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
@@ -65,6 +85,9 @@ type Config struct {
 	// PurgeInterval is how often expired messages are removed from offline
 	// sessions and the retained store.
 	PurgeInterval time.Duration
+	// connLogBurst, when tests set it, replaces the lines of one kind a
+	// connection log window lets through (logthrottle.go).
+	connLogBurst int
 	// storeFS replaces the real file system in tests.
 	storeFS vfs.FS
 
@@ -180,6 +203,11 @@ func DefaultConfig() Config {
 		ReceiveMaximum:    1024,
 		MaxInflight:       1024,
 		MaxQueuedMessages: 10_000,
+		MaxSubscriptions:  1000,
+		TCPKeepAlive:      5 * time.Minute,
+		MaxTopicLevels:    128,
+		MaxTopicLength:    4096,
+		MaxClientIDLength: 1024,
 		TopicAliasMaximum: 64,
 		TopicAliasOut:     32,
 		MaxSessionExpiry:  7 * 24 * time.Hour,
@@ -215,6 +243,15 @@ func (c *Config) Validate() error {
 	}
 	check((c.HTTPTLSCertFile == "") == (c.HTTPTLSKeyFile == ""), "--http-tls-cert and --http-tls-key go together")
 	check(c.HTTPTLSCertFile == "" || c.HTTPListen != "", "--http-tls-cert needs --http-listen")
+	check(c.MaxConnections >= 0, "--max-connections must be >= 0, got %d", c.MaxConnections)
+	check(c.MaxConnectionsPerIP >= 0, "--max-connections-per-ip must be >= 0, got %d", c.MaxConnectionsPerIP)
+	check(c.MaxConnectionRate >= 0, "--max-connection-rate must be >= 0, got %g", c.MaxConnectionRate)
+	check(c.TCPKeepAlive >= 0, "--tcp-keepalive must be >= 0, got %s", c.TCPKeepAlive)
+	check(c.MaxSubscriptions >= 0, "--max-subscriptions must be >= 0, got %d", c.MaxSubscriptions)
+	check(c.MaxTopicLevels >= 0, "--max-topic-levels must be >= 0, got %d", c.MaxTopicLevels)
+	check(c.MaxTopicLength >= 0 && c.MaxTopicLength <= 65535, "--max-topic-length must be between 0 and 65535 bytes, got %d", c.MaxTopicLength)
+	check(c.MaxClientIDLength >= 23 && c.MaxClientIDLength <= 65535,
+		"--max-client-id-length must be between 23 (every client id MQTT 3.1.1 requires a broker to accept) and 65535 bytes, got %d", c.MaxClientIDLength)
 	check(c.EventLoops >= 0, "--event-loops must be >= 0, got %d", c.EventLoops)
 	check(c.ReadBufferSize >= 512, "--read-buffer must be at least 512 bytes, got %d", c.ReadBufferSize)
 	check(c.WriteBufferSize >= 512, "--write-buffer must be at least 512 bytes, got %d", c.WriteBufferSize)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
@@ -47,11 +48,23 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		return errClose
 	}
 
+	if c.refusal != "" {
+		// Over a connection limit (limits.go): told why, then closed.
+		return refuse(codec.QuotaExceeded, codec.V3ServerUnavailable, c.refusal)
+	}
 	if v5 && p.Props.Has(codec.PropAuthMethod) {
 		// Enhanced authentication is not offered [MQTT-4.12.0-1].
 		return refuse(codec.BadAuthenticationMethod, 0, "authentication method "+string(p.Props.AuthMethod)+" is not supported")
 	}
 	if p.WillFlag {
+		if why := c.srv.topicOverLimit(p.WillTopic); why != "" {
+			c.srv.adm.pubTopicRefused.Inc()
+			if v5 {
+				return refuse(codec.TopicNameInvalid, 0, "will topic "+why)
+			}
+			c.logger().Warn("closing connection", "reason", "will topic "+why)
+			return errClose
+		}
 		if err := codec.ValidateTopicName(p.WillTopic); err != nil {
 			if v5 {
 				return refuse(codec.TopicNameInvalid, 0, "invalid will topic")
@@ -64,6 +77,11 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 	}
 
+	if len(p.ClientID) > c.srv.cfg.MaxClientIDLength {
+		c.srv.adm.clientIDRefused.Inc()
+		p.ClientID = []byte(clip(p.ClientID))
+		return refuse(codec.ClientIdentifierNotValid, codec.V3IdentifierRejected, "client id longer than --max-client-id-length")
+	}
 	id := string(p.ClientID)
 	assigned := false
 	if id == "" {
@@ -89,6 +107,11 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		case cfg.MinKeepAlive > 0 && ka < cfg.MinKeepAlive:
 			ka, serverKA = cfg.MinKeepAlive, true
 		}
+	} else if max := c.srv.cfg.MaxKeepAlive; max > 0 && (ka == 0 || ka > max) {
+		// MQTT 3 cannot be told: the bound holds all the same, or a
+		// client with keepalive 0 behind a half-open connection would
+		// hold it for ever.
+		ka = max
 	}
 	c.keepAlive = int64(ka) * 3 / 2
 
@@ -205,8 +228,12 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 		pr.Set(codec.PropTopicAliasMaximum)
 	}
 	ob.add(c, ack.Append(nil, c.version))
-	c.logger().Debug("client connected", "version", c.version.String(), "clean_start", req.cleanStart,
-		"keepalive", ka, "session_present", present)
+	if c.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		// c.logger() builds a logger of its own: not for a line that
+		// nobody reads, on every CONNECT.
+		c.logger().Debug("client connected", "version", c.version.String(), "clean_start", req.cleanStart,
+			"keepalive", ka, "session_present", present)
+	}
 
 	// Redeliver what the session holds, in order, then what waits.
 	now := c.srv.now()

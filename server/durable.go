@@ -497,17 +497,6 @@ func (s *Server) purge() {
 	ob.flush()
 }
 
-// logThrottled logs a warning at most once every ten seconds: the causes it
-// reports (a failing disk) repeat on every publish.
-func (s *Server) logThrottled(msg string, args ...any) {
-	now := time.Now().UnixNano()
-	last := s.lastWarn.Load()
-	if now-last < int64(10*time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
-		return
-	}
-	s.log.Warn(msg, args...)
-}
-
 // storeMetrics exposes the store's counters.
 func (s *Server) storeMetrics(st *persist.Store) {
 	set := s.stats.set

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -74,6 +76,25 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
 	s.stats.connections.Add(1)
+	if c.proxy == proxyBridge {
+		return nil, gnet.None // admitted on its token (client.proxyHeader)
+	}
+	// Admission (limits.go): the rate and the descriptors before
+	// anything is read; the counts once the address is final.
+	switch kind := c.kind(); {
+	case !s.adm.rateOK(kind):
+		s.adm.refuse(refusedRate, c.addr, kind)
+		c.closed = true
+		return nil, gnet.Close
+	case s.adm.fdsFull():
+		s.adm.refuse(refusedFDs, c.addr, kind)
+		c.closed = true
+		return nil, gnet.Close
+	}
+	if c.proxy != proxyRequired && !c.admitClient() {
+		c.closed = true
+		return nil, gnet.Close
+	}
 	return nil, gnet.None
 }
 
@@ -93,10 +114,35 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	ob := c.loop.ob
+	defer c.recoverPanic(ob)
 	act := c.onTraffic(ob)
 	ob.flush()
 	c.answerNow()
 	return act
+}
+
+// testPanic, when a test sets it, runs before each packet is handled.
+var testPanic atomic.Pointer[func(*client, codec.FixedHeader)]
+
+// recoverPanic ends a connection whose processing panicked, so that one
+// client's bad input (a bug it found) costs that client its connection
+// and not the broker its process: the panic is counted and logged with
+// its stack (once per ten seconds), an MQTT 5 client is told 0x80, and
+// the connection closes. What the panic left half done (a lock held, a
+// session half changed) cannot be undone here: this keeps the broker
+// serving the other clients and says where to look.
+func (c *client) recoverPanic(ob *outbox) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	c.srv.stats.panics.Inc()
+	if ok, sup := c.srv.logLimit.allow("panic", 1); ok {
+		c.logger().Error("panic while serving a connection; closing it", "panic", fmt.Sprint(r),
+			"suppressed", sup, "stack", string(debug.Stack()))
+	}
+	c.fail(ob, &codec.Error{Code: codec.UnspecifiedError, Msg: "internal error"})
+	ob.flush()
 }
 
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
@@ -108,6 +154,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		c.tls.loopClosed()
 	}
 	c.closed = true
+	c.releaseAdmission()
 	delete(c.loop.conns, c)
 	h.srv.stats.connections.Add(-1)
 	if err != nil && c.connected && !c.disconnect {

@@ -38,6 +38,9 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 	if err := codec.ValidateTopicName(p.Topic); err != nil {
 		return err
 	}
+	if why := c.srv.topicOverLimit(p.Topic); why != "" {
+		return c.refuseTopic(ob, p, why)
+	}
 	if !c.mayPublish(p.Topic) {
 		return c.denyPublish(ob, p)
 	}

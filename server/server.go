@@ -33,7 +33,6 @@ type Server struct {
 	cl       *cluster   // nil unless clustered
 	marks    []mark     // peers' stream positions loaded from the store
 	spool    []spooled  // records kept for peers, loaded from the store
-	lastWarn atomic.Int64
 
 	sessions struct {
 		sync.Mutex
@@ -58,6 +57,11 @@ type Server struct {
 
 	http     *http.Server
 	httpCert *httpCert // nil when HTTP is served in the clear
+	adm      *admission
+	// logLimit throttles broker-wide warnings, connLog is the log of
+	// connections, throttled too (logthrottle.go).
+	logLimit *logThrottle
+	connLog  *slog.Logger
 	httpAddr net.Addr
 	tlsl     *tlsListener // nil without --tls-listen and --wss-listen
 	wsAddr   net.Addr     // the WebSocket listener's; nil without --ws-listen
@@ -110,6 +114,13 @@ func New(cfg Config) (*Server, error) {
 		done:     make(chan struct{}),
 	}
 	s.stats = newStats(s)
+	s.logLimit = newLogThrottle()
+	burst := connLogBurst
+	if cfg.connLogBurst != 0 {
+		burst = cfg.connLogBurst
+	}
+	s.connLog = slog.New(throttledHandler{log.Handler(), newLogThrottle(), burst})
+	s.adm = newAdmission(s)
 	s.sessions.m = make(map[string]*session)
 	s.loops.m = make(map[gnet.EventLoop]*loop)
 	s.clock.Store(time.Now().UnixNano())
@@ -166,6 +177,12 @@ func (s *Server) now() int64 { return s.clock.Load() }
 // Start opens the listeners and returns once the broker accepts clients.
 func (s *Server) Start() error {
 	s.started = time.Now()
+	if before, after, err := s.adm.raiseFDLimit(); err != nil {
+		s.log.Warn("cannot raise the open-file limit", "limit", before, "err", err)
+	} else {
+		s.log.Info("open-file limit", "soft_was", before, "now", after,
+			"connections_until_refused", max(0, int64(after)-fdReserve))
+	}
 	if err := s.openStore(); err != nil {
 		return err
 	}
@@ -230,6 +247,7 @@ func (s *Server) Start() error {
 			gnet.WithReusePort(false),
 			gnet.WithReuseAddr(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithTCPKeepAlive(s.cfg.TCPKeepAlive),
 			gnet.WithLoadBalancing(lb),
 			gnet.WithTicker(true), // for OnTick: the loops are running
 			gnet.WithLogger(gnetLogger{s.log}),

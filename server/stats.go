@@ -54,6 +54,9 @@ type stats struct {
 	// inside.
 	proxyUntrusted *metrics.Counter
 	proxyBad       *metrics.Counter
+	// panics counts connections closed because their processing
+	// panicked (handler.go).
+	panics *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -72,6 +75,7 @@ func newStats(s *Server) *stats {
 		droppedTooLarge:   set.NewCounter(`gannet_messages_dropped_total{reason="too_large"}`),
 		noSubscribers:     set.NewCounter("gannet_messages_no_subscribers_total"),
 		protocolErrors:    set.NewCounter("gannet_protocol_errors_total"),
+		panics:            set.NewCounter("gannet_panics_total"),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
 		willsSent:         set.NewCounter("gannet_wills_sent_total"),

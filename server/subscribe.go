@@ -29,6 +29,18 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
 			continue
 		}
+		if why := c.srv.topicOverLimit(sub.Filter); why != "" {
+			c.srv.adm.subTopicRefused.Inc()
+			c.logger().Info("subscription refused", "filter", clip(sub.Filter), "reason", why)
+			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
+			continue
+		}
+		if max := c.srv.cfg.MaxSubscriptions; max > 0 && c.sess.subscriptionsFull(sub.Filter, max) {
+			c.srv.adm.subMaxRefused.Inc()
+			c.logger().Info("subscription refused", "filter", clip(sub.Filter), "reason", "the session has --max-subscriptions")
+			ack.Codes[i] = failCode(v5, codec.QuotaExceeded)
+			continue
+		}
 		access := c.subscribeAccess(sub.Filter)
 		if access == auth.SubDenied {
 			c.srv.stats.subscribeDenied.Inc()
@@ -196,4 +208,16 @@ func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, 
 		return
 	}
 	ss.sendLocked(ob, om, now)
+}
+
+// subscriptionsFull reports whether filter would be a subscription beyond
+// max: a new filter while the session has max already.
+func (ss *session) subscriptionsFull(filter []byte, max int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.mu.subs) < max {
+		return false
+	}
+	_, has := ss.mu.subs[string(filter)]
+	return !has
 }

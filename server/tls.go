@@ -403,7 +403,11 @@ func (l *tlsListener) listen() error {
 		if a.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", a.addr)
+		lc := net.ListenConfig{KeepAlive: l.s.cfg.TCPKeepAlive}
+		if lc.KeepAlive == 0 {
+			lc.KeepAlive = -1 // off, not Go's default
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", a.addr)
 		if err != nil {
 			l.stop()
 			return fmt.Errorf("cannot listen on %s: %w", a.addr, err)
@@ -479,6 +483,17 @@ func (l *tlsListener) accept(ln net.Listener, ws bool) {
 			continue
 		}
 		backoff = 0
+		// Admission before the handshake, the dearest part (limits.go).
+		kind := kindTLS
+		if ws {
+			kind = kindWSS
+		}
+		if reason := l.s.adm.beforeHandshake(kind); reason != "" {
+			l.s.adm.refuse(reason, raw.RemoteAddr().String(), kind)
+			_ = raw.Close()
+			<-l.slots
+			continue
+		}
 		l.inProgress.Add(1)
 		l.wg.Add(1)
 		go l.serve(raw.(*net.TCPConn), ws)
