@@ -36,6 +36,11 @@ type heldAck struct {
 	pid  uint16
 	code codec.ReasonCode
 	pkt  []byte
+	// failed, for a SUBACK or UNSUBACK (pkt), undoes in memory what the
+	// failed commit did not keep and returns the answer to send instead,
+	// or nil when the client cannot be told (MQTT 3 UNSUBACK) and the
+	// connection is to close. It runs on the client's loop.
+	failed func() []byte
 }
 
 // storeGate lets Shutdown close the store while timers and loops may still
@@ -240,6 +245,13 @@ func (ss *session) persistentLocked() bool {
 	return ss.srv.store != nil && ss.mu.expiry > 0 && !ss.mu.ended
 }
 
+// persistent is persistentLocked for a caller without ss.mu.
+func (ss *session) persistent() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.persistentLocked()
+}
+
 // recordLocked is the stored form of the session. A connected session is
 // written with DisconnectedAt 0.
 // REQUIRES: ss.mu held.
@@ -411,7 +423,25 @@ func (c *client) releaseAck(h heldAck, err error) {
 	c.held--
 	c.dirty = true
 	if h.pkt != nil {
+		if err != nil && h.failed != nil {
+			if h.pkt = h.failed(); h.pkt == nil {
+				c.pend[h.slot] = []byte{}
+				c.fail(c.loop.ob, &codec.Error{Code: codec.QuotaExceeded, Msg: "cannot store the subscription change: " + err.Error()})
+				return
+			}
+		}
 		c.pend[h.slot] = h.pkt
+		return
+	}
+	if err != nil && h.kind == codec.PUBCOMP {
+		// The disk still holds the QoS 2 packet id PUBREL released: so
+		// does memory again, and the client, which gets no PUBCOMP,
+		// sends PUBREL again once it has reconnected.
+		c.sess.mu.Lock()
+		c.sess.mu.rxQoS2[h.pid] = struct{}{}
+		c.sess.mu.Unlock()
+		c.pend[h.slot] = []byte{}
+		c.fail(c.loop.ob, &codec.Error{Code: codec.QuotaExceeded, Msg: "cannot store the end of a QoS 2 exchange: " + err.Error()})
 		return
 	}
 	code := h.code

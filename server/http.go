@@ -19,7 +19,8 @@ import (
 //
 //	/metrics  Prometheus text format: the broker's counters and the Go runtime's
 //	/healthz  200 while the process runs
-//	/readyz   200 while the broker accepts clients, 503 otherwise
+//	/readyz   200 while the broker accepts clients and its store takes
+//	          writes, 503 otherwise
 //	/api/v1/cluster  this node and its peers, with their state (JSON)
 //
 // With HTTPTLSCertFile it serves HTTPS only (TLS 1.2 and up).
@@ -56,6 +57,12 @@ func (s *Server) startHTTP() error {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if s.storeUnhealthy() != nil {
+			// Every QoS 1/2 publish would be refused: a load balancer
+			// should send clients to a node that can keep them.
+			http.Error(w, "not ready: the store refuses writes", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

@@ -181,6 +181,16 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 		// [MQTT-4.3.3-11]. An unknown id gets 0x92 in v5.
 		sess.mu.Lock()
 		_, ok := sess.mu.rxQoS2[a.PacketID]
+		if ok && sess.persistentLocked() {
+			if err := c.srv.storeUnhealthy(); err != nil {
+				// The store could not forget the id: neither does
+				// memory, and the client sends PUBREL again after it
+				// reconnects (durable.go, releaseAck).
+				sess.mu.Unlock()
+				c.srv.stats.storeRefused.Add(1)
+				return &codec.Error{Code: codec.QuotaExceeded, Msg: "cannot store the end of a QoS 2 exchange: " + err.Error()}
+			}
+		}
 		if ok {
 			delete(sess.mu.rxQoS2, a.PacketID)
 			if sess.persistentLocked() {

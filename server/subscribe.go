@@ -23,6 +23,23 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 		opts   fanout.Options
 	}
 	var wantRetained []retainReq
+	if c.sess.persistent() && c.srv.storeUnhealthy() != nil {
+		// Nothing is promised that could not be kept.
+		c.srv.stats.storeRefused.Add(1)
+		for i := range ack.Codes {
+			ack.Codes[i] = failCode(v5, codec.QuotaExceeded)
+		}
+		c.sendAck(ob, ack.Append(nil, c.version), nil)
+		return nil
+	}
+	// What this SUBSCRIBE changed, to be undone if the store cannot keep
+	// it.
+	type change struct {
+		filter string
+		had    bool
+		prev   fanout.Options
+	}
+	var changes []change
 	for i, sub := range p.Subs {
 		if err := codec.ValidateTopicFilter(sub.Filter); err != nil {
 			c.logger().Info("subscription refused", "filter", string(sub.Filter), "err", err)
@@ -55,12 +72,16 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 		filter := string(sub.Filter)
 		opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: subID,
 			Check: access == auth.SubPartial}
+		c.sess.mu.Lock()
+		prev, had := c.sess.mu.subs[filter]
+		c.sess.mu.Unlock()
 		added, err := c.srv.subscribe(filter, c.sess, opts)
 		if err != nil {
 			c.logger().Info("subscription refused", "filter", filter, "err", err)
 			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
 			continue
 		}
+		changes = append(changes, change{filter, had, prev})
 		ack.Codes[i] = codec.ReasonCode(sub.QoS) // granted QoS 0, 1 or 2
 		// Retained messages: never for shared subscriptions (MQTT 5, 4.8.2),
 		// and by retain handling otherwise [MQTT-3.3.1-9, -10, -11].
@@ -80,7 +101,29 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 	c.sess.mu.Lock()
 	c.sess.saveLocked(ob, 0)
 	c.sess.mu.Unlock()
-	c.sendAck(ob, ack.Append(nil, c.version))
+	c.sendAck(ob, ack.Append(nil, c.version), func() []byte {
+		// The store did not keep the new subscriptions: memory gives
+		// them up too, and the client is told each failed. (Retained
+		// messages they matched may already be queued behind the
+		// SUBACK.)
+		for i := len(changes) - 1; i >= 0; i-- {
+			ch := changes[i]
+			if ch.had {
+				_, _ = c.srv.subscribe(ch.filter, c.sess, ch.prev)
+				continue
+			}
+			c.sess.mu.Lock()
+			delete(c.sess.mu.subs, ch.filter)
+			c.sess.mu.Unlock()
+			c.srv.unsubscribe(ch.filter, c.sess)
+		}
+		for i, code := range ack.Codes {
+			if !code.IsError() {
+				ack.Codes[i] = failCode(v5, codec.QuotaExceeded)
+			}
+		}
+		return ack.Append(nil, c.version)
+	})
 	if len(wantRetained) == 0 {
 		return nil
 	}
@@ -148,12 +191,33 @@ func (c *client) handleUnsubscribe(ob *outbox, p *codec.Unsubscribe) error {
 	if c.version == codec.V5 {
 		ack.Codes = make([]codec.ReasonCode, len(p.Filters))
 	}
+	if c.sess.persistent() {
+		if err := c.srv.storeUnhealthy(); err != nil {
+			c.srv.stats.storeRefused.Add(1)
+			if ack.Codes == nil {
+				return &codec.Error{Code: codec.QuotaExceeded, Msg: "cannot store the subscription change: " + err.Error()}
+			}
+			for i := range ack.Codes {
+				ack.Codes[i] = codec.UnspecifiedError
+			}
+			c.sendAck(ob, ack.Append(nil, c.version), nil)
+			return nil
+		}
+	}
+	type removal struct {
+		filter string
+		opts   fanout.Options
+	}
+	var removals []removal // to be undone if the store cannot keep them
 	for i, f := range p.Filters {
 		filter := string(f)
 		c.sess.mu.Lock()
-		_, had := c.sess.mu.subs[filter]
+		opts, had := c.sess.mu.subs[filter]
 		delete(c.sess.mu.subs, filter)
 		c.sess.mu.Unlock()
+		if had {
+			removals = append(removals, removal{filter, opts})
+		}
 		removed := c.srv.unsubscribe(filter, c.sess)
 		if ack.Codes != nil {
 			switch {
@@ -169,15 +233,30 @@ func (c *client) handleUnsubscribe(ob *outbox, p *codec.Unsubscribe) error {
 	c.sess.mu.Lock()
 	c.sess.saveLocked(ob, 0)
 	c.sess.mu.Unlock()
-	c.sendAck(ob, ack.Append(nil, c.version))
+	c.sendAck(ob, ack.Append(nil, c.version), func() []byte {
+		// The store did not keep the removals: the subscriptions stay.
+		for _, r := range removals {
+			_, _ = c.srv.subscribe(r.filter, c.sess, r.opts)
+		}
+		if ack.Codes == nil {
+			return nil // MQTT 3 cannot be told: the connection closes
+		}
+		for i, code := range ack.Codes {
+			if code == codec.Success {
+				ack.Codes[i] = codec.UnspecifiedError
+			}
+		}
+		return ack.Append(nil, c.version)
+	})
 	return nil
 }
 
 // sendAck queues a SUBACK or UNSUBACK, after the subscription change is
-// durable when the session is persistent.
-func (c *client) sendAck(ob *outbox, pkt []byte) {
+// durable when the session is persistent. When the commit fails, failed
+// undoes the change and gives the answer to send instead (heldAck).
+func (c *client) sendAck(ob *outbox, pkt []byte, failed func() []byte) {
 	if ob.holds(c) {
-		ob.hold(heldAck{c: c, slot: -1, pkt: pkt})
+		ob.hold(heldAck{c: c, slot: -1, pkt: pkt, failed: failed})
 		return
 	}
 	ob.add(c, pkt)
