@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
@@ -26,6 +27,9 @@ import (
 type cluster struct {
 	s    *Server
 	node *interlink.Node
+	// takeoverWait replaces takeoverTimeout when a test sets it
+	// (nanoseconds).
+	takeoverWait atomic.Int64
 	// routes maps filters to the peers that announced them.
 	routes *trie.Trie[string, struct{}]
 
@@ -602,7 +606,11 @@ func (cl *cluster) takeover(c *client, req *connectReq) bool {
 		return false
 	}
 	cl.reqs.m[t.id] = t
-	t.timer = time.AfterFunc(takeoverTimeout, func() { cl.finishTakeover(t.id, true) })
+	wait := takeoverTimeout
+	if d := cl.takeoverWait.Load(); d > 0 {
+		wait = time.Duration(d) // a test's
+	}
+	t.timer = time.AfterFunc(wait, func() { cl.finishTakeover(t.id, true) })
 	cl.reqs.Unlock()
 	return true
 }
@@ -631,26 +639,37 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 		}
 		return nil
 	}
+	// The answer is queued before the session ends here: when it cannot
+	// be (the peer's queue is full), the session stays, and the peer's
+	// CONNECT goes on without it once it stops waiting.
+	answer := func(mv *movedSession) bool {
+		r := reply
+		// A session with expiry 0 ended with the connection it was
+		// taken from: it is never reused [MQTT-3.1.2-6].
+		if mv != nil && clean == 0 && mv.expiry > 0 {
+			r = append(r, 1)
+			r = appendMoved(r, mv, s.now())
+		} else {
+			r = append(r, 0)
+		}
+		// Reliable and kept: the answer carries the session, which
+		// will no longer be stored here.
+		if err := cl.send(ob, peer, 0, recSession, r, true); err != nil {
+			s.log.Warn("cannot answer a peer's takeover; the session stays here", "client", client, "peer", peer, "err", err)
+			return false
+		}
+		if mv != nil && clean == 0 && mv.expiry > 0 {
+			s.log.Info("session handed over", "client", client, "to", peer)
+		}
+		return true
+	}
 	s.sessions.Lock()
 	sess := s.sessions.m[client]
 	s.sessions.Unlock()
-	var mv *movedSession
 	if sess != nil {
-		mv = s.handOverTo(ob, sess, peer)
-	}
-	// A session with expiry 0 ended with the connection it was taken
-	// from: it is never reused [MQTT-3.1.2-6].
-	if mv != nil && clean == 0 && mv.expiry > 0 {
-		reply = append(reply, 1)
-		reply = appendMoved(reply, mv, s.now())
-		s.log.Info("session handed over", "client", client, "to", peer)
+		s.handOverTo(ob, sess, peer, answer)
 	} else {
-		reply = append(reply, 0)
-	}
-	// Reliable and kept: the answer carries the session, which is no
-	// longer stored here.
-	if err := cl.send(ob, peer, 0, recSession, reply, true); err != nil {
-		s.log.Warn("cannot send a session to the peer that took it over", "client", client, "peer", peer, "err", err)
+		answer(nil)
 	}
 	return nil
 }
@@ -675,10 +694,9 @@ func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
 	if t == nil {
 		cl.reqs.Unlock()
 		if mv != nil {
-			// The CONNECT gave up waiting: keep the session here for the
-			// client's next connection.
+			// The CONNECT gave up waiting (takeover.go, keepMoved).
 			ob := newOutbox(cl.s, nil)
-			cl.s.install(ob, mv)
+			cl.s.keepMoved(ob, mv)
 			ob.flush()
 		}
 		return nil
@@ -717,7 +735,7 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 		ob := c.loop.ob
 		if c.closed {
 			if t.moved != nil {
-				cl.s.install(ob, t.moved)
+				cl.s.keepMoved(ob, t.moved)
 			}
 			ob.flush()
 			return

@@ -34,7 +34,7 @@ type movedMsg struct {
 // 0x8E and closed, no will is sent, its subscriptions and stored state go.
 // It returns what the session held, or nil if it had already ended.
 func (s *Server) handOver(ob *outbox, sess *session) *movedSession {
-	return s.handOverTo(ob, sess, "")
+	return s.handOverTo(ob, sess, "", nil)
 }
 
 // movedGrace is how long a session that moved to a peer keeps its
@@ -42,12 +42,18 @@ func (s *Server) handOver(ob *outbox, sess *session) *movedSession {
 const movedGrace = 10 * time.Second
 
 // handOverTo is handOver for a session moving to peer (empty: going
-// nowhere).
-func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSession {
-	s.forgetSession(sess)
+// nowhere). When answer is not nil it is given what the session holds
+// (nil if it had ended) before anything changes, with the session locked
+// so that nothing more reaches it meanwhile; when it reports false (the
+// state could not be sent on) the session stays as it was.
+func (s *Server) handOverTo(ob *outbox, sess *session, peer string, answer func(*movedSession) bool) *movedSession {
 	sess.mu.Lock()
 	if sess.mu.ended {
 		sess.mu.Unlock()
+		s.forgetSession(sess)
+		if answer != nil {
+			answer(nil)
+		}
 		return nil
 	}
 	cl := sess.mu.cl
@@ -60,6 +66,11 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSessio
 	for pid := range sess.mu.rxQoS2 {
 		mv.rx = append(mv.rx, pid)
 	}
+	if answer != nil && !answer(mv) {
+		sess.mu.Unlock()
+		return nil
+	}
+	s.forgetSession(sess) // Server.sessions is taken last (doc.go)
 	_, will := sess.endLocked(ob)
 	sess.mu.cl = nil
 	sess.mu.gen++
@@ -83,6 +94,66 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string) *movedSessio
 		cl.kick(codec.SessionTakenOver)
 	}
 	return mv
+}
+
+// keepMoved takes in a moved session that arrived when no connection
+// waits for it any more (the CONNECT that asked gave up waiting, or its
+// connection closed). With no session of its id here it is installed,
+// offline, for the client's next connection. With one (the client
+// connected meanwhile and was told no session was present) it must not
+// replace it, which would cut off the connection there now: its queued
+// messages and the subscriptions the current session lacks are merged
+// into it instead, unless the client started clean. The client discarded
+// its state when told no session was present, so QoS 1/2 messages that
+// were in flight are sent again as new (at least once); those it had
+// received (QoS 2 past PUBREC) and the QoS 2 ids it was sending are
+// dropped, as a new exchange may reuse those ids.
+func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
+	s.sessions.Lock()
+	cur := s.sessions.m[mv.id]
+	s.sessions.Unlock()
+	if cur == nil {
+		s.install(ob, mv)
+		return
+	}
+	cur.mu.Lock()
+	if cur.mu.ended {
+		cur.mu.Unlock()
+		s.install(ob, mv)
+		return
+	}
+	if cur.mu.expiry == 0 {
+		cur.mu.Unlock()
+		s.log.Info("dropping a session that arrived after its client started a clean one", "client", mv.id)
+		return
+	}
+	for _, mm := range mv.msgs {
+		if mm.released {
+			continue
+		}
+		om := cur.newOutMsgLocked(mm.msg, mm.qos, mm.retain, mm.subIDs)
+		cur.mu.queue.push(om)
+		cur.storeEntryLocked(ob, om)
+	}
+	type sub struct {
+		filter string
+		opts   fanout.Options
+	}
+	var add []sub
+	for f, o := range mv.subs {
+		if _, has := cur.mu.subs[f]; !has {
+			add = append(add, sub{f, o})
+		}
+	}
+	cur.pumpLocked(ob, s.now())
+	cur.mu.Unlock()
+	for _, a := range add {
+		if _, err := s.subscribe(a.filter, cur, a.opts); err != nil {
+			s.log.Warn("cannot restore a moved subscription", "client", mv.id, "filter", a.filter, "err", err)
+		}
+	}
+	s.log.Info("merged a session that arrived late into the client's current one", "client", mv.id,
+		"messages", len(mv.msgs), "subscriptions", len(add))
 }
 
 // install makes a moved session this node's, offline, replacing any local

@@ -1,0 +1,156 @@
+package server
+
+import (
+	"testing"
+	"time"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// connectPersistent connects a v5 client with a session kept for an hour.
+func connectPersistent(t *testing.T, s *Server, id string, clean bool) (*rawConn, *codec.Connack) {
+	t.Helper()
+	rc := dialRaw(t, s, codec.V5)
+	ca := rc.connect(id, func(p *codec.Connect) {
+		p.CleanStart = clean
+		p.Props.SessionExpiry = 3600
+		p.Props.Set(codec.PropSessionExpiry)
+	})
+	return rc, ca
+}
+
+// offlineWithMessage leaves a persistent session "x" on s, offline,
+// subscribed to old/# and holding one queued QoS 1 message, and returns
+// it.
+func offlineWithMessage(t *testing.T, s *Server, peer *Server) *session {
+	t.Helper()
+	x, _ := connectPersistent(t, s, "x", true)
+	x.subscribe("old/#", 1)
+	x.send(&codec.Disconnect{})
+	x.expectClosed()
+	waitRoutes(t, peer, 1)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub-"+s.cfg.Cluster.NodeName, nil)
+	pub.publishAcked("old/1", "queued", 1, false)
+	s.sessions.Lock()
+	sess := s.sessions.m["x"]
+	s.sessions.Unlock()
+	waitFor(t, "the message queued for x", func() bool {
+		sess.mu.Lock()
+		defer sess.mu.Unlock()
+		return sess.mu.queue.len() == 1
+	})
+	return sess
+}
+
+// A peer's answer to a takeover that comes after the CONNECT stopped
+// waiting is merged into the session the client now has: the client stays
+// connected, keeps its new subscriptions and gets the old session's queued
+// message and subscriptions.
+func TestClusterLateTakeoverAnswerIsMerged(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	nodes[1].cl.takeoverWait.Store(int64(200 * time.Millisecond))
+	old := offlineWithMessage(t, nodes[0], nodes[1])
+
+	old.mu.Lock() // n1 answers the takeover only once this is let go
+	x, ca := connectPersistent(t, nodes[1], "x", false)
+	if ca.SessionPresent {
+		old.mu.Unlock()
+		t.Fatal("session present although n1 could not answer in time")
+	}
+	x.subscribe("new/#", 1)
+	old.mu.Unlock()
+
+	p, ok := x.expect().(*codec.Publish)
+	if !ok || string(p.Payload) != "queued" {
+		t.Fatalf("the client got %v, want the old session's queued message", p)
+	}
+	x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	// The old subscription joined the new one. (Deliveries on old/# are
+	// not checked here: for a grace period n1 still sends on what matches
+	// the session it handed over.)
+	nodes[1].sessions.Lock()
+	cur := nodes[1].sessions.m["x"]
+	nodes[1].sessions.Unlock()
+	cur.mu.Lock()
+	_, hasOld := cur.mu.subs["old/#"]
+	_, hasNew := cur.mu.subs["new/#"]
+	cur.mu.Unlock()
+	if !hasOld || !hasNew {
+		t.Fatalf("subscriptions after the merge: old/# %v, new/# %v; want both", hasOld, hasNew)
+	}
+	pub := dialRaw(t, nodes[1], codec.V5)
+	pub.connect("pub2", nil)
+	pub.publishAcked("new/1", "new filter", 1, false)
+	if p, ok := x.expect().(*codec.Publish); !ok || string(p.Payload) != "new filter" {
+		t.Fatalf("got %v, want the message on new/1", p)
+	}
+	x.ping() // still connected
+}
+
+// A takeover answer that cannot be queued for the asking peer (its queue
+// is full) leaves the session where it was, queued message and all,
+// instead of ending it with nowhere to go.
+func TestClusterTakeoverAnswerNotSentKeepsSession(t *testing.T) {
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 0 {
+			c.Cluster.QueueLimit = 1 // one unacknowledged record per lane
+		}
+	})
+	n1, n2 := nodes[0], nodes[1]
+	n1.cl.takeoverWait.Store(int64(200 * time.Millisecond))
+	n2.cl.takeoverWait.Store(int64(200 * time.Millisecond))
+	x := offlineWithMessage(t, n1, n2)
+
+	// y lives on n2; n2 answers a takeover of y only once the test lets
+	// go of y's session, so n1's request for it stays unacknowledged and
+	// fills n1's control lane to n2.
+	y, _ := connectPersistent(t, n2, "y", true)
+	n2.sessions.Lock()
+	ySess := n2.sessions.m["y"]
+	n2.sessions.Unlock()
+	ySess.mu.Lock()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			ySess.mu.Unlock()
+		}
+	}
+	defer release()
+	queued := func() int {
+		for _, m := range n1.cl.node.Members() {
+			if m.Name == "n2" {
+				return m.Queued
+			}
+		}
+		return -1
+	}
+	waitFor(t, "n1's records to n2 acknowledged", func() bool { return queued() == 0 })
+	connectPersistent(t, n1, "y", false) // n1 asks n2, and waits 200ms
+	if q := queued(); q != 1 {
+		t.Fatalf("%d records from n1 wait for n2, want the takeover request for y", q)
+	}
+	_ = y
+
+	// x now connects to n2, whose request n1 cannot answer.
+	xc, ca := connectPersistent(t, n2, "x", false)
+	if ca.SessionPresent {
+		t.Fatal("session present although n1 could not answer")
+	}
+	release()
+	xc.ping()
+
+	n1.sessions.Lock()
+	kept := n1.sessions.m["x"]
+	n1.sessions.Unlock()
+	if kept != x {
+		t.Fatal("n1 ended x's session although its answer was never sent")
+	}
+	kept.mu.Lock()
+	ended, n := kept.mu.ended, kept.mu.queue.len()
+	kept.mu.Unlock()
+	if ended || n != 1 {
+		t.Fatalf("x's session on n1: ended %v, %d queued; want it as it was, with its message", ended, n)
+	}
+}
