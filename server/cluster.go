@@ -170,16 +170,23 @@ func (cl *cluster) PeerUp(peer string) {
 		_ = cl.node.Send(peer, 0, recRetained, b, false)
 	}
 
+	// The sessions are listed under Server.sessions and looked at after:
+	// that lock is never held while taking another (doc.go), and holding
+	// it through a million sessions would stall every CONNECT meanwhile.
 	cl.s.sessions.Lock()
-	for id, sess := range cl.s.sessions.m {
+	all := make([]*session, 0, len(cl.s.sessions.m))
+	for _, sess := range cl.s.sessions.m {
+		all = append(all, sess)
+	}
+	cl.s.sessions.Unlock()
+	for _, sess := range all {
 		sess.mu.Lock()
 		on, since := sess.mu.cl != nil, sess.mu.since
 		sess.mu.Unlock()
 		if on {
-			_ = cl.node.Send(peer, 0, recConnected, appendConnected(b[:0], id, since), false)
+			_ = cl.node.Send(peer, 0, recConnected, appendConnected(b[:0], sess.id, since), false)
 		}
 	}
-	cl.s.sessions.Unlock()
 }
 
 // PeerForget drops the routes of a peer gone for good.

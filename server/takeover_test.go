@@ -154,3 +154,35 @@ func TestClusterTakeoverAnswerNotSentKeepsSession(t *testing.T) {
 		t.Fatalf("x's session on n1: ended %v, %d queued; want it as it was, with its message", ended, n)
 	}
 }
+
+// Telling a peer that came up which clients are connected here does not
+// hold up CONNECTs: a session that is busy (its lock held) delays only
+// that telling.
+func TestPeerUpDoesNotStallConnects(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1 := nodes[0]
+	connectPersistent(t, n1, "busy", true)
+	n1.sessions.Lock()
+	busy := n1.sessions.m["busy"]
+	n1.sessions.Unlock()
+
+	busy.mu.Lock()
+	done := make(chan struct{})
+	go func() {
+		n1.cl.PeerUp("n2")
+		close(done)
+	}()
+	// A new client connects while PeerUp waits for the busy session.
+	rc := dialRaw(t, n1, codec.V5)
+	rc.send(&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, CleanStart: true, KeepAlive: 30,
+		ClientID: []byte("newcomer")})
+	p, err := rc.read()
+	busy.mu.Unlock()
+	<-done
+	if err != nil {
+		t.Fatalf("no CONNACK while PeerUp ran: %v", err)
+	}
+	if ca, ok := p.(*codec.Connack); !ok || ca.Code != codec.Success {
+		t.Fatalf("got %v, want CONNACK success", p)
+	}
+}
