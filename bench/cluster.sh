@@ -11,6 +11,10 @@
 # 200 payload bytes. A run that loses QoS 0 messages (the interlink drops
 # them when it falls behind) still reports. Usage:
 # bench/cluster.sh [DURATION] [QOS] [RATE] (RATE: total msgs/s, 0 unlimited)
+# Environment: CLUSTER_TLS=1 runs the links over TLS 1.3 (--cluster-tls-*,
+# with a throwaway CA made by openssl) instead of sealing them with the
+# secret; CLUSTER_ROWS=default runs the default row only (no other
+# settings, no fan-out).
 set -euo pipefail
 dur=${1:-5s}
 qos=${2:-0}
@@ -25,14 +29,31 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 
+tls=${CLUSTER_TLS:-0}
+if [ "$tls" = 1 ]; then
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 1 -subj "/CN=bench cluster CA" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' > "$dir/node.ext"
+  for n in n1 n2 n3; do
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout "$dir/$n.key" -out "$dir/$n.csr" -subj "/CN=$n" 2>/dev/null
+    openssl x509 -req -in "$dir/$n.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+      -days 1 -extfile "$dir/node.ext" -out "$dir/$n.pem" 2>/dev/null
+  done
+  echo "links: TLS 1.3 (--cluster-tls-*)"
+else
+  echo "links: sealed with the secret (ChaCha20-Poly1305)"
+fi
+
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start() { # name mqtt-port http-port cluster-port flags...
   local name=$1 mq=$2 hp=$3 cp=$4; shift 4
-  local join=()
+  local join=() certs=()
   [ "$name" != n1 ] && join=(--join 127.0.0.1:27946)
+  [ "$tls" = 1 ] && certs=(--cluster-tls-cert "$dir/$name.pem" --cluster-tls-key "$dir/$name.key" --cluster-tls-ca "$dir/ca.pem")
   ./bin/gannet --node-name "$name" --listen "127.0.0.1:$mq" --http-listen "127.0.0.1:$hp" \
-    --cluster-listen "127.0.0.1:$cp" "${join[@]}" --durability none --sys-interval 0 \
+    --cluster-listen "127.0.0.1:$cp" "${join[@]}" "${certs[@]}" --durability none --sys-interval 0 \
     --event-loops 1 --log-level warn "$@" &
   pids+=($!)
   until curl -sf "http://127.0.0.1:$hp/readyz" >/dev/null; do sleep 0.1; done
@@ -78,6 +99,7 @@ PY
 echo "| interlink | same-node msgs/s | cross-node msgs/s | cross/same | cross p99 ms | both nodes CPU µs/msg | wire B/msg (of 200) | lost |"
 echo "|---|---|---|---|---|---|---|---|"
 run "s2, 64 KiB / 500 µs (default)"
+[ "${CLUSTER_ROWS:-all}" = default ] && exit 0
 run "zstd, 64 KiB / 500 µs" --interlink-compression zstd
 run "none, 64 KiB / 500 µs" --interlink-compression none
 run "s2, 64 KiB / no delay" --interlink-batch-delay 0

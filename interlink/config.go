@@ -63,14 +63,20 @@ type Config struct {
 	// is taken as that port + 1) or "gossip=host:port" for an explicit one.
 	Join []string
 	// Secret authenticates peers at handshake and keys the encryption of
-	// the links (doc.go) and of gossip; at least MinSecretLen bytes.
-	// Empty is refused unless Insecure is set.
+	// gossip and, without TLS, of the links (doc.go); at least
+	// MinSecretLen bytes. Empty is refused unless Insecure is set.
 	Secret string
 	// Insecure runs the node without a secret: peers are not
-	// authenticated and links and gossip travel in the clear.
+	// authenticated by it and gossip travels in the clear, and so do the
+	// links unless they run over TLS.
 	Insecure bool
-	// HandshakeTimeout bounds a handshake, from connect to the peer's
-	// proof, on both ends.
+	// CertFile, KeyFile and CAFile, all three or none, run every link
+	// over TLS 1.3 (tls.go): this node's certificate chain and private
+	// key, and the cluster CA that every node's certificate must chain
+	// to, all PEM. Node.ReloadTLS reads them again.
+	CertFile, KeyFile, CAFile string
+	// HandshakeTimeout bounds a handshake, from connect (TLS included) to
+	// the peer's proof, on both ends.
 	HandshakeTimeout time.Duration
 	// PendingHandshakes bounds the accepted connections that have not
 	// finished their handshake; past it new ones are closed at once.
@@ -166,6 +172,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--cluster-insecure and a cluster secret: give one or the other"))
 	case c.Secret != "" && len(c.Secret) < MinSecretLen:
 		errs = append(errs, fmt.Errorf("the cluster secret must be at least %d bytes, got %d", MinSecretLen, len(c.Secret)))
+	}
+	if err := c.validateTLS(); err != nil {
+		errs = append(errs, err)
 	}
 	check(c.HandshakeTimeout >= 10*time.Millisecond && c.HandshakeTimeout <= time.Minute,
 		"--cluster-handshake-timeout must be between 10ms and 1m, got %s", c.HandshakeTimeout)

@@ -7,6 +7,27 @@
 // same secret, SHA-256("gannet gossip key" | 0 | secret); a node without
 // the secret cannot join. With --cluster-insecure gossip is plain too.
 //
+// # Links over TLS
+//
+// With --cluster-tls-* (Config.CertFile, KeyFile, CAFile) the links between
+// nodes are TLS 1.3 with certificates from the cluster CA on both sides;
+// the secret keys gossip. Every connection, dialled or accepted, on every
+// lane, starts with the TLS handshake: the acceptor requires the dialer's
+// certificate and verifies it against the CA, the dialer verifies the
+// acceptor's chain against the CA (not its host name: nodes dial the
+// addresses they gossip). The handshake below then runs inside TLS, the
+// secret's proofs included (they cost little and keep a node with a
+// certificate but without the secret out), and the frames after it are
+// not sealed a second time: TLS encrypts and authenticates them. Every
+// node of a cluster runs with TLS or none does; a node without it cannot
+// link to one with it, either way round. With --cluster-insecure and the
+// TLS flags the links are TLS and gossip is plain, which the node says in
+// a warning at start. SIGHUP (Node.ReloadTLS) reads the files again for
+// the links made after it. A dialer replaces its connection after 2^24
+// TLS records, before one set of keys has protected more than TLS 1.3
+// allows (crypto/tls does not update keys by itself). tls.go has the
+// details.
+//
 // # Links and lanes
 //
 // Every node dials every other member: the connections a node dials carry
@@ -49,15 +70,16 @@
 // versions: every node of a cluster runs the same one.
 //
 // Until a dialer has sent a good PROOF it holds little of the acceptor's:
-// a goroutine and a read buffer, for at most Config.HandshakeTimeout, and
-// at most Config.PendingHandshakes such connections exist at once; past
-// that a new connection is closed as soon as it is accepted.
+// a goroutine and a read buffer (and, over TLS, the TLS handshake's
+// state), for at most Config.HandshakeTimeout, TLS handshake included,
+// and at most Config.PendingHandshakes such connections exist at once;
+// past that a new connection is closed as soon as it is accepted.
 //
 // # Sealed frames
 //
 // After the handshake, when the nodes have a secret (always, unless
-// --cluster-insecure), every frame in both directions is sealed with
-// ChaCha20-Poly1305 (RFC 8439):
+// --cluster-insecure) and the links do not run over TLS, every frame in
+// both directions is sealed with ChaCha20-Poly1305 (RFC 8439):
 //
 //	+-----------+------+--------------------------------+----------+
 //	| length    | type | ciphertext of the payload      | tag      |
@@ -82,7 +104,7 @@
 // replays what was not acknowledged. The type byte travels in the clear
 // but, with the length, is authenticated. A BATCH is compressed first and
 // then sealed; its payload below is what the seal protects. Without a
-// secret frames travel as drawn above, unsealed.
+// secret, or inside TLS, frames travel as drawn above, unsealed.
 //
 // Then the dialer sends batches and pings, the acceptor acks and pongs
 // (payloads, before sealing):

@@ -1,6 +1,7 @@
 package interlink
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -82,8 +83,13 @@ type Node struct {
 	advertise string
 	seed      maphash.Seed
 
-	ml *memberlist.Memberlist
-	ln net.Listener
+	ml  *memberlist.Memberlist
+	ln  net.Listener
+	tls *linkTLS // nil: links without TLS
+
+	// ctx ends with done; it interrupts TLS handshakes at Stop.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	gossipEncrypted bool // set by Start
 
@@ -110,6 +116,15 @@ func New(cfg Config, h Handler) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// The certificate files are read before anything is registered, so
+	// that a node refused for them leaves nothing behind.
+	var tm *tlsMaterial
+	if cfg.CertFile != "" {
+		var err error
+		if tm, err = loadTLS(&cfg); err != nil {
+			return nil, err
+		}
+	}
 	lg := cfg.Logger
 	if lg == nil {
 		lg = slog.Default()
@@ -132,12 +147,41 @@ func New(cfg Config, h Handler) (*Node, error) {
 		mark:    paceMark(&cfg),
 	}
 	n.stats = newNodeStats(cfg.Metrics)
+	if tm != nil {
+		n.tls = newLinkTLS(&n.cfg, tm, n.stats.set)
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	return n, nil
 }
 
-// sealed reports whether the links' frames are encrypted and
-// authenticated after the handshake: whenever there is a secret.
-func (n *Node) sealed() bool { return len(n.secret) > 0 }
+// sealed reports whether the links' frames are sealed after the handshake
+// (seal.go): whenever there is a secret and the links do not run over
+// TLS, which encrypts and authenticates them already.
+func (n *Node) sealed() bool { return len(n.secret) > 0 && n.tls == nil }
+
+// keyed reports whether there is a secret: it keys gossip's encryption.
+func (n *Node) keyed() bool { return len(n.secret) > 0 }
+
+// stopping reports whether Stop has begun.
+func (n *Node) stopping() bool {
+	select {
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// links says how the links are protected, for the log.
+func (n *Node) links() string {
+	switch {
+	case n.tls != nil:
+		return "tls"
+	case n.sealed():
+		return "sealed"
+	}
+	return "plain"
+}
 
 // Name is this node's name.
 func (n *Node) Name() string { return n.cfg.NodeName }
@@ -177,8 +221,13 @@ func (n *Node) Start() error {
 	}
 	n.log.Info("cluster link up", "node", n.cfg.NodeName, "listen", ln.Addr().String(), "advertise", n.advertise,
 		"gossip", n.ml.LocalNode().Address(), "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes,
-		"encrypted", n.sealed())
-	if !n.sealed() {
+		"links", n.links(), "gossip_encrypted", n.gossipEncrypted)
+	switch {
+	case !n.keyed() && n.tls != nil:
+		n.log.Warn("cluster running without a secret (--cluster-insecure): the links between nodes are TLS with " +
+			"certificates from the cluster CA, but gossip travels in the clear: anyone who reaches the gossip port " +
+			"can read the member list and disturb membership, though not link to a node")
+	case !n.keyed():
 		n.log.Warn("cluster running without a secret (--cluster-insecure): anyone who reaches the cluster or gossip port " +
 			"can join, read every message between the nodes and inject their own")
 	}
@@ -207,8 +256,9 @@ func (n *Node) startGossip() error {
 	}
 	// Gossip is encrypted (and unencrypted packets refused: memberlist's
 	// GossipVerifyIncoming and GossipVerifyOutgoing are on by default)
-	// whenever there is a secret; only --cluster-insecure leaves it plain.
-	if n.sealed() {
+	// whenever there is a secret, links over TLS or not; only
+	// --cluster-insecure leaves it plain.
+	if n.keyed() {
 		k := sha256.Sum256(append([]byte("gannet gossip key\x00"), n.secret...))
 		mc.SecretKey = k[:]
 	}
@@ -254,6 +304,7 @@ func (n *Node) Stop() {
 	}
 	_ = n.ml.Leave(time.Second)
 	close(n.done)
+	n.cancel()
 	_ = n.ml.Shutdown()
 	n.ln.Close()
 	n.mu.Lock()

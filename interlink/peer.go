@@ -360,6 +360,9 @@ func (l *lane) run() {
 		if errors.Is(err, ErrFrame) {
 			n.stats.badFrame(err)
 			n.log.Warn("closing link: bad frame", "peer", l.p.name, "lane", l.idx, "err", err)
+		} else if errors.Is(err, errRekey) {
+			n.tls.rekeys.Inc()
+			n.log.Debug("replacing the link for fresh TLS keys", "peer", l.p.name, "lane", l.idx)
 		} else if err != nil && !l.p.stopped() {
 			n.log.Info("link to peer lost", "peer", l.p.name, "lane", l.idx, "err", err)
 		}
@@ -368,28 +371,49 @@ func (l *lane) run() {
 
 // link is the dialer's framing of one authenticated connection: acks and
 // pongs are read with in, and what the lane writes is sealed with out
-// (both nil-ciphered on an insecure link).
+// (both nil-ciphered on an insecure link or one over TLS). raw is the
+// TCP connection under TLS, closed to cut the link at once (a tls.Conn's
+// Close may first wait to send its close_notify).
 type link struct {
 	in  *frameReader
 	out *frameCipher
+	raw net.Conn
+	// records counts the TLS records written on a link over TLS, up to
+	// recordLimit (tls.go); 0 without TLS.
+	records, recordLimit int64
 }
 
-// dial connects and authenticates.
+// wrote counts a frame written on the link.
+func (lk *link) wrote(f []byte) {
+	if lk.recordLimit > 0 {
+		lk.records += tlsRecords(len(f))
+	}
+}
+
+// dial connects and authenticates: TLS first when the links run over it,
+// then the interlink handshake (inside TLS), all within
+// Config.HandshakeTimeout.
 func (l *lane) dial() (net.Conn, *link, error) {
 	n := l.p.n
 	addr := l.p.address()
 	if addr == "" {
 		return nil, nil, fmt.Errorf("no interlink address gossiped")
 	}
-	conn, err := net.DialTimeout("tcp", addr, n.cfg.HandshakeTimeout)
+	raw, err := net.DialTimeout("tcp", addr, n.cfg.HandshakeTimeout)
 	if err != nil {
 		return nil, nil, err
 	}
+	conn := raw
 	fail := func(err error) (net.Conn, *link, error) {
-		conn.Close()
+		raw.Close()
 		return nil, nil, err
 	}
-	_ = conn.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
+	_ = raw.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
+	if n.tls != nil {
+		if conn, err = n.tlsClient(raw); err != nil {
+			return fail(fmt.Errorf("%s: %w", addr, err))
+		}
+	}
 	h := hello{node: n.cfg.NodeName, epoch: n.epoch, lane: uint8(l.idx), compression: n.cfg.Compression}
 	_, _ = rand.Read(h.nonce[:])
 	hf := h.append(nil)
@@ -400,6 +424,9 @@ func (l *lane) dial() (net.Conn, *link, error) {
 	br := bufio.NewReaderSize(conn, 64<<10)
 	t, p, _, err := readFrame(br, nil, 4096)
 	if err != nil {
+		// Over TLS 1.3 an acceptor that refuses this node's certificate
+		// says so only now, with an alert.
+		n.peerRefusedTLS(err)
 		return fail(err)
 	}
 	switch t {
@@ -427,8 +454,11 @@ func (l *lane) dial() (net.Conn, *link, error) {
 	if _, err := conn.Write(appendBytesFrame(nil, frameProof, pr[:])); err != nil {
 		return fail(err)
 	}
-	_ = conn.SetDeadline(time.Time{})
-	lk := &link{in: &frameReader{r: br, max: 4096}}
+	_ = raw.SetDeadline(time.Time{})
+	lk := &link{in: &frameReader{r: br, max: 4096}, raw: raw}
+	if n.tls != nil {
+		lk.recordLimit = n.tls.recordLimit
+	}
 	if n.sealed() {
 		out, back := linkKeys(n.secret, h.nonce, w.nonce, h.node, w.node)
 		lk.out, lk.in.c = newFrameCipher(out), newFrameCipher(back)
@@ -436,13 +466,14 @@ func (l *lane) dial() (net.Conn, *link, error) {
 	return conn, lk, nil
 }
 
-// serve writes batches on conn until it fails. A second goroutine reads
-// the peer's acknowledgements and pongs.
-func (l *lane) serve(conn net.Conn, lk *link) error {
+// serve writes batches on conn until it fails, or over TLS until it has
+// written its share of records (errRekey). A second goroutine reads the
+// peer's acknowledgements and pongs.
+func (l *lane) serve(conn net.Conn, lk *link) (err error) {
 	n := l.p.n
 	l.mu.Lock()
 	l.mu.connected = true
-	l.mu.conn = conn
+	l.mu.conn = lk.raw
 	replay := l.mu.sentIdx
 	l.mu.sentIdx = 0 // everything unacknowledged goes again
 	l.mu.unsent = len(l.mu.buf)
@@ -455,13 +486,17 @@ func (l *lane) serve(conn net.Conn, lk *link) error {
 		l.p.st.replayed.Add(int(replay))
 	}
 	defer func() {
-		conn.Close()
+		lk.raw.Close()
 		l.mu.Lock()
 		l.mu.connected = false
 		l.mu.conn = nil
-		l.mu.unsent -= len(l.mu.buf)
-		l.p.st.droppedDown.Add(countRecords(l.mu.buf))
-		l.mu.buf = l.mu.buf[:0]
+		if !errors.Is(err, errRekey) {
+			// A link that failed drops what waits unreliably; one
+			// replaced for new keys hands it to the next.
+			l.mu.unsent -= len(l.mu.buf)
+			l.p.st.droppedDown.Add(countRecords(l.mu.buf))
+			l.mu.buf = l.mu.buf[:0]
+		}
 		l.paceLocked()
 		l.mu.Unlock()
 	}()
@@ -502,6 +537,7 @@ func (l *lane) serve(conn net.Conn, lk *link) error {
 			if _, err := conn.Write(f); err != nil {
 				return err
 			}
+			lk.wrote(f)
 			continue
 		case err := <-readErr:
 			return err
@@ -530,8 +566,11 @@ func (l *lane) serve(conn net.Conn, lk *link) error {
 			}
 			delay.Stop()
 		}
-		if err := l.writeAll(conn, lk.out); err != nil {
+		if err := l.writeAll(conn, lk); err != nil {
 			return err
+		}
+		if lk.recordLimit > 0 && lk.records >= lk.recordLimit {
+			return errRekey
 		}
 	}
 }
@@ -551,8 +590,9 @@ func (l *lane) unsentBytes() int {
 }
 
 // writeAll writes everything waiting, in frames of about BatchBytes,
-// each compressed (when large enough) and then sealed with out.
-func (l *lane) writeAll(conn net.Conn, out *frameCipher) error {
+// each compressed (when large enough) and then sealed with lk.out.
+func (l *lane) writeAll(conn net.Conn, lk *link) error {
+	out := lk.out
 	cfg := &l.p.n.cfg
 	for {
 		l.mu.Lock()
@@ -628,6 +668,7 @@ func (l *lane) writeAll(conn net.Conn, out *frameCipher) error {
 		if _, err := conn.Write(f); err != nil {
 			return err
 		}
+		lk.wrote(f)
 		st := l.p.st
 		st.batchesSent.Inc()
 		st.msgsSent.Add(msgs)

@@ -97,10 +97,11 @@ func (n *Node) accept() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		// Until it proves the secret a peer gets a goroutine, a read
-		// buffer and Config.HandshakeTimeout, and only
-		// Config.PendingHandshakes peers at a time: past that a new
-		// connection is closed at once.
+		// Until it proves the secret (and, over TLS, its certificate
+		// first) a peer gets a goroutine, a read buffer and
+		// Config.HandshakeTimeout, and only Config.PendingHandshakes
+		// peers at a time: past that a new connection is closed at
+		// once.
 		if int(n.pending.Load()) >= n.cfg.PendingHandshakes {
 			c.Close()
 			n.shed()
@@ -141,10 +142,10 @@ func (n *Node) shed() {
 
 // handshake authenticates the dialer and returns its HELLO, the
 // decompressor for what it sends, and the link's framing. It returns nil
-// after logging when the peer is refused.
+// after logging when the peer is refused. The caller has set the
+// handshake's deadline.
 func (n *Node) handshake(c net.Conn, br *bufio.Reader) (*hello, *decompressor, *frameReader, *frameCipher) {
 	remote := c.RemoteAddr().String()
-	_ = c.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	reject := func(name, reason string) {
 		n.stats.handshakeFailures.Inc()
 		n.log.Warn("peer rejected", "peer", name, "remote", remote, "reason", reason)
@@ -202,15 +203,28 @@ func (n *Node) handshake(c net.Conn, br *bufio.Reader) (*hello, *decompressor, *
 	return h, dec, fr, out
 }
 
-// serveConn receives one lane from a peer.
-func (n *Node) serveConn(c net.Conn) {
+// serveConn receives one lane from a peer: TLS first when the links run
+// over it, then the interlink handshake (inside TLS), together within
+// Config.HandshakeTimeout.
+func (n *Node) serveConn(raw net.Conn) {
 	defer n.wg.Done()
 	defer func() {
-		c.Close()
+		// The TCP connection, not TLS's: its close_notify could wait on
+		// a peer that stopped reading.
+		raw.Close()
 		n.mu.Lock()
-		delete(n.conns, c)
+		delete(n.conns, raw)
 		n.mu.Unlock()
 	}()
+	_ = raw.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
+	c := raw
+	if n.tls != nil {
+		var ok bool
+		if c, ok = n.tlsServer(raw); !ok {
+			n.pending.Add(-1)
+			return
+		}
+	}
 	br := bufio.NewReaderSize(c, 64<<10)
 	h, dec, fr, out := n.handshake(c, br)
 	n.pending.Add(-1)

@@ -103,6 +103,16 @@ func newCluster(s *Server) (*cluster, error) {
 	return cl, nil
 }
 
+// ReloadClusterTLS reads the cluster links' certificate, key and CA again
+// (interlink.Node.ReloadTLS); without a cluster, or one without TLS, it
+// does nothing.
+func (s *Server) ReloadClusterTLS() error {
+	if s.cl == nil {
+		return nil
+	}
+	return s.cl.node.ReloadTLS()
+}
+
 // announce records a local subscription added (+1) or removed (-1) and
 // tells peers when the filter's first subscription appears or its last
 // goes.

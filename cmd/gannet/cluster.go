@@ -30,11 +30,17 @@ func registerClusterFlags(fs *flag.FlagSet) *clusterFlags {
 	fs.StringVar(&ic.Advertise, "cluster-advertise", "", "interlink `address` peers dial to reach this node; default: --cluster-listen")
 	fs.StringVar(&cf.join, "join", "", "comma-separated seed nodes, each its --cluster-listen `host:port` (gossip port + 1 assumed) or gossip=host:port")
 	fs.StringVar(&cf.secretFile, "cluster-secret-file", "", fmt.Sprintf("`file` holding the secret every node of the cluster shares, at least %d bytes (trailing newlines are ignored): "+
-		"peers prove it at handshake, and it keys the encryption of the links between nodes and of gossip. "+
+		"peers prove it at handshake, and it keys the encryption of gossip and of the links between nodes (with --cluster-tls-* the links are TLS and the secret keys gossip). "+
 		"Or put the secret in the %s environment variable (not both); never on the command line, where every local user sees it", interlink.MinSecretLen, secretEnv))
 	fs.BoolVar(&ic.Insecure, "cluster-insecure", false, "run a cluster node without a secret: peers are not authenticated and links and gossip travel in the clear, "+
-		"so anyone who reaches the cluster or gossip port can join, read every message and inject their own (a warning is logged at start)")
-	fs.DurationVar(&ic.HandshakeTimeout, "cluster-handshake-timeout", ic.HandshakeTimeout, "time a connecting peer has to prove the secret; also bounds this node's own handshakes")
+		"so anyone who reaches the cluster or gossip port can join, read every message and inject their own (a warning is logged at start); "+
+		"with --cluster-tls-* the links stay TLS and only gossip is in the clear")
+	fs.StringVar(&ic.CertFile, "cluster-tls-cert", "", "this node's certificate `file` (PEM, intermediates after the leaf) for the links to other nodes: with --cluster-tls-key and --cluster-tls-ca "+
+		"the links between nodes are TLS 1.3 with certificates from the cluster CA on both sides, and the secret keys gossip; every node of the cluster needs the three; reloaded on SIGHUP")
+	fs.StringVar(&ic.KeyFile, "cluster-tls-key", "", "the private key `file` (PEM) of --cluster-tls-cert; reloaded on SIGHUP")
+	fs.StringVar(&ic.CAFile, "cluster-tls-ca", "", "the cluster CA's certificates `file` (PEM): every node's certificate must chain to it, and any certificate it issued is taken as a node "+
+		"of this cluster, so give the cluster a CA of its own; host names are not checked; reloaded on SIGHUP")
+	fs.DurationVar(&ic.HandshakeTimeout, "cluster-handshake-timeout", ic.HandshakeTimeout, "time a connecting peer has to prove the secret (and its certificate, with --cluster-tls-*); also bounds this node's own handshakes")
 	fs.IntVar(&ic.PendingHandshakes, "cluster-pending-handshakes", ic.PendingHandshakes, "connections from peers that have not yet proved the secret; past it new ones are closed at once")
 	fs.StringVar(&cf.comp, "interlink-compression", ic.Compression.String(), "how batches to peers are compressed: none, s2 or zstd")
 	fs.IntVar(&ic.BatchBytes, "interlink-batch-bytes", ic.BatchBytes, "a batch to a peer is written when it holds this many `bytes`")
@@ -71,7 +77,8 @@ func (cf *clusterFlags) config(getenv func(string) string) (*interlink.Config, e
 		for _, f := range []struct {
 			set  bool
 			name string
-		}{{cf.join != "", "--join"}, {cf.secretFile != "", "--cluster-secret-file"}, {ic.Insecure, "--cluster-insecure"}} {
+		}{{cf.join != "", "--join"}, {cf.secretFile != "", "--cluster-secret-file"}, {ic.Insecure, "--cluster-insecure"},
+			{ic.CertFile != "", "--cluster-tls-cert"}, {ic.KeyFile != "", "--cluster-tls-key"}, {ic.CAFile != "", "--cluster-tls-ca"}} {
 			if f.set {
 				return nil, fmt.Errorf("%s needs --cluster-listen", f.name)
 			}
@@ -109,13 +116,22 @@ func (cf *clusterFlags) config(getenv func(string) string) (*interlink.Config, e
 	}
 	switch {
 	case ic.Secret == "" && !ic.Insecure:
-		return nil, fmt.Errorf("a cluster node needs a secret of at least %d bytes, shared by every node: "+
+		also := ""
+		if ic.CertFile != "" || ic.KeyFile != "" || ic.CAFile != "" {
+			also = " (with --cluster-tls-* too: the links are TLS, and the secret keys gossip)"
+		}
+		return nil, fmt.Errorf("a cluster node needs a secret of at least %d bytes, shared by every node%s: "+
 			"--cluster-secret-file FILE or the %s environment variable; --cluster-insecure runs the cluster without one, open to anyone who reaches its ports",
-			interlink.MinSecretLen, secretEnv)
+			interlink.MinSecretLen, also, secretEnv)
 	case ic.Secret != "" && ic.Insecure:
 		return nil, fmt.Errorf("--cluster-insecure, and a cluster secret from %s: give one or the other", from)
 	case ic.Secret != "" && len(ic.Secret) < interlink.MinSecretLen:
 		return nil, fmt.Errorf("the cluster secret from %s is %d bytes; it must be at least %d", from, len(ic.Secret), interlink.MinSecretLen)
+	}
+	// The certificate files are read now, so that a bad one is a bad
+	// flag rather than a failure to start.
+	if err := ic.CheckTLS(); err != nil {
+		return nil, err
 	}
 	return &ic, nil
 }

@@ -30,8 +30,8 @@ func main() {
 
 // run parses args, starts the broker and blocks until SIGINT or SIGTERM;
 // SIGHUP reloads the password file, the ACL file, the JWT keys and the TLS
-// certificates. It returns the process exit code: 2 for a bad flag or
-// file, 1 for a failure to start.
+// certificates (the listener's and the cluster links'). It returns the
+// process exit code: 2 for a bad flag or file, 1 for a failure to start.
 func run(args []string, stderr io.Writer) int {
 	cfg, level, format, af, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -84,7 +84,7 @@ func run(args []string, stderr io.Writer) int {
 		if got != syscall.SIGHUP {
 			break
 		}
-		if err := errors.Join(srv.RefreshAuth(), srv.ReloadTLS()); err != nil {
+		if err := errors.Join(srv.RefreshAuth(), srv.ReloadTLS(), srv.ReloadClusterTLS()); err != nil {
 			cfg.Logger.Error("reload failed; what did not load keeps its old contents", "err", err)
 		} else {
 			cfg.Logger.Info("reloaded", "signal", got.String())
