@@ -81,7 +81,10 @@ type Node struct {
 	secret    []byte
 	epoch     uint64
 	advertise string
-	seed      maphash.Seed
+	// gossipAddr is this node's gossip address, read once at start
+	// (Members).
+	gossipAddr string
+	seed       maphash.Seed
 
 	ml  *memberlist.Memberlist
 	ln  net.Listener
@@ -220,7 +223,7 @@ func (n *Node) Start() error {
 		}
 	}
 	n.log.Info("cluster link up", "node", n.cfg.NodeName, "listen", ln.Addr().String(), "advertise", n.advertise,
-		"gossip", n.ml.LocalNode().Address(), "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes,
+		"gossip", n.gossipAddr, "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes,
 		"links", n.links(), "gossip_encrypted", n.gossipEncrypted)
 	switch {
 	case !n.keyed() && n.tls != nil:
@@ -279,6 +282,7 @@ func (n *Node) startGossip() error {
 		return fmt.Errorf("cannot start gossip on %s: %w", gl, err)
 	}
 	n.ml = ml
+	n.gossipAddr = ml.LocalNode().Address() // before gossip can rewrite it
 	// Create builds the keyring from SecretKey.
 	n.gossipEncrypted = mc.EncryptionEnabled() && mc.GossipVerifyIncoming && mc.GossipVerifyOutgoing
 	return nil
@@ -405,7 +409,7 @@ type Member struct {
 	Name      string  `json:"name"`
 	Interlink string  `json:"interlink"`
 	Gossip    string  `json:"gossip"`
-	State     string  `json:"state"` // alive, suspect, dead, left
+	State     string  `json:"state"` // alive, dead, left
 	Self      bool    `json:"self,omitempty"`
 	LanesUp   int     `json:"lanes_up"`
 	Queued    int     `json:"queued"`
@@ -414,18 +418,25 @@ type Member struct {
 
 // Members lists this node and every peer it knows, by name.
 func (n *Node) Members() []Member {
-	out := []Member{{Name: n.cfg.NodeName, Interlink: n.advertise, Gossip: n.ml.LocalNode().Address(),
+	out := []Member{{Name: n.cfg.NodeName, Interlink: n.advertise, Gossip: n.gossipAddr,
 		State: "alive", Self: true, LanesUp: n.cfg.Lanes}}
-	states := make(map[string]*memberlist.Node)
+	// Which members gossip counts as live is read under memberlist's lock
+	// (Members); their fields are not: memberlist rewrites them in place
+	// as gossip arrives. Names are fixed, and the gossip address is the
+	// one the join or update event gave (gossipSeen). A suspect member is
+	// listed as alive.
+	live := make(map[string]bool)
 	for _, m := range n.ml.Members() {
-		states[m.Name] = m
+		live[m.Name] = true
 	}
 	n.mu.Lock()
 	for _, p := range n.peers {
 		m := Member{Name: p.name, Interlink: p.address(), State: "dead"}
-		if st := states[p.name]; st != nil {
-			m.Gossip = st.Address()
-			m.State = stateName(st.State)
+		p.mu.Lock()
+		m.Gossip = p.mu.gossip
+		p.mu.Unlock()
+		if live[p.name] {
+			m.State = "alive"
 		} else if p.left() {
 			m.State = "left"
 		}
@@ -441,18 +452,6 @@ func (n *Node) Members() []Member {
 	n.mu.Unlock()
 	slices.SortFunc(out[1:], func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "dead"
 }
 
 // memberUp (re)starts the lanes to a member at addr.
