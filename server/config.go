@@ -69,6 +69,19 @@ type Config struct {
 	MaxTopicLevels    int
 	MaxTopicLength    int
 	MaxClientIDLength int
+	// MaxQueuedBytes bounds one session's queue in bytes (topic, payload
+	// and about 128 bytes of bookkeeping per message), beside
+	// MaxQueuedMessages; MaxQueuedBytesTotal bounds every queue of the
+	// node together, and QueueFullPolicy says what happens past it. 0: no
+	// bound.
+	MaxQueuedBytes      int64
+	MaxQueuedBytesTotal int64
+	QueueFullPolicy     QueueFullPolicy
+	// MaxSessions bounds the sessions the broker holds, connected or
+	// not: past it a CONNECT asking for a new persistent session is
+	// refused (0x97 / 3); clean ones and resumed ones are not. 0: no
+	// bound.
+	MaxSessions int
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
@@ -189,36 +202,39 @@ type Config struct {
 // no flags.
 func DefaultConfig() Config {
 	return Config{
-		Listen:            ":1883",
-		HTTPListen:        ":8080",
-		DataDir:           "./data",
-		Durability:        DurabilitySync,
-		SyncInterval:      100 * time.Millisecond,
-		MinFreeDisk:       64 << 20,
-		PurgeInterval:     time.Minute,
-		EventLoops:        0,
-		ReadBufferSize:    64 << 10,
-		WriteBufferSize:   64 << 10,
-		MaxPacketSize:     1 << 20,
-		ReceiveMaximum:    1024,
-		MaxInflight:       1024,
-		MaxQueuedMessages: 10_000,
-		MaxSubscriptions:  1000,
-		TCPKeepAlive:      5 * time.Minute,
-		MaxTopicLevels:    128,
-		MaxTopicLength:    4096,
-		MaxClientIDLength: 1024,
-		TopicAliasMaximum: 64,
-		TopicAliasOut:     32,
-		MaxSessionExpiry:  7 * 24 * time.Hour,
-		MinKeepAlive:      0,
-		MaxKeepAlive:      18 * time.Hour,
-		ConnectTimeout:    10 * time.Second,
-		OutboundHighWater: 4 << 20,
-		SlowTimeout:       30 * time.Second,
-		WriteDelay:        time.Millisecond,
-		SharedPolicy:      SharedRoundRobin,
-		SysInterval:       10 * time.Second,
+		Listen:              ":1883",
+		HTTPListen:          ":8080",
+		DataDir:             "./data",
+		Durability:          DurabilitySync,
+		SyncInterval:        100 * time.Millisecond,
+		MinFreeDisk:         64 << 20,
+		PurgeInterval:       time.Minute,
+		EventLoops:          0,
+		ReadBufferSize:      64 << 10,
+		WriteBufferSize:     64 << 10,
+		MaxPacketSize:       1 << 20,
+		ReceiveMaximum:      1024,
+		MaxInflight:         1024,
+		MaxQueuedMessages:   10_000,
+		MaxSubscriptions:    1000,
+		MaxQueuedBytes:      16 << 20,
+		MaxQueuedBytesTotal: 1 << 30,
+		QueueFullPolicy:     QueueFullDropOldest,
+		TCPKeepAlive:        5 * time.Minute,
+		MaxTopicLevels:      128,
+		MaxTopicLength:      4096,
+		MaxClientIDLength:   1024,
+		TopicAliasMaximum:   64,
+		TopicAliasOut:       32,
+		MaxSessionExpiry:    7 * 24 * time.Hour,
+		MinKeepAlive:        0,
+		MaxKeepAlive:        18 * time.Hour,
+		ConnectTimeout:      10 * time.Second,
+		OutboundHighWater:   4 << 20,
+		SlowTimeout:         30 * time.Second,
+		WriteDelay:          time.Millisecond,
+		SharedPolicy:        SharedRoundRobin,
+		SysInterval:         10 * time.Second,
 	}
 }
 
@@ -247,6 +263,11 @@ func (c *Config) Validate() error {
 	check(c.MaxConnectionsPerIP >= 0, "--max-connections-per-ip must be >= 0, got %d", c.MaxConnectionsPerIP)
 	check(c.MaxConnectionRate >= 0, "--max-connection-rate must be >= 0, got %g", c.MaxConnectionRate)
 	check(c.TCPKeepAlive >= 0, "--tcp-keepalive must be >= 0, got %s", c.TCPKeepAlive)
+	check(c.MaxSessions >= 0, "--max-sessions must be >= 0, got %d", c.MaxSessions)
+	check(c.MaxQueuedBytes >= 0, "--max-queued-bytes must be >= 0, got %d", c.MaxQueuedBytes)
+	check(c.MaxQueuedBytesTotal >= 0, "--max-queued-bytes-total must be >= 0, got %d", c.MaxQueuedBytesTotal)
+	check(c.QueueFullPolicy == QueueFullDropOldest || c.QueueFullPolicy == QueueFullRefuse,
+		"--queue-full-policy must be drop-oldest or refuse, got %q", c.QueueFullPolicy)
 	check(c.MaxSubscriptions >= 0, "--max-subscriptions must be >= 0, got %d", c.MaxSubscriptions)
 	check(c.MaxTopicLevels >= 0, "--max-topic-levels must be >= 0, got %d", c.MaxTopicLevels)
 	check(c.MaxTopicLength >= 0 && c.MaxTopicLength <= 65535, "--max-topic-length must be between 0 and 65535 bytes, got %d", c.MaxTopicLength)
@@ -304,3 +325,17 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// QueueFullPolicy says what happens once the node's queues together hold
+// MaxQueuedBytesTotal.
+type QueueFullPolicy string
+
+const (
+	// QueueFullDropOldest makes room in the receiving session's queue,
+	// oldest first; the publisher notices nothing.
+	QueueFullDropOldest QueueFullPolicy = "drop-oldest"
+	// QueueFullRefuse refuses QoS 1/2 publishes while the budget is
+	// spent (PUBACK/PUBREC 0x97; MQTT 3 publishers are disconnected, as
+	// they cannot be told), and queues nothing more.
+	QueueFullRefuse QueueFullPolicy = "refuse"
+)

@@ -195,6 +195,11 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	if moved != nil && !req.cleanStart {
 		c.srv.install(ob, moved)
 	}
+	if max := c.srv.cfg.MaxSessions; max > 0 && req.expiry > 0 && !c.srv.roomForSession(id, max) {
+		c.srv.stats.sessionsRefused.Inc()
+		c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "the broker holds --max-sessions sessions")
+		return
+	}
 	sess, present := c.srv.attach(ob, c, id, req.cleanStart, req.expiry, req.window)
 	c.sess = sess
 	if c.ident != nil {
@@ -243,6 +248,15 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 		sess.pumpLocked(ob, now)
 	}
 	sess.mu.Unlock()
+}
+
+// roomForSession reports whether a persistent session for id may be kept:
+// one is resumed or replaced, or the broker holds fewer than max.
+func (s *Server) roomForSession(id string, max int) bool {
+	s.sessions.Lock()
+	n, old := len(s.sessions.m), s.sessions.m[id]
+	s.sessions.Unlock()
+	return old != nil || n < max
 }
 
 // newClientID makes an identifier for a client that sent none
@@ -453,6 +467,7 @@ func (ss *session) endLocked(ob *outbox) (map[string]fanout.Options, *pendingWil
 	subs, will := ss.mu.subs, ss.mu.will
 	ss.mu.subs, ss.mu.will = nil, nil
 	ss.mu.inflight = nil
+	ss.mu.queue.release()
 	ss.mu.queue = msgQueue{}
 	if ss.mu.expTimer != nil {
 		ss.mu.expTimer.Stop()

@@ -64,6 +64,17 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 			}
 			return c.ackPublish(ob, p, -1, codec.QuotaExceeded)
 		}
+		if cfg := &c.srv.cfg; cfg.QueueFullPolicy == QueueFullRefuse && cfg.MaxQueuedBytesTotal > 0 &&
+			c.srv.queuedBytes.Load() >= cfg.MaxQueuedBytesTotal {
+			// The node's queues are full: nothing more is taken on that
+			// they might have to hold.
+			c.srv.stats.refusedBudget.Add(1)
+			c.srv.logThrottled("refusing QoS 1/2 publishes: the session queues hold --max-queued-bytes-total")
+			if !v5 {
+				return &codec.Error{Code: codec.QuotaExceeded, Msg: "the broker's queues are full"}
+			}
+			return c.ackPublish(ob, p, -1, codec.QuotaExceeded)
+		}
 	}
 
 	switch p.QoS {

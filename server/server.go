@@ -58,6 +58,8 @@ type Server struct {
 	http     *http.Server
 	httpCert *httpCert // nil when HTTP is served in the clear
 	adm      *admission
+	// queuedBytes is what every session queue holds (msgQueue).
+	queuedBytes atomic.Int64
 	// logLimit throttles broker-wide warnings, connLog is the log of
 	// connections, throttled too (logthrottle.go).
 	logLimit *logThrottle

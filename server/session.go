@@ -69,14 +69,46 @@ type outMsg struct {
 type msgQueue struct {
 	items []*outMsg
 	head  int
+	// bytes is what the queued messages weigh (queuedSize), also added
+	// to total, the node's sum over every session (nil for none).
+	bytes int64
+	total *atomic.Int64
 }
+
+// queuedSize is what a queued message counts for against the byte
+// bounds: its topic and payload, and the bookkeeping around them. A
+// message queued for several sessions counts once in each.
+func queuedSize(m *outMsg) int64 {
+	return int64(len(m.msg.topic)+len(m.msg.payload)) + queuedOverhead
+}
+
+// queuedOverhead is about what a queued message costs besides its topic
+// and payload: the outMsg, its share of the message and of the queue.
+const queuedOverhead = 128
 
 func (q *msgQueue) len() int { return len(q.items) - q.head }
 
-func (q *msgQueue) push(m *outMsg) { q.items = append(q.items, m) }
+func (q *msgQueue) add(n int64) {
+	q.bytes += n
+	if q.total != nil {
+		q.total.Add(n)
+	}
+}
+
+func (q *msgQueue) push(m *outMsg) {
+	q.items = append(q.items, m)
+	q.add(queuedSize(m))
+}
+
+// release gives up every queued message's weight, for a queue dropped
+// whole.
+func (q *msgQueue) release() {
+	q.add(-q.bytes)
+}
 
 func (q *msgQueue) pop() *outMsg {
 	m := q.items[q.head]
+	q.add(-queuedSize(m))
 	q.items[q.head] = nil
 	q.head++
 	if q.head == len(q.items) {
@@ -95,6 +127,8 @@ func (q *msgQueue) filter(keep func(*outMsg) bool) {
 	for _, m := range q.items[q.head:] {
 		if keep(m) {
 			kept = append(kept, m)
+		} else {
+			q.add(-queuedSize(m))
 		}
 	}
 	clear(q.items[q.head+len(kept):])
@@ -106,6 +140,7 @@ func newSession(srv *Server, id string) *session {
 	s.mu.subs = make(map[string]fanout.Options)
 	s.mu.inflight = make(map[uint16]*outMsg)
 	s.mu.rxQoS2 = make(map[uint16]struct{})
+	s.mu.queue.total = &srv.queuedBytes
 	return s
 }
 
@@ -131,19 +166,40 @@ func (s *session) newOutMsgLocked(msg *message, qos byte, retain bool, subIDs []
 }
 
 // enqueueLocked appends m to the queue, dropping the oldest when the queue
-// is at its bound.
+// is at its bound in messages (--max-queued-messages) or bytes
+// (--max-queued-bytes). Past the node's budget for every queue together
+// (--max-queued-bytes-total) the session's own oldest messages make room,
+// or m is refused, as --queue-full-policy says.
 // REQUIRES: s.mu held.
 func (s *session) enqueueLocked(ob *outbox, m *outMsg) {
-	limit := s.srv.cfg.MaxQueuedMessages
-	if limit == 0 {
+	cfg := &s.srv.cfg
+	limit := cfg.MaxQueuedMessages
+	size := queuedSize(m)
+	if limit == 0 || (cfg.MaxQueuedBytes > 0 && size > cfg.MaxQueuedBytes) {
 		s.srv.stats.droppedQueueFull.Add(1)
 		return
 	}
-	for s.mu.queue.len() >= limit {
-		s.forgetLocked(ob, s.mu.queue.pop())
+	q := &s.mu.queue
+	for q.len() >= limit || (cfg.MaxQueuedBytes > 0 && q.bytes+size > cfg.MaxQueuedBytes) {
+		s.forgetLocked(ob, q.pop())
 		s.srv.stats.droppedQueueFull.Add(1)
 	}
-	s.mu.queue.push(m)
+	if budget := cfg.MaxQueuedBytesTotal; budget > 0 && s.srv.queuedBytes.Load()+size > budget {
+		if cfg.QueueFullPolicy == QueueFullRefuse {
+			s.srv.stats.droppedBudget.Add(1)
+			return
+		}
+		for q.len() > 0 && s.srv.queuedBytes.Load()+size > budget {
+			s.forgetLocked(ob, q.pop())
+			s.srv.stats.droppedBudget.Add(1)
+		}
+		if s.srv.queuedBytes.Load()+size > budget {
+			// Others' queues hold the budget: this one keeps nothing.
+			s.srv.stats.droppedBudget.Add(1)
+			return
+		}
+	}
+	q.push(m)
 	s.storeEntryLocked(ob, m)
 }
 

@@ -57,6 +57,15 @@ type stats struct {
 	// panics counts connections closed because their processing
 	// panicked (handler.go).
 	panics *metrics.Counter
+	// droppedBudget counts QoS 1/2 messages not queued, or dropped from a
+	// queue, for the node's queue budget (--max-queued-bytes-total).
+	droppedBudget *metrics.Counter
+	// refusedBudget counts QoS 1/2 publishes refused while the budget is
+	// spent (QueueFullRefuse).
+	refusedBudget *metrics.Counter
+	// sessionsRefused counts CONNECTs refused a new persistent session
+	// past --max-sessions.
+	sessionsRefused *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -76,6 +85,9 @@ func newStats(s *Server) *stats {
 		noSubscribers:     set.NewCounter("gannet_messages_no_subscribers_total"),
 		protocolErrors:    set.NewCounter("gannet_protocol_errors_total"),
 		panics:            set.NewCounter("gannet_panics_total"),
+		droppedBudget:     set.NewCounter(`gannet_messages_dropped_total{reason="queue_budget"}`),
+		refusedBudget:     set.NewCounter(`gannet_publishes_refused_total{reason="queue_budget"}`),
+		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="max_sessions"}`),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
 		willsSent:         set.NewCounter("gannet_wills_sent_total"),
@@ -97,6 +109,7 @@ func newStats(s *Server) *stats {
 		proxyBad:       set.NewCounter(`gannet_proxy_refused_total{reason="bad_header"}`),
 	}
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
+	set.NewGauge("gannet_queued_bytes", func() float64 { return float64(s.queuedBytes.Load()) })
 	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })
 	set.NewGauge("gannet_sessions", func() float64 {
 		s.sessions.Lock()

@@ -139,6 +139,17 @@ Flags:
 	fs.IntVar(&cfg.ReceiveMaximum, "receive-maximum", cfg.ReceiveMaximum, "unacknowledged QoS 1/2 publishes a client may send before it is disconnected (0x93)")
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "outbound QoS 1/2 messages awaiting acknowledgement per session (also capped by the client's receive maximum)")
 	fs.IntVar(&cfg.MaxQueuedMessages, "max-queued-messages", cfg.MaxQueuedMessages, "QoS 1/2 messages queued per session while it is offline or its window is full; the oldest is dropped beyond this")
+	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "sessions the broker holds, connected or not; past it a CONNECT asking for a new persistent session is refused with 0x97 (3 for MQTT 3); clean and resumed sessions are not; 0: no bound")
+	fs.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", cfg.MaxQueuedBytes, "`bytes` a session's queue may hold (topic, payload and about 128 bytes per message); the oldest is dropped beyond this; 0: no bound")
+	fs.Int64Var(&cfg.MaxQueuedBytesTotal, "max-queued-bytes-total", cfg.MaxQueuedBytesTotal, "`bytes` all session queues of the node may hold together; past it see --queue-full-policy; 0: no bound")
+	fs.Func("queue-full-policy", "past --max-queued-bytes-total: drop-oldest (the receiving session's oldest messages make room) or refuse (QoS 1/2 publishes get 0x97, MQTT 3 publishers are disconnected) (default drop-oldest)", func(v string) error {
+		switch p := server.QueueFullPolicy(v); p {
+		case server.QueueFullDropOldest, server.QueueFullRefuse:
+			cfg.QueueFullPolicy = p
+			return nil
+		}
+		return fmt.Errorf("must be drop-oldest or refuse")
+	})
 	fs.IntVar(&cfg.TopicAliasMaximum, "topic-alias-maximum", cfg.TopicAliasMaximum, "topic aliases an MQTT 5 client may use towards the broker")
 	fs.IntVar(&cfg.TopicAliasOut, "topic-alias-out", cfg.TopicAliasOut, "topic aliases the broker sets towards an MQTT 5 client that allows them, for the topics it received most recently (at most 1024); 0: none")
 	fs.DurationVar(&cfg.MaxSessionExpiry, "max-session-expiry", cfg.MaxSessionExpiry, "longest session expiry granted; also the expiry of MQTT 3 persistent sessions")
