@@ -82,6 +82,11 @@ type Config struct {
 	// refused (0x97 / 3); clean ones and resumed ones are not. 0: no
 	// bound.
 	MaxSessions int
+	// MaxRetained and MaxRetainedBytes bound the retained messages this
+	// node's clients may leave (count; topics and payloads in bytes): a
+	// message past them is delivered but not retained. 0: no bound.
+	MaxRetained      int
+	MaxRetainedBytes int64
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
@@ -219,6 +224,8 @@ func DefaultConfig() Config {
 		MaxSubscriptions:    1000,
 		MaxQueuedBytes:      16 << 20,
 		MaxQueuedBytesTotal: 1 << 30,
+		MaxRetained:         1_000_000,
+		MaxRetainedBytes:    1 << 30,
 		QueueFullPolicy:     QueueFullDropOldest,
 		TCPKeepAlive:        5 * time.Minute,
 		MaxTopicLevels:      128,
@@ -263,6 +270,8 @@ func (c *Config) Validate() error {
 	check(c.MaxConnectionsPerIP >= 0, "--max-connections-per-ip must be >= 0, got %d", c.MaxConnectionsPerIP)
 	check(c.MaxConnectionRate >= 0, "--max-connection-rate must be >= 0, got %g", c.MaxConnectionRate)
 	check(c.TCPKeepAlive >= 0, "--tcp-keepalive must be >= 0, got %s", c.TCPKeepAlive)
+	check(c.MaxRetained >= 0, "--max-retained must be >= 0, got %d", c.MaxRetained)
+	check(c.MaxRetainedBytes >= 0, "--max-retained-bytes must be >= 0, got %d", c.MaxRetainedBytes)
 	check(c.MaxSessions >= 0, "--max-sessions must be >= 0, got %d", c.MaxSessions)
 	check(c.MaxQueuedBytes >= 0, "--max-queued-bytes must be >= 0, got %d", c.MaxQueuedBytes)
 	check(c.MaxQueuedBytesTotal >= 0, "--max-queued-bytes-total must be >= 0, got %d", c.MaxQueuedBytesTotal)

@@ -148,3 +148,52 @@ func TestMaxSessions(t *testing.T) {
 		t.Fatalf("resuming a: CONNACK %v, present %v", ca.Code, ca.SessionPresent)
 	}
 }
+
+// --max-retained and --max-retained-bytes: a message past them is
+// delivered and acknowledged but not retained; replacing and clearing
+// still work.
+func TestRetainedLimits(t *testing.T) {
+	s := startBroker(t, func(c *Config) {
+		c.MaxRetained = 2
+		c.MaxRetainedBytes = 100
+	})
+	live := dialRaw(t, s, codec.V5)
+	live.connect("live", nil)
+	live.subscribe("r/#", 0)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	pub.publishAcked("r/a", "1", 1, true)
+	pub.publishAcked("r/b", "2", 1, true)
+	pub.publishAcked("r/c", "3", 1, true)                      // a third topic
+	pub.publishAcked("r/a", strings.Repeat("x", 200), 1, true) // past the bytes
+	pub.publishAcked("r/b", "22", 1, true)                     // a replacement
+	// Published in order from one client: the live subscriber gets all
+	// five in that order.
+	var seen []string
+	for range 5 {
+		m, ok := live.expect().(*codec.Publish)
+		if !ok {
+			t.Fatalf("the live subscriber got %v", m)
+		}
+		seen = append(seen, string(m.Topic))
+	}
+	if strings.Join(seen, " ") != "r/a r/b r/c r/a r/b" {
+		t.Fatalf("the live subscriber got %v, want all five", seen)
+	}
+	late := dialRaw(t, s, codec.V5)
+	late.connect("late", nil)
+	late.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{{Filter: []byte("r/#")}}})
+	late.expect()
+	got := map[string]string{}
+	for _, p := range late.ping() {
+		if m, ok := p.(*codec.Publish); ok {
+			got[string(m.Topic)] = string(m.Payload)
+		}
+	}
+	if len(got) != 2 || got["r/a"] != "1" || got["r/b"] != "22" {
+		t.Fatalf("retained %v, want r/a=1 and r/b=22", got)
+	}
+	if c, b := s.stats.retainedRefused["max_retained"].Get(), s.stats.retainedRefused["max_retained_bytes"].Get(); c != 1 || b != 1 {
+		t.Fatalf("refusals counted: %d for the count, %d for the bytes; want 1 and 1", c, b)
+	}
+}

@@ -13,6 +13,7 @@ type retainStore struct {
 	mu    sync.RWMutex
 	root  rnode
 	count int
+	bytes int64 // topics and payloads of the retained messages
 	// tombs remembers when each topic was last cleared, so that a cluster
 	// peer's older copy does not bring it back (apply).
 	tombs map[string]int64
@@ -107,8 +108,38 @@ func (r *retainStore) setLocked(m *message) {
 	}
 	if n.msg == nil {
 		r.count++
+	} else {
+		r.bytes -= retainedSize(n.msg)
 	}
+	r.bytes += retainedSize(m)
 	n.msg = m
+}
+
+func retainedSize(m *message) int64 { return int64(len(m.topic) + len(m.payload)) }
+
+// setBounded is set for a message published here: a new topic past
+// maxCount messages, or a message that would take the retained bytes past
+// maxBytes, is not kept and the reason returned (0: no bound). Clearing is
+// always allowed. Copies from cluster peers are not bounded (apply): nodes
+// must converge, and each bounds what its own clients publish.
+func (r *retainStore) setBounded(m *message, maxCount int, maxBytes int64) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(m.payload) > 0 && (maxCount > 0 || maxBytes > 0) {
+		cur := r.get(m.topic)
+		if maxCount > 0 && cur == nil && r.count >= maxCount {
+			return "max_retained"
+		}
+		grow := retainedSize(m)
+		if cur != nil {
+			grow -= retainedSize(cur)
+		}
+		if maxBytes > 0 && grow > 0 && r.bytes+grow > maxBytes {
+			return "max_retained_bytes"
+		}
+	}
+	r.setLocked(m)
+	return ""
 }
 
 // remove deletes the retained message of topic and prunes empty nodes.
@@ -129,6 +160,7 @@ func (r *retainStore) remove(topic []byte) {
 	if n.msg == nil {
 		return
 	}
+	r.bytes -= retainedSize(n.msg)
 	n.msg = nil
 	r.count--
 	for i := len(path) - 1; i >= 0; i-- {

@@ -66,6 +66,9 @@ type stats struct {
 	// sessionsRefused counts CONNECTs refused a new persistent session
 	// past --max-sessions.
 	sessionsRefused *metrics.Counter
+	// retainedRefused counts messages not retained, by the bound they
+	// would have passed.
+	retainedRefused map[string]*metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -110,6 +113,15 @@ func newStats(s *Server) *stats {
 	}
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
 	set.NewGauge("gannet_queued_bytes", func() float64 { return float64(s.queuedBytes.Load()) })
+	st.retainedRefused = map[string]*metrics.Counter{}
+	for _, r := range []string{"max_retained", "max_retained_bytes"} {
+		st.retainedRefused[r] = set.NewCounter(`gannet_retained_refused_total{reason="` + r + `"}`)
+	}
+	set.NewGauge("gannet_retained_bytes", func() float64 {
+		s.retained.mu.RLock()
+		defer s.retained.mu.RUnlock()
+		return float64(s.retained.bytes)
+	})
 	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })
 	set.NewGauge("gannet_sessions", func() float64 {
 		s.sessions.Lock()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -105,7 +106,13 @@ func (s *Server) publishOn(ob *outbox, m *message) (int, bool) {
 // the store.
 func (s *Server) setRetained(ob *outbox, m *message) {
 	m.stamp = s.stamp()
-	s.retained.set(m)
+	if why := s.retained.setBounded(m, s.cfg.MaxRetained, s.cfg.MaxRetainedBytes); why != "" {
+		// Delivered all the same, and acknowledged: the publisher would
+		// resend a message its subscribers already have.
+		s.stats.retainedRefused[why].Inc()
+		s.logThrottled("not retaining a message: the broker holds --"+strings.ReplaceAll(why, "_", "-"), "topic", clip(m.topic))
+		return
+	}
 	if s.cl != nil && !bytes.HasPrefix(m.topic, []byte("$SYS/")) {
 		// $SYS statistics are each node's own.
 		s.cl.replicateRetained(m)

@@ -140,6 +140,8 @@ Flags:
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "outbound QoS 1/2 messages awaiting acknowledgement per session (also capped by the client's receive maximum)")
 	fs.IntVar(&cfg.MaxQueuedMessages, "max-queued-messages", cfg.MaxQueuedMessages, "QoS 1/2 messages queued per session while it is offline or its window is full; the oldest is dropped beyond this")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "sessions the broker holds, connected or not; past it a CONNECT asking for a new persistent session is refused with 0x97 (3 for MQTT 3); clean and resumed sessions are not; 0: no bound")
+	fs.IntVar(&cfg.MaxRetained, "max-retained", cfg.MaxRetained, "retained messages this node's clients may leave; past it a message on a new topic is delivered but not retained (counted); 0: no bound")
+	fs.Int64Var(&cfg.MaxRetainedBytes, "max-retained-bytes", cfg.MaxRetainedBytes, "`bytes` (topics and payloads) of retained messages; past it as --max-retained; 0: no bound")
 	fs.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", cfg.MaxQueuedBytes, "`bytes` a session's queue may hold (topic, payload and about 128 bytes per message); the oldest is dropped beyond this; 0: no bound")
 	fs.Int64Var(&cfg.MaxQueuedBytesTotal, "max-queued-bytes-total", cfg.MaxQueuedBytesTotal, "`bytes` all session queues of the node may hold together; past it see --queue-full-policy; 0: no bound")
 	fs.Func("queue-full-policy", "past --max-queued-bytes-total: drop-oldest (the receiving session's oldest messages make room) or refuse (QoS 1/2 publishes get 0x97, MQTT 3 publishers are disconnected) (default drop-oldest)", func(v string) error {
