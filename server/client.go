@@ -404,7 +404,7 @@ func (c *client) flush() {
 	if c.closed {
 		return
 	}
-	if c.gc.OutboundBuffered() > c.srv.cfg.OutboundHighWater {
+	if c.gc.OutboundBuffered() > c.srv.outboundHighWater() {
 		if c.slowSince == 0 {
 			c.slowSince = c.srv.now()
 			c.slow.Store(true)

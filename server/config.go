@@ -87,6 +87,10 @@ type Config struct {
 	// message past them is delivered but not retained. 0: no bound.
 	MaxRetained      int
 	MaxRetainedBytes int64
+	// MemoryLimit is the memory the broker may use (bytes): past 90% of
+	// it, it sheds load until it is back under 80% (memory.go). 0: none.
+	// cmd/gannet also gives it to the Go runtime as its memory limit.
+	MemoryLimit int64
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
@@ -270,6 +274,7 @@ func (c *Config) Validate() error {
 	check(c.MaxConnectionsPerIP >= 0, "--max-connections-per-ip must be >= 0, got %d", c.MaxConnectionsPerIP)
 	check(c.MaxConnectionRate >= 0, "--max-connection-rate must be >= 0, got %g", c.MaxConnectionRate)
 	check(c.TCPKeepAlive >= 0, "--tcp-keepalive must be >= 0, got %s", c.TCPKeepAlive)
+	check(c.MemoryLimit == 0 || c.MemoryLimit >= 64<<20, "--memory-limit must be 0 or at least 64 MiB, got %d", c.MemoryLimit)
 	check(c.MaxRetained >= 0, "--max-retained must be >= 0, got %d", c.MaxRetained)
 	check(c.MaxRetainedBytes >= 0, "--max-retained-bytes must be >= 0, got %d", c.MaxRetainedBytes)
 	check(c.MaxSessions >= 0, "--max-sessions must be >= 0, got %d", c.MaxSessions)

@@ -195,6 +195,11 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	if moved != nil && !req.cleanStart {
 		c.srv.install(ob, moved)
 	}
+	if req.expiry > 0 && c.srv.mem.high.Load() && !c.srv.roomForSession(id, 1) {
+		c.srv.adm.refused[refusedMem].Inc()
+		c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "memory above the high-water mark of --memory-limit")
+		return
+	}
 	if max := c.srv.cfg.MaxSessions; max > 0 && req.expiry > 0 && !c.srv.roomForSession(id, max) {
 		c.srv.stats.sessionsRefused.Inc()
 		c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "the broker holds --max-sessions sessions")

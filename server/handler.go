@@ -192,7 +192,7 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 		return
 	}
 	if c.slowSince != 0 {
-		if c.gc.OutboundBuffered() <= cfg.OutboundHighWater {
+		if c.gc.OutboundBuffered() <= c.srv.outboundHighWater() {
 			c.slowSince = 0
 			c.slow.Store(false)
 		} else if cfg.SlowTimeout > 0 && now-c.slowSince > int64(cfg.SlowTimeout) {

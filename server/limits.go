@@ -66,6 +66,7 @@ const (
 	refusedMax   = "max_connections"
 	refusedPerIP = "max_connections_per_ip"
 	refusedFDs   = "open_file_limit"
+	refusedMem   = "memory_limit"
 )
 
 // admission holds the counters and buckets of admission control.
@@ -99,7 +100,7 @@ func newAdmission(s *Server) *admission {
 			a.limiters[k] = rate.NewLimiter(rate.Limit(r), max(1, int(r)))
 		}
 	}
-	for _, r := range []string{refusedRate, refusedMax, refusedPerIP, refusedFDs} {
+	for _, r := range []string{refusedRate, refusedMax, refusedPerIP, refusedFDs, refusedMem} {
 		a.refused[r] = s.stats.set.NewCounter(`gannet_connections_refused_total{reason="` + r + `"}`)
 	}
 	a.pubTopicRefused = s.stats.set.NewCounter(`gannet_publishes_refused_total{reason="topic_limit"}`)
@@ -156,6 +157,8 @@ func (a *admission) beforeHandshake(kind int) string {
 		return refusedRate
 	case a.fdsFull():
 		return refusedFDs
+	case a.s.mem.high.Load():
+		return refusedMem
 	}
 	return ""
 }
@@ -169,6 +172,9 @@ func (a *admission) refuse(reason, remote string, kind int) {
 // admit counts a connection from ip against the limits, or returns the
 // reason it is refused. A connection admitted must be released once.
 func (a *admission) admit(ip netip.Addr) string {
+	if a.s.mem.high.Load() {
+		return refusedMem
+	}
 	if a.max > 0 && a.admitted.Add(1) > a.max {
 		a.admitted.Add(-1)
 		return refusedMax

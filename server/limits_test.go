@@ -287,3 +287,27 @@ func TestMaxKeepAliveMQTT3(t *testing.T) {
 		t.Fatalf("keepalive timeouts %d, want 1", n)
 	}
 }
+
+// Past the memory high-water mark new connections and new persistent
+// sessions are refused with quota exceeded and counted; the clients
+// connected keep their service; below it again, service resumes by itself.
+func TestMemoryLimit(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.MemoryLimit = 64 << 20 })
+	held := dialRaw(t, s, codec.V5)
+	held.connect("held", nil)
+	s.mem.limit.Store(1 << 20) // far below what any Go process holds
+	waitFor(t, "the high-water mark", s.mem.high.Load)
+	expectRefused(t, s, nil, codec.V5, codec.QuotaExceeded)
+	if n := s.adm.refused[refusedMem].Get(); n != 1 {
+		t.Fatalf("refusals for memory_limit %d, want 1", n)
+	}
+	if got, want := s.outboundHighWater(), s.cfg.OutboundHighWater/16; got != want {
+		t.Fatalf("outbound high water %d under memory pressure, want %d", got, want)
+	}
+	held.ping()
+	s.mem.limit.Store(1 << 40)
+	waitFor(t, "service to resume", func() bool { return !s.mem.high.Load() })
+	if ca := dialRaw(t, s, codec.V5).connect("after", nil); ca.Code != codec.Success {
+		t.Fatalf("after the pressure: CONNACK %v", ca.Code)
+	}
+}

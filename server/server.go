@@ -60,6 +60,7 @@ type Server struct {
 	adm      *admission
 	// queuedBytes is what every session queue holds (msgQueue).
 	queuedBytes atomic.Int64
+	mem         memGuard // memory.go
 	// logLimit throttles broker-wide warnings, connLog is the log of
 	// connections, throttled too (logthrottle.go).
 	logLimit *logThrottle
@@ -287,6 +288,11 @@ func (s *Server) Start() error {
 	if s.cfg.Auth != nil {
 		s.wg.Add(1)
 		go s.aclLoop()
+	}
+	if s.cfg.MemoryLimit > 0 {
+		s.mem.limit.Store(s.cfg.MemoryLimit)
+		s.wg.Add(1)
+		go s.memoryLoop()
 	}
 	s.ready.Store(true)
 	s.log.Info("gannet started", "mqtt", s.addr.String(), "mqtts", s.TLSAddr(), "ws", s.WSAddr(), "wss", s.WSSAddr(),

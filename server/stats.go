@@ -113,6 +113,14 @@ func newStats(s *Server) *stats {
 	}
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
 	set.NewGauge("gannet_queued_bytes", func() float64 { return float64(s.queuedBytes.Load()) })
+	set.NewGauge("gannet_memory_limit_bytes", func() float64 { return float64(s.mem.limit.Load()) })
+	set.NewGauge("gannet_memory_used_bytes", func() float64 { return float64(s.mem.used.Load()) })
+	set.NewGauge("gannet_memory_high", func() float64 {
+		if s.mem.high.Load() {
+			return 1
+		}
+		return 0
+	})
 	st.retainedRefused = map[string]*metrics.Counter{}
 	for _, r := range []string{"max_retained", "max_retained_bytes"} {
 		st.retainedRefused[r] = set.NewCounter(`gannet_retained_refused_total{reason="` + r + `"}`)

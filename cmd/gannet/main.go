@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +48,10 @@ func run(args []string, stderr io.Writer) int {
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	cfg.Logger = slog.New(h)
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		// The runtime collects harder as the broker nears its limit.
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 
 	chain, closers, err := af.build(cfg.Logger)
 	if err != nil {
@@ -140,6 +145,11 @@ Flags:
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "outbound QoS 1/2 messages awaiting acknowledgement per session (also capped by the client's receive maximum)")
 	fs.IntVar(&cfg.MaxQueuedMessages, "max-queued-messages", cfg.MaxQueuedMessages, "QoS 1/2 messages queued per session while it is offline or its window is full; the oldest is dropped beyond this")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "sessions the broker holds, connected or not; past it a CONNECT asking for a new persistent session is refused with 0x97 (3 for MQTT 3); clean and resumed sessions are not; 0: no bound")
+	fs.Func("memory-limit", "memory the broker may use, e.g. 2GiB (also the Go runtime's limit, unless GOMEMLIMIT is set): past 90% of it new connections and new persistent sessions are refused (0x97 / 3) and QoS 0 to slow receivers is dropped first, until it is back under 80%; 0: none (default 0)", func(v string) error {
+		n, err := parseSize(v)
+		cfg.MemoryLimit = n
+		return err
+	})
 	fs.IntVar(&cfg.MaxRetained, "max-retained", cfg.MaxRetained, "retained messages this node's clients may leave; past it a message on a new topic is delivered but not retained (counted); 0: no bound")
 	fs.Int64Var(&cfg.MaxRetainedBytes, "max-retained-bytes", cfg.MaxRetainedBytes, "`bytes` (topics and payloads) of retained messages; past it as --max-retained; 0: no bound")
 	fs.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", cfg.MaxQueuedBytes, "`bytes` a session's queue may hold (topic, payload and about 128 bytes per message); the oldest is dropped beyond this; 0: no bound")
