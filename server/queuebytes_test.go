@@ -197,3 +197,20 @@ func TestRetainedLimits(t *testing.T) {
 		t.Fatalf("refusals counted: %d for the count, %d for the bytes; want 1 and 1", c, b)
 	}
 }
+
+// A node that is not in a cluster keeps no tombstones for cleared retained
+// messages: nothing would ever collect them.
+func TestSingleNodeKeepsNoTombstones(t *testing.T) {
+	s := startBroker(t, nil)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	for i := range 100 {
+		topic := "gone/" + strconv.Itoa(i)
+		pub.publishAcked(topic, "x", 1, true)
+		pub.publishAcked(topic, "", 1, true)
+	}
+	_, tombs := s.retained.snapshot()
+	if len(tombs) != 0 || s.retained.len() != 0 {
+		t.Fatalf("%d tombstones and %d retained messages after clearing every topic, want none", len(tombs), s.retained.len())
+	}
+}

@@ -105,7 +105,12 @@ func (s *Server) publishOn(ob *outbox, m *message) (int, bool) {
 // setRetained replaces the retained message of m's topic, in memory and in
 // the store.
 func (s *Server) setRetained(ob *outbox, m *message) {
-	m.stamp = s.stamp()
+	if s.cl != nil {
+		// Versions order copies across the cluster; a clearing's is kept
+		// (a tombstone) so that an older copy from a peer does not bring
+		// the message back. Alone, a node needs neither.
+		m.stamp = s.stamp()
+	}
 	if why := s.retained.setBounded(m, s.cfg.MaxRetained, s.cfg.MaxRetainedBytes); why != "" {
 		// Delivered all the same, and acknowledged: the publisher would
 		// resend a message its subscribers already have.
