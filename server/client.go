@@ -39,6 +39,8 @@ type client struct {
 	// parked is set while CONNECT waits for peers to hand over the
 	// session: later packets stay in the read buffer until it clears.
 	parked bool
+	// limit is the client's publish rate (ratelimit.go); nil: none.
+	limit *pubLimit
 	// Admission (limits.go): admitted while the connection counts
 	// against the limits, from ip; refusal is why its CONNECT will be
 	// refused, when it was not admitted.
@@ -185,6 +187,14 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 		}
 		if len(buf)-used < n+h.Remaining {
 			break
+		}
+		if h.Type == codec.PUBLISH && c.limit != nil && !c.publishAllowed(n+h.Remaining) {
+			if len(buf)-used >= holdLimit {
+				c.srv.stats.rateDisconnects.Inc()
+				err = &codec.Error{Code: codec.MessageRateTooHigh,
+					Msg: "publishing past --max-publish-rate with more than the broker holds back"}
+			}
+			break // the rest when the buckets have room (ratelimit.go)
 		}
 		body := buf[used+n : used+n+h.Remaining]
 		used += n + h.Remaining

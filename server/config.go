@@ -91,6 +91,10 @@ type Config struct {
 	// it, it sheds load until it is back under 80% (memory.go). 0: none.
 	// cmd/gannet also gives it to the Go runtime as its memory limit.
 	MemoryLimit int64
+	// MaxPublishRate and MaxPublishBytesRate bound each client's publishes
+	// per second, in messages and bytes (ratelimit.go). 0: none.
+	MaxPublishRate      float64
+	MaxPublishBytesRate float64
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
@@ -275,6 +279,8 @@ func (c *Config) Validate() error {
 	check(c.MaxConnectionRate >= 0, "--max-connection-rate must be >= 0, got %g", c.MaxConnectionRate)
 	check(c.TCPKeepAlive >= 0, "--tcp-keepalive must be >= 0, got %s", c.TCPKeepAlive)
 	check(c.MemoryLimit == 0 || c.MemoryLimit >= 64<<20, "--memory-limit must be 0 or at least 64 MiB, got %d", c.MemoryLimit)
+	check(c.MaxPublishRate >= 0, "--max-publish-rate must be >= 0, got %g", c.MaxPublishRate)
+	check(c.MaxPublishBytesRate >= 0, "--max-publish-bytes-rate must be >= 0, got %g", c.MaxPublishBytesRate)
 	check(c.MaxRetained >= 0, "--max-retained must be >= 0, got %d", c.MaxRetained)
 	check(c.MaxRetainedBytes >= 0, "--max-retained-bytes must be >= 0, got %d", c.MaxRetainedBytes)
 	check(c.MaxSessions >= 0, "--max-sessions must be >= 0, got %d", c.MaxSessions)

@@ -115,6 +115,7 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 	}
 	c.keepAlive = int64(ka) * 3 / 2
 
+	c.limit = c.srv.newPubLimit()
 	// Limits the client sets for us.
 	window := c.srv.cfg.MaxInflight
 	if v5 {

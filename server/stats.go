@@ -69,6 +69,11 @@ type stats struct {
 	// retainedRefused counts messages not retained, by the bound they
 	// would have passed.
 	retainedRefused map[string]*metrics.Counter
+	// publishDelayed counts the times a client's PUBLISH waited for its
+	// rate; rateDisconnects the clients closed for exceeding it while
+	// held (ratelimit.go).
+	publishDelayed  *metrics.Counter
+	rateDisconnects *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -91,6 +96,8 @@ func newStats(s *Server) *stats {
 		droppedBudget:     set.NewCounter(`gannet_messages_dropped_total{reason="queue_budget"}`),
 		refusedBudget:     set.NewCounter(`gannet_publishes_refused_total{reason="queue_budget"}`),
 		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="max_sessions"}`),
+		publishDelayed:    set.NewCounter("gannet_publishes_delayed_total"),
+		rateDisconnects:   set.NewCounter(`gannet_rate_limited_disconnects_total`),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
 		willsSent:         set.NewCounter("gannet_wills_sent_total"),

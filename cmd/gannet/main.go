@@ -150,6 +150,8 @@ Flags:
 		cfg.MemoryLimit = n
 		return err
 	})
+	fs.Float64Var(&cfg.MaxPublishRate, "max-publish-rate", cfg.MaxPublishRate, "PUBLISH packets per second per client (bursts of one second's worth); past it the client's input is read more slowly, and one that sends 256 KiB more while held is disconnected (0x96 for MQTT 5); 0: no bound")
+	fs.Float64Var(&cfg.MaxPublishBytesRate, "max-publish-bytes-rate", cfg.MaxPublishBytesRate, "PUBLISH `bytes` per second per client, as --max-publish-rate; 0: no bound")
 	fs.IntVar(&cfg.MaxRetained, "max-retained", cfg.MaxRetained, "retained messages this node's clients may leave; past it a message on a new topic is delivered but not retained (counted); 0: no bound")
 	fs.Int64Var(&cfg.MaxRetainedBytes, "max-retained-bytes", cfg.MaxRetainedBytes, "`bytes` (topics and payloads) of retained messages; past it as --max-retained; 0: no bound")
 	fs.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", cfg.MaxQueuedBytes, "`bytes` a session's queue may hold (topic, payload and about 128 bytes per message); the oldest is dropped beyond this; 0: no bound")

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// --max-publish-rate slows a client down without refusing anything: 30
+// QoS 1 publishes at 10 per second (bursts of 10) are all acknowledged,
+// over at least two seconds; another client is served meanwhile.
+func TestPublishRateSlowsClient(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.MaxPublishRate = 10 })
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("sub", nil)
+	sub.subscribe("r/#", 1)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	start := time.Now()
+	var out []byte
+	for i := range 30 {
+		out = append(out, (&codec.Publish{Topic: []byte("r/x"), Payload: []byte("m"), QoS: 1, PacketID: uint16(i + 1)}).Append(nil, codec.V5)...)
+	}
+	pub.write(out)
+	other := dialRaw(t, s, codec.V5)
+	other.connect("other", nil)
+	other.ping() // not held up by the limited client
+	for i := range 30 {
+		a, ok := pub.expect().(*codec.Ack)
+		if !ok || a.PacketID != uint16(i+1) || a.Code != codec.Success {
+			t.Fatalf("ack %d: %+v", i, a)
+		}
+	}
+	if d := time.Since(start); d < 1900*time.Millisecond {
+		t.Fatalf("30 publishes at 10/s (bursts of 10) took %s, want at least 2s", d)
+	}
+	if s.stats.publishDelayed.Get() == 0 {
+		t.Fatal("no delay counted")
+	}
+	for range 30 {
+		if _, ok := sub.expect().(*codec.Publish); !ok {
+			t.Fatal("a delivery is missing")
+		}
+	}
+}
+
+// A client that keeps sending far past its rate, more than the broker
+// holds back, is disconnected with 0x96.
+func TestPublishRateFloodDisconnects(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.MaxPublishRate = 1 })
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("flood", nil)
+	payload := []byte(strings.Repeat("x", 10_000))
+	var out []byte
+	for range 40 { // 400 kB, past the 256 KiB held back
+		out = append(out, (&codec.Publish{Topic: []byte("f"), Payload: payload}).Append(nil, codec.V5)...)
+	}
+	go func() { _, _ = pub.c.Write(out) }()
+	var last codec.Packet
+	for _, p := range pub.expectClosed() {
+		last = p
+	}
+	if d, ok := last.(*codec.Disconnect); !ok || d.Code != codec.MessageRateTooHigh {
+		t.Fatalf("last packet %v, want DISCONNECT 0x96", last)
+	}
+	if s.stats.rateDisconnects.Get() != 1 {
+		t.Fatal("the disconnect was not counted")
+	}
+}
