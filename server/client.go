@@ -146,6 +146,9 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		}
 		used = n
 	}
+	if c.tls != nil && c.tls.rec != nil {
+		return c.onTLSTraffic(ob, buf) // TLS on the loop (tlsrec.go)
+	}
 	if c.ws != nil {
 		if used > 0 {
 			_, _ = c.gc.Discard(used) // the PROXY header
@@ -215,8 +218,15 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 		if len(buf) < len(bridgeToken{}) {
 			return 0, false
 		}
-		tc := c.srv.tlsl.claim(buf[:len(bridgeToken{})])
-		if tc == nil {
+		var tc *tlsConn
+		switch v := c.srv.tlsl.claim(buf[:len(bridgeToken{})]).(type) {
+		case *tlsConn:
+			tc = v
+		case *tlsProbe: // Start learning the loops (probeLoops)
+			v.got <- c.loop.el
+			c.closeNow()
+			return 0, false
+		default:
 			c.logger().Warn("closing connection", "reason", "unknown token on the TLS listener's internal socket")
 			c.srv.stats.protocolErrors.Add(1)
 			c.close()
@@ -323,7 +333,13 @@ func (c *client) close() {
 	if c.closed {
 		return
 	}
+	if c.tls != nil && c.tls.rec != nil {
+		c.tlsCloseNotify()
+	}
 	c.flushLast()
+	if c.closed {
+		return // the last write failed: the connection is gone (OnClose ran)
+	}
 	c.closed = true
 	if c.srv.stopping.Load() {
 		_ = c.gc.Close()
@@ -345,7 +361,13 @@ func (c *client) closeNow() {
 	if c.closed {
 		return
 	}
+	if c.tls != nil && c.tls.rec != nil {
+		c.tlsCloseNotify()
+	}
 	c.flushLast()
+	if c.closed {
+		return // the last write failed: the connection is gone (OnClose ran)
+	}
 	c.closed = true
 	_ = c.gc.Close()
 }
@@ -358,7 +380,7 @@ func (c *client) flushLast() {
 		c.pend = slices.DeleteFunc(c.pend, func(b []byte) bool { return b == nil })
 		c.held = 0
 	}
-	if c.dirty || len(c.pend) > 0 {
+	if c.dirty || len(c.pend) > 0 || c.tls != nil && c.tls.rec != nil && c.tls.rec.owes() {
 		c.flush()
 	}
 }
@@ -396,6 +418,10 @@ func (c *client) flush() {
 		p := c.pend
 		if c.ws != nil && c.ws.upgraded {
 			p = c.ws.frames(p)
+		}
+		if c.tls != nil && c.tls.rec != nil {
+			c.writeTLS(p) // sealed into records (tlsrec.go)
+			p = nil
 		}
 		for len(p) > 0 && !c.closed {
 			n := min(len(p), 1024) // IOV_MAX

@@ -7,7 +7,8 @@
 // gnet runs one event loop per core. A connection (client) belongs to one
 // loop for its whole life, and every field of client is touched only there
 // unless its comment says otherwise. There is no goroutine per connection,
-// except on the TLS listener (below).
+// except for a TLS connection's handshake and a TLS 1.2 one's bridge
+// (below).
 // OnTraffic decodes every whole packet in the read buffer without copying;
 // packet fields die when it returns, so a PUBLISH is copied once into an
 // immutable message before it is routed.
@@ -42,23 +43,26 @@
 // # TLS
 //
 // crypto/tls reads and writes by blocking, which an event loop must never
-// do, and running it on the loops would mean re-implementing its record
-// layer; so a TLS connection (tls.go) has goroutines of its own. A Go
-// listener accepts, a goroutine runs the handshake (under
-// --tls-handshake-timeout, at most --tls-max-handshakes at once), and the
-// decrypted stream reaches an event loop through a unix socket that the
-// engine listens on beside the plain listener: the main reactor hands out
-// TLS and plain connections alike, round robin (Engine.Register would
-// need another balancing policy, and least connections piles a burst of
-// connects onto one loop). The loop's client reads a token first, which
-// names the TLS connection and gives the client its peer's address and
-// certificate names; from there on it is served like any other. Two
-// goroutines per connection copy between the unix socket and the
-// tls.Conn. An idle TLS connection costs about 30 KiB of memory (two
-// small goroutine stacks, a 2 KiB read buffer, crypto/tls's state; the
-// 16 KiB copy buffers are pooled and held only while bytes move) against
-// under 2 KiB for a plain one, and each message two more system calls and
-// goroutine wake-ups each way.
+// do; but only the handshake needs it. A Go listener accepts and a
+// goroutine runs the handshake (tls.go; under --tls-handshake-timeout, at
+// most --tls-max-handshakes at once) reading no byte past the client's
+// Finished, with a key log of its own that yields the application traffic
+// secrets. A TLS 1.3 connection is then handed to an event loop
+// (EventLoop.Enroll; the listener picks the loops in turn, having learnt
+// them at Start) and served there like a plain one behind a record layer
+// of its own (tlsrec.go): records are opened in place in the read buffer,
+// each flush is sealed into records in a pooled buffer, KeyUpdate and
+// alerts are handled, close_notify goes out before the FIN. Such a
+// connection holds one descriptor and no goroutine; its keys cost under
+// 2 KiB more than a plain connection. A TLS 1.2 connection (or one the
+// loop cannot take over safely) is bridged instead: its decrypted stream
+// reaches a loop through a unix socket that the engine listens on beside
+// the plain listener, where a token names the TLS connection and gives the
+// client its peer's address and certificate names, and two goroutines
+// per connection copy between the unix socket and the tls.Conn: about 30
+// KiB and three descriptors per idle connection, and goroutine wake-ups
+// for each message. MQTT over WebSocket over TLS takes the same two
+// paths, the WebSocket layer running over the record layer on the loop.
 //
 // # Lock order
 //

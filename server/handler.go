@@ -53,13 +53,25 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	s := h.srv
+	enrolled, _ := gc.Context().(*tlsConn) // a TLS connection handed over by the listener (tls.go)
+	if enrolled != nil {
+		enrolled.opened.Store(true)
+	}
 	if s.stopping.Load() {
 		return nil, gnet.Close
 	}
 	l := s.loopOf(gc)
 	now := s.now()
 	c := &client{srv: s, gc: gc, loop: l, lastRead: now, openedAt: now}
-	if la := gc.LocalAddr(); la != nil && la.Network() == "unix" {
+	if enrolled != nil {
+		// Its handshake is done, its PROXY header read, its rate and
+		// descriptors checked (beforeHandshake): the record layer takes
+		// over (tlsrec.go).
+		c.tls, c.addr = enrolled, enrolled.remote
+		if enrolled.ws {
+			c.ws = &wsConn{} // from the WebSocket over TLS listener
+		}
+	} else if la := gc.LocalAddr(); la != nil && la.Network() == "unix" {
 		// From the TLS listener, through the engine's unix socket
 		// (tls.go): a token names the TLS connection, whose peer
 		// address and certificate this client takes.
@@ -78,6 +90,13 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	s.stats.connections.Add(1)
 	if c.proxy == proxyBridge {
 		return nil, gnet.None // admitted on its token (client.proxyHeader)
+	}
+	if enrolled != nil {
+		if !c.admitClient() {
+			c.closed = true
+			return enrolled.rec.closeNotifyRecord(), gnet.Close
+		}
+		return nil, gnet.None
 	}
 	// Admission (limits.go): the rate and the descriptors before
 	// anything is read; the counts once the address is final.
@@ -148,9 +167,16 @@ func (c *client) recoverPanic(ob *outbox) {
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c, ok := gc.Context().(*client)
 	if !ok {
+		if _, ok := gc.Context().(*tlsConn); ok {
+			h.srv.tlsl.open.Add(-1) // refused by OnOpen: the broker is stopping
+		}
 		return gnet.None
 	}
-	if c.tls != nil {
+	switch {
+	case c.tls == nil:
+	case c.tls.rec != nil:
+		h.srv.tlsl.open.Add(-1)
+	default:
 		c.tls.loopClosed()
 	}
 	c.closed = true

@@ -20,8 +20,9 @@ package server
 //     reach its open-file limit through client connections: at start the
 //     soft limit is raised to the hard one, and connections are closed at
 //     once when the descriptors they hold would come within fdReserve of
-//     it. A TLS connection holds three (its socket and both ends of the
-//     bridge to the loops), a plain or WebSocket one one.
+//     it. A TLS connection on the bridge holds three (its socket and both
+//     ends of the bridge to the loops); a plain, WebSocket or TLS 1.3 one
+//     served on a loop one.
 //
 // Every refusal counts in gannet_connections_refused_total{reason} and is
 // logged, throttled per reason (logthrottle.go).
@@ -138,7 +139,10 @@ func (a *admission) fdsFull() bool {
 	}
 	held := a.s.stats.connections.Load()
 	if l := a.s.tlsl; l != nil {
-		held += 2*l.open.Load() + l.inProgress.Load()
+		// A bridged TLS connection holds two descriptors besides the
+		// loop's; one served on a loop holds none besides it, but for a
+		// moment while it is handed over.
+		held += 2*l.bridged.Load() + l.enrolling.Load() + l.inProgress.Load()
 	}
 	return held > limit-fdReserve
 }

@@ -265,6 +265,11 @@ func (s *Server) Start() error {
 		_ = s.closeStore()
 		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
 	}
+	if s.tlsl != nil {
+		// TLS 1.3 connections are handed to the loops by the listener
+		// itself, which must know them first (tls.go).
+		s.tlsl.probeLoops(loops)
+	}
 	// Learn the bound address (":0" picks a port) from gnet's own socket:
 	// binding a probe socket first and handing its port over would race
 	// with anything else taking that port in between.

@@ -1,10 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,15 +31,55 @@ import (
 // (ws.go), as one from --ws-listen is.
 //
 // crypto/tls wants a goroutine that blocks in Read and Write, and gnet's
-// event loops never block, so a TLS connection is served in two halves:
+// event loops never block; but only the handshake needs crypto/tls's
+// machinery (certificates, verification, key exchange, tickets), and a
+// TLS 1.3 record layer is small. So crypto/tls runs the handshake on a
+// goroutine, and a TLS 1.3 connection is then served on an event loop
+// like a plain one, its records opened and sealed there (tlsrec.go):
 //
-//	client ─TCP/TLS─ up/down goroutines ═ unix socket ═ engine's unix listener ─ event loop
-//	                 (tls.Conn)                                                  (client, as on :1883)
+//	client ─TCP/TLS 1.3─ event loop (client, as on :1883, behind the record layer)
 //
 // A Go listener accepts; a goroutine reads the PROXY header where one is
 // expected and runs the handshake under a deadline, with at most
 // MaxHandshakes of them at once (the listener accepts no more until one
 // ends: what a client may cost before it has proved anything is bounded).
+// Three things let the loop take over where crypto/tls stops:
+//
+//   - Nothing past the handshake is read into user space: the
+//     connection crypto/tls reads (tlsPeer) returns no byte past the end
+//     of the TLS record being read, and crypto/tls asks for a record's
+//     header, then for its body. Whatever the client sends after its
+//     Finished stays in the kernel for the loop.
+//   - Each handshake gets its own tls.Config (a clone, in
+//     GetConfigForClient) whose key log hands over the client's and the
+//     server's application traffic secrets; key and iv follow from them
+//     (RFC 8446 7.3).
+//   - Sequence numbers: the client's application records start at 0 (its
+//     Finished was the last record read). crypto/tls may have sealed
+//     records under the server's application key during the handshake
+//     (session tickets, sent with the Finished, or after the client's
+//     certificate when one is asked for): what it writes is kept and
+//     counted, and the loop goes on from there.
+//
+// The listener then hands the socket to an event loop with
+// EventLoop.Enroll (gnet duplicates the descriptor; Go's is closed,
+// crypto/tls's state dropped), picking the loops in turn itself. gnet
+// offers no list of its loops: Start learns them by connecting through
+// the engine's unix socket (below) until a connection has landed on each
+// (probeLoops). OnOpen finds the tlsConn in the connection's context,
+// with the client's address and certificate names; from there on, past
+// the record layer, everything (keepalive, limits, slow receivers,
+// authentication) is the plain listener's code. Such a connection holds
+// one descriptor and no goroutine, and costs over a plain connection its
+// record layer's keys, under 2 KiB.
+//
+// Connections that negotiated TLS 1.2, or anything the loop could not
+// take over safely (bytes past the handshake already read, records
+// crypto/tls wrote that do not add up), take the bridge instead:
+//
+//	client ─TCP/TLS─ up/down goroutines ═ unix socket ═ engine's unix listener ─ event loop
+//	                 (tls.Conn)                                                  (client, as on :1883)
+//
 // Once the handshake succeeds, the goroutine connects to a unix socket
 // that the gnet engine listens on beside the plain listener (in the data
 // directory; see prepare) and writes a random token first; the engine accepts the
@@ -43,22 +87,22 @@ import (
 // token and takes the TLS connection's peer address and certificate names
 // from the pending map. Two new goroutines (the handshake's own stack
 // grew, and ends with it) copy the client's plaintext into the unix socket
-// (up) and what the loop writes back into the tls.Conn (down). Everything
-// past the handshake (keepalive, limits, slow receivers, authentication)
-// is the plain listener's code.
+// (up) and what the loop writes back into the tls.Conn (down). A bridged
+// connection costs the two goroutines, up's small buffer (and a big one
+// while busy, see bridgeBuf), the tls.Conn's own buffers and the unix
+// sockets' kernel buffers (empty while idle), about 30 KiB while idle,
+// three descriptors, and goroutine wake-ups for every message.
 //
-// Why a listener of the engine's rather than Engine.Register with a socket
-// pair: Register picks a loop with the engine's load balancer from the
-// caller's goroutine, which round robin does not allow (its counter is the
-// main reactor's), and least connections, which does, counts a connection
-// only once its loop has taken it, so a burst of connects piles onto one
-// loop, plain clients included. Through the engine's own listener the main
-// reactor hands out TLS and plain connections alike, round robin.
-//
-// Per connection this costs the two goroutines, up's small buffer (and
-// a big one while busy, see bridgeBuf), the tls.Conn's own buffers and
-// the unix sockets' kernel buffers (empty while idle), on top of what a
-// plain connection costs: about 30 KiB while idle, against under 2 KiB.
+// Why the bridge goes through a listener of the engine's rather than
+// Engine.Register with a socket pair: Register picks a loop with the
+// engine's load balancer from the caller's goroutine, which round robin
+// does not allow (its counter is the main reactor's), and least
+// connections, which does, counts a connection only once its loop has
+// taken it, so a burst of connects piles onto one loop, plain clients
+// included. Through the engine's own listener the main reactor hands out
+// TLS and plain connections alike, round robin; the loop connections
+// above are handed out by the listener's own counter over the loops it
+// learnt.
 
 // ClientAuth says whether the TLS listener asks for client certificates.
 type ClientAuth string
@@ -210,7 +254,13 @@ type tlsListener struct {
 	// yet.
 	dir     string
 	sock    string
-	pending sync.Map // bridgeToken -> *tlsConn
+	pending sync.Map // bridgeToken -> *tlsConn, or *tlsProbe while Start learns the loops
+
+	// loops are the engine's event loops, learnt at Start (probeLoops)
+	// and not changed after; TLS 1.3 connections are handed to them in
+	// turn (next). None known: every connection takes the bridge.
+	loops []gnet.EventLoop
+	next  atomic.Uint64
 
 	slots  chan struct{} // one per handshake in progress
 	ctx    context.Context
@@ -221,8 +271,13 @@ type tlsListener struct {
 	failures   map[string]*metrics.Counter // by reason, every reason made up front
 	reloads    *metrics.Counter
 	reloadErrs *metrics.Counter
-	inProgress atomic.Int64
-	open       atomic.Int64
+	// recordErrors counts connections on the loops closed for a bad
+	// record (tlsrec.go).
+	recordErrors *metrics.Counter
+	inProgress   atomic.Int64
+	open         atomic.Int64 // TLS connections past their handshake, bridged or on a loop
+	bridged      atomic.Int64 // those on the bridge (three descriptors each)
+	enrolling    atomic.Int64 // those being handed to a loop (a descriptor more for a moment)
 }
 
 // tlsMaterial is what one (re)load of the files made.
@@ -244,10 +299,24 @@ func newTLSListener(s *Server, cfg *TLSConfig) (*tlsListener, error) {
 	l.base = &tls.Config{
 		MinVersion: cfg.minVersion(),
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			if p, ok := hello.Conn.(*tlsPeer); ok && len(hello.SupportedVersions) > 0 {
+			cfg := l.cur.Load().cfg
+			p, ok := hello.Conn.(*tlsPeer)
+			if !ok {
+				return cfg, nil
+			}
+			if len(hello.SupportedVersions) > 0 {
 				p.offered = slices.Max(hello.SupportedVersions)
 			}
-			return l.cur.Load().cfg, nil
+			if p.bound && slices.Contains(hello.SupportedVersions, tls.VersionTLS13) {
+				// A loop may take this connection over: its own
+				// config, whose key log gives the loop the traffic
+				// secrets.
+				cfg = cfg.Clone()
+				cfg.KeyLogWriter = &p.keys
+			} else {
+				p.bound = false // TLS 1.2 at most: the bridge
+			}
+			return cfg, nil
 		},
 	}
 	set := s.stats.set
@@ -259,6 +328,7 @@ func newTLSListener(s *Server, cfg *TLSConfig) (*tlsListener, error) {
 	l.reloadErrs = set.NewCounter(`gannet_tls_reloads_total{result="failed"}`)
 	set.NewGauge("gannet_tls_handshakes_in_progress", func() float64 { return float64(l.inProgress.Load()) })
 	set.NewGauge("gannet_tls_connections", func() float64 { return float64(l.open.Load()) })
+	l.recordErrors = set.NewCounter("gannet_tls_record_errors_total")
 	set.NewGauge("gannet_tls_certificate_expiry_timestamp_seconds", func() float64 {
 		return float64(l.cur.Load().leaf.NotAfter.Unix())
 	})
@@ -503,22 +573,80 @@ func (l *tlsListener) accept(ln net.Listener, ws bool) {
 // tlsPeer is the client's TCP connection as tls.Server sees it: bytes
 // read past a PROXY header come first, and the ClientHello's newest
 // version is noted, to tell an old client from other failures.
+//
+// While bound (a handshake that may end on a loop), reads stop at the end
+// of each TLS record, so that crypto/tls, which asks for a record's header
+// and then for its body, never takes a byte the client sent after its
+// Finished: those stay in the kernel for the loop. What crypto/tls writes
+// meanwhile is kept in sent, to count the records it sealed under its
+// application key (session tickets), and the key log gives the
+// application traffic secrets.
 type tlsPeer struct {
 	*net.TCPConn
 	pre     []byte
 	offered uint16
 	got     int // bytes read from the client
+
+	bound bool
+	hdr   [recHeader]byte
+	hdrN  int // header bytes of the record being read
+	body  int // body bytes of it still to read
+	sent  []byte
+	keys  tlsKeyLog
 }
 
 func (p *tlsPeer) Read(b []byte) (int, error) {
-	if len(p.pre) > 0 {
-		n := copy(b, p.pre)
-		p.pre = p.pre[n:]
-		return n, nil
+	if p.bound && len(b) > 0 {
+		if p.body > 0 {
+			b = b[:min(len(b), p.body)]
+		} else {
+			b = b[:min(len(b), recHeader-p.hdrN)]
+		}
 	}
-	n, err := p.TCPConn.Read(b)
-	p.got += n
+	var n int
+	var err error
+	if len(p.pre) > 0 {
+		n = copy(b, p.pre)
+		p.pre = p.pre[n:]
+	} else {
+		n, err = p.TCPConn.Read(b)
+		p.got += n
+	}
+	if p.bound {
+		if p.body > 0 {
+			p.body -= n
+		} else if p.hdrN += copy(p.hdr[p.hdrN:], b[:n]); p.hdrN == recHeader {
+			p.hdrN, p.body = 0, int(binary.BigEndian.Uint16(p.hdr[3:]))
+		}
+	}
 	return n, err
+}
+
+func (p *tlsPeer) Write(b []byte) (int, error) {
+	n, err := p.TCPConn.Write(b)
+	if p.bound {
+		p.sent = append(p.sent, b[:n]...)
+	}
+	return n, err
+}
+
+// tlsKeyLog takes the application traffic secrets from crypto/tls's key
+// log (NSS format: label, client random, secret in hex).
+type tlsKeyLog struct {
+	client, server []byte
+}
+
+func (k *tlsKeyLog) Write(line []byte) (int, error) {
+	f := bytes.Fields(line)
+	if len(f) == 3 {
+		switch string(f[0]) {
+		case "CLIENT_TRAFFIC_SECRET_0":
+			k.client, _ = hex.AppendDecode(nil, f[2])
+		case "SERVER_TRAFFIC_SECRET_0":
+			k.server, _ = hex.AppendDecode(nil, f[2])
+		}
+	}
+	return len(line), nil
 }
 
 // silent reports whether the peer closed without sending a byte, as a
@@ -575,7 +703,7 @@ func (l *tlsListener) serve(raw *net.TCPConn, ws bool) {
 	remote := raw.RemoteAddr().String()
 	deadline := time.Now().Add(l.cfg.handshakeTimeout())
 	_ = raw.SetDeadline(deadline)
-	peer := &tlsPeer{TCPConn: raw}
+	peer := &tlsPeer{TCPConn: raw, bound: len(l.loops) > 0}
 	mode := l.s.proxyMode(raw.RemoteAddr())
 	if mode == proxyRequired {
 		src, err := peer.readProxy()
@@ -603,9 +731,106 @@ func (l *tlsListener) serve(raw *net.TCPConn, ws bool) {
 	release()
 	l.handshakes.Inc()
 
-	b := &tlsConn{raw: raw, tc: tc, remote: remote, ws: ws}
-	b.cn, b.sans = certNames(tc.ConnectionState())
-	l.bridge(b)
+	st := tc.ConnectionState()
+	cn, sans := certNames(st)
+	if rec := l.takeOver(peer, st); rec != nil {
+		l.enroll(raw, &tlsConn{remote: remote, cn: cn, sans: sans, ws: ws, rec: rec})
+		return
+	}
+	l.bridge(&tlsConn{raw: raw, tc: tc, remote: remote, cn: cn, sans: sans, ws: ws})
+}
+
+// takeOver returns the record layer that serves the connection p on an
+// event loop, or nil when it takes the bridge: it did not negotiate TLS
+// 1.3 with a suite the loops serve, or bytes past the handshake were read
+// into user space (after a PROXY header, say) where the loop would not
+// see them. It ends p's bounded reads either way.
+func (l *tlsListener) takeOver(p *tlsPeer, st tls.ConnectionState) *tlsRec {
+	bound, sent, keys := p.bound, p.sent, p.keys
+	p.bound, p.sent, p.keys = false, nil, tlsKeyLog{}
+	if !bound || st.Version != tls.VersionTLS13 || keys.client == nil || keys.server == nil ||
+		len(p.pre) > 0 || p.hdrN != 0 || p.body != 0 {
+		return nil
+	}
+	suite := tlsSuiteOf(st.CipherSuite)
+	if suite == nil {
+		return nil
+	}
+	n, ok := sealedUnder(suite, keys.server, sent)
+	if !ok {
+		return nil
+	}
+	rec, err := newTLSRec(suite, keys.client, keys.server, n)
+	if err != nil {
+		l.s.logThrottled("a TLS connection stays on the bridge", "err", err)
+		return nil
+	}
+	return rec
+}
+
+// sealedUnder counts the records in sent, the bytes crypto/tls wrote
+// during a handshake, that open under the application traffic secret:
+// its session tickets, which take sequence numbers the loop must go on
+// from. Records under the handshake keys come first and do not open. ok
+// is false when sent does not end on a record boundary or a record after
+// the first that opened does not open: the connection takes the bridge
+// rather than guess.
+func sealedUnder(s *tlsSuite, secret, sent []byte) (n uint64, ok bool) {
+	var k tlsKeys
+	if k.set(s, secret) != nil {
+		return 0, false
+	}
+	var scratch []byte
+	for len(sent) > 0 {
+		if len(sent) < recHeader {
+			return 0, false
+		}
+		size := recHeader + int(binary.BigEndian.Uint16(sent[3:]))
+		if len(sent) < size {
+			return 0, false
+		}
+		if sent[0] == recTypeAppData {
+			scratch = append(scratch[:0], sent[:size]...)
+			k.seq = n
+			if _, _, _, err := k.open(scratch); err == nil {
+				n++
+			} else if n > 0 {
+				return 0, false
+			}
+		}
+		sent = sent[size:]
+	}
+	return n, true
+}
+
+// enroll hands raw, a TLS connection past its handshake, to the next event
+// loop, which serves it with b's record layer (tlsrec.go); OnOpen finds b
+// in the connection's context. gnet duplicates the descriptor and raw is
+// closed, without a close_notify: crypto/tls's state is left behind.
+func (l *tlsListener) enroll(raw *net.TCPConn, b *tlsConn) {
+	el := l.loops[(l.next.Add(1)-1)%uint64(len(l.loops))]
+	l.open.Add(1)
+	l.enrolling.Add(1)
+	defer l.enrolling.Add(-1)
+	ch, err := el.Enroll(gnet.NewContext(context.Background(), b), raw)
+	if err == nil {
+		select {
+		case res := <-ch:
+			err = res.Err
+		case <-l.ctx.Done():
+			return // stopping: the engine closes what it registered
+		}
+		if err == nil && !b.opened.Load() {
+			err = errors.New("the event loop did not take it")
+		}
+	}
+	if err != nil {
+		l.open.Add(-1)
+		if l.ctx.Err() == nil {
+			l.s.logThrottled("cannot hand a TLS connection to an event loop", "remote", b.remote, "err", err)
+		}
+		_ = raw.Close()
+	}
 }
 
 // refuse counts, logs and closes a connection whose handshake failed.
@@ -686,15 +911,20 @@ func certNames(st tls.ConnectionState) (string, []string) {
 }
 
 // tlsConn is a TLS connection past its handshake. Its fields are set
-// before it is handed to the engine and not changed after.
+// before it is handed to the engine and not changed after, but for rec's
+// contents, which are its loop's, and opened.
 type tlsConn struct {
-	raw    *net.TCPConn
-	tc     *tls.Conn
+	raw    *net.TCPConn  // on the bridge
+	tc     *tls.Conn     // on the bridge
 	br     *net.UnixConn // the bridge's end of the unix socket
 	remote string        // the client's address (from the PROXY header where there is one)
 	cn     string        // verified client certificate's names; empty without one
 	sans   []string
 	ws     bool // from the WebSocket listener: MQTT over WebSocket inside
+	// rec is the record layer of a connection served on its loop
+	// (tlsrec.go); nil on the bridge. opened is set once OnOpen took it.
+	rec    *tlsRec
+	opened atomic.Bool
 }
 
 // bridgeToken is what a bridged connection sends first, naming its
@@ -709,6 +939,7 @@ func (l *tlsListener) bridge(b *tlsConn) {
 	_, _ = rand.Read(tok[:]) // never fails (crypto/rand)
 	l.pending.Store(tok, b)
 	l.open.Add(1)
+	l.bridged.Add(1)
 	var d net.Dialer
 	conn, err := d.DialContext(l.ctx, "unix", l.sock)
 	if err == nil {
@@ -725,6 +956,7 @@ func (l *tlsListener) bridge(b *tlsConn) {
 		}
 		l.pending.Delete(tok)
 		l.open.Add(-1)
+		l.bridged.Add(-1)
 		return
 	}
 	// Two new goroutines rather than this one: its stack grew for the
@@ -741,18 +973,72 @@ func (l *tlsListener) bridge(b *tlsConn) {
 		b.down(upDone)
 		l.pending.Delete(tok) // when the engine never read it
 		l.open.Add(-1)
+		l.bridged.Add(-1)
 	}()
 }
 
-// claim returns the TLS connection whose token tok is, once.
-func (l *tlsListener) claim(tok []byte) *tlsConn {
+// claim returns what the token tok names, once: a *tlsConn, or a
+// *tlsProbe; nil for an unknown token.
+func (l *tlsListener) claim(tok []byte) any {
 	var k bridgeToken
 	copy(k[:], tok)
-	v, ok := l.pending.LoadAndDelete(k)
-	if !ok {
-		return nil
+	v, _ := l.pending.LoadAndDelete(k)
+	return v
+}
+
+// tlsProbe is a connection Start makes through the unix socket to learn
+// the event loop it lands on.
+type tlsProbe struct{ got chan gnet.EventLoop }
+
+// probeLoops learns the engine's n event loops, which gnet offers no list
+// of: it connects through the engine's unix socket with a probe token
+// until a connection has landed on each loop. The main reactor hands
+// connections to the loops in turn, so n probes usually do, but clients
+// connecting meanwhile shift the turn: it probes on, up to 4n+8 times
+// and for at most five seconds. With some loops unknown TLS 1.3
+// connections go to the others; with none, every TLS connection takes the
+// bridge.
+func (l *tlsListener) probeLoops(n int) {
+	seen := make(map[gnet.EventLoop]bool, n)
+	deadline := time.Now().Add(5 * time.Second)
+	for try := 0; len(seen) < n && try < 4*n+8 && time.Now().Before(deadline); try++ {
+		el, err := l.probe(time.Until(deadline))
+		if err != nil {
+			l.s.log.Warn("cannot learn the event loops for TLS connections", "err", err)
+			break
+		}
+		if el != nil && !seen[el] {
+			seen[el] = true
+			l.loops = append(l.loops, el)
+		}
 	}
-	return v.(*tlsConn)
+	if len(l.loops) < n {
+		l.s.log.Warn("TLS 1.3 connections go to some event loops only", "known", len(l.loops), "loops", n)
+	}
+}
+
+// probe makes one probe connection and returns the loop it landed on; nil
+// when none answered within wait.
+func (l *tlsListener) probe(wait time.Duration) (gnet.EventLoop, error) {
+	var tok bridgeToken
+	_, _ = rand.Read(tok[:])
+	p := &tlsProbe{got: make(chan gnet.EventLoop, 1)}
+	l.pending.Store(tok, p)
+	defer l.pending.Delete(tok)
+	conn, err := net.DialTimeout("unix", l.sock, wait)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if _, err := conn.Write(tok[:]); err != nil {
+		return nil, err
+	}
+	select {
+	case el := <-p.got:
+		return el, nil
+	case <-time.After(wait):
+		return nil, nil
+	}
 }
 
 // up copies the client's plaintext to the event loop until the client
