@@ -136,7 +136,7 @@ var errClose = errors.New("server: close")
 // copy what they keep.
 func (c *client) onTraffic(ob *outbox) gnet.Action {
 	c.lastRead = c.srv.now()
-	buf, _ := c.gc.Peek(-1)
+	buf, partial := c.peekInput()
 	used := 0
 	var err error
 	if c.proxy != proxyNone {
@@ -163,7 +163,30 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		c.fail(ob, err)
 		return gnet.None
 	}
+	if partial && !c.closed && !c.parked && !c.srv.cl.isHeld(c) && c.gc.InboundBuffered() > 0 {
+		_ = c.gc.Wake(nil) // not held after all: the rest now
+	}
 	return gnet.None
+}
+
+// peekInput returns the bytes waiting in gnet's buffer. While the
+// cluster's lanes are behind, a connection reads one packet and is held
+// again (pace.go): it is given its first packet only, and partial says
+// so. Viewing the whole of a held input, up to holdLimit, would cost gnet
+// a copy of it on every wake when its ring buffer wraps.
+func (c *client) peekInput() (buf []byte, partial bool) {
+	if cl := c.srv.cl; cl != nil && c.connected && c.proxy == proxyNone && c.ws == nil &&
+		(c.tls == nil || c.tls.rec == nil) && cl.node.Behind() {
+		if n := c.gc.InboundBuffered(); n > 5 {
+			hdr, _ := c.gc.Peek(5)
+			if h, hn, err := codec.DecodeFixedHeader(hdr); err == nil && hn+h.Remaining < n {
+				buf, _ = c.gc.Peek(hn + h.Remaining)
+				return buf, true
+			}
+		}
+	}
+	buf, _ = c.gc.Peek(-1)
+	return buf, false
 }
 
 // decode handles every whole packet in buf from used on and returns how

@@ -75,6 +75,12 @@ func (cl *cluster) holdBack(c *client, first bool) bool {
 	return true
 }
 
+// isHeld reports whether c is on the current list of held connections.
+// On c's loop.
+func (cl *cluster) isHeld(c *client) bool {
+	return c.heldGen != 0 && c.heldGen == cl.held.gen.Load()
+}
+
 // release wakes the held connections each time the lanes catch up, until
 // stop closes.
 func (cl *cluster) release() {
