@@ -43,18 +43,36 @@ import (
 //	pattern [read|write|readwrite|deny] <filter>
 //	    A rule for every client, wherever it stands in the file, with each
 //	    "%u" replaced by the client's username and each "%c" by its client
-//	    id.
+//	    id. Substitution happens once: a value that looks like "%u" is
+//	    inserted as it is, and "${...}" is literal text.
 //
 // Every filter must be a valid MQTT topic filter (not a shared subscription);
 // a line that breaks a rule of the format is an error naming the file and
 // the line.
 //
-// Substitution is refused (the pattern grants and denies nothing for that
-// client) when the username or client id it would insert is empty or holds
-// '+', '#' or '/' — otherwise a client id "#" would turn "devices/%c/#"
-// into "devices/#/#" and read every device — and when the inserted value
-// would make the filter start with '$' (a client id "$SYS" must not turn
-// "%c/#" into "$SYS/#").
+// A value cannot go into a pattern as it is when it is empty, holds '/',
+// '+', '#' or NUL, is not valid UTF-8, or would make the filter start with
+// '$': a client id "#" would turn "devices/%c/#" into "devices/#/#" and
+// reach every device, a client id "$SYS" would turn "%c/#" into "$SYS/#".
+// An anonymous client's username is empty. Mosquitto refuses all access to
+// a client whose username or client id holds '+' or '#', and leaves the
+// "%u" patterns out for anonymous clients. Here such a pattern is filled
+// in as the rules of the Redis, PostgreSQL and JSON sources are
+// (placeholders.go, Rule templates), so that the client keeps its other
+// rules, a deny line is never lost, and every source agrees:
+//
+//   - an allow pattern (read, write, readwrite) that needs such a value
+//     grants nothing to the client;
+//   - a deny pattern is never dropped: it is widened to cover every topic
+//     the value could make it name. The level holding the value becomes
+//     '+'; when the value holds '/' or '#' that level becomes '#' and the
+//     filter ends there; and when the value makes the filter start with
+//     '$', the first level keeps its text as written, because no wildcard
+//     there would match a '$' topic [MQTT-4.7.2-1]. "pattern deny
+//     t/%c/secret" denies "t/#" to client id "a/b" (and so "t/a/b/secret")
+//     and "t/+/secret" to client id "" or "+"; "pattern deny %c/#" denies
+//     "$SYS/#" to client id "$SYS". Deny patterns with "%u" thus apply to
+//     anonymous clients too, widened.
 
 // Bounds of an ACL file.
 const (
@@ -85,9 +103,9 @@ type aclTable struct {
 
 	// What Rules serves.
 	plain []Rule            // patterns without placeholders
-	upats []Rule            // patterns with %u and without %c
-	cpats []Rule            // patterns with %c
-	anon  []Rule            // anonBlock, then plain
+	upats []ruleTemplate    // patterns with %u and without %c
+	cpats []ruleTemplate    // patterns with %c
+	anon  []Rule            // anonBlock, then plain, then upats for ""
 	users map[string][]Rule // userBlock, then plain, then upats for that user
 }
 
@@ -178,76 +196,55 @@ func (t *aclTable) sharedRules(username string) []Rule {
 }
 
 // userRules returns block, then the plain patterns, then the %u patterns
-// substituted for username, in a new slice of its own length.
+// filled in for username, in a new slice of its own length.
 func (t *aclTable) userRules(block []Rule, username string) []Rule {
 	out := make([]Rule, 0, len(block)+len(t.plain)+len(t.upats))
 	out = append(out, block...)
 	out = append(out, t.plain...)
-	for _, p := range t.upats {
-		if r, ok := substitute(p, username, ""); ok {
+	id := clientValues{phUsername: username}
+	for i := range t.upats {
+		if r, ok := t.upats[i].apply(&id); ok {
 			out = append(out, r)
 		}
 	}
 	return slices.Clip(out)
 }
 
-// ownRules returns the %c patterns substituted for the client.
+// ownRules returns the %c patterns filled in for the client.
 func (t *aclTable) ownRules(username, clientID string) []Rule {
 	var out []Rule
-	for _, p := range t.cpats {
-		if r, ok := substitute(p, username, clientID); ok {
+	id := clientValues{phUsername: username, phClientID: clientID}
+	for i := range t.cpats {
+		if r, ok := t.cpats[i].apply(&id); ok {
 			out = append(out, r)
 		}
 	}
 	return out
 }
 
-// substitute replaces the placeholders of pattern p. ok is false when the
-// pattern must not apply to this client: a value it needs is empty or
-// holds '+', '#' or '/', or it would make the filter start with '$'.
-func substitute(p Rule, username, clientID string) (Rule, bool) {
+// patternTemplate returns pattern line p as a rule template, filled in by
+// ruleTemplate.apply as the rules of the other sources are: each "%u" a
+// placeholder for the username, each "%c" one for the client id, and the
+// rest (a "${username}" too) literal text.
+func patternTemplate(p Rule) ruleTemplate {
 	f := p.Filter
-	var b strings.Builder
-	b.Grow(len(f) + len(username) + len(clientID))
-	for i := 0; i < len(f); i++ {
-		if f[i] == '%' && i+1 < len(f) && (f[i+1] == 'u' || f[i+1] == 'c') {
-			v := username
-			if f[i+1] == 'c' {
-				v = clientID
-			}
-			if !safeIdentity(v) {
-				return Rule{}, false
-			}
-			if b.Len() == 0 && v[0] == '$' {
-				return Rule{}, false
-			}
-			b.WriteString(v)
-			i++
+	var t phTemplate
+	last := 0
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] != '%' || f[i+1] != 'u' && f[i+1] != 'c' {
 			continue
 		}
-		b.WriteByte(f[i])
-	}
-	p.Filter = b.String()
-	return p, true
-}
-
-// safeIdentity reports whether a username or client id may be put into a
-// pattern: not empty, and no '+', '#' or '/' that would widen the filter.
-func safeIdentity(v string) bool {
-	return v != "" && !strings.ContainsAny(v, "+#/")
-}
-
-// hasPlaceholder reports whether f holds "%"+string(c) as a placeholder.
-func hasPlaceholder(f string, c byte) bool {
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == '%' && (f[i+1] == 'u' || f[i+1] == 'c') {
-			if f[i+1] == c {
-				return true
-			}
-			i++
+		h := phUsername
+		if f[i+1] == 'c' {
+			h = phClientID
 		}
+		t.lits = append(t.lits, f[last:i])
+		t.holes = append(t.holes, h)
+		i++
+		last = i + 1
 	}
-	return false
+	t.lits = append(t.lits, f[last:])
+	return ruleTemplate{filter: t, access: p.Access, deny: p.Deny}
 }
 
 func readACLFile(path string) (*aclTable, error) {
@@ -343,17 +340,20 @@ func parseACL(name string, data []byte) (*aclTable, error) {
 // prepare computes what Rules serves from what the file says.
 func (t *aclTable) prepare() {
 	for _, p := range t.patterns {
+		rt := patternTemplate(p)
 		switch {
-		case hasPlaceholder(p.Filter, 'c'):
-			t.cpats = append(t.cpats, p)
-		case hasPlaceholder(p.Filter, 'u'):
-			t.upats = append(t.upats, p)
+		case rt.filter.has(phClientID):
+			t.cpats = append(t.cpats, rt)
+		case rt.filter.has(phUsername):
+			t.upats = append(t.upats, rt)
 		default:
 			t.plain = append(t.plain, p)
 		}
 	}
 	t.plain = slices.Clip(t.plain)
-	t.anon = slices.Clip(append(slices.Clip(t.anonBlock), t.plain...))
+	// An anonymous client's username is empty: its %u patterns grant
+	// nothing, and those that deny are widened.
+	t.anon = t.userRules(t.anonBlock, "")
 	t.users = make(map[string][]Rule, len(t.userBlock))
 	for name, block := range t.userBlock {
 		t.users[name] = t.userRules(block, name)

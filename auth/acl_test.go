@@ -12,6 +12,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
+
+	"github.com/gannetmq/gannet/codec"
 )
 
 func writeACL(t testing.TB, content string) string {
@@ -204,9 +207,14 @@ func TestACLFileRules(t *testing.T) {
 		shared, own        []Rule
 	}{
 		{
+			// An anonymous client's username is empty: its %u patterns
+			// grant nothing, and those that deny are widened.
 			username: "", clientID: "c1",
-			shared: []Rule{allow(Read, "public/#"), allow(Read, "$SYS/broker/uptime"), rw("shared/#")},
-			own:    []Rule{allow(Write, "devices/c1/state")},
+			shared: []Rule{
+				allow(Read, "public/#"), allow(Read, "$SYS/broker/uptime"), rw("shared/#"),
+				deny(ReadWrite, "users/+/inbox/blocked"),
+			},
+			own: []Rule{allow(Write, "devices/c1/state")},
 		},
 		{
 			username: "alice", clientID: "phone",
@@ -292,7 +300,7 @@ func TestACLFileSharedSlice(t *testing.T) {
 }
 
 // TestACLFileDangerousIdentity checks that a username or client id that
-// would widen a pattern makes that pattern grant and deny nothing.
+// would widen an allow pattern makes that pattern grant nothing.
 func TestACLFileDangerousIdentity(t *testing.T) {
 	f := loadACL(t, "pattern readwrite devices/%c/#\npattern read users/%u/#\npattern read %c/own\npattern read x/%u%c\n")
 	tests := []struct {
@@ -334,6 +342,166 @@ func TestACLFileDangerousIdentity(t *testing.T) {
 	if want := []Rule{allow(Read, "users/u/#")}; !reflect.DeepEqual(got, want) {
 		t.Errorf("nil request: %v, want %v", got, want)
 	}
+}
+
+// unusableValues are usernames and client ids that cannot go into a
+// pattern as they are, each with the texts it may stand for in a topic
+// when a pattern holds it literally: '+' one level (empty or not), '#'
+// any number of levels.
+var unusableValues = []struct {
+	value string
+	as    []string
+}{
+	{"a/b", []string{"a/b"}},
+	{"+", []string{"x", ""}},
+	{"#", []string{"x", "x/y", ""}},
+	{"", []string{""}},
+	{"$x", []string{"$x"}},
+}
+
+// TestACLFileDenyPatternUnusableValue checks that a deny pattern is never
+// dropped because of a username or client id: with a value that cannot go
+// into the filter as it is, the pattern denies every topic that the value
+// written into it literally names, and an allow pattern grants nothing.
+func TestACLFileDenyPatternUnusableValue(t *testing.T) {
+	const file = "pattern readwrite #\n" +
+		"pattern readwrite $x/#\n" +
+		"pattern deny t/%X/secret\n" +
+		"pattern deny %X/secret\n" +
+		"pattern deny %X/#\n"
+	// The deny rules each value gets, in the order of the lines.
+	want := map[string][]string{
+		"a/b": {"t/#", "#", "#"},
+		"+":   {"t/+/secret", "+/secret", "+/#"},
+		"#":   {"t/#", "#", "#"},
+		"":    {"t/+/secret", "+/secret", "+/#"},
+		"$x":  {"t/$x/secret", "$x/secret", "$x/#"},
+		"c":   {"t/c/secret", "c/secret", "c/#"},
+	}
+	denyLines := []string{"t/%X/secret", "%X/secret", "%X/#"}
+	for _, ph := range []string{"%c", "%u"} {
+		f := loadACL(t, strings.ReplaceAll(file, "%X", ph))
+		allowAll := Compile([]Rule{rw("#"), rw("$x/#")})
+		for _, v := range append(unusableValues, struct {
+			value string
+			as    []string
+		}{"c", []string{"c"}}) {
+			user, client := "u", v.value
+			if ph == "%u" {
+				user, client = v.value, "c"
+			}
+			rules, err := f.Rules(context.Background(), &Request{ClientID: client}, user)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantRules := []Rule{rw("#"), rw("$x/#")}
+			for _, filter := range want[v.value] {
+				wantRules = append(wantRules, deny(ReadWrite, filter))
+			}
+			if !reflect.DeepEqual(rules, wantRules) {
+				t.Errorf("%s = %q: rules %v, want %v", ph, v.value, rules, wantRules)
+			}
+			m := Compile(rules)
+			for _, line := range denyLines {
+				for _, as := range v.as {
+					topic := strings.ReplaceAll(strings.ReplaceAll(line, ph, as), "%X", as)
+					topic = strings.Replace(topic, "#", "z", 1)
+					if !allowAll.CanPublish([]byte(topic)) {
+						t.Fatalf("test topic %q is not one the allow lines grant", topic)
+					}
+					if m.CanPublish([]byte(topic)) || m.CanRead([]byte(topic)) {
+						t.Errorf("%s = %q: %q is allowed, which \"pattern deny %s\" names", ph, v.value, topic, line)
+					}
+				}
+			}
+			// The widening reaches no "$" topic the value did not name.
+			if !m.CanRead([]byte("$x/other")) && v.value != "$x" {
+				t.Errorf("%s = %q: \"$x/other\" is denied", ph, v.value)
+			}
+		}
+	}
+	// A value that can go in denies only what it names.
+	m, _ := clientMatcher(t, "pattern readwrite #\npattern deny t/%c/secret\n", "u", "c")
+	if !m.CanPublish([]byte("t/d/secret")) || m.CanPublish([]byte("t/c/secret")) {
+		t.Error("client id \"c\": deny pattern denies another client's topic, or not its own")
+	}
+}
+
+// clientMatcher loads content and returns the compiled rules of the client.
+func clientMatcher(t *testing.T, content, user, client string) (*Matcher, []Rule) {
+	t.Helper()
+	rules, err := loadACL(t, content).Rules(context.Background(), &Request{ClientID: client}, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Compile(rules), rules
+}
+
+// TestACLFileAllowPatternUnusableValue checks that an allow pattern needing
+// a value that cannot go into the filter as it is grants nothing, beside a
+// deny pattern that the same value widens. A '$' is harmless but at the
+// start of the filter.
+func TestACLFileAllowPatternUnusableValue(t *testing.T) {
+	const file = "pattern readwrite %X/#\n" +
+		"pattern read %X/in\n" +
+		"pattern readwrite own/%X/#\n" +
+		"pattern write t/a%Xb\n" +
+		"pattern deny t/%X/secret\n"
+	for _, ph := range []string{"%c", "%u"} {
+		for _, v := range unusableValues {
+			user, client := "u", v.value
+			if ph == "%u" {
+				user, client = v.value, "c"
+			}
+			m, rules := clientMatcher(t, strings.ReplaceAll(file, "%X", ph), user, client)
+			var want []Rule
+			if v.value == "$x" {
+				want = []Rule{rw("own/$x/#"), allow(Write, "t/a$xb")}
+			}
+			widened := map[string]string{"a/b": "t/#", "#": "t/#", "$x": "t/$x/secret"}[v.value]
+			if widened == "" {
+				widened = "t/+/secret"
+			}
+			want = append(want, deny(ReadWrite, widened))
+			if !reflect.DeepEqual(rules, want) {
+				t.Errorf("%s = %q: rules %v, want %v", ph, v.value, rules, want)
+			}
+			for _, as := range v.as {
+				for _, topic := range []string{as + "/z", as + "/in", "own/" + as + "/z", "t/a" + as + "b"} {
+					if v.value == "$x" && !strings.HasPrefix(topic, "$") {
+						continue // granted as written: "$" is not at the start
+					}
+					if m.CanPublish([]byte(topic)) || m.CanRead([]byte(topic)) {
+						t.Errorf("%s = %q: %q is allowed", ph, v.value, topic)
+					}
+				}
+			}
+		}
+	}
+}
+
+// aclPatternRules returns the rules that an ACL file of one pattern line
+// gives the client whose request is r and whose username is user: the line
+// "pattern <access or deny> <filter>", with the filter's ${username} and
+// ${clientid} written %u and %c, the ACL file's way. ok is false when the
+// file cannot say filter: it names another value, holds a '%' or blanks
+// around it, or is a shared subscription. A deny line denies reading and
+// writing alike: Access is ReadWrite for it whatever access is.
+func aclPatternRules(t testing.TB, filter string, access Access, deny bool, r *Request, user string) (rules []Rule, ok bool) {
+	t.Helper()
+	line := strings.NewReplacer("${username}", "%u", "${clientid}", "%c").Replace(filter)
+	if strings.Contains(filter, "%") || strings.Contains(line, "${") || strings.HasPrefix(line, "$share/") || strings.Trim(line, blanks) != line {
+		return nil, false
+	}
+	word := access.String()
+	if deny {
+		word = "deny"
+	}
+	rules, err := loadACL(t, "pattern "+word+" "+line+"\n").Rules(context.Background(), r, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules, true
 }
 
 // TestACLFileMatcher checks the file's rules through a compiled matcher.
@@ -538,14 +706,20 @@ func formatACL(t *aclTable) string {
 
 // FuzzACLFile parses arbitrary files: the parser never panics, and what
 // parses writes back to a file that parses to the same rules, all of which
-// compile.
+// compile. The rules of a client with any username and client id hold only
+// filters the matcher compiles, and allow rules only valid filters; every
+// deny line applies to the client, and a deny pattern denies every topic
+// the values written into it literally would name.
 func FuzzACLFile(f *testing.F) {
-	f.Add([]byte(testACL))
-	f.Add([]byte("topic read\ntopic a b\n"))
-	f.Add([]byte("\xef\xbb\xbf user  x y \r\n topic\tdeny\t#\n"))
-	f.Add([]byte("pattern read %u/%c/%x%\n# c\n"))
-	f.Add([]byte("topic read $share/g/x\nuser\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Add([]byte(testACL), "alice", "phone")
+	f.Add([]byte("topic read\ntopic a b\n"), "", "c")
+	f.Add([]byte("\xef\xbb\xbf user  x y \r\n topic\tdeny\t#\n"), "x y", "c")
+	f.Add([]byte("pattern read %u/%c/%x%\n# c\n"), "u", "c")
+	f.Add([]byte("topic read $share/g/x\nuser\n"), "", "")
+	f.Add([]byte("user u\ntopic read t/#\npattern deny t/%c/secret\npattern deny %u/#\n"), "u", "a/b")
+	f.Add([]byte("pattern deny %c/x%u/#\npattern write %c/%u\n"), "+", "$SYS")
+	f.Add([]byte("pattern deny t/%u%c\n"), "", "#")
+	f.Fuzz(func(t *testing.T, data []byte, username, clientID string) {
 		tab, err := parseACL("fuzz", data)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "auth: cannot load ACL file: fuzz:") {
@@ -572,5 +746,64 @@ func FuzzACLFile(f *testing.F) {
 		if got := Compile(all).Len(); got != n {
 			t.Fatalf("%d of %d rules compile", got, n)
 		}
+
+		shared, own := tab.sharedRules(username), tab.ownRules(username, clientID)
+		rules := slices.Concat(shared, own)
+		var denies []Rule
+		for _, r := range rules {
+			if !validFilter(r.Filter) {
+				t.Fatalf("user %q client %q: rule %+v does not compile", username, clientID, r)
+			}
+			if r.Deny {
+				denies = append(denies, Rule{Filter: r.Filter, Access: ReadWrite})
+			} else if err := codec.ValidateTopicFilter([]byte(r.Filter)); err != nil {
+				t.Fatalf("user %q client %q: allow rule %+v: %v", username, clientID, r, err)
+			}
+		}
+		block := tab.anonBlock
+		if username != "" {
+			block = tab.userBlock[username]
+		}
+		wantDenies := 0
+		for _, r := range slices.Concat(block, tab.patterns) {
+			if r.Deny {
+				wantDenies++
+			}
+		}
+		if len(denies) != wantDenies {
+			t.Fatalf("user %q client %q: %d deny rules, want one for each of the %d deny lines: %v", username, clientID, len(denies), wantDenies, rules)
+		}
+		denied := Compile(denies)
+		id := clientValues{phUsername: username, phClientID: clientID}
+		for _, p := range tab.patterns {
+			if !p.Deny {
+				continue
+			}
+			pt := patternTemplate(p)
+			literal := pt.filter.expand(&id)
+			if !validFilter(literal) || strings.IndexByte(literal, 0) >= 0 || !utf8.ValidString(literal) {
+				continue // no topic could match it [MQTT-4.7.3-2], [MQTT-1.5.4-1]
+			}
+			for _, topic := range aclSampleTopics(literal) {
+				if topic != "" && Compile([]Rule{rw(literal)}).CanPublish([]byte(topic)) && !denied.CanPublish([]byte(topic)) {
+					t.Fatalf("user %q client %q: %q is not denied, which \"pattern deny %s\" names as %q (rules %v)", username, clientID, topic, p.Filter, literal, rules)
+				}
+			}
+		}
 	})
+}
+
+// aclSampleTopics returns topics that filter f matches: its '+' levels
+// filled in, and a final '#' standing for no level and for one.
+func aclSampleTopics(f string) []string {
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if l == "+" {
+			levels[i] = "x"
+		}
+	}
+	if last := len(levels) - 1; levels[last] == "#" {
+		return []string{strings.Join(levels[:last], "/"), strings.Join(append(levels[:last], "x"), "/")}
+	}
+	return []string{strings.Join(levels, "/")}
 }

@@ -174,5 +174,6 @@ var (
 //	rulesjson.go ACL rules as JSON (HTTP answers, JWT claims)
 //	redis.go     the Redis source: RedisSource
 //	postgres.go  the PostgreSQL source: PostgresSource
-//	placeholders.go  ${username}-style placeholders in backend queries
+//	placeholders.go  ${username}-style placeholders in backend queries,
+//	             and rule templates: a client's values in stored filters
 //	cert.go      the client certificate source: CertSource

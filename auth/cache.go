@@ -71,6 +71,11 @@ type cacheValue struct {
 	// answer.HasRules) or from the ACL source's rules (kindACL, in a
 	// chain with one ACL source), so that a hit compiles nothing.
 	matcher *Matcher
+	// perClient are an ACL source's rules that name a client's values
+	// (kindACL, from a source that gives its rules as stored: see
+	// templateACLSource); they are applied to each client that gets the
+	// value, and added to matcher or rules for it alone.
+	perClient []ruleTemplate
 }
 
 type cacheEntry struct {
@@ -243,6 +248,21 @@ func (c *answerCache) land(s *cacheShard, k cacheKey, f *flight, v *cacheValue, 
 	s.mu.Unlock()
 	f.val, f.err = v, err
 	close(f.done)
+}
+
+// store keeps v, the answer to k of a call that started at the cache's
+// epoch epoch, for the TTL, unless the cache was purged since.
+func (c *answerCache) store(k cacheKey, v *cacheValue, epoch uint64) {
+	if c.ttl == 0 || epoch != c.epoch.Load() {
+		return
+	}
+	s := c.shard(&k)
+	s.mu.Lock()
+	if epoch == c.epoch.Load() {
+		now := c.clock.now()
+		s.insertLocked(k, v, now, now+c.ttl)
+	}
+	s.mu.Unlock()
 }
 
 // insertLocked stores v under k until expires, evicting an entry when the

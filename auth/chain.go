@@ -22,7 +22,8 @@ import (
 // order until one answers Allow or Deny; authorization then gathers the
 // client's rules (from the deciding answer, or from every ACL source) and
 // compiles them into a Matcher. Each question to a source goes through
-// the same steps:
+// the same steps (a source that answers from memory, through the first
+// and the last alone):
 //
 //	cache ── hit ─────────────────────────────────────────────▶ answer
 //	  │ miss
@@ -34,10 +35,12 @@ import (
 //	  │
 //	Source.Authenticate / ACLSource.Rules, deadline Timeout
 //
-// Check runs a decision on one of the chain's workers as far as the cache
-// and the breakers can take it, so that a reconnecting client whose
-// answers are cached costs no goroutine; a decision that needs a backend
-// call continues on a goroutine of its own, which waits for the call.
+// Check runs a decision on one of the chain's workers as far as the cache,
+// the breakers and the sources that answer from memory (a password file,
+// an ACL file: inMemory) can take it, so that a reconnecting client whose
+// answers are cached, or a client checked against a password file, costs
+// no goroutine; a decision that needs a backend call continues on a
+// goroutine of its own, which waits for the call.
 //
 // A source that fails (an error, its deadline, an open breaker, no free
 // call slot within the deadline) ends the decision: the client is
@@ -144,7 +147,8 @@ type Result struct {
 	// when it names one, the request's otherwise.
 	Username string
 	// Matcher is the client's compiled ACL, shared between clients with
-	// the same rules (under an ACL file's client-id patterns, the part
+	// the same rules (under an ACL file's client-id patterns, or rules
+	// stored in Redis or PostgreSQL that name a client's values, the part
 	// the clients of one user have in common is shared); nil when no
 	// ACL applies (no ACL source, no rules in the answer) or for a
 	// superuser: everything is allowed.
@@ -197,6 +201,29 @@ type chainLink struct {
 	b      *chainBackend
 	call   callFunc
 	fields Fields // what its answers are keyed by (keys.go)
+	local  bool   // answers from memory: asked on the worker (inMemory)
+}
+
+// inMemory reports whether src answers from what it holds in memory,
+// never waiting for I/O: a password file, an ACL file, client
+// certificates, JWTs checked against keys already loaded. The chain asks
+// such a source on the worker that runs the decision, as it would read
+// the cache: a question costs its own CPU work (a password hash, a
+// signature) and no goroutine, flight, call slot or circuit breaker,
+// which exist to wait for backends and to spare them. The workers
+// (GOMAXPROCS of them) bound the checks under way at once, and so the
+// CPU time and the memory (argon2id) of password hashes.
+func inMemory(src any) bool {
+	switch src.(type) {
+	case *PasswordFile, *ACLFile, *CertSource, *JWTSource, memorySource:
+		return true
+	}
+	return false
+}
+
+// memorySource is a source of another type that answers from memory.
+type memorySource interface {
+	answersFromMemory()
 }
 
 // callFunc asks a source one question; user is the effective username
@@ -332,7 +359,7 @@ func newChain(cfg ChainConfig, opt chainOptions) (*Chain, error) {
 			return nil, fmt.Errorf("auth: Sources[%d]: another source is named %q", i, name)
 		}
 		seen[name] = true
-		c.sources = append(c.sources, chainLink{name: name, src: s, b: backendFor(name), call: authCall(s), fields: authKeyFields(s)})
+		c.sources = append(c.sources, chainLink{name: name, src: s, b: backendFor(name), call: authCall(s), fields: authKeyFields(s), local: inMemory(s)})
 	}
 	clear(seen)
 	for i, a := range cfg.ACLs {
@@ -347,7 +374,11 @@ func newChain(cfg ChainConfig, opt chainOptions) (*Chain, error) {
 			return nil, fmt.Errorf("auth: ACLs[%d]: another ACL source is named %q", i, name)
 		}
 		seen[name] = true
-		c.acls = append(c.acls, chainLink{name: name, src: a, b: backendFor(name), call: aclCall(a, len(cfg.ACLs) == 1), fields: rulesKeyFields(a)})
+		l := chainLink{name: name, src: a, b: backendFor(name), call: aclCall(a, len(cfg.ACLs) == 1), fields: rulesKeyFields(a), local: inMemory(a)}
+		if ts, ok := a.(templateACLSource); ok {
+			l.call, l.fields = templateCall(ts, len(cfg.ACLs) == 1), ts.templatesKeyedBy()&AllFields
+		}
+		c.acls = append(c.acls, l)
 	}
 
 	c.workers.Add(opt.workers)
@@ -429,6 +460,43 @@ func aclCall(a ACLSource, only bool) callFunc {
 			return &cacheValue{matcher: CompileShared(rules)}, nil
 		}
 		return &cacheValue{rules: slices.Clone(rules)}, nil
+	}
+}
+
+// templateACLSource is an ACLSource that also gives a client's rules as
+// stored (the Redis and PostgreSQL sources): the placeholders of their
+// topic filters left in, for the chain to fill in with each client's
+// values (placeholders.go, Rule templates). Its answers are then keyed by
+// what its query reads alone (templatesKeyedBy, besides the effective
+// username, which is always in the key), not by the values a stored
+// filter may name: with a query that reads only ${username}, a reconnect
+// storm of many clients of one user costs one query, and concurrent
+// lookups for the user are one call, whatever the stored filters name.
+//
+// ruleTemplates must answer for the client as Rules does, before the
+// values are put in; the chain keeps the slice, uncopied, for the
+// cache's TTL.
+type templateACLSource interface {
+	ruleTemplates(ctx context.Context, r *Request, username string) ([]ruleTemplate, error)
+	templatesKeyedBy() Fields
+}
+
+// templateCall asks s for a user's rules as stored. The rules that name
+// no value but the username are the same for every client of the user:
+// they are filled in once, and, when s is the chain's only ACL source,
+// compiled once (CompileShared). The others are kept as templates, for
+// the ACL stage to fill in and compile for each client (perClient).
+func templateCall(s templateACLSource, only bool) callFunc {
+	return func(ctx context.Context, r *Request, user string) (*cacheValue, error) {
+		ts, err := s.ruleTemplates(ctx, r, user)
+		if err != nil {
+			return nil, err
+		}
+		shared, perClient := splitTemplates(ts, user)
+		if only {
+			return &cacheValue{matcher: CompileShared(shared), perClient: perClient}, nil
+		}
+		return &cacheValue{rules: shared, perClient: perClient}, nil
 	}
 }
 
@@ -659,9 +727,13 @@ func (c *Chain) advance(ctx context.Context, d *decision, block bool) bool {
 			}
 			if len(c.acls) == 1 {
 				d.res.Matcher = v.matcher
+				if len(v.perClient) > 0 {
+					d.res.Matcher = withOwn(v.matcher, applyTemplates(nil, v.perClient, d.r, d.res.Username))
+				}
 			} else {
 				d.rules = appendRules(d.rules, v.rules)
 				d.own = appendRules(d.own, v.answer.Rules)
+				d.own = applyTemplates(d.own, v.perClient, d.r, d.res.Username)
 			}
 			d.next++
 
@@ -730,9 +802,10 @@ func (c *Chain) fail(d *decision, source, username string, err error) {
 }
 
 // lookup answers d's question k to l: from the cache or the breaker
-// at once, or, with block set, by a backend call. It reports false when a
-// call is due and block is not set; d remembers that the cache missed, so
-// that the lookup is counted once.
+// at once, by asking l at once when it answers from memory, or, with
+// block set, by a backend call. It reports false when a call is due and
+// block is not set; d remembers that the cache missed, so that the
+// lookup is counted once.
 func (c *Chain) lookup(ctx context.Context, d *decision, l *chainLink, k cacheKey, user string, block bool) (*cacheValue, bool, error) {
 	if !d.missed {
 		v, err := c.peek(l, k)
@@ -740,6 +813,11 @@ func (c *Chain) lookup(ctx context.Context, d *decision, l *chainLink, k cacheKe
 			return v, true, err
 		}
 		d.missed = true
+	}
+	if l.local {
+		d.missed = false
+		v, err := c.ask(ctx, l, k, d.r, user)
+		return v, true, err
 	}
 	if !block {
 		return nil, false, nil
@@ -783,6 +861,28 @@ func (c *Chain) fetch(ctx context.Context, l *chainLink, k cacheKey, r *Request,
 		return nil, err
 	}
 	l.b.m.countValue(k.kind, v)
+	return v, nil
+}
+
+// ask answers question k to l, a source that answers from memory, on the
+// calling goroutine, and keeps the answer for the TTL. Identical
+// questions asked at once are not merged: each worker asks its own, and
+// the first answer to reach the cache ends the repeats.
+func (c *Chain) ask(ctx context.Context, l *chainLink, k cacheKey, r *Request, user string) (*cacheValue, error) {
+	b := l.b
+	epoch := c.cache.epoch.Load()
+	b.m.inflight.Inc()
+	start := time.Now()
+	v, err := l.call(ctx, r, user)
+	b.m.duration.UpdateDuration(start)
+	b.m.inflight.Dec()
+	if err != nil {
+		err = newUnavailable(l.name, err, r.Password)
+		b.m.countError(err)
+		return nil, err
+	}
+	c.cache.store(k, v, epoch)
+	b.m.countValue(k.kind, v)
 	return v, nil
 }
 

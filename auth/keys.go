@@ -18,7 +18,11 @@ import (
 // Two requests may share an answer only if the source would answer them
 // identically: a source must name every field that can change its answer,
 // including fields read by something it looks up (a topic filter stored
-// in a backend that names ${clientid}). Some parts are always in the key,
+// in a backend that names ${clientid}). The Redis and PostgreSQL sources
+// avoid the latter by giving the chain their rules as stored, for it to
+// fill in each client's values (templateACLSource in chain.go): their
+// ACL answers are keyed by what their query reads alone. Some parts are
+// always in the key,
 // whatever the source says: HasUsername and HasPassword (a request
 // without a password never gets an answer made for one with one), and
 // for an ACL question the effective username the chain passes to Rules.

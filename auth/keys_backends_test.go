@@ -98,9 +98,11 @@ func TestKeyedBackendAuth(t *testing.T) {
 }
 
 // TestKeyedBackendRules checks the key of a Redis or PostgreSQL source's
-// ACL: not the password, listener or protocol; but the client id, even
-// though the query reads only ${username}, since a stored topic filter
-// names ${clientid}.
+// Rules, the rules with the client's values put in (RulesKeyedBy): not
+// the password, listener or protocol; but the client id, even though the
+// query reads only ${username}, since a stored topic filter names
+// ${clientid}. keyCountedACL hides the source's rules as stored, which a
+// chain asks for otherwise, once per user: see TestTemplateBackendStorm.
 func TestKeyedBackendRules(t *testing.T) {
 	for _, b := range keyedBackends() {
 		t.Run(b.name, func(t *testing.T) {

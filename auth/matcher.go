@@ -108,7 +108,13 @@ func CompileShared(rules []Rule) *Matcher {
 // that name its client id) is compiled for this client. Safe for
 // concurrent use.
 func CompileWith(shared, own []Rule) *Matcher {
-	s := CompileShared(shared)
+	return withOwn(CompileShared(shared), own)
+}
+
+// withOwn returns a Matcher for the rules of s, a matcher CompileShared
+// returned, and own together: s's compiled rules shared, own compiled
+// for this client alone.
+func withOwn(s *Matcher, own []Rule) *Matcher {
 	if len(own) == 0 {
 		return s
 	}

@@ -27,6 +27,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/gannetmq/gannet/codec"
 )
@@ -552,48 +553,237 @@ func (q *sqlQuery) fields() Fields {
 }
 
 // backendRulesFields are the fields the rules of the Redis and PostgreSQL
-// sources depend on, besides the effective username: whatever the query
-// reads, a stored topic filter may name ${clientid}, ${peerhost} or
-// ${cert_common_name}, which backendRule substitutes for this client.
+// sources depend on, besides the effective username, once Rules has put
+// the client's values into them: whatever the query reads, a stored topic
+// filter may name ${clientid}, ${peerhost} or ${cert_common_name}. The
+// chain does not key by them: it asks for the rules as stored
+// (ruleTemplates) and puts each client's values in itself.
 const backendRulesFields = FieldClientID | FieldRemote | FieldCert
 
-// backendRule makes the rule for one ACL entry stored in a backend: a
-// topic filter (in which placeholders stand for this client's values),
-// the access it concerns and whether it denies. ok is false when the rule
-// does not apply to this client.
+// Rule templates.
 //
-// A value that is empty, holds '/', '+' or '#', or would start the filter
-// with '$', would change the filter's shape (user "a/+" turning
-// "u/${username}/#" into a filter that reaches other users' topics, user
-// "$SYS" turning "${username}/#" into "$SYS/#"), so it is never
-// substituted (the ACL file's rule for %u and %c too): an allow
-// rule needing it is dropped (ok false), and a deny rule needing it is an
-// error, since dropping it would grant what it denies. The filter,
-// substituted, must be a valid MQTT topic filter.
-func backendRule(filter string, access Access, deny bool, id *clientValues) (r Rule, ok bool, err error) {
-	t, err := parseTemplate(filter)
-	if err != nil {
-		return Rule{}, false, fmt.Errorf("topic %q: %w", filter, err)
-	}
-	for i, h := range t.holes {
-		v := id[h]
-		unsafe := v == "" || strings.ContainsAny(v, "/+#")
-		if i == 0 && t.lits[0] == "" && strings.HasPrefix(v, "$") {
-			unsafe = true // would make a $-topic filter of it
+// A topic filter stored in a backend, or written in a JSON ACL, may name
+// a client's values with placeholders. A value goes into the filter as it
+// is when it is usable: not empty, no '/', '+', '#' or NUL, valid UTF-8,
+// and no '$' at the very start of the filter. Any other value would
+// change the filter's shape: user "a/+" would turn "u/${username}/#" into
+// a filter reaching other users' topics, client "$SYS" would turn
+// "${clientid}/#" into "$SYS/#". So a rule that needs an unusable value
+// is changed so that it never grants more and never denies less than
+// any reading of it:
+//
+//   - an allow rule is dropped: it grants nothing to that client;
+//   - a deny rule is widened, level by level, to cover every topic the
+//     value could make it name: a level holding an unusable value
+//     becomes '+' (any one level); when the value holds '/' or '#' (it
+//     could span levels) that level becomes '#' and the filter ends
+//     there; and the filter's first level, when the value makes it start
+//     with '$', keeps its text up to the first '/' (no wildcard in the
+//     first level matches a '$' topic [MQTT-4.7.2-1]), followed by '#'
+//     when the value went on past that '/'.
+//
+// A deny rule is never dropped and never an error: the client keeps its
+// other rules, and a value the client chose (its client id) never makes
+// the backend's answer fail, which would refuse the client as
+// unavailable and count against the backend's circuit breaker.
+//
+// For example, with "deny t/${clientid}/secret": client id "a/b" gives
+// "t/#" (the literal "t/a/b/secret" is one of the topics it denies),
+// "a+" and "" give "t/+/secret", and for "deny ${clientid}/#" the client
+// id "$SYS" gives "$SYS/#".
+
+// ruleTemplate is one ACL rule before a client's values are put into its
+// topic filter: an entry stored in a backend, or a rule of a JSON ACL.
+// Immutable once made; safe for concurrent use.
+type ruleTemplate struct {
+	filter phTemplate
+	access Access
+	deny   bool
+}
+
+// probeValues stand for usable values when a template's filter is
+// checked: a filter that is valid with them is valid with any usable
+// value short enough.
+var probeValues = clientValues{phUsername: "x", phClientID: "x", phPeerhost: "x", phCertCN: "x"}
+
+// checkTemplate checks that t, a topic filter with placeholders, is a
+// valid topic filter whatever usable values fill it in. The error is
+// codec's, about t with "x" in place of each placeholder.
+func checkTemplate(t *phTemplate) error {
+	return codec.ValidateTopicFilter([]byte(t.expand(&probeValues)))
+}
+
+// perClient reports whether rt names a value other than the username:
+// one that the clients of one user do not share.
+func (rt *ruleTemplate) perClient() bool {
+	for _, h := range rt.filter.holes {
+		if h != phUsername {
+			return true
 		}
-		if !unsafe {
+	}
+	return false
+}
+
+// usableValue reports whether v may go into a topic filter as it is (see
+// above); atStart says that it would start the filter.
+func usableValue(v string, atStart bool) bool {
+	return v != "" && !strings.ContainsAny(v, "/+#\x00") && utf8.ValidString(v) && !(atStart && v[0] == '$')
+}
+
+// apply returns rt's rule for the client whose values are id. ok is false
+// when the rule does not apply to the client: an allow rule that needs an
+// unusable value. A deny rule always applies, widened where it needs an
+// unusable value (see above).
+func (rt *ruleTemplate) apply(id *clientValues) (r Rule, ok bool) {
+	t := &rt.filter
+	r = Rule{Access: rt.access, Deny: rt.deny}
+	if len(t.holes) == 0 {
+		r.Filter = t.lits[0]
+		return r, true
+	}
+	usable := true
+	for i, h := range t.holes {
+		if !usableValue(id[h], i == 0 && t.lits[0] == "") {
+			usable = false
+			break
+		}
+	}
+	if usable {
+		// Usable values keep a checked template valid, unless they make
+		// it too long.
+		if f := t.expand(id); codec.ValidateTopicFilter([]byte(f)) == nil {
+			r.Filter = f
+			return r, true
+		}
+	}
+	if !rt.deny {
+		return Rule{}, false
+	}
+	r.Filter = rt.widen(id)
+	return r, true
+}
+
+// widen returns the filter of deny rule rt for a client that has an
+// unusable value for it (see above). The result is one the matcher
+// compiles (validFilter): it is never checked as a subscription, whose
+// "$share/" group could not be a wildcard.
+func (rt *ruleTemplate) widen(id *clientValues) string {
+	t := &rt.filter
+	var (
+		levels []string
+		cur    strings.Builder // the level being built, values as they are
+		bad    bool            // cur holds an unusable value
+		ended  bool            // the filter ends with the last level
+	)
+	endLevel := func() {
+		e := cur.String()
+		cur.Reset()
+		wasBad := bad
+		bad = false
+		if !wasBad {
+			levels = append(levels, e)
+			return
+		}
+		if len(levels) == 0 && strings.HasPrefix(e, "$") {
+			head, _, more := strings.Cut(e, "/")
+			if !strings.ContainsAny(head, "+#\x00") && utf8.ValidString(head) {
+				levels = append(levels, head)
+				if more {
+					levels, ended = append(levels, "#"), true
+				}
+				return
+			}
+		}
+		if strings.ContainsAny(e, "/#") {
+			levels, ended = append(levels, "#"), true
+			return
+		}
+		levels = append(levels, "+")
+	}
+	for i, lit := range t.lits {
+		for {
+			j := strings.IndexByte(lit, '/')
+			if j < 0 {
+				break
+			}
+			cur.WriteString(lit[:j])
+			lit = lit[j+1:]
+			if endLevel(); ended {
+				return widenedFilter(t, levels)
+			}
+		}
+		cur.WriteString(lit)
+		if i < len(t.holes) {
+			v := id[t.holes[i]]
+			if !usableValue(v, i == 0 && t.lits[0] == "") {
+				bad = true
+			}
+			cur.WriteString(v)
+		}
+	}
+	endLevel()
+	return widenedFilter(t, levels)
+}
+
+// widenedFilter joins the levels widen made. Should usable values have
+// made them too long, it returns the template's levels before its first
+// placeholder followed by '#', which covers them.
+func widenedFilter(t *phTemplate, levels []string) string {
+	if f := strings.Join(levels, "/"); validFilter(f) {
+		return f
+	}
+	if i := strings.LastIndexByte(t.lits[0], '/'); i >= 0 {
+		return t.lits[0][:i+1] + "#"
+	}
+	return "#"
+}
+
+// splitTemplates applies the templates that name no value but the
+// username to user's clients, and returns those rules (shared) with the
+// templates left to apply to each client (perClient).
+func splitTemplates(ts []ruleTemplate, user string) (shared []Rule, perClient []ruleTemplate) {
+	id := clientValues{phUsername: user}
+	shared = make([]Rule, 0, len(ts))
+	for i := range ts {
+		if ts[i].perClient() {
+			perClient = append(perClient, ts[i])
 			continue
 		}
-		if !deny {
-			return Rule{}, false, nil
+		if r, ok := ts[i].apply(&id); ok {
+			shared = append(shared, r)
 		}
-		return Rule{}, false, fmt.Errorf("deny rule on topic %q cannot be applied: %s %q is empty, holds '/', '+' or '#', or starts the filter with '$'", filter, h, v)
 	}
-	f := t.expand(id)
-	if err := codec.ValidateTopicFilter([]byte(f)); err != nil {
-		return Rule{}, false, fmt.Errorf("topic %q: %w", filter, err)
+	return shared, perClient
+}
+
+// applyTemplates appends to dst the rules of ts for the client whose
+// request is r and whose effective username is user.
+func applyTemplates(dst []Rule, ts []ruleTemplate, r *Request, user string) []Rule {
+	if len(ts) == 0 {
+		return dst
 	}
-	return Rule{Filter: f, Access: access, Deny: deny}, true, nil
+	id := newClientValues(r, user)
+	for i := range ts {
+		if rule, ok := ts[i].apply(&id); ok {
+			dst = append(dst, rule)
+		}
+	}
+	return dst
+}
+
+// backendTemplate makes the template of one ACL entry stored in a
+// backend: its topic filter (with placeholders), the access it concerns
+// and whether it denies. An unknown placeholder, or a filter that is not
+// valid whatever values fill it in, is an error naming the filter.
+func backendTemplate(filter string, access Access, deny bool) (ruleTemplate, error) {
+	t, err := parseTemplate(filter)
+	if err != nil {
+		return ruleTemplate{}, fmt.Errorf("topic %q: %w", filter, err)
+	}
+	if err := checkTemplate(&t); err != nil {
+		return ruleTemplate{}, fmt.Errorf("topic %q: %w", filter, err)
+	}
+	return ruleTemplate{filter: t, access: access, deny: deny}, nil
 }
 
 // backendSuperuser reads a stored is_superuser value: nil (absent), a

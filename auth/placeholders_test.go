@@ -1,10 +1,12 @@
 package auth
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/gannetmq/gannet/codec"
 )
@@ -121,47 +123,115 @@ func TestPlaceholderSQLErrors(t *testing.T) {
 	}
 }
 
-func TestPlaceholderBackendRule(t *testing.T) {
-	r := &Request{ClientID: "dev-1"}
+// TestPlaceholderRuleTemplate checks how a client's values go into a
+// stored filter, and that a JSON ACL (an HTTP answer, a JWT claim) puts
+// them in the same way: an unusable value drops an allow rule and widens
+// a deny rule to cover every topic the value could make it name.
+func TestPlaceholderRuleTemplate(t *testing.T) {
+	const dropped = "(dropped)"
 	for _, tc := range []struct {
-		user, filter string
-		deny         bool
-		want         Rule
-		ok           bool
-		wantErr      string
+		filter, user, client string
+		deny                 bool
+		want                 string
 	}{
-		{user: "alice", filter: "users/${username}/#", want: Rule{Filter: "users/alice/#", Access: Write}, ok: true},
-		{user: "alice", filter: "devices/${clientid}/+", want: Rule{Filter: "devices/dev-1/+", Access: Write}, ok: true},
-		{user: "alice", filter: "$SYS/broker/#", want: Rule{Filter: "$SYS/broker/#", Access: Write}, ok: true},
+		{filter: "users/${username}/#", user: "alice", want: "users/alice/#"},
+		{filter: "devices/${clientid}/+", user: "alice", want: "devices/dev-1/+"},
+		{filter: "$SYS/broker/#", user: "alice", want: "$SYS/broker/#"},
+		{filter: "a/${username}-${clientid}/b", user: "alice", want: "a/alice-dev-1/b"},
+		// '$' elsewhere than at the start of the filter is harmless.
+		{filter: "u/${username}", user: "$x", want: "u/$x"},
+		{filter: "u/${username}", user: "$x", deny: true, want: "u/$x"},
 		// Values that would change the filter's shape drop an allow rule...
-		{user: "a/b", filter: "users/${username}/#"},
-		{user: "+", filter: "users/${username}/#"},
-		{user: "#", filter: "users/${username}"},
-		{user: "", filter: "users/${username}"},
-		{user: "$SYS", filter: "${username}/#"},
-		// ...and make a deny rule an error, never a dropped deny.
-		{user: "a/b", filter: "users/${username}/#", deny: true, wantErr: "cannot be applied"},
-		{user: "$SYS", filter: "${username}/#", deny: true, wantErr: "cannot be applied"},
-		// '$' elsewhere is harmless.
-		{user: "$x", filter: "u/${username}", want: Rule{Filter: "u/$x", Access: Write}, ok: true},
-		{user: "alice", filter: "a/#/b", wantErr: "MQTT-4.7.1-1"},
-		{user: "alice", filter: "", wantErr: "empty topic filter"},
-		{user: "alice", filter: "u/${nobody}", wantErr: "unknown placeholder"},
+		{filter: "users/${username}/#", user: "a/b", want: dropped},
+		{filter: "users/${username}/#", user: "+", want: dropped},
+		{filter: "users/${username}", user: "#", want: dropped},
+		{filter: "users/${username}", user: "", want: dropped},
+		{filter: "users/${username}", user: "a\x00b", want: dropped},
+		{filter: "users/${username}", user: "\xff", want: dropped},
+		{filter: "${username}/#", user: "$SYS", want: dropped},
+		{filter: "c/${clientid}", user: "alice", client: "a/b", want: dropped},
+		// ...and widen a deny rule, never narrow or drop it: a value
+		// that could span levels ends the filter with '#' there...
+		{filter: "users/${username}/#", user: "a/b", deny: true, want: "users/#"},
+		{filter: "t/${username}/secret", user: "a/b", deny: true, want: "t/#"},
+		{filter: "t/${username}/secret", user: "#", deny: true, want: "t/#"},
+		{filter: "t/x${clientid}y/secret", user: "alice", client: "a/b", deny: true, want: "t/#"},
+		{filter: "${clientid}/secret", user: "alice", client: "a/b", deny: true, want: "#"},
+		// ...one that fills one level makes it '+'...
+		{filter: "t/${username}/secret", user: "a+", deny: true, want: "t/+/secret"},
+		{filter: "t/${username}/secret", user: "+", deny: true, want: "t/+/secret"},
+		{filter: "t/${username}/secret", user: "", deny: true, want: "t/+/secret"},
+		{filter: "t/${username}/secret", user: "a\x00b", deny: true, want: "t/+/secret"},
+		{filter: "u/${username}/x/${clientid}", user: "", deny: true, want: "u/+/x/dev-1"},
+		{filter: "u/${username}/x/${clientid}", user: "", client: "a/b", deny: true, want: "u/+/x/#"},
+		// ...and a '$' it puts at the start of the filter stays: no
+		// wildcard there would match a '$' topic.
+		{filter: "${username}/#", user: "$SYS", deny: true, want: "$SYS/#"},
+		{filter: "${username}/secret", user: "$SYS", deny: true, want: "$SYS/secret"},
+		{filter: "${username}/secret", user: "$SYS/broker", deny: true, want: "$SYS/#"},
+		{filter: "${username}/secret", user: "$a+b", deny: true, want: "+/secret"},
+		{filter: "${username}x/secret", user: "", deny: true, want: "+/secret"},
 	} {
-		id := newClientValues(r, tc.user)
-		got, ok, err := backendRule(tc.filter, Write, tc.deny, &id)
-		if tc.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("backendRule(%q) for %q = %v, want an error with %q", tc.filter, tc.user, err, tc.wantErr)
-			}
-			continue
+		user, client := tc.user, tc.client
+		if client == "" {
+			client = "dev-1"
 		}
+		r := &Request{ClientID: client, Remote: "192.0.2.1:1"}
+		want := Rule{Filter: tc.want, Access: Write, Deny: tc.deny}
+
+		rt, err := backendTemplate(tc.filter, Write, tc.deny)
 		if err != nil {
-			t.Errorf("backendRule(%q) for %q: %v", tc.filter, tc.user, err)
-			continue
+			t.Fatalf("backendTemplate(%q): %v", tc.filter, err)
 		}
-		if ok != tc.ok || (ok && got != tc.want) {
-			t.Errorf("backendRule(%q) for %q = %+v %v, want %+v %v", tc.filter, tc.user, got, ok, tc.want, tc.ok)
+		id := newClientValues(r, user)
+		got, ok := rt.apply(&id)
+		if tc.want == dropped {
+			if ok {
+				t.Errorf("%q for user %q, client %q: got %+v, want it dropped", tc.filter, user, client, got)
+			}
+		} else if !ok || got != want {
+			t.Errorf("%q for user %q, client %q: got %+v (ok %v), want %+v", tc.filter, user, client, got, ok, want)
+		}
+
+		permission := "allow"
+		if tc.deny {
+			permission = "deny"
+		}
+		doc, _ := json.Marshal([]map[string]string{{"permission": permission, "action": "publish", "topic": tc.filter}})
+		rules, err := parseJSONRules(doc, "acl", r, user)
+		if err != nil {
+			t.Fatalf("parseJSONRules(%s): %v", doc, err)
+		}
+		if tc.want == dropped && len(rules) != 0 || tc.want != dropped && !slices.Equal(rules, []Rule{want}) {
+			t.Errorf("JSON %s for user %q, client %q: got %+v, want %q", doc, user, client, rules, tc.want)
+		}
+
+		// The ACL file's pattern lines agree (a deny line denies reading
+		// and writing alike).
+		if rules, ok := aclPatternRules(t, tc.filter, Write, tc.deny, r, user); ok {
+			if tc.deny {
+				want.Access = ReadWrite
+			}
+			if tc.want == dropped && len(rules) != 0 || tc.want != dropped && !slices.Equal(rules, []Rule{want}) {
+				t.Errorf("ACL file pattern %q for user %q, client %q: got %+v, want %q", tc.filter, user, client, rules, tc.want)
+			}
+		}
+	}
+}
+
+// TestPlaceholderTemplateErrors checks that a stored filter that no
+// values could make valid is an error, whoever the client is.
+func TestPlaceholderTemplateErrors(t *testing.T) {
+	for _, tc := range []struct{ filter, wantErr string }{
+		{"a/#/b", "MQTT-4.7.1-1"},
+		{"a/${clientid}#", "MQTT-4.7.1-1"},
+		{"a/+${username}", "MQTT-4.7.1-2"},
+		{"", "empty topic filter"},
+		{"u/${nobody}", "unknown placeholder"},
+		{"u/${username", "without a closing"},
+	} {
+		if _, err := backendTemplate(tc.filter, Write, true); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("backendTemplate(%q) = %v, want an error with %q", tc.filter, err, tc.wantErr)
 		}
 	}
 }
@@ -265,14 +335,17 @@ func FuzzPlaceholderSQL(f *testing.F) {
 	})
 }
 
-// FuzzPlaceholderBackendRule checks that a client's values never change
-// a stored filter's shape: a rule made for any username has a valid
-// filter with the '/', '+' and '#' of the stored filter only, and is a
-// $-topic filter only when the stored one is.
-func FuzzPlaceholderBackendRule(f *testing.F) {
+// FuzzPlaceholderRuleTemplate checks what a client's values do to a
+// stored filter. An allow rule made for any values has a valid filter
+// with the '/', '+' and '#' of the stored filter only, and is a $-topic
+// filter only when the stored one is. A deny rule is never dropped, has
+// a filter the matcher compiles, and matches every topic that the filter
+// with the values put in as they are matches.
+func FuzzPlaceholderRuleTemplate(f *testing.F) {
 	for _, s := range [][2]string{
 		{"users/${username}/#", "alice"}, {"${username}/#", "$SYS"}, {"a/${clientid}/+", "a/b"},
 		{"${username}", "+"}, {"x${username}y/${username}", "#"}, {"$share/g/${username}", "u"},
+		{"${username}/secret", "$SYS/x"}, {"t/${clientid}/x/${username}", ""},
 	} {
 		f.Add(s[0], s[1], false)
 		f.Add(s[0], s[1], true)
@@ -281,30 +354,60 @@ func FuzzPlaceholderBackendRule(f *testing.F) {
 		return [3]int{strings.Count(s, "/"), strings.Count(s, "+"), strings.Count(s, "#")}
 	}
 	f.Fuzz(func(t *testing.T, filter, username string, deny bool) {
+		rt, err := backendTemplate(filter, ReadWrite, deny)
+		if err != nil {
+			return
+		}
 		r := &Request{ClientID: username + "-c", Remote: "192.0.2.1:1", CertCN: username}
 		id := newClientValues(r, username)
-		rule, ok, err := backendRule(filter, ReadWrite, deny, &id)
-		if err != nil || !ok {
-			if ok {
-				t.Fatalf("backendRule(%q, %q): ok with error %v", filter, username, err)
+		rule, ok := rt.apply(&id)
+		if !ok {
+			if deny {
+				t.Fatalf("deny rule %q for %q dropped", filter, username)
 			}
 			return
 		}
 		if rule.Deny != deny || rule.Access != ReadWrite {
-			t.Fatalf("backendRule(%q, %q) = %+v", filter, username, rule)
+			t.Fatalf("rule %q for %q = %+v", filter, username, rule)
 		}
-		if err := codec.ValidateTopicFilter([]byte(rule.Filter)); err != nil {
-			t.Fatalf("backendRule(%q, %q) = invalid filter %q: %v", filter, username, rule.Filter, err)
+		if !validFilter(rule.Filter) {
+			t.Fatalf("rule %q for %q = %q, which the matcher does not compile", filter, username, rule.Filter)
 		}
-		tmpl, err := parseTemplate(filter)
-		if err != nil {
-			t.Fatalf("backendRule accepted %q, parseTemplate did not: %v", filter, err)
+		if !deny {
+			if err := codec.ValidateTopicFilter([]byte(rule.Filter)); err != nil {
+				t.Fatalf("rule %q for %q = invalid filter %q: %v", filter, username, rule.Filter, err)
+			}
+			if got, want := count(rule.Filter), count(strings.Join(rt.filter.lits, "")); got != want {
+				t.Fatalf("rule %q for %q = %q: '/', '+', '#' counts %v, stored filter's %v", filter, username, rule.Filter, got, want)
+			}
+			if strings.HasPrefix(rule.Filter, "$") && !strings.HasPrefix(filter, "$") {
+				t.Fatalf("rule %q for %q = %q: a $-topic filter", filter, username, rule.Filter)
+			}
+			return
 		}
-		if got, want := count(rule.Filter), count(strings.Join(tmpl.lits, "")); got != want {
-			t.Fatalf("backendRule(%q, %q) = %q: '/', '+', '#' counts %v, stored filter's %v", filter, username, rule.Filter, got, want)
+		// The filter with the values as they are, where it is one, and
+		// topics it matches: '+' levels filled, '#' standing for no
+		// level and for one.
+		literal := rt.filter.expand(&id)
+		if !validFilter(literal) || strings.IndexByte(literal, 0) >= 0 || !utf8.ValidString(literal) {
+			return // no topic could match it [MQTT-4.7.3-2], [MQTT-1.5.4-1]
 		}
-		if strings.HasPrefix(rule.Filter, "$") && !strings.HasPrefix(filter, "$") {
-			t.Fatalf("backendRule(%q, %q) = %q: a $-topic filter", filter, username, rule.Filter)
+		widened := Compile([]Rule{{Filter: rule.Filter, Access: ReadWrite}})
+		exact := Compile([]Rule{{Filter: literal, Access: ReadWrite}})
+		levels := strings.Split(literal, "/")
+		for i, l := range levels {
+			if l == "+" {
+				levels[i] = "x"
+			}
+		}
+		topics := []string{strings.Join(levels, "/")}
+		if levels[len(levels)-1] == "#" {
+			topics = []string{strings.Join(levels[:len(levels)-1], "/"), strings.Join(append(levels[:len(levels)-1], "x"), "/")}
+		}
+		for _, topic := range topics {
+			if topic != "" && exact.CanPublish([]byte(topic)) && !widened.CanPublish([]byte(topic)) {
+				t.Fatalf("deny rule %q for %q = %q, which does not deny %q, a topic of %q", filter, username, rule.Filter, topic, literal)
+			}
 		}
 	})
 }

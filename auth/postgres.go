@@ -42,9 +42,10 @@ type PostgresConfig struct {
 	AuthQuery string
 	// ACLQuery returns the client's rules, one a row, with the text
 	// columns permission ("allow" or "deny"), action ("publish",
-	// "subscribe" or "all") and topic (a topic filter, in which
-	// placeholders are substituted as backendRule says). Empty means no
-	// ACL: then the source must not be used as an ACLSource (see Rules).
+	// "subscribe" or "all") and topic (a topic filter, whose
+	// placeholders are filled in for each client as placeholders.go
+	// says: Rule templates). Empty means no ACL: then the source must not
+	// be used as an ACLSource (see Rules).
 	ACLQuery string
 	// MaxConns bounds the pool's connections; 0 means pgx's default
 	// (the larger of 4 and the number of CPUs) or the URL's
@@ -156,14 +157,24 @@ func (s *PostgresSource) AuthKeyedBy() Fields {
 
 // RulesKeyedBy returns the fields Rules reads besides the effective
 // username: those of every placeholder but ${username}, since a stored
-// topic filter may name any of them (see backendRule), whatever ACLQuery
-// reads.
+// topic filter may name any of them (see backendRulesFields), whatever
+// ACLQuery reads.
 func (s *PostgresSource) RulesKeyedBy() Fields {
 	f := backendRulesFields
 	if s.acl != nil {
 		f |= s.acl.fields() &^ FieldUsername
 	}
 	return f
+}
+
+// templatesKeyedBy returns the fields ruleTemplates reads besides the
+// effective username: those of ACLQuery's parameters alone. With the
+// default query, the rules of every client of a user are one answer.
+func (s *PostgresSource) templatesKeyedBy() Fields {
+	if s.acl == nil {
+		return 0
+	}
+	return s.acl.fields() &^ FieldUsername
 }
 
 // Close closes the pool, waiting for connections in use to come back;
@@ -243,26 +254,39 @@ func (s *PostgresSource) Authenticate(ctx context.Context, r *Request) (Answer, 
 }
 
 // Rules runs ACLQuery for the client and returns its rules, in the
-// order of the rows. A client without a username, when the query needs
-// one, gets no rules (so everything is denied), without a query. A row
-// with a NULL or unknown permission or action, or a topic that is not a
-// valid topic filter, is an error wrapping ErrUnavailable naming the row
-// (counted from 1): never a partial ACL.
+// order of the rows, with the client's values put into their filters (see
+// ruleTemplates and placeholders.go). A client without a username, when
+// the query needs one, gets no rules (so everything is denied), without a
+// query. A row with a NULL or unknown permission or action, or a topic
+// that is not a valid topic filter, is an error wrapping ErrUnavailable
+// naming the row (counted from 1): never a partial ACL.
 //
 // Without an ACLQuery, Rules returns an error: see HasACL.
 //
 // Safe for concurrent use; blocks on the network.
 func (s *PostgresSource) Rules(ctx context.Context, r *Request, username string) ([]Rule, error) {
+	ts, err := s.ruleTemplates(ctx, r, username)
+	if err != nil {
+		return nil, err
+	}
+	return applyTemplates(make([]Rule, 0, len(ts)), ts, r, username), nil
+}
+
+// ruleTemplates runs ACLQuery as Rules does, and returns the client's
+// rules as stored, in the order of the rows: placeholders in the topics
+// are left for the chain to fill in for each client, so that one answer
+// serves every client for whom the query reads the same parameters.
+func (s *PostgresSource) ruleTemplates(ctx context.Context, r *Request, username string) ([]ruleTemplate, error) {
 	if s.acl == nil {
 		return nil, backendUnavailable(nil, "auth: postgres: no ACLQuery configured, yet asked for rules")
 	}
 	id := newClientValues(r, username)
 	if username == "" && s.acl.has(phUsername) {
-		return []Rule{}, nil
+		return []ruleTemplate{}, nil
 	}
-	var rules []Rule
+	var ts []ruleTemplate
 	err := s.query(ctx, s.acl, &id, func(rows pgx.Rows) error {
-		rules = []Rule{}
+		ts = []ruleTemplate{}
 		fds := rows.FieldDescriptions()
 		cols := [3]int{pgColumn(fds, "permission"), pgColumn(fds, "action"), pgColumn(fds, "topic")}
 		for i, c := range cols {
@@ -300,20 +324,18 @@ func (s *PostgresSource) Rules(ctx context.Context, r *Request, username string)
 			if !ok {
 				return backendUnavailable(nil, "row %d: action %q is not publish, subscribe or all", row, clipValue(text[1], 32))
 			}
-			rule, ok, err := backendRule(text[2], access, deny, &id)
+			t, err := backendTemplate(text[2], access, deny)
 			if err != nil {
 				return backendUnavailable(err, "row %d", row)
 			}
-			if ok {
-				rules = append(rules, rule)
-			}
+			ts = append(ts, t)
 		}
 		return rows.Err()
 	})
 	if err != nil {
 		return nil, backendUnavailable(err, "auth: postgres: cannot read ACL of user %q", username)
 	}
-	return rules, nil
+	return ts, nil
 }
 
 // query runs q for id and hands the rows to read, once more when the

@@ -56,8 +56,9 @@ type RedisConfig struct {
 	//	deny        neither, whatever other fields grant
 	//
 	// (EMQX's layout, plus "deny"). A filter may hold placeholders,
-	// substituted as backendRule says. Empty means no ACL: then the
-	// source must not be used as an ACLSource (see Rules).
+	// filled in for each client as placeholders.go says (Rule
+	// templates). Empty means no ACL: then the source must not be used
+	// as an ACLSource (see Rules).
 	ACLCommand string
 	// PoolSize bounds the connections kept to the server; 0 means
 	// go-redis's default (10 per CPU) or the URL's pool_size.
@@ -241,7 +242,7 @@ func (s *RedisSource) AuthKeyedBy() Fields {
 
 // RulesKeyedBy returns the fields Rules reads besides the effective
 // username: those of every placeholder but ${username}, since a stored
-// topic filter may name any of them (see backendRule), whatever
+// topic filter may name any of them (see backendRulesFields), whatever
 // ACLCommand's key reads.
 func (s *RedisSource) RulesKeyedBy() Fields {
 	f := backendRulesFields
@@ -249,6 +250,16 @@ func (s *RedisSource) RulesKeyedBy() Fields {
 		f |= s.acl.fields() &^ FieldUsername
 	}
 	return f
+}
+
+// templatesKeyedBy returns the fields ruleTemplates reads besides the
+// effective username: those of ACLCommand's key alone. With the default
+// command, the rules of every client of a user are one answer.
+func (s *RedisSource) templatesKeyedBy() Fields {
+	if s.acl == nil {
+		return 0
+	}
+	return s.acl.fields() &^ FieldUsername
 }
 
 // Close closes the connections; calls made after it fail. Safe to call
@@ -317,22 +328,35 @@ func (s *RedisSource) Authenticate(ctx context.Context, r *Request) (Answer, err
 }
 
 // Rules reads the client's ACL hash with ACLCommand and returns its
-// rules, sorted by filter. A client without a username, when the key
-// needs one, and a missing hash both give no rules (so everything is
-// denied). A value other than publish, subscribe, all or deny, or a
-// field that is not a valid topic filter, is an error wrapping
-// ErrUnavailable naming the key and field: never a partial ACL.
+// rules, sorted by filter, with the client's values put into their
+// filters (see ruleTemplates and placeholders.go). A client without a
+// username, when the key needs one, and a missing hash both give no rules
+// (so everything is denied). A value other than publish, subscribe, all
+// or deny, or a field that is not a valid topic filter, is an error
+// wrapping ErrUnavailable naming the key and field: never a partial ACL.
 //
 // Without an ACLCommand, Rules returns an error: see HasACL.
 //
 // Safe for concurrent use; blocks on the network.
 func (s *RedisSource) Rules(ctx context.Context, r *Request, username string) ([]Rule, error) {
+	ts, err := s.ruleTemplates(ctx, r, username)
+	if err != nil {
+		return nil, err
+	}
+	return applyTemplates(make([]Rule, 0, len(ts)), ts, r, username), nil
+}
+
+// ruleTemplates reads the client's ACL hash as Rules does, and returns
+// its rules as stored, sorted by filter: placeholders in the filters are
+// left for the chain to fill in for each client, so that one answer
+// serves every client whose request reads the same key.
+func (s *RedisSource) ruleTemplates(ctx context.Context, r *Request, username string) ([]ruleTemplate, error) {
 	if s.acl == nil {
 		return nil, backendUnavailable(nil, "auth: redis: no ACLCommand configured, yet asked for rules")
 	}
 	id := newClientValues(r, username)
 	if username == "" && s.acl.has(phUsername) {
-		return []Rule{}, nil
+		return []ruleTemplate{}, nil
 	}
 	key := s.acl.expand(&id)
 	m, err := s.client.HGetAll(ctx, key).Result()
@@ -344,7 +368,7 @@ func (s *RedisSource) Rules(ctx context.Context, r *Request, username string) ([
 		filters = append(filters, f)
 	}
 	slices.Sort(filters)
-	rules := make([]Rule, 0, len(filters))
+	ts := make([]ruleTemplate, 0, len(filters))
 	for _, f := range filters {
 		v := m[f]
 		access, deny := ReadWrite, true
@@ -355,13 +379,11 @@ func (s *RedisSource) Rules(ctx context.Context, r *Request, username string) ([
 			}
 			deny = false
 		}
-		rule, ok, err := backendRule(f, access, deny, &id)
+		t, err := backendTemplate(f, access, deny)
 		if err != nil {
 			return nil, backendUnavailable(err, "auth: redis: key %q", key)
 		}
-		if ok {
-			rules = append(rules, rule)
-		}
+		ts = append(ts, t)
 	}
-	return rules, nil
+	return ts, nil
 }

@@ -24,10 +24,12 @@ package auth
 // Topics may hold the placeholders ${username} and %u (the client's
 // username, as authentication settled it), ${clientid} and %c (its client
 // id), ${peerhost} (its IP address) and ${cert_common_name} (its verified
-// certificate's CN); any other ${...} is refused. A value that is empty,
-// starts with '$', holds '/', '+', '#' or NUL, or is not UTF-8 cannot be
-// put into a filter safely: an allow rule that needs one is dropped, and
-// a deny rule widens the levels that hold one to '+', so that an unusable
+// certificate's CN); any other ${...} is refused. They are filled in as
+// for the Redis and PostgreSQL sources (placeholders.go, Rule templates):
+// a value that is empty, holds '/', '+', '#' or NUL, is not UTF-8, or
+// would start the filter with '$' cannot be put into a filter safely; an
+// allow rule that needs one is dropped, and a deny rule is widened to
+// cover every topic the value could make it name, so that an unusable
 // value never grants more and never denies less.
 //
 // Whatever fails to parse refuses the whole document: a client never gets
@@ -39,7 +41,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"unicode/utf8"
 
@@ -75,12 +76,7 @@ func parseJSONRules(data []byte, field string, r *Request, username string) ([]R
 		}
 		return nil, fmt.Errorf("%s: bad JSON", field)
 	}
-	ex := rulesExpander{username: username, clientID: r.ClientID, certCN: r.CertCN}
-	if host, _, err := net.SplitHostPort(r.Remote); err == nil {
-		ex.peerHost = host
-	} else {
-		ex.peerHost = r.Remote
-	}
+	ex := rulesExpander{id: newClientValues(r, username)}
 	switch rulesFirstByte(data) {
 	case '[':
 		return ex.parseList(data, field)
@@ -258,104 +254,74 @@ func rulesObject(raw []byte) ([]rulesMember, error) {
 	return members, nil
 }
 
-// rulesExpander replaces placeholders in rule topics.
+// rulesExpander puts a client's values into rule topics.
 type rulesExpander struct {
-	username, clientID, peerHost, certCN string
+	id clientValues
 }
 
-// appendRule expands topic, validates it and appends r with the result to
-// rules (or drops r: see the file comment). name is the topic's field in
-// errors.
+// appendRule reads topic, the filter of rule r, and appends r with the
+// client's values in it to rules (or drops r: see the file comment). name
+// is the topic's field in errors.
 func (ex *rulesExpander) appendRule(rules []Rule, r Rule, topic, name string) ([]Rule, error) {
 	if strings.HasPrefix(topic, "eq ") {
 		return nil, fmt.Errorf("%s: the \"eq \" prefix (an exact, non-wildcard match) is not supported: %s", name, rulesQuote(topic))
 	}
-	filter, unsafe, err := ex.expand(topic, r.Deny)
+	t, err := parseRulesTopic(topic)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if unsafe && !r.Deny {
-		return rules, nil
-	}
-	if strings.IndexByte(filter, 0) >= 0 {
+	if strings.IndexByte(topic, 0) >= 0 {
 		return nil, fmt.Errorf("%s: NUL in topic filter %s", name, rulesQuote(topic))
 	}
-	if err := codec.ValidateTopicFilter([]byte(filter)); err != nil {
+	if err := checkTemplate(&t); err != nil {
 		var ce *codec.Error
 		if errors.As(err, &ce) {
-			return nil, fmt.Errorf("%s: bad topic filter: %s", name, ce.Msg)
+			return nil, fmt.Errorf("%s: bad topic filter %s: %s", name, rulesQuote(topic), ce.Msg)
 		}
-		return nil, fmt.Errorf("%s: bad topic filter: %w", name, err)
+		return nil, fmt.Errorf("%s: bad topic filter %s: %w", name, rulesQuote(topic), err)
 	}
-	r.Filter = filter
-	return append(rules, r), nil
+	rt := ruleTemplate{filter: t, access: r.Access, deny: r.Deny}
+	if rule, ok := rt.apply(&ex.id); ok {
+		rules = append(rules, rule)
+	}
+	return rules, nil
 }
 
-// expand replaces the placeholders of topic level by level. unsafe
-// reports that a level needed a value that cannot go into a filter (see
-// the file comment); such a level becomes "+" when widen is set.
-func (ex *rulesExpander) expand(topic string, widen bool) (filter string, unsafe bool, err error) {
-	if !strings.ContainsAny(topic, "$%") {
-		return topic, false, nil
-	}
-	levels := strings.Split(topic, "/")
-	for i, level := range levels {
-		out, bad, err := ex.expandLevel(level)
-		if err != nil {
-			return "", false, err
-		}
-		if bad {
-			unsafe = true
-			if widen {
-				out = "+"
-			}
-		}
-		levels[i] = out
-	}
-	return strings.Join(levels, "/"), unsafe, nil
-}
-
-// expandLevel replaces the placeholders of one topic level.
-func (ex *rulesExpander) expandLevel(level string) (out string, unsafe bool, err error) {
-	var b strings.Builder
-	for i := 0; i < len(level); {
-		var value string
+// parseRulesTopic splits topic into literal text and placeholders: the
+// ${...} placeholders of placeholders.go, and %u and %c. A '%' followed
+// by anything else is literal.
+func parseRulesTopic(topic string) (phTemplate, error) {
+	var t phTemplate
+	last := 0
+	for i := 0; i < len(topic); {
+		var p placeholder
+		next := i + 2
 		switch {
-		case strings.HasPrefix(level[i:], "${"):
-			end := strings.IndexByte(level[i:], '}')
+		case strings.HasPrefix(topic[i:], "${"):
+			end := strings.IndexByte(topic[i:], '}')
 			if end < 0 {
-				return "", false, fmt.Errorf("unterminated placeholder in %s", rulesQuote(level))
+				return phTemplate{}, fmt.Errorf("unterminated placeholder in %s", rulesQuote(topic))
 			}
-			switch ph := level[i+2 : i+end]; ph {
-			case "username":
-				value = ex.username
-			case "clientid":
-				value = ex.clientID
-			case "peerhost":
-				value = ex.peerHost
-			case "cert_common_name":
-				value = ex.certCN
-			default:
-				return "", false, fmt.Errorf("unknown placeholder %s (known: ${username}, ${clientid}, ${peerhost}, ${cert_common_name}, %%u, %%c)", rulesQuote("${"+ph+"}"))
+			ph := topic[i+2 : i+end]
+			var ok bool
+			if p, ok = lookupPlaceholder(ph); !ok {
+				return phTemplate{}, fmt.Errorf("unknown placeholder %s (known: %s, %%u, %%c)", rulesQuote("${"+ph+"}"), knownPlaceholders())
 			}
-			i += end + 1
-		case strings.HasPrefix(level[i:], "%u"):
-			value = ex.username
-			i += 2
-		case strings.HasPrefix(level[i:], "%c"):
-			value = ex.clientID
-			i += 2
+			next = i + end + 1
+		case strings.HasPrefix(topic[i:], "%u"):
+			p = phUsername
+		case strings.HasPrefix(topic[i:], "%c"):
+			p = phClientID
 		default:
-			b.WriteByte(level[i])
 			i++
 			continue
 		}
-		if value == "" || value[0] == '$' || strings.ContainsAny(value, "/+#\x00") || !utf8.ValidString(value) {
-			unsafe = true
-		}
-		b.WriteString(value)
+		t.lits = append(t.lits, topic[last:i])
+		t.holes = append(t.holes, p)
+		i, last = next, next
 	}
-	return b.String(), unsafe, nil
+	t.lits = append(t.lits, topic[last:])
+	return t, nil
 }
 
 // rulesQuote quotes s for an error message, cut to a readable length.
