@@ -42,6 +42,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gannet: %v\n", err)
 		return 2
 	}
+	setProcs(cfg.EventLoops) // before the chain, whose workers it counts (procs.go)
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(stderr, opts)
 	if format == "json" {
