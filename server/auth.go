@@ -104,9 +104,20 @@ func (c *client) authDone(ob *outbox, ar *auth.Request, req *connectReq, r auth.
 		return
 	}
 	c.settle(ob, req)
-	if !c.parked {
+	if !c.parked && c.inputWaits() {
 		_ = c.gc.Wake(nil) // read what waited behind the CONNECT
 	}
+}
+
+// inputWaits reports whether bytes arrived behind c's CONNECT while it was
+// parked: they wait in gnet's buffer or, on a WebSocket or a TLS
+// connection served on its loop, unmasked or decrypted in the
+// connection's own. A client that sent nothing more is not woken: it
+// would cost the loop another round for a read of nothing, and bytes
+// that arrive later are read when they do.
+func (c *client) inputWaits() bool {
+	return c.gc.InboundBuffered() > 0 || (c.ws != nil && len(c.ws.in) > 0) ||
+		(c.tls != nil && c.tls.rec != nil && len(c.tls.rec.in) > 0)
 }
 
 // refuseConnect answers CONNECT with a refusal and closes the connection.
