@@ -22,7 +22,15 @@
 # Environment: CLIENTS (10000), USERS (10000), SECS (5: measured seconds of
 # each p2p run), WINDOW (100: CONNECTs awaiting their CONNACK at a time),
 # LIMIT (2400: seconds the whole script may take), GANNET and GANNET_BENCH
-# (binaries to use instead of building the tree).
+# (binaries to use instead of building the tree), PARTS (the parts to run,
+# of "acl connect storm"; all by default), CONN_RUNS (the connect part's
+# runs, broker:configuration, in the order of each round; by default
+# "gannet:none mosquitto:none gannet:passwd mosquitto:passwd gannet:redis
+# gannet:postgres gannet:redis-acl gannet:postgres-acl"). Redis and
+# PostgreSQL are started only when a run asks for them. For example, the
+# password file's connection rate against Mosquitto's alone:
+#
+#   PARTS=connect CONN_RUNS='gannet:none mosquitto:none gannet:passwd mosquitto:passwd' bench/auth.sh 5
 #
 # Every server (brokers, redis-server, PostgreSQL) listens on a free
 # loopback port and keeps its files in one temporary directory; all are
@@ -40,12 +48,40 @@ window=${WINDOW:-100}
 limit=${LIMIT:-2400}
 pass=bench-secret
 pairs=100 # p2p pairs: users dev-0 to dev-99
+parts=${PARTS:-acl connect storm}
+conn_runs=${CONN_RUNS:-gannet:none mosquitto:none gannet:passwd mosquitto:passwd gannet:redis gannet:postgres gannet:redis-acl gannet:postgres-acl}
 
-for cmd in mosquitto mosquitto_passwd redis-server redis-cli psql python3 curl timeout; do
+case $rounds in '' | *[!0-9]* | 0) echo "auth.sh: ROUNDS must be a positive whole number, not \"$rounds\"" >&2; exit 2 ;; esac
+for p in $parts; do
+	case $p in acl | connect | storm) ;; *) echo "auth.sh: PARTS: unknown part \"$p\" (want acl, connect, storm)" >&2; exit 2 ;; esac
+done
+[ -n "${parts// /}" ] || { echo "auth.sh: PARTS names no part (want acl, connect, storm)" >&2; exit 2; }
+for run in $conn_runs; do
+	case $run in
+	gannet:none | gannet:passwd | gannet:redis | gannet:postgres | gannet:redis-acl | gannet:postgres-acl | mosquitto:none | mosquitto:passwd) ;;
+	*) echo "auth.sh: CONN_RUNS: unknown run \"$run\" (want gannet: none, passwd, redis, postgres, redis-acl or postgres-acl; mosquitto: none or passwd)" >&2; exit 2 ;;
+	esac
+done
+has_part() { [[ " $parts " == *" $1 "* ]]; }
+# Redis and PostgreSQL are needed only by the runs that use them.
+need_redis=false need_pg=false
+if has_part connect; then
+	[[ " $conn_runs " == *":redis"* ]] && need_redis=true
+	[[ " $conn_runs " == *":postgres"* ]] && need_pg=true
+fi
+has_part storm && need_pg=true
+
+cmds=(mosquitto mosquitto_passwd python3 curl timeout)
+$need_redis && cmds+=(redis-server redis-cli)
+$need_pg && cmds+=(psql)
+for cmd in "${cmds[@]}"; do
 	command -v "$cmd" >/dev/null || { echo "auth.sh: $cmd not found (apt-get install mosquitto mosquitto-clients redis-server postgresql python3)" >&2; exit 2; }
 done
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$pgbin/initdb" ] || { echo "auth.sh: PostgreSQL's initdb not found in /usr/lib/postgresql/*/bin" >&2; exit 2; }
+if $need_pg && ! [ -x "$pgbin/initdb" ]; then
+	echo "auth.sh: PostgreSQL's initdb not found in /usr/lib/postgresql/*/bin" >&2
+	exit 2
+fi
 if [ "$users" -lt "$pairs" ]; then
 	echo "auth.sh: USERS must be at least $pairs (the p2p pairs' users)" >&2
 	exit 2
@@ -260,6 +296,7 @@ cp "$work/acl" "$out/acl.txt"
 
 # --- Redis and PostgreSQL, loaded with the same users ---
 
+if $need_redis; then
 redis_port=$(free_port)
 mkdir "$work/redis"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
@@ -276,7 +313,9 @@ awk -F: 'function b(s) { return "$" length(s) "\r\n" s "\r\n" }
 }' "$work/passwd" | redis-cli -h 127.0.0.1 -p "$redis_port" --pipe >"$work/redis/load.log"
 grep -q 'errors: 0' "$work/redis/load.log" || { cat "$work/redis/load.log" >&2; exit 1; }
 redis_url=redis://127.0.0.1:$redis_port/0
+fi
 
+if $need_pg; then
 pg_port=$(free_port)
 mkdir "$work/pg"
 [ "$(id -u)" = 0 ] && chown postgres: "$work/pg"
@@ -301,7 +340,9 @@ ANALYZE;
 -- backend that ran it and when it started and ended, so that the log
 -- counts the lookups per user and shows how many ran at once. A call
 -- lasts at least 1 ms (pg_sleep), as on a database across a network,
--- so that calls under way together overlap in the log too.
+-- so that calls under way together overlap in the log too. Besides
+-- the user's row, counted_acl returns a rule naming \${clientid}, which
+-- the broker fills in for each client.
 CREATE UNLOGGED TABLE lookup_log (kind text, username text, pid int, t0 timestamptz, t1 timestamptz);
 CREATE FUNCTION counted_user(u text) RETURNS TABLE (password_hash text, is_superuser boolean)
 LANGUAGE plpgsql AS \$\$
@@ -316,11 +357,13 @@ LANGUAGE plpgsql AS \$\$
 DECLARE started timestamptz := clock_timestamp();
 BEGIN
 	PERFORM pg_sleep(0.001);
-	RETURN QUERY SELECT a.permission, a.action, a.topic FROM mqtt_acl a WHERE a.username = u;
+	RETURN QUERY SELECT a.permission, a.action, a.topic FROM mqtt_acl a WHERE a.username = u
+		UNION ALL SELECT 'allow', 'all', 'clients/\${clientid}/#';
 	INSERT INTO lookup_log VALUES ('acl', u, pg_backend_pid(), started, clock_timestamp());
 END \$\$;
 SQL
 [ "$(psql_ -Atc 'SELECT count(*) FROM mqtt_user')" = "$users" ] || { echo "auth.sh: PostgreSQL holds the wrong number of users" >&2; exit 1; }
+fi
 
 # --- brokers ---
 
@@ -409,36 +452,41 @@ run_on() { # broker, configuration, result name, bench flags...
 
 # --- a: publish authorization ---
 
-echo "== acl: p2p QoS 0, $pairs pairs, ${secs}s after 1s warm-up, $rounds rounds" >&2
-p2p=(--scenario p2p --clients "$pairs" --qos 0 --payload 64 --username 'dev-%d' --password "$pass"
-	--topic 'devices/%u/telemetry' --warmup 1s --duration "${secs}s" --drain 5s)
-# Gannet also with the password file alone: the ACL is then the only
-# difference from the "acl" runs. Each round starts the list one further.
-gannet_order=(none passwd acl) mosquitto_order=(none acl)
-for r in $(seq "$rounds"); do
-	for broker in gannet mosquitto; do
-		if [ "$broker" = gannet ]; then order=("${gannet_order[@]}"); else order=("${mosquitto_order[@]}"); fi
-		for ((i = 0; i < ${#order[@]}; i++)); do
-			cfg=${order[$(((i + r - 1) % ${#order[@]}))]}
-			echo "   round $r: $broker $cfg" >&2
-			run_on "$broker" "$cfg" "acl-$broker-$cfg-$r" "${p2p[@]}"
+if has_part acl; then
+	echo "== acl: p2p QoS 0, $pairs pairs, ${secs}s after 1s warm-up, $rounds rounds" >&2
+	p2p=(--scenario p2p --clients "$pairs" --qos 0 --payload 64 --username 'dev-%d' --password "$pass"
+		--topic 'devices/%u/telemetry' --warmup 1s --duration "${secs}s" --drain 5s)
+	# Gannet also with the password file alone: the ACL is then the only
+	# difference from the "acl" runs. Each round starts the list one further.
+	gannet_order=(none passwd acl) mosquitto_order=(none acl)
+	for r in $(seq "$rounds"); do
+		for broker in gannet mosquitto; do
+			if [ "$broker" = gannet ]; then order=("${gannet_order[@]}"); else order=("${mosquitto_order[@]}"); fi
+			for ((i = 0; i < ${#order[@]}; i++)); do
+				cfg=${order[$(((i + r - 1) % ${#order[@]}))]}
+				echo "   round $r: $broker $cfg" >&2
+				run_on "$broker" "$cfg" "acl-$broker-$cfg-$r" "${p2p[@]}"
+			done
 		done
 	done
-done
+fi
 
 # --- b, c: connection rate ---
 
-echo "== connect: $clients clients, $users users, at most $window CONNECTs outstanding, $rounds rounds" >&2
 conn=(--scenario conn --clients "$clients" --username 'dev-%d' --users "$users" --password "$pass" --connect-window "$window")
-for r in $(seq "$rounds"); do
-	for run in gannet:none mosquitto:none gannet:passwd mosquitto:passwd gannet:redis gannet:postgres gannet:redis-acl gannet:postgres-acl; do
-		echo "   round $r: ${run/:/ }" >&2
-		run_on "${run%%:*}" "${run#*:}" "conn-${run%%:*}-${run#*:}-$r" "${conn[@]}"
+if has_part connect; then
+	echo "== connect: $clients clients, $users users, at most $window CONNECTs outstanding, $rounds rounds" >&2
+	for r in $(seq "$rounds"); do
+		for run in $conn_runs; do
+			echo "   round $r: ${run/:/ }" >&2
+			run_on "${run%%:*}" "${run#*:}" "conn-${run%%:*}-${run#*:}-$r" "${conn[@]}"
+		done
 	done
-done
+fi
 
 # --- d: reconnect storms against PostgreSQL ---
 
+if has_part storm; then
 storm_ttl=60s storm_inflight=16 storm_pool=32
 echo "== storm: PostgreSQL, --auth-cache-ttl $storm_ttl --auth-max-inflight $storm_inflight --auth-postgres-max-conns $storm_pool" >&2
 storm_flags=(--auth-postgres-url "$pg_url"
@@ -479,18 +527,22 @@ start_gannet "${storm_flags[@]}"
 echo "   $clients users, $clients clients, twice" >&2
 bench storm-twice-1 "${conn[@]}"
 storm_stats storm-twice-1
+storm_reset # the second pass's queries alone
 bench storm-twice-2 "${conn[@]}"
 storm_stats storm-twice-2
 stop_broker
 http_listen=
+fi
 
 # --- report ---
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/setup.txt"
-python3 - "$out" "$rounds" "$clients" "$users" "$window" "$secs" "$nrules" <<'PY' | tee "$out/summary.md"
+python3 - "$out" "$rounds" "$clients" "$users" "$window" "$secs" "$nrules" "$parts" "$conn_runs" <<'PY' | tee "$out/summary.md"
 import json, os, statistics, sys
-out, rounds, clients, users, window, secs, nrules = sys.argv[1:]
+out, rounds, clients, users, window, secs, nrules, parts, conn_runs = sys.argv[1:]
 rounds = int(rounds)
+parts = parts.split()
+conn_runs = [r.replace(":", "-") for r in conn_runs.split()]
 
 def load(name):
     try:
@@ -505,91 +557,114 @@ def cell(v, fmt):
 def ratio(a, b):
     return None if not a or not b else a / b
 
+def acl_part():
+    print(f"### Publish authorization: p2p, QoS 0, 64 B, 100 pairs, {secs} s measured\n")
+    print(f"none: no authentication; passwd: the password file; ACL: the password file and the {nrules}-rule ACL file. "
+          "Broker CPU µs per message (messages received per second); ratios of ACL to none and to passwd.\n")
+    print("| round | Gannet none | Gannet passwd | Gannet ACL | ACL/none | ACL/passwd | Mosquitto none | Mosquitto ACL | ACL/none |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = {"g/none": [], "g/passwd": [], "m/none": []}
+    def us(b, c, r):
+        res = load(f"acl-{b}-{c}-{r}")
+        return (res["broker_cpu_us_per_msg"], res["received_per_sec"]) if res else (None, None)
+    for r in range(1, rounds + 1):
+        g = {c: us("gannet", c, r) for c in ("none", "passwd", "acl")}
+        m = {c: us("mosquitto", c, r) for c in ("none", "acl")}
+        fig = lambda v: "-" if v[0] is None else f"{v[0]:.2f} ({v[1]:,.0f}/s)"
+        qs = {"g/none": ratio(g["acl"][0], g["none"][0]), "g/passwd": ratio(g["acl"][0], g["passwd"][0]),
+              "m/none": ratio(m["acl"][0], m["none"][0])}
+        for k, q in qs.items():
+            if q:
+                ratios[k].append(q)
+        print(f"| {r} | {fig(g['none'])} | {fig(g['passwd'])} | {fig(g['acl'])} | {cell(qs['g/none'], '.3f')} | "
+              f"{cell(qs['g/passwd'], '.3f')} | {fig(m['none'])} | {fig(m['acl'])} | {cell(qs['m/none'], '.3f')} |")
+    med = {k: cell(statistics.median(v) if v else None, ".3f") for k, v in ratios.items()}
+    print(f"| median | | | | {med['g/none']} | {med['g/passwd']} | | | {med['m/none']} |\n")
+
+def connect_part():
+    print(f"### Connection rate: {clients} clients, {users} users, at most {window} CONNECTs outstanding\n")
+    print("Connections per second; CONNECT-to-CONNACK p50 / p99 ms; broker CPU µs per connection; the backend's (redis-server, PostgreSQL) CPU µs per connection. Median of the rounds, then each round's rate.\n")
+    print("| broker, authentication | conn/s | p50 ms | p99 ms | broker CPU µs/conn | backend CPU µs/conn | refused | rates per round |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    def backend(name):
+        try:
+            with open(os.path.join(out, name + ".backend_us")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+    medians = {}
+    for k in conn_runs:
+        rs = [load(f"conn-{k}-{r}") for r in range(1, rounds + 1)]
+        ok = [x for x in rs if x]
+        if not ok:
+            print(f"| {k} | - | - | - | - | - | - | - |")
+            continue
+        bk = [backend(f"conn-{k}-{r}") for r in range(1, rounds + 1)]
+        bk = [b / x["clients"] for b, x in zip(bk, rs) if b is not None and x]
+        bcell = f"{statistics.median(bk):.0f}" if bk else "-"
+        m = lambda f: statistics.median(f(x) for x in ok)
+        medians[k] = m(lambda x: x.get("connects_per_sec", 0))
+        refused = sum(x.get("refused", 0) + x.get("unanswered", 0) for x in ok)
+        per = ", ".join(cell(x.get("connects_per_sec") if x else None, ",.0f") for x in rs)
+        print(f"| {k} | {medians[k]:,.0f} | {m(lambda x: x['p50_ns']) / 1e6:.2f} | {m(lambda x: x['p99_ns']) / 1e6:.2f} | "
+              f"{m(lambda x: x['broker_cpu_us_per_msg']):.0f} | {bcell} | {refused} | {per} |")
+    for a, b in (("gannet-passwd", "mosquitto-passwd"), ("gannet-none", "mosquitto-none"),
+                 ("gannet-redis", "gannet-passwd"), ("gannet-postgres", "gannet-passwd")):
+        q = ratio(medians.get(a), medians.get(b))
+        if q is None:
+            continue
+        # The same ratio within each round, where both ran minutes apart at
+        # most, and the brokers' CPU per connection likewise.
+        per, cpu = [], []
+        for r in range(1, rounds + 1):
+            x, y = load(f"conn-{a}-{r}"), load(f"conn-{b}-{r}")
+            if x and y:
+                per.append(ratio(x.get("connects_per_sec"), y.get("connects_per_sec")))
+                cpu.append(ratio(x.get("broker_cpu_us_per_msg"), y.get("broker_cpu_us_per_msg")))
+        fmt = lambda v: ", ".join(cell(q, ".2f") for q in v)
+        print(f"\n{a} / {b}: {q:.2f} (rounds: {fmt(per)}; CPU per connection: {fmt(cpu)})", end="")
+    print("\n")
+
+def storm_part():
+    print("### Reconnect storms against PostgreSQL\n")
+    print("| storm | clients connected | refused | auth queries (users) | ACL queries (users) | most per user and kind | most at once | pg_stat_statements calls (auth, ACL) | broker lookups, cache hits |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    labels = {
+        "storm-100users": f"{clients} clients of 100 users, all dialled at once",
+        "storm-twice-1": f"{clients} clients of {clients} users",
+        "storm-twice-2": "the same clients again, within the TTL (this pass alone)",
+    }
+    seen = {}  # the broker's counters after the previous storm on the same broker
+    for name, label in labels.items():
+        res = load(name) or {}
+        calls, most, stmts, metrics = {}, "-", {}, {}
+        try:
+            for line in open(os.path.join(out, name + ".txt")):
+                f = line.split()
+                if f[0] == "calls":
+                    calls[f[1]] = (int(f[2]), int(f[3]), int(f[4]))
+                elif f[0] == "most_at_once":
+                    most = f[1]
+                elif f[0] == "statements":
+                    stmts[f[1]] = f[2]
+                elif f[0].startswith("gannet_auth_"):
+                    metrics[f[0].split("{")[0]] = f[1]
+        except OSError:
+            pass
+        c = lambda k: f"{calls[k][0]} ({calls[k][1]})" if k in calls else "0"
+        per = max([v[2] for v in calls.values()] or [0])
+        # The second pass runs on the first one's broker: its own
+        # lookups and hits are the difference.
+        before = seen if name == "storm-twice-2" else {}
+        seen = metrics
+        m = lambda k: f"{int(metrics[k]) - int(before.get(k, 0))}" if k in metrics else "-"
+        print(f"| {label} | {res.get('connected', '-')} | {res.get('refused', 0) + res.get('unanswered', 0)} | {c('auth')} | {c('acl')} | {per} | {most} | "
+              f"{stmts.get('auth', '0')}, {stmts.get('acl', '0')} | {m('gannet_auth_lookups_total')}, {m('gannet_auth_cache_hits_total')} |")
+
 print(open(os.path.join(out, "setup.txt")).read())
-print(f"### Publish authorization: p2p, QoS 0, 64 B, 100 pairs, {secs} s measured\n")
-print(f"none: no authentication; passwd: the password file; ACL: the password file and the {nrules}-rule ACL file. "
-      "Broker CPU µs per message (messages received per second); ratios of ACL to none and to passwd.\n")
-print("| round | Gannet none | Gannet passwd | Gannet ACL | ACL/none | ACL/passwd | Mosquitto none | Mosquitto ACL | ACL/none |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-ratios = {"g/none": [], "g/passwd": [], "m/none": []}
-def us(b, c, r):
-    res = load(f"acl-{b}-{c}-{r}")
-    return (res["broker_cpu_us_per_msg"], res["received_per_sec"]) if res else (None, None)
-for r in range(1, rounds + 1):
-    g = {c: us("gannet", c, r) for c in ("none", "passwd", "acl")}
-    m = {c: us("mosquitto", c, r) for c in ("none", "acl")}
-    fig = lambda v: "-" if v[0] is None else f"{v[0]:.2f} ({v[1]:,.0f}/s)"
-    qs = {"g/none": ratio(g["acl"][0], g["none"][0]), "g/passwd": ratio(g["acl"][0], g["passwd"][0]),
-          "m/none": ratio(m["acl"][0], m["none"][0])}
-    for k, q in qs.items():
-        if q:
-            ratios[k].append(q)
-    print(f"| {r} | {fig(g['none'])} | {fig(g['passwd'])} | {fig(g['acl'])} | {cell(qs['g/none'], '.3f')} | "
-          f"{cell(qs['g/passwd'], '.3f')} | {fig(m['none'])} | {fig(m['acl'])} | {cell(qs['m/none'], '.3f')} |")
-med = {k: cell(statistics.median(v) if v else None, ".3f") for k, v in ratios.items()}
-print(f"| median | | | | {med['g/none']} | {med['g/passwd']} | | | {med['m/none']} |\n")
-
-print(f"### Connection rate: {clients} clients, {users} users, at most {window} CONNECTs outstanding\n")
-print("Connections per second; CONNECT-to-CONNACK p50 / p99 ms; broker CPU µs per connection; the backend's (redis-server, PostgreSQL) CPU µs per connection. Median of the rounds, then each round's rate.\n")
-print("| broker, authentication | conn/s | p50 ms | p99 ms | broker CPU µs/conn | backend CPU µs/conn | refused | rates per round |")
-print("|---|---:|---:|---:|---:|---:|---:|---|")
-def backend(name):
-    try:
-        with open(os.path.join(out, name + ".backend_us")) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-runs = ["gannet-none", "mosquitto-none", "gannet-passwd", "mosquitto-passwd", "gannet-redis", "gannet-postgres", "gannet-redis-acl", "gannet-postgres-acl"]
-medians = {}
-for k in runs:
-    rs = [load(f"conn-{k}-{r}") for r in range(1, rounds + 1)]
-    ok = [x for x in rs if x]
-    if not ok:
-        print(f"| {k} | - | - | - | - | - | - | - |")
-        continue
-    bk = [backend(f"conn-{k}-{r}") for r in range(1, rounds + 1)]
-    bk = [b / x["clients"] for b, x in zip(bk, rs) if b is not None and x]
-    bcell = f"{statistics.median(bk):.0f}" if bk else "-"
-    m = lambda f: statistics.median(f(x) for x in ok)
-    medians[k] = m(lambda x: x.get("connects_per_sec", 0))
-    refused = sum(x.get("refused", 0) + x.get("unanswered", 0) for x in ok)
-    per = ", ".join(cell(x.get("connects_per_sec") if x else None, ",.0f") for x in rs)
-    print(f"| {k} | {medians[k]:,.0f} | {m(lambda x: x['p50_ns']) / 1e6:.2f} | {m(lambda x: x['p99_ns']) / 1e6:.2f} | "
-          f"{m(lambda x: x['broker_cpu_us_per_msg']):.0f} | {bcell} | {refused} | {per} |")
-for a, b in (("gannet-passwd", "mosquitto-passwd"), ("gannet-none", "mosquitto-none"),
-             ("gannet-redis", "gannet-passwd"), ("gannet-postgres", "gannet-passwd")):
-    q = ratio(medians.get(a), medians.get(b))
-    print(f"\n{a} / {b}: {cell(q, '.2f')}", end="")
-print("\n")
-
-print("### Reconnect storms against PostgreSQL\n")
-print("| storm | clients connected | refused | auth queries (users) | ACL queries (users) | most per user and kind | most at once | pg_stat_statements calls (auth, ACL) | broker lookups, cache hits |")
-print("|---|---:|---:|---:|---:|---:|---:|---|---|")
-labels = {
-    "storm-100users": f"{clients} clients of 100 users, all dialled at once",
-    "storm-twice-1": f"{clients} clients of {clients} users",
-    "storm-twice-2": "the same clients again, within the TTL (counts since the first pass began)",
-}
-for name, label in labels.items():
-    res = load(name) or {}
-    calls, most, stmts, metrics = {}, "-", {}, {}
-    try:
-        for line in open(os.path.join(out, name + ".txt")):
-            f = line.split()
-            if f[0] == "calls":
-                calls[f[1]] = (int(f[2]), int(f[3]), int(f[4]))
-            elif f[0] == "most_at_once":
-                most = f[1]
-            elif f[0] == "statements":
-                stmts[f[1]] = f[2]
-            elif f[0].startswith("gannet_auth_"):
-                metrics[f[0].split("{")[0]] = f[1]
-    except OSError:
-        pass
-    c = lambda k: f"{calls[k][0]} ({calls[k][1]})" if k in calls else "0"
-    per = max([v[2] for v in calls.values()] or [0])
-    print(f"| {label} | {res.get('connected', '-')} | {res.get('refused', 0) + res.get('unanswered', 0)} | {c('auth')} | {c('acl')} | {per} | {most} | "
-          f"{stmts.get('auth', '0')}, {stmts.get('acl', '0')} | {metrics.get('gannet_auth_lookups_total', '-')}, {metrics.get('gannet_auth_cache_hits_total', '-')} |")
+for name, part in (("acl", acl_part), ("connect", connect_part), ("storm", storm_part)):
+    if name in parts:
+        part()
 PY
 
 if [ ${#failures[@]} -gt 0 ]; then
