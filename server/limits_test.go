@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gannetmq/gannet/codec"
 )
@@ -309,5 +312,30 @@ func TestMemoryLimit(t *testing.T) {
 	waitFor(t, "service to resume", func() bool { return !s.mem.high.Load() })
 	if ca := dialRaw(t, s, codec.V5).connect("after", nil); ca.Code != codec.Success {
 		t.Fatalf("after the pressure: CONNACK %v", ca.Code)
+	}
+}
+
+// Accepted connections carry TCP keepalive as --tcp-keepalive says.
+func TestTCPKeepAlive(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.TCPKeepAlive = 90 * time.Second })
+	rc := dialRaw(t, s, codec.V5)
+	rc.connect("ka", nil)
+	type opts struct{ on, idle, intvl int }
+	got := make(chan opts, 1)
+	for _, l := range s.loopList() {
+		_ = l.el.Execute(context.Background(), runFunc(func() {
+			for c := range l.conns {
+				if c.id == "ka" {
+					fd := c.gc.Fd()
+					on, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+					idle, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+					intvl, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+					got <- opts{on, idle, intvl}
+				}
+			}
+		}))
+	}
+	if o := <-got; o != (opts{1, 90, 18}) {
+		t.Fatalf("keepalive %+v, want on, idle 90 s, interval 18 s", o)
 	}
 }

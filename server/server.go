@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/gannetmq/gannet/fanout"
 	"github.com/gannetmq/gannet/interlink"
@@ -250,7 +251,6 @@ func (s *Server) Start() error {
 			gnet.WithReusePort(false),
 			gnet.WithReuseAddr(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithTCPKeepAlive(s.cfg.TCPKeepAlive),
 			gnet.WithLoadBalancing(lb),
 			gnet.WithTicker(true), // for OnTick: the loops are running
 			gnet.WithLogger(gnetLogger{s.log}),
@@ -491,6 +491,16 @@ func (s *Server) listenerAddr(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the MQTT listener's address: %w", err)
 	}
+	if ka := s.cfg.TCPKeepAlive; ka > 0 {
+		// Set on the listening socket, whose accepted sockets inherit it
+		// (Linux), rather than through gnet's option: with it, a listener
+		// that failed to open reported a setsockopt error in place of the
+		// real one ("address already in use").
+		if err := setKeepAlive(fd, ka); err != nil {
+			_ = unix.Close(fd)
+			return nil, fmt.Errorf("cannot set TCP keepalive on the listener %s: %w", addr, err)
+		}
+	}
 	f := os.NewFile(uintptr(fd), "mqtt-listener")
 	defer f.Close()
 	ln, err := net.FileListener(f)
@@ -499,4 +509,21 @@ func (s *Server) listenerAddr(addr string) (net.Addr, error) {
 	}
 	defer ln.Close()
 	return ln.Addr(), nil
+}
+
+// setKeepAlive has the kernel probe a socket idle for d, then every d/5,
+// and give up after 5 unanswered probes.
+func setKeepAlive(fd int, d time.Duration) error {
+	idle := max(1, int(d/time.Second))
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, idle},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(1, idle/5)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 5},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
