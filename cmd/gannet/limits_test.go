@@ -23,28 +23,8 @@ func TestConnectionFloodAtOpenFileLimit(t *testing.T) {
 		t.Skip("prlimit (util-linux) is not installed")
 	}
 	const limit = 1400 // 1024 kept free: about 370 connections
-	b := &broker{mqtt: freeAddr(t), http: freeAddr(t), stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	b.cmd = exec.Command(prlimit, "--nofile="+strconv.Itoa(limit)+":"+strconv.Itoa(limit), gannetBin,
-		"--listen="+b.mqtt, "--http-listen="+b.http, "--data-dir="+t.TempDir())
-	b.cmd.Stderr = b.stderr
-	if err := b.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		b.waitErr = b.cmd.Wait()
-		close(b.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-b.exited:
-		default:
-			_ = b.cmd.Process.Kill()
-			<-b.exited
-		}
-	})
-	if !b.waitReady(t) {
-		t.Fatalf("gannet exited before it was ready:\n%s", b.stderr.String())
-	}
+	b := startGannetUnder(t, []string{prlimit, "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)},
+		func(int) []string { return nil })
 
 	var conns []net.Conn
 	defer func() {

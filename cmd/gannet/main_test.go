@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -274,10 +275,17 @@ func startGannet(t *testing.T, args ...string) *broker {
 // that ports taken meanwhile can be picked again.
 func startGannetArgs(t *testing.T, argsFor func(attempt int) []string) *broker {
 	t.Helper()
+	return startGannetUnder(t, nil, argsFor)
+}
+
+// startGannetUnder is startGannetArgs with the binary run by the command
+// wrap names (prlimit, say), when it is not empty.
+func startGannetUnder(t *testing.T, wrap []string, argsFor func(attempt int) []string) *broker {
+	t.Helper()
 	for attempt := 0; ; attempt++ {
 		b := &broker{mqtt: freeAddr(t), http: freeAddr(t), stderr: &lockedBuffer{}, exited: make(chan struct{})}
-		b.cmd = exec.Command(gannetBin, append([]string{"--listen=" + b.mqtt, "--http-listen=" + b.http,
-			"--data-dir=" + t.TempDir()}, argsFor(attempt)...)...)
+		argv := append(slices.Clone(wrap), gannetBin, "--listen="+b.mqtt, "--http-listen="+b.http, "--data-dir="+t.TempDir())
+		b.cmd = exec.Command(argv[0], append(argv[1:], argsFor(attempt)...)...)
 		b.cmd.Stderr = b.stderr
 		if err := b.cmd.Start(); err != nil {
 			t.Fatal(err)
