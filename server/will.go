@@ -71,9 +71,16 @@ func (s *Server) scheduleWill(ob *outbox, sess *session, m *message, delay uint3
 	}
 	d := min(time.Duration(delay)*time.Second, expiry)
 	sess.mu.Lock()
-	if sess.mu.ended || sess.mu.cl != nil {
+	if sess.mu.ended {
 		sess.mu.Unlock()
 		w.fireNow()
+		return
+	}
+	if sess.mu.cl != nil {
+		// The client came back (on another loop) between its old
+		// connection's close and this: the session resumed before the
+		// delay ran out, so no will [MQTT-3.1.3-9].
+		sess.mu.Unlock()
 		return
 	}
 	sess.mu.will = w
