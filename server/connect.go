@@ -196,15 +196,17 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	if moved != nil && !req.cleanStart {
 		c.srv.install(ob, moved)
 	}
-	if req.expiry > 0 && c.srv.mem.high.Load() && !c.srv.roomForSession(id, 1) {
-		c.srv.adm.refused[refusedMem].Inc()
-		c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "memory above the high-water mark of --memory-limit")
-		return
-	}
-	if max := c.srv.cfg.MaxSessions; max > 0 && req.expiry > 0 && !c.srv.roomForSession(id, max) {
-		c.srv.stats.sessionsRefused.Inc()
-		c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "the broker holds --max-sessions sessions")
-		return
+	if req.expiry > 0 {
+		switch c.srv.newSessionRefused(id) {
+		case refusedMem:
+			c.srv.adm.refused[refusedMem].Inc()
+			c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "memory above the high-water mark of --memory-limit")
+			return
+		case refusedMaxSessions:
+			c.srv.stats.sessionsRefused.Inc()
+			c.refuseConnect(ob, codec.QuotaExceeded, codec.V3ServerUnavailable, "the broker holds --max-sessions sessions")
+			return
+		}
 	}
 	sess, present := c.srv.attach(ob, c, id, req.cleanStart, req.expiry, req.window)
 	c.sess = sess
@@ -256,13 +258,26 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	sess.mu.Unlock()
 }
 
-// roomForSession reports whether a persistent session for id may be kept:
-// one is resumed or replaced, or the broker holds fewer than max.
-func (s *Server) roomForSession(id string, max int) bool {
+// refusedMaxSessions is why a new persistent session is refused past
+// --max-sessions.
+const refusedMaxSessions = "max_sessions"
+
+// newSessionRefused says why a persistent session for id may not be kept,
+// or "": one that is resumed or replaced always may; a new one not while
+// memory is short (memory.go) or once the broker holds --max-sessions.
+func (s *Server) newSessionRefused(id string) string {
 	s.sessions.Lock()
 	n, old := len(s.sessions.m), s.sessions.m[id]
 	s.sessions.Unlock()
-	return old != nil || n < max
+	switch max := s.cfg.MaxSessions; {
+	case old != nil:
+		return ""
+	case s.mem.high.Load():
+		return refusedMem
+	case max > 0 && n >= max:
+		return refusedMaxSessions
+	}
+	return ""
 }
 
 // newClientID makes an identifier for a client that sent none

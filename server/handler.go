@@ -100,13 +100,9 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	// Admission (limits.go): the rate and the descriptors before
 	// anything is read; the counts once the address is final.
-	switch kind := c.kind(); {
-	case !s.adm.rateOK(kind):
-		s.adm.refuse(refusedRate, c.addr, kind)
-		c.closed = true
-		return nil, gnet.Close
-	case s.adm.fdsFull():
-		s.adm.refuse(refusedFDs, c.addr, kind)
+	kind := c.kind()
+	if reason := s.adm.beforeRead(kind); reason != "" {
+		s.adm.refuse(reason, c.addr, kind)
 		c.closed = true
 		return nil, gnet.Close
 	}

@@ -153,15 +153,26 @@ func (a *admission) rateOK(kind int) bool {
 	return l == nil || l.Allow()
 }
 
-// beforeHandshake checks a TLS connection's rate and descriptors, as
-// OnOpen does a plain one's, and returns the reason it is refused or "".
-func (a *admission) beforeHandshake(kind int) string {
+// beforeRead checks a new connection's rate and the descriptors, before
+// anything is read from it, and returns the reason it is refused or "".
+func (a *admission) beforeRead(kind int) string {
 	switch {
 	case !a.rateOK(kind):
 		return refusedRate
 	case a.fdsFull():
 		return refusedFDs
-	case a.s.mem.high.Load():
+	}
+	return ""
+}
+
+// beforeHandshake is beforeRead for a TLS connection, which is refused
+// while memory is short too: a handshake is dear, and a refused one
+// cannot be told why at CONNECT.
+func (a *admission) beforeHandshake(kind int) string {
+	if r := a.beforeRead(kind); r != "" {
+		return r
+	}
+	if a.s.mem.high.Load() {
 		return refusedMem
 	}
 	return ""
@@ -179,11 +190,9 @@ func (a *admission) admit(ip netip.Addr) string {
 	if a.s.mem.high.Load() {
 		return refusedMem
 	}
-	if a.max > 0 && a.admitted.Add(1) > a.max {
+	if n := a.admitted.Add(1); a.max > 0 && n > a.max {
 		a.admitted.Add(-1)
 		return refusedMax
-	} else if a.max <= 0 {
-		a.admitted.Add(1)
 	}
 	if a.perIP > 0 && ip.IsValid() {
 		a.mu.Lock()

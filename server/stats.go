@@ -95,7 +95,7 @@ func newStats(s *Server) *stats {
 		panics:            set.NewCounter("gannet_panics_total"),
 		droppedBudget:     set.NewCounter(`gannet_messages_dropped_total{reason="queue_budget"}`),
 		refusedBudget:     set.NewCounter(`gannet_publishes_refused_total{reason="queue_budget"}`),
-		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="max_sessions"}`),
+		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="` + refusedMaxSessions + `"}`),
 		publishDelayed:    set.NewCounter("gannet_publishes_delayed_total"),
 		rateDisconnects:   set.NewCounter(`gannet_rate_limited_disconnects_total`),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),

@@ -52,7 +52,12 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
 			continue
 		}
-		if max := c.srv.cfg.MaxSubscriptions; max > 0 && c.sess.subscriptionsFull(sub.Filter, max) {
+		filter := string(sub.Filter)
+		c.sess.mu.Lock()
+		prev, had := c.sess.mu.subs[filter]
+		held := len(c.sess.mu.subs)
+		c.sess.mu.Unlock()
+		if max := c.srv.cfg.MaxSubscriptions; max > 0 && !had && held >= max {
 			c.srv.adm.subMaxRefused.Inc()
 			c.logger().Info("subscription refused", "filter", clip(sub.Filter), "reason", "the session has --max-subscriptions")
 			ack.Codes[i] = failCode(v5, codec.QuotaExceeded)
@@ -69,12 +74,8 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			}
 			continue
 		}
-		filter := string(sub.Filter)
 		opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: subID,
 			Check: access == auth.SubPartial}
-		c.sess.mu.Lock()
-		prev, had := c.sess.mu.subs[filter]
-		c.sess.mu.Unlock()
 		added, err := c.srv.subscribe(filter, c.sess, opts)
 		if err != nil {
 			c.logger().Info("subscription refused", "filter", filter, "err", err)
@@ -287,16 +288,4 @@ func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, 
 		return
 	}
 	ss.sendLocked(ob, om, now)
-}
-
-// subscriptionsFull reports whether filter would be a subscription beyond
-// max: a new filter while the session has max already.
-func (ss *session) subscriptionsFull(filter []byte, max int) bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if len(ss.mu.subs) < max {
-		return false
-	}
-	_, has := ss.mu.subs[string(filter)]
-	return !has
 }
