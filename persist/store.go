@@ -55,8 +55,11 @@ type Options struct {
 	// ErrDiskFull; 0 means 64 MiB. It is checked at most every 250ms or
 	// every 4 MiB written.
 	MinFreeBytes uint64
-	FS           vfs.FS       // nil: the real file system
-	Logger       *slog.Logger // nil: slog.Default()
+	// MaxPending is the bytes of writes waiting for the committer past
+	// which Commit blocks (CommitNoWait never does); 0 means 64 MiB.
+	MaxPending int
+	FS         vfs.FS       // nil: the real file system
+	Logger     *slog.Logger // nil: slog.Default()
 }
 
 // Errors of Open and Commit.
@@ -71,10 +74,10 @@ const (
 	formatMagic   = "gannet-store"
 	formatVersion = 1
 
-	// maxPending bounds the bytes of ops waiting for the committer; Commit
-	// blocks beyond it, which is the backpressure on a disk that cannot
-	// keep up.
-	maxPending = 64 << 20
+	// defaultMaxPending bounds the bytes of ops waiting for the committer;
+	// Commit blocks beyond it, which is the backpressure on a disk that
+	// cannot keep up.
+	defaultMaxPending = 64 << 20
 )
 
 // Store is the durable store. Its methods are safe for concurrent use.
@@ -93,9 +96,14 @@ type Store struct {
 		closed       bool
 	}
 	wake     chan struct{} // a commit is pending
-	room     *sync.Cond    // on mu: pending bytes fell below maxPending
+	room     *sync.Cond    // on mu: pending bytes fell below MaxPending
 	stopped  chan struct{} // committer exited
 	unsynced atomic.Bool   // Batch mode: writes since the last fsync
+	pending  atomic.Int64  // mu.pendingBytes, for PendingBytes
+	writing  atomic.Int64  // bytes of the group being written
+	// writeStart is when the group being written was taken (unix
+	// nanoseconds); 0 between groups.
+	writeStart atomic.Int64
 
 	// committer-only scratch for elide
 	elideMap map[uint64]elideAt
@@ -148,6 +156,9 @@ func Open(o Options) (*Store, error) {
 	}
 	if o.MinFreeBytes == 0 {
 		o.MinFreeBytes = 64 << 20
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = defaultMaxPending
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -288,20 +299,28 @@ func (s *Store) Stats() Stats {
 }
 
 // Commit hands b's writes to the committer and returns at once, unless
-// more than 64 MiB of writes are waiting, when it blocks until the disk
-// catches up. b may be reused as soon as Commit returns. done runs on the
-// committer goroutine once the writes are durable (Sync) or written
-// (Batch), or with the error that stopped them; it must not block.
-// Callbacks run in Commit order, for empty batches too, so an empty batch
-// is a barrier behind every earlier commit.
-func (s *Store) Commit(b *Batch, done func(error)) {
+// more than Options.MaxPending bytes of writes are waiting, when it blocks
+// until the disk catches up. b may be reused as soon as Commit returns.
+// done runs on the committer goroutine once the writes are durable (Sync)
+// or written (Batch), or with the error that stopped them; it must not
+// block. Callbacks run in Commit order, for empty batches too, so an empty
+// batch is a barrier behind every earlier commit.
+func (s *Store) Commit(b *Batch, done func(error)) { s.commit(b, done, true) }
+
+// CommitNoWait is Commit without the wait: it never blocks, however far
+// behind the disk is. It is for callers that must not stop (a network
+// event loop serving other clients) and that bound what they hand in
+// themselves, such as by waiting for done before taking on more work.
+func (s *Store) CommitNoWait(b *Batch, done func(error)) { s.commit(b, done, false) }
+
+func (s *Store) commit(b *Batch, done func(error), wait bool) {
 	pc := pendingCommit{done: done}
 	if len(b.ops) > 0 {
 		pc.buf = append([]byte(nil), b.buf...)
 		pc.ops = append([]op(nil), b.ops...)
 	}
 	s.mu.Lock()
-	for s.mu.pendingBytes > maxPending && !s.mu.closed {
+	for wait && s.mu.pendingBytes > s.opts.MaxPending && !s.mu.closed {
 		s.room.Wait()
 	}
 	if s.mu.closed {
@@ -311,11 +330,30 @@ func (s *Store) Commit(b *Batch, done func(error)) {
 	}
 	s.mu.pending = append(s.mu.pending, pc)
 	s.mu.pendingBytes += len(pc.buf)
+	s.pending.Store(int64(s.mu.pendingBytes))
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// PendingBytes is the bytes of writes handed in and not yet written: how
+// far behind the disk is.
+func (s *Store) PendingBytes() int64 { return s.pending.Load() + s.writing.Load() }
+
+// stallAfter is how long one group's write may take before the disk
+// counts as behind.
+const stallAfter = time.Second
+
+// Behind reports whether the disk is behind: more than MaxPending bytes
+// wait for it, or the write under way started more than a second ago.
+func (s *Store) Behind() bool {
+	if s.PendingBytes() > int64(s.opts.MaxPending) {
+		return true
+	}
+	t := s.writeStart.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) > stallAfter
 }
 
 // committer writes groups of pending commits until Close.
@@ -337,12 +375,19 @@ func (s *Store) committer() {
 		group = append(group[:0], s.mu.pending...)
 		clear(s.mu.pending)
 		s.mu.pending = s.mu.pending[:0]
+		s.writing.Store(int64(s.mu.pendingBytes))
+		if len(s.mu.pending) > 0 {
+			s.writeStart.Store(time.Now().UnixNano())
+		}
 		s.mu.pendingBytes = 0
+		s.pending.Store(0)
 		closed := s.mu.closed
 		s.room.Broadcast()
 		s.mu.Unlock()
 		if len(group) > 0 {
 			s.write(group)
+			s.writing.Store(0)
+			s.writeStart.Store(0)
 			clear(group)
 			continue
 		}

@@ -39,6 +39,9 @@ type client struct {
 	// parked is set while CONNECT waits for peers to hand over the
 	// session: later packets stay in the read buffer until it clears.
 	parked bool
+	// ackWait is set while the client's input waits for its held
+	// acknowledgements (decode, maxHeldAcks); release wakes it.
+	ackWait bool
 	// limit is the client's publish rate (ratelimit.go); nil: none.
 	limit *pubLimit
 	// Admission (limits.go): admitted while the connection counts
@@ -221,6 +224,23 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 					Msg: "publishing past --max-publish-rate with more than the broker holds back"}
 			}
 			break // the rest when the buckets have room (ratelimit.go)
+		}
+		if h.Type == codec.PUBLISH && h.Flags&0x06 != 0 && c.held >= maxHeldAcks(c) {
+			// The disk is behind, and this client has as many
+			// acknowledgements waiting for it as it may have
+			// publishes unacknowledged: the rest of its input waits
+			// in the buffer, TCP slows the client down, and release
+			// wakes the connection when a commit completes.
+			c.ackWait = true
+			c.srv.stats.storeHeld.Inc()
+			if len(buf)-used >= holdLimit {
+				// gnet reads what the socket has whether or not it is
+				// consumed: a client that goes on sending is refused
+				// rather than buffered without bound.
+				err = &codec.Error{Code: codec.ReceiveMaximumExceeded,
+					Msg: "more QoS 1/2 publishes unacknowledged than the receive maximum while the disk is behind"}
+			}
+			break
 		}
 		body := buf[used+n : used+n+h.Remaining]
 		used += n + h.Remaining
@@ -474,6 +494,33 @@ func (c *client) flush() {
 	}
 }
 
+// maxHeldAcks is how many acknowledgements may wait for the disk for one
+// client before its QoS 1/2 publishes wait in its input: the receive
+// maximum, which is as many as an MQTT 5 client may have unacknowledged.
+// It bounds what a client can make the broker hold while the disk is
+// slow, since an event loop never waits for the store (storeGate.commit).
+func maxHeldAcks(c *client) int { return c.srv.cfg.ReceiveMaximum }
+
+// writeOutOfTurn writes pkt ahead of c's pending bytes, which wait for a
+// commit, framed as the connection needs.
+func (c *client) writeOutOfTurn(pkt []byte) {
+	if c.closed {
+		return
+	}
+	p := [][]byte{pkt}
+	if c.ws != nil && c.ws.upgraded {
+		p = c.ws.frames(p)
+	}
+	if c.tls != nil && c.tls.rec != nil {
+		c.writeTLS(p)
+		return
+	}
+	w, err := c.gc.Writev(p)
+	c.srv.stats.bytesOut.Add(w)
+	c.srv.stats.writes.Inc()
+	_ = err // a failed write closes the connection (OnClose)
+}
+
 // handle dispatches one packet.
 func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
 	if f := testPanic.Load(); f != nil {
@@ -517,6 +564,16 @@ func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
 		var p codec.Pingreq
 		if err := p.Decode(h, body, c.version); err != nil {
 			return err
+		}
+		if c.held > 0 && c.srv.store.behind() {
+			// The client's output waits behind its acknowledgements
+			// for a disk that is far behind (durable.go); a PINGRESP
+			// is not ordered with them and goes now, so that a
+			// client waiting for its PUBACK does not take the broker
+			// for gone. Otherwise it waits its turn: clients may use
+			// it as a barrier behind what they were sent before.
+			c.writeOutOfTurn(pingresp)
+			return nil
 		}
 		ob.add(c, pingresp)
 		return nil

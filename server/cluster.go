@@ -861,7 +861,7 @@ func (cl *cluster) Settled(peer string, tokens []uint64) {
 	for _, t := range tokens {
 		b.DeleteMeta(spoolKey(peer, t))
 	}
-	g.commit(&b, func(error) {})
+	g.commit(&b, func(error) {}, true)
 }
 
 const spoolPrefix = "spool/"

@@ -116,6 +116,9 @@ type Config struct {
 	connLogBurst int
 	// storeFS replaces the real file system in tests.
 	storeFS vfs.FS
+	// storeMaxPending, when tests set it, replaces persist's bound on
+	// writes waiting for the disk.
+	storeMaxPending int
 
 	// Auth decides who may connect, publish and subscribe; nil lets
 	// everyone do anything (cmd/gannet warns). The broker does not own

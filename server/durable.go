@@ -52,16 +52,28 @@ type storeGate struct {
 }
 
 // commit hands b to the store, or fails it with persist's closed error once
-// the store is gone.
-func (g *storeGate) commit(b *persist.Batch, done func(error)) {
+// the store is gone. With wait, it blocks while the disk is far behind
+// (persist's MaxPending): the backpressure for goroutines such as a peer
+// link's receiver. An event loop never waits (outbox.commit): it serves
+// every other client of the loop, and each of its clients is bounded by
+// the acknowledgements it may have waiting (maxHeldAcks).
+func (g *storeGate) commit(b *persist.Batch, done func(error), wait bool) {
 	g.RLock()
 	defer g.RUnlock()
 	if g.closed {
 		done(errStoreClosed)
 		return
 	}
-	g.st.Commit(b, done)
+	if wait {
+		g.st.Commit(b, done)
+	} else {
+		g.st.CommitNoWait(b, done)
+	}
 }
+
+// behind reports whether the store's disk is behind (persist's Behind);
+// false without a store.
+func (g *storeGate) behind() bool { return g != nil && g.st.Behind() }
 
 var errStoreClosed = errors.New("server: store closed")
 
@@ -80,6 +92,7 @@ func (s *Server) openStore() error {
 		Durability:   d,
 		SyncInterval: s.cfg.SyncInterval,
 		MinFreeBytes: s.cfg.MinFreeDisk,
+		MaxPending:   s.cfg.storeMaxPending,
 		FS:           s.cfg.storeFS,
 		Logger:       s.log,
 	})
@@ -383,7 +396,7 @@ func (ob *outbox) commit() {
 		if after != nil && err == nil {
 			after()
 		}
-	})
+	}, ob.home == nil)
 	ob.batch.Reset()
 }
 
@@ -408,8 +421,13 @@ func (s *Server) release(held []heldAck, err error) {
 			h.c.releaseAck(h, err)
 		}
 		for _, h := range held {
-			if h.c.held == 0 && h.c.dirty {
-				h.c.flush()
+			c := h.c
+			if c.held == 0 && c.dirty {
+				c.flush()
+			}
+			if c.ackWait && c.held < maxHeldAcks(c) && !c.closed {
+				c.ackWait = false
+				_ = c.gc.Wake(nil) // the input held in decode
 			}
 		}
 	}))
@@ -536,6 +554,7 @@ func (s *Server) storeMetrics(st *persist.Store) {
 	set.NewGauge("gannet_store_bytes_written_total", func() float64 { return float64(st.Stats().BytesWritten) })
 	set.NewGauge("gannet_store_failures_total", func() float64 { return float64(st.Stats().Failures) })
 	set.NewGauge("gannet_store_elided_total", func() float64 { return float64(st.Stats().Elided) })
+	set.NewGauge("gannet_store_pending_bytes", func() float64 { return float64(st.PendingBytes()) })
 	set.NewGauge("gannet_store_healthy", func() float64 {
 		if st.Healthy() != nil {
 			return 0

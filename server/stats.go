@@ -74,6 +74,10 @@ type stats struct {
 	// held (ratelimit.go).
 	publishDelayed  *metrics.Counter
 	rateDisconnects *metrics.Counter
+	// storeHeld counts the times a client's QoS 1/2 PUBLISH waited in
+	// its input because its acknowledgements were all waiting for the
+	// disk (decode, maxHeldAcks).
+	storeHeld *metrics.Counter
 }
 
 func newStats(s *Server) *stats {
@@ -97,6 +101,7 @@ func newStats(s *Server) *stats {
 		refusedBudget:     set.NewCounter(`gannet_publishes_refused_total{reason="queue_budget"}`),
 		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="` + refusedMaxSessions + `"}`),
 		publishDelayed:    set.NewCounter("gannet_publishes_delayed_total"),
+		storeHeld:         set.NewCounter("gannet_publishes_held_for_store_total"),
 		rateDisconnects:   set.NewCounter(`gannet_rate_limited_disconnects_total`),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
