@@ -39,6 +39,9 @@ type client struct {
 	// parked is set while CONNECT waits for peers to hand over the
 	// session: later packets stay in the read buffer until it clears.
 	parked bool
+	// retainQ is the retained messages still to deliver after a
+	// SUBSCRIBE (retainpace.go); nil: none.
+	retainQ *retainBacklog
 	// ackWait is set while the client's input waits for its held
 	// acknowledgements (decode, maxHeldAcks); release wakes it.
 	ackWait bool
@@ -138,6 +141,9 @@ var errClose = errors.New("server: close")
 // Packet fields alias gnet's read buffer and die when this returns; handlers
 // copy what they keep.
 func (c *client) onTraffic(ob *outbox) gnet.Action {
+	if c.retainQ != nil && c.retainQ.waking {
+		c.pumpRetained(ob) // woken for its next turn
+	}
 	c.lastRead = c.srv.now()
 	buf, partial := c.peekInput()
 	used := 0

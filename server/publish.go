@@ -233,6 +233,8 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 		sess.mu.Unlock()
 		if m == nil {
 			c.logger().Debug("acknowledgement for unknown packet id", "type", a.Kind.String(), "id", a.PacketID)
+		} else if c.retainQ != nil {
+			c.pumpRetained(ob) // the window has room again
 		}
 		return nil
 	case codec.PUBREC:

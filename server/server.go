@@ -35,6 +35,9 @@ type Server struct {
 	marks    []mark     // peers' stream positions loaded from the store
 	spool    []spooled  // records kept for peers, loaded from the store
 
+	// retainWaiting counts the loops' retainWait entries (retainpace.go).
+	retainWaiting atomic.Int64
+
 	sessions struct {
 		sync.Mutex
 		m map[string]*session
@@ -82,6 +85,9 @@ type loop struct {
 	conns    map[*client]struct{}
 	ob       *outbox
 	coalesce // write delay and inbox (coalesce.go)
+	// retainWait is the connections whose retained backlogs wait for
+	// their output to drain (retainpace.go).
+	retainWait []*client
 	// scratch holds the packets OnTraffic decodes into, one set per loop
 	// rather than per connection: fields alias the read buffer and die with
 	// the call, and handlers copy what they keep. Kept per connection they
@@ -412,6 +418,9 @@ func (s *Server) tick() {
 			return
 		case t := <-clock.C:
 			s.clock.Store(t.UnixNano())
+			if s.retainWaiting.Load() > 0 {
+				s.resumeRetained()
+			}
 			if n++; n%25 == 0 { // every 250 ms
 				s.sweep()
 			}

@@ -125,23 +125,10 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 		}
 		return ack.Append(nil, c.version)
 	})
-	if len(wantRetained) == 0 {
-		return nil
-	}
-	now := c.srv.now()
-	var msgs []*message
 	for _, rr := range wantRetained {
-		msgs = c.srv.retained.match(msgs[:0], rr.filter)
-		for _, m := range msgs {
-			if m.expired(now) || !c.sess.mayRead(rr.opts, m.topic) {
-				continue
-			}
-			var mg fanout.Merged
-			mg.Add(rr.opts)
-			qos, _ := mg.Deliver(m.qos, true, true)
-			c.sess.deliverStored(ob, m, qos, true, mg.SubIDs, now)
-		}
+		c.queueRetained(rr.filter, rr.opts)
 	}
+	c.pumpRetained(ob) // paced (retainpace.go)
 	return nil
 }
 
