@@ -135,15 +135,35 @@
 // identity is (sender, epoch: the sender's run, lane, seq); a batch holds
 // consecutive records of one epoch. The receiver remembers, per sender,
 // epoch and lane, the last sequence number it accepted and drops records
-// at or below it, so a replay delivers nothing twice. A broker that keeps
+// at or below it (but those the broker could not store, below), so a
+// replay delivers nothing twice. A broker that keeps
 // records in its store (SendTracked) queues them again after a restart
 // under their first identity (Preload), and a receiver that stores its
 // positions (Receive's pos, Restore) recognises them across its own
-// restart too. The receiver acknowledges a record only
-// when the broker reports its effects done, which with persistence on is
-// after they are on disk. A queue is bounded (Config.QueueLimit); Send
-// refuses past it. Unreliable records (QoS 0, route deltas, retained
-// updates) to a peer that is not connected are dropped and counted.
+// restart too. A queue is bounded (Config.QueueLimit); Send refuses past
+// it. Unreliable records (QoS 0, route deltas, retained updates) to a peer
+// that is not connected are dropped and counted.
+//
+// The receiver acknowledges a record only when the broker reports its
+// effects done, which with persistence on is after they are on disk, and
+// never past a record whose effects the broker could not store (a full
+// disk, a failed write): the acknowledgements of that run stop before it,
+// however many records after it were stored. The receiver then closes the
+// lane's connections, so that the sender writes everything unacknowledged
+// again on its next one, and takes the records that failed from that
+// replay: it remembers them (stream.go) and drops the rest of the replay
+// as usual, so records after them that were stored are not delivered
+// twice. It asks at once the first time; while the broker keeps failing,
+// after 50ms, then twice as long each time up to 2s, and at once again
+// when the broker has stored a batch of the lane meanwhile. The broker
+// sees the records that failed a second time: it applied them once
+// already, unless it refused them without applying them (as the broker
+// does while its store refuses writes). The position the broker stores
+// with a batch never reaches past a record known to have failed, and one
+// stored with a batch handed over before an earlier one failed is taken
+// back (stored lower) before the replay is asked for, so that a restart
+// takes the failed records again rather than acknowledging them. Only a
+// crash between that batch's write and the lower position's loses them.
 //
 // # Backpressure
 //

@@ -33,6 +33,9 @@ type peerStats struct {
 	rawRecv, wireRecv        *metrics.Counter
 	droppedDown, droppedFull *metrics.Counter
 	replayed, duplicates     *metrics.Counter
+	// unstored counts the peer's batches with reliable records that the
+	// broker could not store; each is asked for again.
+	unstored *metrics.Counter
 }
 
 func newNodeStats(set *metrics.Set) *nodeStats {
@@ -77,6 +80,7 @@ func (s *nodeStats) peer(name string) *peerStats {
 		rawRecv: c("raw_bytes_received_total"), wireRecv: c("wire_bytes_received_total"),
 		droppedDown: dl("not_linked"), droppedFull: dl("queue_full"),
 		replayed: c("replayed_total"), duplicates: c("duplicates_total"),
+		unstored: c("unstored_batches_total"),
 	}
 	s.peers[name] = p
 	return p

@@ -34,20 +34,36 @@ type Handler interface {
 	PeerForget(peer string)
 	// Receive handles one batch of records from peer. Bodies alias a buffer
 	// reused once Receive returns. done must be called exactly once, from
-	// any goroutine, once the effects of the batch's reliable records are
-	// safe (durable, when the broker persists); only then are they
-	// acknowledged to the sender. pos says how far the peer's stream has
-	// been accepted; a broker that persists stores it with the batch's
-	// effects and hands it back to Restore after a restart, so that a
-	// replay of records it already has is recognised.
-	Receive(peer string, pos Position, recs []Record, done func())
+	// any goroutine and in any order among batches: with nil once the
+	// effects of the batch's reliable records are safe (durable, when the
+	// broker persists), or with the error that kept them from being made
+	// safe (the store could not write). Only safe records are acknowledged
+	// to the sender, and none after a record that is not: the sender keeps
+	// those, the link asks for them again, and a later Receive hands them
+	// over again (the reliable records after them that were safe are not
+	// handed over twice). So the broker sees the records of a batch that
+	// failed a second time; refusing a batch, with done(err) before
+	// applying it, spares it undoing what the first time did.
+	//
+	// pos says how far the peer's stream has been accepted; a broker that
+	// persists stores it with the batch's effects and hands it back to
+	// Restore after a restart, so that a replay of records it already has
+	// is recognised. It stops short of a batch known to have failed, so
+	// that the records of that batch are taken again after a restart; and
+	// since a batch handed over before an earlier one failed carried a
+	// position past it, Receive is then called with no records, to store
+	// pos (Seq 0 included) and nothing else.
+	Receive(peer string, pos Position, recs []Record, done func(error))
 	// Settled reports the tokens of records sent with SendTracked that no
 	// longer need keeping: peer acknowledged them, or peer was forgotten.
 	Settled(peer string, tokens []uint64)
 }
 
 // Position is how far one sender's stream (its run and lane) has been
-// accepted. Seq is 0 when a batch held no new reliable record.
+// accepted: every reliable record up to Seq was handed to the broker, in
+// this batch or an earlier one, and none of them is known to have failed.
+// Seq is 0 when there is nothing to store (the batch held no reliable
+// record to keep, or the stream's first one failed).
 type Position struct {
 	Epoch uint64
 	Lane  uint8
@@ -59,8 +75,7 @@ type Position struct {
 func (n *Node) Restore(peer string, pos Position) {
 	st := n.stream(streamKey{peer, pos.Epoch, pos.Lane})
 	st.mu.Lock()
-	st.last = max(st.last, pos.Seq)
-	st.done = max(st.done, pos.Seq)
+	st.restoreLocked(pos.Seq)
 	st.mu.Unlock()
 }
 
@@ -99,8 +114,8 @@ type Node struct {
 	mu      sync.Mutex
 	peers   map[string]*peer
 	streams map[streamKey]*stream
-	notify  map[streamKey]chan struct{} // per sender lane (epoch 0)
-	conns   map[net.Conn]struct{}       // accepted, for Stop
+	inLanes map[streamKey]*inLane // per sender lane (epoch 0)
+	conns   map[net.Conn]struct{} // accepted, for Stop
 
 	pending   atomic.Int32 // accepted connections still in their handshake
 	shedMu    sync.Mutex
@@ -143,7 +158,7 @@ func New(cfg Config, h Handler) (*Node, error) {
 		seed:    maphash.MakeSeed(),
 		peers:   make(map[string]*peer),
 		streams: make(map[streamKey]*stream),
-		notify:  make(map[streamKey]chan struct{}),
+		inLanes: make(map[streamKey]*inLane),
 		conns:   make(map[net.Conn]struct{}),
 		done:    make(chan struct{}),
 		pace:    newPacer(),
@@ -317,6 +332,9 @@ func (n *Node) Stop() {
 	}
 	for _, p := range n.peers {
 		p.stop()
+	}
+	for _, il := range n.inLanes {
+		il.stop()
 	}
 	n.mu.Unlock()
 	n.wg.Wait()

@@ -21,7 +21,7 @@ type recorder struct {
 	up    chan string
 	added chan struct{}
 	hold  bool // keep done callbacks instead of calling them
-	dones []func()
+	dones []func(error)
 	// block, when set, stalls Receive until it is closed: the node stops
 	// reading its links.
 	block chan struct{}
@@ -34,7 +34,7 @@ func newRecorder() *recorder {
 func (r *recorder) PeerUp(peer string)                   { r.up <- peer }
 func (r *recorder) PeerForget(peer string)               {}
 func (r *recorder) Settled(peer string, tokens []uint64) {}
-func (r *recorder) Receive(peer string, _ Position, recs []Record, done func()) {
+func (r *recorder) Receive(peer string, _ Position, recs []Record, done func(error)) {
 	if r.block != nil {
 		<-r.block
 	}
@@ -49,7 +49,7 @@ func (r *recorder) Receive(peer string, _ Position, recs []Record, done func()) 
 	}
 	r.mu.Unlock()
 	if !hold {
-		done()
+		done(nil)
 	}
 	select {
 	case r.added <- struct{}{}:
@@ -219,7 +219,7 @@ func TestReplayAfterLinkLossDeliversOnce(t *testing.T) {
 	rb.hold = false
 	rb.mu.Unlock()
 	for _, d := range dones {
-		d()
+		d(nil)
 	}
 	waitFor(t, func() bool { return a.Members()[1].Queued == 0 })
 }
@@ -294,7 +294,7 @@ func TestAckOnReconnectBeforeReplay(t *testing.T) {
 	rb.dones, rb.hold = nil, false
 	rb.mu.Unlock()
 	for _, d := range dones {
-		d() // done while the link is down: acknowledged on reconnect
+		d(nil) // done while the link is down: acknowledged on reconnect
 	}
 	for i := n; i < 2*n; i++ {
 		if err := a.Send("b", 0, 3, body(i), true); err != nil {

@@ -7,64 +7,33 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"time"
 )
 
-// streamKey names one sender's lane in one of its runs.
-type streamKey struct {
-	node  string
-	epoch uint64
-	lane  uint8
-}
-
-// stream is the receiving state of one streamKey: what was accepted (for
-// deduplication of replays) and what is done (for acknowledgement). It
-// outlives connections, so that a replay on a new connection is recognised.
-type stream struct {
-	mu     sync.Mutex
-	last   uint64 // last reliable seq accepted
-	done   uint64 // last reliable seq whose effects are safe
-	notify chan struct{}
-}
-
-func (st *stream) finish(seq uint64) {
-	st.mu.Lock()
-	if seq > st.done {
-		st.done = seq
-	}
-	st.mu.Unlock()
-	select {
-	case st.notify <- struct{}{}:
-	default:
-	}
-}
-
 // stream returns the state for k. A sender's earlier runs keep theirs: a
 // sender that restarted replays what it kept from them under their
-// identity. All runs of one sender's lane share one notify channel, the
-// acker's.
+// identity. All runs of one sender's lane share its inLane.
 func (n *Node) stream(k streamKey) *stream {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.streams[k]
 	if st == nil {
-		st = &stream{notify: n.notifier(k.node, k.lane)}
+		st = &stream{in: n.inLaneLocked(k.node, k.lane)}
 		n.streams[k] = st
 	}
 	return st
 }
 
-// notifier returns the channel that wakes the acker of a sender's lane.
+// inLaneLocked returns the receiving side of a sender's lane.
 // REQUIRES: n.mu held.
-func (n *Node) notifier(node string, lane uint8) chan struct{} {
+func (n *Node) inLaneLocked(node string, lane uint8) *inLane {
 	k := streamKey{node: node, lane: lane}
-	ch := n.notify[k]
-	if ch == nil {
-		ch = make(chan struct{}, 1)
-		n.notify[k] = ch
+	il := n.inLanes[k]
+	if il == nil {
+		il = newInLane(n, node, lane)
+		n.inLanes[k] = il
 	}
-	return ch
+	return il
 }
 
 // streamsOf lists the runs of a sender's lane with their states.
@@ -234,12 +203,16 @@ func (n *Node) serveConn(raw net.Conn) {
 	defer dec.close()
 	pst := n.stats.peer(h.node)
 	n.mu.Lock()
-	wake := n.notifier(h.node, h.lane)
+	il := n.inLaneLocked(h.node, h.lane)
 	n.mu.Unlock()
+	// Registered before the first batch is read: a failed span closes
+	// every connection that may have dropped its replay (inLane.retry).
+	il.add(raw)
+	defer il.remove(raw)
 	pongs := make(chan [8]byte, 4)
 	closed := make(chan struct{})
 	defer close(closed)
-	go n.acker(c, out, h.node, h.lane, wake, pongs, closed)
+	go n.acker(c, out, h.node, h.lane, il.notify, pongs, closed)
 
 	var recs []Record
 	for {
@@ -256,11 +229,12 @@ func (n *Node) serveConn(raw net.Conn) {
 		switch t {
 		case frameBatch:
 			hdr, data, err := decodeBatch(p, dec, n.cfg.MaxFrame)
-			var top uint64
+			var taken []seqRange
+			var mark uint64
 			var st *stream
 			if err == nil {
 				st = n.stream(streamKey{h.node, hdr.epoch, h.lane})
-				recs, top, err = n.accept1(st, hdr, data, recs[:0], pst)
+				recs, taken, mark, err = n.accept1(st, hdr, data, recs[:0], pst)
 			}
 			if err != nil {
 				n.stats.badFrames.Inc()
@@ -272,11 +246,9 @@ func (n *Node) serveConn(raw net.Conn) {
 			pst.wireRecv.Add(len(p) + frameHeader)
 			pst.rawRecv.Add(len(data))
 			if len(recs) > 0 {
-				pos := Position{Epoch: hdr.epoch, Lane: h.lane, Seq: top}
-				n.h.Receive(h.node, pos, recs, func() {
-					if top > 0 {
-						st.finish(top)
-					}
+				pos := Position{Epoch: hdr.epoch, Lane: h.lane, Seq: mark}
+				n.h.Receive(h.node, pos, recs, func(err error) {
+					n.settle(st, h.node, h.lane, taken, err, pst)
 				})
 			}
 			clear(recs)
@@ -298,40 +270,98 @@ func (n *Node) serveConn(raw net.Conn) {
 }
 
 // accept1 parses a batch's records and drops reliable ones already
-// accepted (a replay). top is the seq of the last reliable record kept, 0
-// if none was.
-func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, pst *peerStats) (_ []Record, top uint64, _ error) {
+// accepted (a replay), except those of failed spans. taken is the spans
+// that stand for the reliable records kept, for settle; mark is what the
+// broker stores with them (stream.markLocked), 0 if none was kept.
+func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, pst *peerStats) (_ []Record, taken []seqRange, mark uint64, _ error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	seq := hdr.firstSeq
-	dups := 0
+	dups, at := 0, 0
+	var kept []seqRange
 	err := parseRecords(data, func(r Record) {
 		if r.Reliable {
 			s := seq
 			seq++
-			if s <= st.last {
+			if !st.wantLocked(s, &at) {
 				dups++
 				return
+			}
+			if k := len(kept); k > 0 && kept[k-1].hi == s-1 {
+				kept[k-1].hi = s
+			} else {
+				kept = append(kept, seqRange{s, s})
 			}
 		}
 		recs = append(recs, r)
 	})
 	if err != nil {
-		return recs, 0, err
+		return recs, nil, 0, err
 	}
-	if seq != hdr.firstSeq {
-		if hdr.firstSeq == 0 {
-			return recs, 0, frameErr("reliable records in a batch without a sequence number")
-		}
-		if seq-1 > st.last {
-			st.last = seq - 1
-			top = seq - 1
-		}
+	if seq != hdr.firstSeq && hdr.firstSeq == 0 {
+		return recs, nil, 0, frameErr("reliable records in a batch without a sequence number")
 	}
 	if dups > 0 {
 		pst.duplicates.Add(dups)
 	}
-	return recs, top, nil
+	if len(kept) == 0 {
+		return recs, nil, 0, nil
+	}
+	taken = st.takeLocked(kept)
+	mark = st.markLocked()
+	st.marked = max(st.marked, mark)
+	return recs, taken, mark, nil
+}
+
+// settle takes the broker's outcome for a batch's reliable records (the
+// spans taken for them). Stored, they are acknowledged as soon as
+// everything before them is; not stored, they hold back the
+// acknowledgement of everything after them, and the sender is asked for
+// them again.
+func (n *Node) settle(st *stream, node string, lane uint8, taken []seqRange, err error, pst *peerStats) {
+	if len(taken) == 0 {
+		return // no reliable record: nothing to acknowledge or send again
+	}
+	st.mu.Lock()
+	st.settleLocked(taken, err == nil)
+	st.mu.Unlock()
+	if err == nil {
+		st.in.stored()
+		st.in.wake()
+		return
+	}
+	pst.unstored.Inc()
+	if logNow, failed := st.in.retry(); logNow {
+		n.log.Warn("cannot store a peer's messages; asking the peer to send them again", "peer", node, "lane", lane,
+			"batches", failed, "err", err)
+	}
+}
+
+// takeBack has the broker store a lower position for each run of a
+// sender's lane whose stored one may reach past a failed span: a batch
+// handed over before an earlier one failed carried a position past it,
+// and a restart must not take the failed records as stored. It runs
+// before the lane's connections are cut, so the broker stores it before
+// the records sent again (and their position) arrive. A position the
+// broker could not store either is taken back again at the next cut.
+func (n *Node) takeBack(il *inLane) {
+	for epoch, st := range n.streamsOf(il.node, il.lane) {
+		st.mu.Lock()
+		m, prev := st.markLocked(), st.marked
+		if prev <= m {
+			st.mu.Unlock()
+			continue
+		}
+		st.marked = m
+		st.mu.Unlock()
+		n.h.Receive(il.node, Position{Epoch: epoch, Lane: il.lane, Seq: m}, nil, func(err error) {
+			if err != nil {
+				st.mu.Lock()
+				st.marked = max(st.marked, prev)
+				st.mu.Unlock()
+			}
+		})
+	}
 }
 
 // acker writes acknowledgements (and pongs) back to the sender: for every

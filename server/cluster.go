@@ -253,19 +253,29 @@ func (cl *cluster) delRoute(peer, filter string) {
 }
 
 // Receive applies one batch from a peer; done is called once its effects
-// are as durable as this node's own publishes.
-func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink.Record, done func()) {
+// are as durable as this node's own publishes, or with the error that kept
+// them from the disk (the peer sends the reliable records again). While
+// the store refuses writes, the reliable records are refused up front, as
+// a publisher's QoS 1/2 are, rather than delivered once now and again
+// when the peer resends them.
+func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink.Record, done func(error)) {
 	s := cl.s
 	ob := cl.obs.Get().(*outbox)
-	if pos.Seq > 0 && s.store != nil {
+	refused := s.storeUnhealthy()
+	if (pos.Seq > 0 || len(recs) == 0) && s.store != nil && refused == nil {
 		// Written with what the records did, so that after a crash the
 		// peer's replay of them is dropped rather than delivered twice.
+		// Without records, the link takes back a position stored past
+		// records that could not be stored.
 		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
 	}
 	now := s.now()
 	var routeChunks []string
 	replace := false
 	for _, r := range recs {
+		if refused != nil && r.Reliable {
+			continue
+		}
 		var err error
 		switch r.Kind {
 		case recForward:
@@ -317,7 +327,11 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	if replace || routeChunks != nil {
 		cl.setRoutes(peer, routeChunks, replace)
 	}
-	ob.after = done
+	if refused != nil {
+		done(refused)
+	} else {
+		ob.after = done
+	}
 	ob.flush()
 	cl.obs.Put(ob)
 }

@@ -169,7 +169,7 @@ func TestClusterRetainedAfterAFastClock(t *testing.T) {
 	far.stamp = ahead
 	rec := []interlink.Record{{Kind: recRetained, Body: appendRetained(nil, far, nodes[0].now())}}
 	for _, s := range nodes { // as a third node with a fast clock would have sent it
-		s.cl.Receive("n3", interlink.Position{}, rec, func() {})
+		s.cl.Receive("n3", interlink.Position{}, rec, func(error) {})
 	}
 	pub, _ := dialV5(t, nodes[0], &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
 	pub.publish(t, &paho.Publish{Topic: "site/1/status", QoS: 1, Retain: true, Payload: []byte("fresh")})

@@ -47,8 +47,9 @@ type outbox struct {
 	batch persist.Batch
 	held  []heldAck
 	// after runs once this unit of work's writes are durable (at once
-	// without a store): peers' batches are acknowledged from it.
-	after func()
+	// without a store), or with the error that kept them from the disk:
+	// peers' batches are acknowledged from it, or asked for again.
+	after func(error)
 }
 
 // match is one receiver of a message and its merged options.

@@ -383,7 +383,7 @@ func (ob *outbox) commit() {
 	g := ob.srv.store
 	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0 && after == nil) {
 		if after != nil {
-			after()
+			after(nil)
 		}
 		return
 	}
@@ -393,8 +393,8 @@ func (ob *outbox) commit() {
 	// every earlier commit, so after never runs ahead of them.
 	g.commit(&ob.batch, func(err error) {
 		ob.srv.release(held, err)
-		if after != nil && err == nil {
-			after()
+		if after != nil {
+			after(err)
 		}
 	}, ob.home == nil)
 	ob.batch.Reset()

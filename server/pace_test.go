@@ -28,7 +28,7 @@ func (p *stalledPeer) PeerUp(peer string) {
 }
 func (p *stalledPeer) PeerForget(string)        {}
 func (p *stalledPeer) Settled(string, []uint64) {}
-func (p *stalledPeer) Receive(_ string, _ interlink.Position, recs []interlink.Record, done func()) {
+func (p *stalledPeer) Receive(_ string, _ interlink.Position, recs []interlink.Record, done func(error)) {
 	<-p.block
 	p.mu.Lock()
 	for _, r := range recs {
@@ -40,7 +40,7 @@ func (p *stalledPeer) Receive(_ string, _ interlink.Position, recs []interlink.R
 		}
 	}
 	p.mu.Unlock()
-	done()
+	done(nil)
 }
 
 // While a peer reads nothing, a QoS 0 publisher's input is held back
