@@ -537,6 +537,32 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 	return n, ok
 }
 
+// reshare forwards m to a peer with a member of the shared group
+// name/filter (reshare.go), preferring one that is linked now; false
+// when no peer has one or its queue refused a QoS 1/2 message.
+func (cl *cluster) reshare(ob *outbox, m *message, name, filter string) bool {
+	var peer string
+	cl.routes.Match(m.topic, func(string, struct{}) {}, func(g *trie.Group[string, struct{}]) {
+		if g.Name != name || g.Filter != filter {
+			return
+		}
+		for i := range g.Len() {
+			p, _ := g.At(i)
+			if peer == "" || cl.node.Linked(p) && !cl.node.Linked(peer) {
+				peer = p
+			}
+		}
+	})
+	if peer == "" {
+		return false
+	}
+	ob.targets, ob.rgroups = ob.targets[:0], ob.rgroups[:0]
+	t := ob.target(peer)
+	t.groups = append(t.groups, "$share/"+name+"/"+filter)
+	_, ok := cl.forward(ob, m)
+	return ok
+}
+
 // wants reports whether a forwarded message is for the local members of
 // shared group g.
 func (f *forward) wants(g *trie.Group[*session, fanout.Options]) bool {

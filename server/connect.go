@@ -505,12 +505,14 @@ func (s *Server) endSession(ob *outbox, sess *session) {
 		sess.mu.Unlock()
 		return
 	}
+	shared := sess.sharedLeftLocked()
 	subs, will := sess.endLocked(ob)
 	sess.mu.Unlock()
 
 	for f := range subs {
 		s.unsubscribe(f, sess)
 	}
+	s.reshare(ob, sess, shared) // reshare.go
 	if will != nil {
 		will.fireNow()
 	}

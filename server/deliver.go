@@ -56,6 +56,7 @@ type outbox struct {
 type match struct {
 	s *session
 	m fanout.Merged
+	g *trie.Group[*session, fanout.Options] // the shared group matched; nil: a plain subscription
 }
 
 // xfer carries bytes for clients of one event loop from another goroutine.
@@ -185,7 +186,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	}
 	s.subs.Match(m.topic, func(ss *session, o fanout.Options) {
 		if fw == nil || fw.plain {
-			ob.collect(ss, o, m)
+			ob.collect(ss, o, m, nil)
 		}
 	}, func(g *trie.Group[*session, fanout.Options]) {
 		switch {
@@ -198,8 +199,8 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 				return // a peer's member takes it
 			}
 		}
-		if ss, o, ok := s.pickShared(g, m); ok {
-			ob.collect(ss, o, m)
+		if ss, o, ok := s.pickShared(g, m, nil); ok {
+			ob.collect(ss, o, m, g)
 		}
 	})
 	remote, ok := 0, true
@@ -218,7 +219,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	for i := range ob.matches {
 		mt := &ob.matches[i]
 		qos, retain := mt.m.Deliver(m.qos, m.retain, false)
-		mt.s.deliver(ob, m, qos, retain, mt.m.SubIDs, now)
+		mt.s.deliver(ob, m, qos, retain, mt.m.SubIDs, now, mt.g)
 	}
 	n := len(ob.matches)
 	clear(ob.matches)
@@ -228,7 +229,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 // collect records one matching subscription. A no-local subscription by the
 // publisher itself does not count [MQTT-3.8.3-3], nor one whose subscriber
 // may not read the topic (auth.go).
-func (ob *outbox) collect(ss *session, o fanout.Options, m *message) {
+func (ob *outbox) collect(ss *session, o fanout.Options, m *message, g *trie.Group[*session, fanout.Options]) {
 	if o.NoLocal && ss.id == m.from {
 		return
 	}
@@ -237,7 +238,7 @@ func (ob *outbox) collect(ss *session, o fanout.Options, m *message) {
 	}
 	var mg fanout.Merged
 	mg.Add(o)
-	ob.matches = append(ob.matches, match{s: ss, m: mg})
+	ob.matches = append(ob.matches, match{s: ss, m: mg, g: g})
 }
 
 // merge folds several subscriptions of one session into one delivery
@@ -251,6 +252,9 @@ func (ob *outbox) merge() {
 			for _, id := range mt.m.SubIDs {
 				out[i].m.Add(fanout.Options{SubID: id})
 			}
+			if out[i].g == nil {
+				out[i].g = mt.g
+			}
 			continue
 		}
 		ob.index[mt.s] = len(out)
@@ -261,9 +265,9 @@ func (ob *outbox) merge() {
 	clear(ob.index)
 }
 
-// pickShared chooses one member of a shared group, preferring members that
-// are connected [MQTT-4.8.2-5].
-func (s *Server) pickShared(g *trie.Group[*session, fanout.Options], m *message) (*session, fanout.Options, bool) {
+// pickShared chooses one member of a shared group other than not,
+// preferring members that are connected [MQTT-4.8.2-5].
+func (s *Server) pickShared(g *trie.Group[*session, fanout.Options], m *message, not *session) (*session, fanout.Options, bool) {
 	n := g.Len()
 	if n == 0 {
 		return nil, fanout.Options{}, false
@@ -279,12 +283,16 @@ func (s *Server) pickShared(g *trie.Group[*session, fanout.Options], m *message)
 	}
 	for i := 0; i < n; i++ {
 		ss, o := g.At((start + i) % n)
-		if ss.online() {
+		if ss != not && ss.online() {
 			return ss, o, true
 		}
 	}
-	ss, o := g.At(start)
-	return ss, o, true
+	for i := 0; i < n; i++ {
+		if ss, o := g.At((start + i) % n); ss != not {
+			return ss, o, true
+		}
+	}
+	return nil, fanout.Options{}, false
 }
 
 func (ss *session) online() bool {
@@ -296,7 +304,9 @@ func (ss *session) online() bool {
 // deliver hands m to the session at the given QoS: written now when the
 // client is connected and has room, queued when QoS > 0 and it has not,
 // dropped (and counted) otherwise.
-func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64) {
+// A message that came through the shared group share remembers it.
+func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64,
+	share *trie.Group[*session, fanout.Options]) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.mu.ended {
@@ -322,7 +332,9 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		return
 	}
 	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
-		ss.enqueueLocked(ob, ss.newOutMsgLocked(m, qos, retain, subIDs))
+		om := ss.newOutMsgLocked(m, qos, retain, subIDs)
+		om.share = share
+		ss.enqueueLocked(ob, om)
 		return
 	}
 	fr, alias, ok := cl.frame(ob, m, qos, retain, subIDs)
@@ -330,6 +342,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		return // too large for this client: discarded as if delivered [MQTT-3.1.2-25]
 	}
 	om := ss.newOutMsgLocked(m, qos, retain, subIDs)
+	om.share = share
 	om.pid = ss.allocIDLocked()
 	om.idb[0], om.idb[1] = byte(om.pid>>8), byte(om.pid)
 	ss.mu.inflight[om.pid] = om

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -139,6 +140,7 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 	}
 	var wills []loadedWill
 	var orphans persist.Batch
+	sharing := make(map[*session]bool) // sessions with a shared subscription
 	ls, err := st.Load(now, persist.Loader{
 		Body: func(m *persist.Message) {
 			bodies[m.ID] = messageFromRecord(m)
@@ -155,6 +157,9 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 					continue
 				}
 				ss.mu.subs[sub.Filter] = opts
+				if strings.HasPrefix(sub.Filter, "$share/") {
+					sharing[ss] = true
+				}
 			}
 			off := r.DisconnectedAt
 			if off == 0 {
@@ -173,6 +178,9 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 			}
 			om := &outMsg{msg: m, qos: e.QoS, retain: e.Retain, subIDs: e.SubIDs, pid: e.PacketID,
 				released: e.Released, seq: e.Seq, stored: true}
+			if sharing[ss] {
+				om.share = s.shareOf(ss, m.topic)
+			}
 			m.refs.Add(1)
 			ss.mu.seq = max(ss.mu.seq, e.Seq)
 			if om.pid != 0 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/trie"
 )
 
 // session is the state MQTT keeps for a client id across connections:
@@ -63,6 +64,10 @@ type outMsg struct {
 	released bool    // QoS 2: PUBREC received and PUBREL sent
 	seq      uint64  // delivery order within the session; its store key
 	stored   bool    // has an entry in the store (persistent session)
+	// share is the shared subscription group the message came through;
+	// nil for a plain subscription. What the session leaves unfinished
+	// of such a message goes to another member (reshare.go).
+	share *trie.Group[*session, fanout.Options]
 }
 
 // msgQueue is a FIFO of outMsg with a bound; when full the oldest goes.

@@ -74,6 +74,11 @@ type stats struct {
 	// held (ratelimit.go).
 	publishDelayed  *metrics.Counter
 	rateDisconnects *metrics.Counter
+	// reshared counts shared subscriptions' messages handed to another
+	// member when theirs left; droppedNoMember those that found none
+	// (reshare.go).
+	reshared        *metrics.Counter
+	droppedNoMember *metrics.Counter
 	// storeHeld counts the times a client's QoS 1/2 PUBLISH waited in
 	// its input because its acknowledgements were all waiting for the
 	// disk (decode, maxHeldAcks).
@@ -102,6 +107,8 @@ func newStats(s *Server) *stats {
 		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="` + refusedMaxSessions + `"}`),
 		publishDelayed:    set.NewCounter("gannet_publishes_delayed_total"),
 		storeHeld:         set.NewCounter("gannet_publishes_held_for_store_total"),
+		reshared:          set.NewCounter("gannet_shared_messages_redelivered_total"),
+		droppedNoMember:   set.NewCounter(`gannet_messages_dropped_total{reason="no_share_member"}`),
 		rateDisconnects:   set.NewCounter(`gannet_rate_limited_disconnects_total`),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),
