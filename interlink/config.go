@@ -105,9 +105,16 @@ type Config struct {
 	// FailureTimeout is about how long a silent peer takes to be declared
 	// failed.
 	FailureTimeout time.Duration
-	// ForgetAfter is how long a failed or departed peer's routes and
-	// queue are kept for its return; 0 keeps them forever.
+	// ForgetAfter is how long a failed or departed peer's routes are
+	// kept for its return; 0 keeps them forever.
 	ForgetAfter time.Duration
+	// KeepQueued is how much longer than ForgetAfter the reliable records
+	// queued for a forgotten peer are kept for its return: as long as a
+	// session there can outlive its connection (the broker sets its
+	// --max-session-expiry), so that a peer away for maintenance longer
+	// than ForgetAfter loses nothing it was sent. 0 drops them with the
+	// routes.
+	KeepQueued time.Duration
 	// Metrics receives the per-peer metrics; nil disables them.
 	Metrics *metrics.Set
 	// Logger receives the link's logs; nil means slog.Default().

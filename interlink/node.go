@@ -489,7 +489,8 @@ func (n *Node) memberUp(name, addr string) {
 		n.peers[name] = p
 		n.log.Info("peer joined", "peer", name, "interlink", addr)
 	} else if !p.isAlive() {
-		n.log.Info("peer back", "peer", name, "interlink", addr)
+		n.log.Info("peer back", "peer", name, "interlink", addr, "queued", p.queued())
+		p.forgotten = false // it announces its routes again
 	}
 	n.mu.Unlock()
 	p.setAlive(addr)
@@ -525,7 +526,7 @@ func (n *Node) maintain() {
 		case <-t.C:
 		}
 		now := time.Now()
-		var forget []*peer
+		var forget, unroute []*peer
 		var rejoin []string
 		n.mu.Lock()
 		for name, p := range n.peers {
@@ -534,8 +535,17 @@ func (n *Node) maintain() {
 				continue
 			}
 			if n.cfg.ForgetAfter > 0 && now.Sub(since) > n.cfg.ForgetAfter {
-				delete(n.peers, name)
-				forget = append(forget, p)
+				// Its routes go now; what was queued for it stays
+				// for KeepQueued more (or until nothing is), under
+				// its name, for its return.
+				if !p.forgotten {
+					p.forgotten = true
+					unroute = append(unroute, p)
+				}
+				if p.queued() == 0 || now.Sub(since) > n.cfg.ForgetAfter+n.cfg.KeepQueued {
+					delete(n.peers, name)
+					forget = append(forget, p)
+				}
 				continue
 			}
 			if g := p.gossipAddr(); g != "" {
@@ -543,10 +553,16 @@ func (n *Node) maintain() {
 			}
 		}
 		n.mu.Unlock()
+		for _, p := range unroute {
+			n.log.Warn("peer forgotten", "peer", p.name, "gone_for", n.cfg.ForgetAfter.String(), "queued_kept", p.queued())
+			n.h.PeerForget(p.name)
+		}
 		for _, p := range forget {
 			p.stop()
-			n.log.Warn("peer forgotten", "peer", p.name, "gone_for", n.cfg.ForgetAfter.String(), "dropped", p.dropQueues())
-			n.h.PeerForget(p.name)
+			if dropped := p.dropQueues(); dropped > 0 {
+				n.log.Warn("dropping what was queued for a forgotten peer", "peer", p.name,
+					"gone_for", now.Sub(p.goneAt()).Round(time.Second).String(), "dropped", dropped)
+			}
 		}
 		if n.ml.NumMembers() <= 1 && len(n.cfg.Join) > 0 {
 			rejoin = append(rejoin, n.seeds()...)

@@ -25,14 +25,20 @@ type recorder struct {
 	// block, when set, stalls Receive until it is closed: the node stops
 	// reading its links.
 	block chan struct{}
+	// forgot, when set, receives the peers PeerForget names.
+	forgot chan string
 }
 
 func newRecorder() *recorder {
 	return &recorder{got: make(map[string][]Record), up: make(chan string, 64), added: make(chan struct{}, 1)}
 }
 
-func (r *recorder) PeerUp(peer string)                   { r.up <- peer }
-func (r *recorder) PeerForget(peer string)               {}
+func (r *recorder) PeerUp(peer string) { r.up <- peer }
+func (r *recorder) PeerForget(peer string) {
+	if r.forgot != nil {
+		r.forgot <- peer
+	}
+}
 func (r *recorder) Settled(peer string, tokens []uint64) {}
 func (r *recorder) Receive(peer string, _ Position, recs []Record, done func(error)) {
 	if r.block != nil {

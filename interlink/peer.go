@@ -20,6 +20,9 @@ type peer struct {
 	lanes []*lane
 	rtt   atomic.Int64 // nanoseconds, from lane 0's pings
 	st    *peerStats
+	// forgotten is set once its routes were forgotten while it was
+	// gone (Node.maintain); on n.mu.
+	forgotten bool
 
 	mu struct {
 		sync.Mutex
@@ -85,6 +88,22 @@ func (p *peer) gossipAddr() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.mu.gossip
+}
+
+func (p *peer) goneAt() time.Time {
+	t, _ := p.goneSince()
+	return t
+}
+
+// queued returns how many reliable records wait for the peer.
+func (p *peer) queued() int {
+	n := 0
+	for _, l := range p.lanes {
+		l.mu.Lock()
+		n += len(l.mu.rel) - l.mu.head
+		l.mu.Unlock()
+	}
+	return n
 }
 
 func (p *peer) goneSince() (time.Time, bool) {

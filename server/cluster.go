@@ -69,6 +69,9 @@ func newCluster(s *Server) (*cluster, error) {
 	cl.obs.New = func() any { return newOutbox(s, nil) }
 	ic := *s.cfg.Cluster
 	ic.Logger = s.log
+	// What was forwarded to a peer that is gone longer than ForgetAfter
+	// may still be for a session there that has not expired.
+	ic.KeepQueued = s.cfg.MaxSessionExpiry
 	ic.Metrics = s.stats.set
 	n, err := interlink.New(ic, cl)
 	if err != nil {

@@ -79,6 +79,7 @@
 //	held.mu          (leaf; connections waiting for the lanes, pace.go)
 //	inbox.mu         (leaf; bytes for a loop's clients, coalesce.go)
 //	tlsListener.reload (leaf; serialises ReloadTLS)
+//	drainer.mu       (leaf; drain.go)
 //
 // # Cluster
 //
@@ -87,7 +88,10 @@
 // with the last; each link (re)connect sends the whole set, which replaces
 // what the peer had. A peer's routes outlive its failure for
 // --cluster-forget-after, so that QoS 1/2 messages for its persistent
-// sessions are queued for its return rather than dropped. route matches
+// sessions are queued for its return rather than dropped; what was queued
+// stays after the routes go, for --max-session-expiry more (interlink's
+// KeepQueued), since a session there may still be waiting for it. route
+// matches
 // the route table before the local index, so that one member of a shared
 // group is picked across the cluster; a peer gets each message once and
 // delivers it locally only. A CONNECT asks every peer for the client's

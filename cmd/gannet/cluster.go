@@ -49,7 +49,7 @@ func registerClusterFlags(fs *flag.FlagSet) *clusterFlags {
 	fs.IntVar(&ic.QueueLimit, "interlink-queue", ic.QueueLimit, "QoS 1/2 messages kept per peer until it acknowledges them; past it publishes are refused (0x97)")
 	fs.DurationVar(&ic.Backpressure, "interlink-backpressure", ic.Backpressure, "while a peer takes messages more slowly than clients publish them, clients' input is read only as fast as the peer takes it; a peer that takes nothing for this long stops holding clients back and its QoS 0 messages are dropped; 0: never hold back, drop at once")
 	fs.DurationVar(&ic.FailureTimeout, "cluster-failure-timeout", ic.FailureTimeout, "about how long a silent peer takes to be declared failed")
-	fs.DurationVar(&ic.ForgetAfter, "cluster-forget-after", ic.ForgetAfter, "how long a failed peer's routes and queued messages are kept for its return; 0: forever")
+	fs.DurationVar(&ic.ForgetAfter, "cluster-forget-after", ic.ForgetAfter, "how long a failed peer's routes are kept for its return; what was queued for it is kept --max-session-expiry longer; 0: forever")
 	return cf
 }
 
