@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/binary"
 	"time"
 
@@ -365,4 +366,299 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 		return
 	}
 	ss.sendLocked(ob, om, now)
+}
+
+// connected tells peers that a client connected here, so that an older
+// connection with the same id elsewhere (after a partition) goes.
+func (cl *cluster) connected(id string, since int64) {
+	cl.broadcast(recConnected, appendConnected(nil, id, since))
+}
+
+func appendConnected(dst []byte, id string, since int64) []byte {
+	dst = binary.AppendUvarint(dst, uint64(since))
+	return append(dst, id...)
+}
+
+// connectedElsewhere ends the local connection of a client that connected
+// on a peer later: the newest connection wins.
+func (cl *cluster) connectedElsewhere(ob *outbox, b []byte) error {
+	since, n := binary.Uvarint(b)
+	if n <= 0 {
+		return errWire
+	}
+	id := string(b[n:])
+	s := cl.s
+	s.observe(int64(since))
+	s.sessions.Lock()
+	sess := s.sessions.m[id]
+	s.sessions.Unlock()
+	if sess == nil {
+		return nil
+	}
+	sess.mu.Lock()
+	older := sess.mu.cl != nil && sess.mu.since < int64(since)
+	sess.mu.Unlock()
+	if older {
+		s.log.Info("client connected on another node later; closing it here", "client", id)
+		s.handOver(ob, sess)
+	}
+	return nil
+}
+
+// takeoverReq is a CONNECT waiting for peers to hand over its session.
+type takeoverReq struct {
+	id      uint64
+	c       *client
+	req     *connectReq
+	waiting map[string]bool
+	moved   *movedSession
+	timer   *time.Timer
+	refused bool // a peer holds the session for another user
+}
+
+// takeover asks every linked peer to hand over c's session. It reports
+// false when there is no one to ask.
+func (cl *cluster) takeover(c *client, req *connectReq) bool {
+	peers := cl.node.Peers()
+	t := &takeoverReq{c: c, req: req, waiting: make(map[string]bool)}
+	cl.reqs.Lock()
+	cl.reqs.next++
+	t.id = cl.reqs.next
+	body := binary.AppendUvarint(nil, t.id)
+	clean := byte(0)
+	if req.cleanStart {
+		clean = 1
+	}
+	body = append(body, clean)
+	// Who asks: a peer hands the session only to its owner (auth.go).
+	var who byte
+	var user string
+	if c.ident != nil {
+		who, user = 1, c.ident.user
+		if c.ident.superuser {
+			who |= 2
+		}
+	}
+	body = append(body, who)
+	body = appendStr(body, []byte(user))
+	body = append(body, req.id...)
+	for _, p := range peers {
+		if !cl.node.Linked(p) {
+			continue
+		}
+		if cl.node.Send(p, 0, recTakeover, body, true) == nil {
+			t.waiting[p] = true
+		}
+	}
+	if len(t.waiting) == 0 {
+		cl.reqs.Unlock()
+		return false
+	}
+	cl.reqs.m[t.id] = t
+	wait := takeoverTimeout
+	if d := cl.takeoverWait.Load(); d > 0 {
+		wait = time.Duration(d) // a test's
+	}
+	t.timer = time.AfterFunc(wait, func() { cl.finishTakeover(t.id, true) })
+	cl.reqs.Unlock()
+	return true
+}
+
+// handOverTo answers a peer's takeover request: the session leaves this
+// node (its connection gets DISCONNECT 0x8E, no will) and its state goes
+// to the peer.
+func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
+	r := &wireReader{b: b}
+	id := r.uvarint("request id")
+	clean := r.byte1("clean start")
+	who := r.byte1("who")
+	user := string(r.str("user"))
+	if r.err != nil {
+		return r.err
+	}
+	client := string(r.b)
+	s := cl.s
+	reply := binary.AppendUvarint(nil, id)
+	if who&1 != 0 && !s.mayOwn(client, &identity{user: user, superuser: who&2 != 0}) {
+		// Another user's session: untouched, and the CONNECT is refused.
+		s.log.Warn("refusing a peer's takeover: the client id belongs to another user", "client", client, "peer", peer)
+		reply = append(reply, 2)
+		if err := cl.send(ob, peer, 0, recSession, reply, true); err != nil {
+			s.log.Warn("cannot answer a peer's takeover", "client", client, "peer", peer, "err", err)
+		}
+		return nil
+	}
+	// The answer is queued before the session ends here: when it cannot
+	// be (the peer's queue is full), the session stays, and the peer's
+	// CONNECT goes on without it once it stops waiting.
+	answer := func(mv *movedSession) bool {
+		r := reply
+		// A session with expiry 0 ended with the connection it was
+		// taken from: it is never reused [MQTT-3.1.2-6].
+		if mv != nil && clean == 0 && mv.expiry > 0 {
+			r = append(r, 1)
+			r = appendMoved(r, mv, s.now())
+		} else {
+			r = append(r, 0)
+		}
+		// Reliable and kept: the answer carries the session, which
+		// will no longer be stored here.
+		if err := cl.send(ob, peer, 0, recSession, r, true); err != nil {
+			s.log.Warn("cannot answer a peer's takeover; the session stays here", "client", client, "peer", peer, "err", err)
+			return false
+		}
+		if mv != nil && clean == 0 && mv.expiry > 0 {
+			s.log.Info("session handed over", "client", client, "to", peer)
+		}
+		return true
+	}
+	s.sessions.Lock()
+	sess := s.sessions.m[client]
+	s.sessions.Unlock()
+	if sess != nil {
+		s.handOverTo(ob, sess, peer, answer)
+	} else {
+		answer(nil)
+	}
+	return nil
+}
+
+// sessionArrived takes a peer's answer to a takeover request.
+func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
+	r := &wireReader{b: b}
+	id := r.uvarint("request id")
+	present := r.byte1("present")
+	if r.err != nil {
+		return r.err
+	}
+	var mv *movedSession
+	if present == 1 {
+		var err error
+		if mv, err = decodeMoved(r, now); err != nil {
+			return err
+		}
+	}
+	cl.reqs.Lock()
+	t := cl.reqs.m[id]
+	if t == nil {
+		cl.reqs.Unlock()
+		if mv != nil {
+			// The CONNECT gave up waiting (takeover.go, keepMoved).
+			ob := newOutbox(cl.s, nil)
+			cl.s.keepMoved(ob, mv)
+			ob.flush()
+		}
+		return nil
+	}
+	delete(t.waiting, peer)
+	if present == 2 {
+		t.refused = true
+	}
+	if mv != nil && (t.moved == nil || mv.since > t.moved.since) {
+		t.moved = mv
+	}
+	last := len(t.waiting) == 0
+	cl.reqs.Unlock()
+	if last {
+		cl.finishTakeover(id, false)
+	}
+	return nil
+}
+
+// finishTakeover resumes the parked CONNECT on its loop.
+func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
+	cl.reqs.Lock()
+	t := cl.reqs.m[id]
+	delete(cl.reqs.m, id)
+	cl.reqs.Unlock()
+	if t == nil {
+		return
+	}
+	t.timer.Stop()
+	if timedOut {
+		cl.s.log.Warn("peers did not answer a session takeover in time; connecting without their state",
+			"client", t.req.id, "waiting_for", len(t.waiting))
+	}
+	c := t.c
+	err := c.loop.el.Execute(context.Background(), runFunc(func() {
+		ob := c.loop.ob
+		if c.closed {
+			if t.moved != nil {
+				cl.s.keepMoved(ob, t.moved)
+			}
+			ob.flush()
+			return
+		}
+		c.parked = false
+		if t.refused {
+			if t.moved != nil {
+				cl.s.install(ob, t.moved)
+			}
+			c.srv.stats.connRefusedOwner.Inc()
+			c.refuseConnect(ob, codec.ClientIdentifierNotValid, codec.V3IdentifierRejected,
+				"client id belongs to another user on a peer")
+			ob.flush()
+			return
+		}
+		c.finishConnect(ob, t.req, t.moved)
+		ob.flush()
+		_ = c.gc.Wake(nil)
+	}))
+	if err != nil && t.moved != nil {
+		ob := newOutbox(cl.s, nil)
+		cl.s.install(ob, t.moved)
+		ob.flush()
+	}
+}
+
+// redirect sends a delivery for a session that has moved to peer on to
+// it: a message routed here before the peer announced the session's
+// subscriptions.
+// REQUIRES: the session's mu held (sending only queues).
+func (cl *cluster) redirect(ob *outbox, client, peer string, m *message, qos byte, retain bool, subIDs []uint32) {
+	b := appendStr(nil, []byte(client))
+	fl := qos & 3
+	if retain {
+		fl |= 4
+	}
+	b = append(b, fl)
+	b = binary.AppendUvarint(b, uint64(len(subIDs)))
+	for _, id := range subIDs {
+		b = binary.AppendUvarint(b, uint64(id))
+	}
+	b = appendMessage(b, m, cl.s.now())
+	if err := cl.send(ob, peer, cl.node.LaneFor(m.from), recRedirect, b, qos > 0); err != nil && qos > 0 {
+		cl.s.logThrottled("cannot send a moved session's message on", "client", client, "peer", peer, "err", err)
+	}
+}
+
+// redirected delivers a message sent on by the node a session left.
+func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
+	r := &wireReader{b: b}
+	client := r.str("client id")
+	fl := r.byte1("flags")
+	n := r.uvarint("subscription ids")
+	if n > uint64(len(r.b)) {
+		r.fail("subscription ids")
+	}
+	var subIDs []uint32
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		subIDs = append(subIDs, uint32(r.uvarint("subscription id")))
+	}
+	var m message
+	readMessage(r, now, &m)
+	if r.err == nil && (fl&3 == 3 || fl&^7 != 0) {
+		r.fail("flags")
+	}
+	if r.err != nil {
+		return r.err
+	}
+	s := cl.s
+	s.sessions.Lock()
+	sess := s.sessions.m[string(client)]
+	s.sessions.Unlock()
+	if sess != nil {
+		sess.deliverMoved(ob, m.own(), fl&3, fl&4 != 0, subIDs, now)
+	}
+	return nil
 }
