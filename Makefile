@@ -5,7 +5,7 @@ FUZZTIME    ?= 10s
 BENCHTIME   ?= 1s
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth bench-tls
+.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth bench-tls torture
 
 all: build
 
@@ -74,3 +74,15 @@ bench-auth:
 # /tmp/gannet-bench-tls. It needs the Debian packages mosquitto and openssl.
 bench-tls:
 	bash bench/tls.sh $(ROUNDS)
+
+# torture runs the torture scenarios of bench/torture in their full form
+# (reconnect storm after kill -9, offline flood, slow consumers, retained
+# storm, hostile clients), against Gannet and then Mosquitto configured
+# with the nearest equivalents of Gannet's limits, and prints each one's
+# figures and pass/fail conditions: up to about three minutes per
+# scenario and broker. SCENARIOS picks some (default all); the results
+# stay in /tmp/gannet-torture. It fails when Gannet fails a scenario. It
+# needs the Debian package mosquitto. The short forms run with make test.
+SCENARIOS ?= all
+torture:
+	bash bench/torture.sh $(SCENARIOS)

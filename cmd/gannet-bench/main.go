@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gannetmq/gannet/bench"
+	"github.com/gannetmq/gannet/bench/torture"
 	"github.com/gannetmq/gannet/codec"
 )
 
@@ -23,6 +24,11 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "report" {
 		return report(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "torture" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return torture.Command(ctx, args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("gannet-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -42,6 +48,13 @@ The second form reads the JSON results of a comparison (files named
 <broker>-<run>.json, as bench/compare.sh writes them), prints Markdown
 tables of the given runs with Gannet's ratio to every other broker, and
 draws throughput, latency and memory plots as PNG files into OUT.
+
+       gannet-bench torture [-broker gannet|mosquitto] [-full] [-bin PATH] SCENARIO...|all
+
+The third form starts the broker itself and abuses it: reconnect storm
+after kill -9, offline flood, slow consumers, retained storm, hostile
+clients; each prints its figures and pass/fail conditions (see
+gannet-bench torture -h).
 
 Scenarios:
   conn      --clients idle connections at --connect-rate or --connect-window: connect rate,
