@@ -40,7 +40,21 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 		prev   fanout.Options
 	}
 	var changes []change
+	// A filter listed more than once is one subscription, with the
+	// options of its last listing [MQTT-3.8.4-3]: it is processed once,
+	// where it is first listed (so that limits fall as they would
+	// listing by listing), with the last listing's options, and the other
+	// listings get the code each would have got. A SUBSCRIBE of 100,000
+	// copies of # costs the loop one subscription and not 100,000.
+	firstOf, lastOf := repeatedListings(p.Subs)
 	for i, sub := range p.Subs {
+		if firstOf != nil {
+			if firstOf[i] != i {
+				continue
+			}
+			sub.QoS, sub.NoLocal, sub.RetainAsPublished, sub.RetainHandling = p.Subs[lastOf[i]].QoS,
+				p.Subs[lastOf[i]].NoLocal, p.Subs[lastOf[i]].RetainAsPublished, p.Subs[lastOf[i]].RetainHandling
+		}
 		if err := codec.ValidateTopicFilter(sub.Filter); err != nil {
 			c.logger().Info("subscription refused", "filter", string(sub.Filter), "err", err)
 			ack.Codes[i] = failCode(v5, codec.TopicFilterInvalid)
@@ -99,6 +113,14 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 			wantRetained = append(wantRetained, retainReq{sub.Filter, opts})
 		}
 	}
+	for i, j := range firstOf {
+		switch code := ack.Codes[j]; {
+		case code < 0x80: // granted: at the QoS this listing asked for
+			ack.Codes[i] = codec.ReasonCode(p.Subs[i].QoS)
+		default:
+			ack.Codes[i] = code
+		}
+	}
 	c.sess.mu.Lock()
 	c.sess.saveLocked(ob, 0)
 	c.sess.mu.Unlock()
@@ -130,6 +152,39 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 	}
 	c.pumpRetained(ob) // paced (retainpace.go)
 	return nil
+}
+
+// repeatedListings returns, for each listing, the index of the first and
+// of the last listing of the same filter; nil when no filter is listed
+// twice.
+func repeatedListings(subs []codec.Subscription) (first, last []int) {
+	if len(subs) < 2 {
+		return nil, nil
+	}
+	seen := make(map[string]int, min(len(subs), 64))
+	for i, sub := range subs {
+		j, ok := seen[string(sub.Filter)]
+		if !ok {
+			seen[string(sub.Filter)] = i
+			continue
+		}
+		if first == nil {
+			first, last = make([]int, len(subs)), make([]int, len(subs))
+			for k := range first {
+				first[k], last[k] = k, k
+			}
+		}
+		first[i] = j
+	}
+	if first == nil {
+		return nil, nil
+	}
+	for i := len(subs) - 1; i >= 0; i-- {
+		if j := first[i]; j != i && last[j] == j {
+			last[j] = i
+		}
+	}
+	return first, last
 }
 
 // failCode is the SUBACK code for a refused filter: the v5 reason, or 0x80

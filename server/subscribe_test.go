@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -278,4 +279,48 @@ func TestSlowReceiver(t *testing.T) {
 	// Above the mark for longer than SlowTimeout: closed.
 	waitFor(t, "slow reader to be closed", func() bool { return s.stats.slowClosed.Get() == 1 })
 	_ = slow
+}
+
+// A filter listed several times in one SUBSCRIBE is one subscription with
+// its last listing's options, and every listing gets the code it would
+// have got alone; a SUBSCRIBE of 100,000 copies of # makes one
+// subscription.
+func TestSubscribeRepeatedFilter(t *testing.T) {
+	s := startBroker(t, nil)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	pub.publishAcked("a", "kept", 1, true)
+
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("sub", nil)
+	sub.send(&codec.Subscribe{PacketID: 1, Subs: []codec.Subscription{
+		{Filter: []byte("a"), QoS: 0}, {Filter: []byte("b"), QoS: 1}, {Filter: []byte("a"), QoS: 2}, {Filter: []byte("a"), QoS: 1}}})
+	sa, ok := sub.expect().(*codec.Suback)
+	if !ok || !slices.Equal(sa.Codes, []codec.ReasonCode{0, 1, 2, 1}) {
+		t.Fatalf("SUBACK %+v, want each listing's QoS granted", sa)
+	}
+	got := sub.ping()
+	if len(got) != 1 || got[0].(*codec.Publish).QoS != 1 {
+		t.Fatalf("retained on subscribe: %+v, want a's message once at QoS 1", got)
+	}
+	sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: got[0].(*codec.Publish).PacketID})
+
+	bomb := make([]codec.Subscription, 100000)
+	for i := range bomb {
+		bomb[i] = codec.Subscription{Filter: []byte("#")}
+	}
+	sub.send(&codec.Subscribe{PacketID: 2, Subs: bomb})
+	sa, ok = sub.expect().(*codec.Suback)
+	if !ok || len(sa.Codes) != len(bomb) || sa.Codes[0] != 0 || sa.Codes[len(bomb)-1] != 0 {
+		t.Fatalf("SUBACK of %d codes for %d copies of #", len(sa.Codes), len(bomb))
+	}
+	s.sessions.Lock()
+	ss := s.sessions.m["sub"]
+	s.sessions.Unlock()
+	ss.mu.Lock()
+	n := len(ss.mu.subs)
+	ss.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("session holds %d subscriptions, want a, b and #", n)
+	}
 }
