@@ -376,7 +376,7 @@ func (s *Store) committer() {
 		clear(s.mu.pending)
 		s.mu.pending = s.mu.pending[:0]
 		s.writing.Store(int64(s.mu.pendingBytes))
-		if len(s.mu.pending) > 0 {
+		if len(group) > 0 {
 			s.writeStart.Store(time.Now().UnixNano())
 		}
 		s.mu.pendingBytes = 0
