@@ -36,6 +36,9 @@ type peerStats struct {
 	// unstored counts the peer's batches with reliable records that the
 	// broker could not store; each is asked for again.
 	unstored *metrics.Counter
+	// rtt is the distribution of lane 0's ping round trips, one a second
+	// (the rtt_seconds gauge is the last of them).
+	rtt *metrics.PrometheusHistogram
 }
 
 func newNodeStats(set *metrics.Set) *nodeStats {
@@ -81,9 +84,19 @@ func (s *nodeStats) peer(name string) *peerStats {
 		droppedDown: dl("not_linked"), droppedFull: dl("queue_full"),
 		replayed: c("replayed_total"), duplicates: c("duplicates_total"),
 		unstored: c("unstored_batches_total"),
+		rtt:      s.set.GetOrCreatePrometheusHistogramExt("gannet_interlink_round_trip_seconds"+l, rttBuckets),
 	}
 	s.peers[name] = p
 	return p
+}
+
+// rttBuckets are the round-trip histogram's upper bounds in seconds: 1-2.5-5
+// steps from 10µs (loopback) to 10s (a link stuck behind its own traffic),
+// the broker's latency buckets.
+var rttBuckets = []float64{
+	10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
+	1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
+	1, 2.5, 5, 10,
 }
 
 // gauges registers the gauges that read a live peer.

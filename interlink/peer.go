@@ -713,8 +713,9 @@ func (l *lane) readAcks(in *frameReader) error {
 			l.ackTo(epoch, seq)
 		case framePong:
 			if len(p) == 8 {
-				sent := int64(binary.BigEndian.Uint64(p))
-				l.p.rtt.Store(time.Now().UnixNano() - sent)
+				rtt := time.Now().UnixNano() - int64(binary.BigEndian.Uint64(p))
+				l.p.rtt.Store(rtt)
+				l.p.st.rtt.Update(float64(rtt) / 1e9)
 			}
 		case frameReject:
 			r := &reader{b: p}

@@ -107,6 +107,9 @@ type client struct {
 	// held counts slots in pend waiting for a store commit; output pauses
 	// while it is non-zero (durable.go).
 	held int
+	// sampleAt is when a timed publish whose delivery sits in pend was
+	// taken up (monotime), to observe at the write; 0: none (latency.go).
+	sampleAt int64
 
 	// slow is set while the outbound buffer is above the high-water mark.
 	// Written on the loop, read by deliveries from any goroutine.
@@ -481,6 +484,9 @@ func (c *client) flush() {
 				break
 			}
 			p = p[n:]
+		}
+		if c.sampleAt != 0 {
+			c.wroteSample()
 		}
 	}
 	clear(c.pend)

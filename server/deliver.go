@@ -50,6 +50,14 @@ type outbox struct {
 	// without a store), or with the error that kept them from the disk:
 	// peers' batches are acknowledged from it, or asked for again.
 	after func(error)
+
+	// Latency samples (latency.go): when the PUBLISH being handled was
+	// taken up, if it is timed (monotime; 0: not timed), the broker clock
+	// tick of the last one timed, and the subscriber of the last live
+	// delivery of the message being routed.
+	sampleAt   int64
+	sampleTick int64
+	last       *client
 }
 
 // match is one receiver of a message and its merged options.
@@ -64,6 +72,10 @@ type match struct {
 type xfer struct {
 	items []xitem
 	parts [][]byte
+	// sampleCl's bytes carry a timed publish taken up at sampleAt
+	// (latency.go); nil: none.
+	sampleCl *client
+	sampleAt int64
 }
 
 type xitem struct {
@@ -118,6 +130,7 @@ func (ob *outbox) addSlices(cl *client, parts [][]byte) {
 // that follows the answer finds the message there.
 func (ob *outbox) flush() {
 	ob.commit()
+	ob.sampleAt = 0
 	now := monotime()
 	for l, x := range ob.remote {
 		delete(ob.remote, l)
@@ -145,6 +158,7 @@ func (x *xfer) run(now int64) {
 		}
 		p += it.n
 	}
+	x.sampleArrived()
 	for _, cl := range dirty {
 		cl.push(now)
 	}
@@ -155,12 +169,14 @@ func (x *xfer) run(now int64) {
 func (x *xfer) merge(y *xfer) {
 	x.items = append(x.items, y.items...)
 	x.parts = append(x.parts, y.parts...)
+	x.mergeSample(y)
 }
 
 func (x *xfer) release() {
 	clear(x.items)
 	clear(x.parts)
 	x.items, x.parts = x.items[:0], x.parts[:0]
+	x.sampleCl = nil
 	xferPool.Put(x)
 }
 
@@ -327,6 +343,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		fr, alias, ok := cl.frame(ob, m, 0, retain, subIDs)
 		if ok {
 			ob.addParts(cl, fr, nil, alias)
+			ob.last = cl
 			ss.srv.stats.sentMessage()
 		}
 		return
@@ -348,5 +365,6 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	ss.mu.inflight[om.pid] = om
 	ss.storeEntryLocked(ob, om)
 	ob.addParts(cl, fr, om.idb[:], alias)
+	ob.last = cl
 	ss.srv.stats.sentMessage()
 }

@@ -37,6 +37,10 @@ type heldAck struct {
 	pid  uint16
 	code codec.ReasonCode
 	pkt  []byte
+	// at is when the timed PUBLISH that a PUBACK or PUBREC answers was
+	// taken up (monotime), for the latency histogram; 0: not timed
+	// (latency.go).
+	at int64
 	// failed, for a SUBACK or UNSUBACK (pkt), undoes in memory what the
 	// failed commit did not keep and returns the answer to send instead,
 	// or nil when the client cannot be told (MQTT 3 UNSUBACK) and the
@@ -96,6 +100,7 @@ func (s *Server) openStore() error {
 		MaxPending:   s.cfg.storeMaxPending,
 		FS:           s.cfg.storeFS,
 		Logger:       s.log,
+		OnWrite:      s.stats.lat.commitTook,
 	})
 	if err != nil {
 		return fmt.Errorf("cannot open the data directory %s: %w", s.cfg.DataDir, err)
@@ -425,8 +430,15 @@ func (s *Server) release(held []heldAck, err error) {
 	// loop.
 	l := held[0].c.loop
 	_ = l.el.Execute(context.Background(), runFunc(func() {
+		var now int64
 		for _, h := range held {
 			h.c.releaseAck(h, err)
+			if h.at != 0 && err == nil && !h.c.closed {
+				if now == 0 {
+					now = monotime()
+				}
+				since(s.stats.lat.ack, h.at, now)
+			}
 		}
 		for _, h := range held {
 			c := h.c

@@ -14,6 +14,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 	if err := p.Decode(h, body, c.version); err != nil {
 		return err
 	}
+	ob.samplePublish(c.srv.now()) // for the latency histograms (latency.go)
 	v5 := c.version == codec.V5
 	if v5 && len(p.Props.SubscriptionIDs) > 0 {
 		return &codec.Error{Code: codec.ProtocolError, Rule: "MQTT-3.3.4-6", Msg: "PUBLISH from a client carries a subscription identifier"}
@@ -123,7 +124,11 @@ func (c *client) publish(ob *outbox, p *codec.Publish) bool {
 		m = newMessage(p, c.id, c.srv.now())
 	}
 	c.srv.stats.msgsIn.Add(1)
+	ob.last = nil
 	n, ok := c.srv.publishOn(ob, m)
+	if ob.sampleAt != 0 && ob.last != nil {
+		ob.sampleDelivery()
+	}
 	if n == 0 {
 		c.srv.stats.noSubscribers.Add(1)
 	}
@@ -279,8 +284,11 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 // loop.
 func (c *client) queueAck(ob *outbox, slot int, kind codec.Type, pid uint16, code codec.ReasonCode) {
 	if ob.holds(c) {
-		ob.hold(heldAck{c: c, slot: slot, kind: kind, pid: pid, code: code})
+		ob.hold(heldAck{c: c, slot: slot, kind: kind, pid: pid, code: code, at: ob.ackFrom(c, kind)})
 		return
+	}
+	if at := ob.ackFrom(c, kind); at != 0 {
+		since(c.srv.stats.lat.ack, at, monotime())
 	}
 	a := codec.Ack{Kind: kind, PacketID: pid}
 	if c.version == codec.V5 {

@@ -448,9 +448,15 @@ func (s *Server) loopList() []*loop {
 
 func (s *Server) sweep() {
 	loops := s.loopList()
-	// Execute outside the lock, as doc.go's lock order asks.
+	// Execute outside the lock, as doc.go's lock order asks. How late
+	// each sweep starts is the loop's lag: the time a task handed to it
+	// waits behind the work it is doing.
+	at := monotime()
 	for _, l := range loops {
-		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) }))
+		_ = l.el.Execute(context.Background(), runFunc(func() {
+			since(s.stats.lat.loopLag, at, monotime())
+			l.sweep(s.now())
+		}))
 	}
 }
 

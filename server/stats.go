@@ -83,6 +83,8 @@ type stats struct {
 	// its input because its acknowledgements were all waiting for the
 	// disk (decode, maxHeldAcks).
 	storeHeld *metrics.Counter
+	// lat holds the latency histograms (latency.go).
+	lat latencies
 }
 
 func newStats(s *Server) *stats {
@@ -130,6 +132,7 @@ func newStats(s *Server) *stats {
 		proxyUntrusted: set.NewCounter(`gannet_proxy_refused_total{reason="untrusted_peer"}`),
 		proxyBad:       set.NewCounter(`gannet_proxy_refused_total{reason="bad_header"}`),
 	}
+	st.lat = newLatencies(set)
 	set.NewGauge("gannet_connections", func() float64 { return float64(st.connections.Load()) })
 	set.NewGauge("gannet_queued_bytes", func() float64 { return float64(s.queuedBytes.Load()) })
 	set.NewGauge("gannet_memory_limit_bytes", func() float64 { return float64(s.mem.limit.Load()) })
