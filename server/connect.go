@@ -77,7 +77,7 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 	}
 
-	if len(p.ClientID) > c.srv.cfg.MaxClientIDLength {
+	if len(p.ClientID) > c.srv.limits().MaxClientIDLength {
 		c.srv.adm.clientIDRefused.Inc()
 		p.ClientID = []byte(clip(p.ClientID))
 		return refuse(codec.ClientIdentifierNotValid, codec.V3IdentifierRejected, "client id longer than --max-client-id-length")
@@ -269,7 +269,7 @@ func (s *Server) newSessionRefused(id string) string {
 	s.sessions.Lock()
 	n, old := len(s.sessions.m), s.sessions.m[id]
 	s.sessions.Unlock()
-	switch max := s.cfg.MaxSessions; {
+	switch max := s.limits().MaxSessions; {
 	case old != nil:
 		return ""
 	case s.mem.high.Load():

@@ -200,7 +200,7 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 	if c.closed {
 		return
 	}
-	cfg := &c.srv.cfg
+	cfg := c.srv.limits()
 	switch {
 	case !c.connected && now-c.openedAt > int64(cfg.ConnectTimeout):
 		c.logger().Info("closing connection", "reason", "no CONNECT within "+cfg.ConnectTimeout.String())

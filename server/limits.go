@@ -73,14 +73,15 @@ const (
 // admission holds the counters and buckets of admission control.
 type admission struct {
 	s        *Server
-	max      int64        // 0: no limit
-	perIP    int          // 0: no limit
-	fdLimit  atomic.Int64 // the soft open-file limit; 0: unknown
-	limiters [kindCount]*rate.Limiter
+	fdLimit  atomic.Int64                            // the soft open-file limit; 0: unknown
+	limiters [kindCount]atomic.Pointer[rate.Limiter] // nil: no bound (reload.go)
 
 	admitted atomic.Int64 // connections counted against max
 	refusing atomic.Int64 // connections waiting to be told they are refused
 
+	// byIP counts connections by source address, whether or not
+	// --max-connections-per-ip is set, so that a bound set at reload
+	// holds the connections already open to it.
 	mu   sync.Mutex
 	byIP map[netip.Addr]int32
 
@@ -94,13 +95,8 @@ type admission struct {
 }
 
 func newAdmission(s *Server) *admission {
-	a := &admission{s: s, max: int64(s.cfg.MaxConnections), perIP: s.cfg.MaxConnectionsPerIP,
-		byIP: make(map[netip.Addr]int32), refused: make(map[string]*metrics.Counter)}
-	if r := s.cfg.MaxConnectionRate; r > 0 {
-		for k := range a.limiters {
-			a.limiters[k] = rate.NewLimiter(rate.Limit(r), max(1, int(r)))
-		}
-	}
+	a := &admission{s: s, byIP: make(map[netip.Addr]int32), refused: make(map[string]*metrics.Counter)}
+	a.setConnectionRate(s.cfg.MaxConnectionRate)
 	for _, r := range []string{refusedRate, refusedMax, refusedPerIP, refusedFDs, refusedMem} {
 		a.refused[r] = s.stats.set.NewCounter(`gannet_connections_refused_total{reason="` + r + `"}`)
 	}
@@ -149,7 +145,7 @@ func (a *admission) fdsFull() bool {
 
 // rateOK takes a token of kind's bucket, or reports there is none.
 func (a *admission) rateOK(kind int) bool {
-	l := a.limiters[kind]
+	l := a.limiters[kind].Load()
 	return l == nil || l.Allow()
 }
 
@@ -190,14 +186,15 @@ func (a *admission) admit(ip netip.Addr) string {
 	if a.s.mem.high.Load() {
 		return refusedMem
 	}
-	if n := a.admitted.Add(1); a.max > 0 && n > a.max {
+	lim := a.s.limits()
+	if n := a.admitted.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
 		a.admitted.Add(-1)
 		return refusedMax
 	}
-	if a.perIP > 0 && ip.IsValid() {
+	if ip.IsValid() {
 		a.mu.Lock()
 		n := a.byIP[ip]
-		if int(n) >= a.perIP {
+		if perIP := lim.MaxConnectionsPerIP; perIP > 0 && int(n) >= perIP {
 			a.mu.Unlock()
 			a.admitted.Add(-1)
 			return refusedPerIP
@@ -211,7 +208,7 @@ func (a *admission) admit(ip netip.Addr) string {
 // release undoes admit.
 func (a *admission) release(ip netip.Addr) {
 	a.admitted.Add(-1)
-	if a.perIP > 0 && ip.IsValid() {
+	if ip.IsValid() {
 		a.mu.Lock()
 		if n := a.byIP[ip] - 1; n > 0 {
 			a.byIP[ip] = n
@@ -281,7 +278,7 @@ func (c *client) releaseAdmission() {
 // $share/group/ for a shared one) is beyond --max-topic-length or
 // --max-topic-levels, or "" when it is not.
 func (s *Server) topicOverLimit(topic []byte) string {
-	cfg := &s.cfg
+	cfg := s.limits()
 	if cfg.MaxTopicLength > 0 && len(topic) > cfg.MaxTopicLength {
 		return "longer than --max-topic-length"
 	}

@@ -69,8 +69,9 @@ func (s *Server) memoryLoop() {
 // outboundHighWater is the outbound buffer level past which a receiver is
 // slow: lower while memory is short.
 func (s *Server) outboundHighWater() int {
+	hw := s.limits().OutboundHighWater
 	if s.mem.high.Load() {
-		return s.cfg.OutboundHighWater / 16
+		return hw / 16
 	}
-	return s.cfg.OutboundHighWater
+	return hw
 }

@@ -65,7 +65,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 			}
 			return c.ackPublish(ob, p, -1, codec.QuotaExceeded)
 		}
-		if cfg := &c.srv.cfg; cfg.QueueFullPolicy == QueueFullRefuse && cfg.MaxQueuedBytesTotal > 0 &&
+		if cfg := c.srv.limits(); cfg.QueueFullPolicy == QueueFullRefuse && cfg.MaxQueuedBytesTotal > 0 &&
 			c.srv.queuedBytes.Load() >= cfg.MaxQueuedBytesTotal {
 			// The node's queues are full: nothing more is taken on that
 			// they might have to hold.

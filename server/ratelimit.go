@@ -27,7 +27,7 @@ type pubLimit struct {
 
 // newPubLimit makes the buckets the configuration asks for, or nil.
 func (s *Server) newPubLimit() *pubLimit {
-	cfg := &s.cfg
+	cfg := s.limits()
 	if cfg.MaxPublishRate <= 0 && cfg.MaxPublishBytesRate <= 0 {
 		return nil
 	}

@@ -76,6 +76,8 @@ type Server struct {
 
 	done chan struct{} // closed by Shutdown to stop the background goroutines
 	wg   sync.WaitGroup
+
+	live liveConfig // the reloadable limits (reload.go)
 }
 
 // loop is Gannet's state for one gnet event loop. Its fields are touched

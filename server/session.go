@@ -177,7 +177,7 @@ func (s *session) newOutMsgLocked(msg *message, qos byte, retain bool, subIDs []
 // or m is refused, as --queue-full-policy says.
 // REQUIRES: s.mu held.
 func (s *session) enqueueLocked(ob *outbox, m *outMsg) {
-	cfg := &s.srv.cfg
+	cfg := s.srv.limits()
 	limit := cfg.MaxQueuedMessages
 	size := queuedSize(m)
 	if limit == 0 || (cfg.MaxQueuedBytes > 0 && size > cfg.MaxQueuedBytes) {

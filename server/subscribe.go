@@ -71,7 +71,7 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 		prev, had := c.sess.mu.subs[filter]
 		held := len(c.sess.mu.subs)
 		c.sess.mu.Unlock()
-		if max := c.srv.cfg.MaxSubscriptions; max > 0 && !had && held >= max {
+		if max := c.srv.limits().MaxSubscriptions; max > 0 && !had && held >= max {
 			c.srv.adm.subMaxRefused.Inc()
 			c.logger().Info("subscription refused", "filter", clip(sub.Filter), "reason", "the session has --max-subscriptions")
 			ack.Codes[i] = failCode(v5, codec.QuotaExceeded)

@@ -118,7 +118,8 @@ func (s *Server) setRetained(ob *outbox, m *message) {
 		// the message back. Alone, a node needs neither.
 		m.stamp = s.stamp()
 	}
-	if why := s.retained.setBounded(m, s.cfg.MaxRetained, s.cfg.MaxRetainedBytes); why != "" {
+	lim := s.limits()
+	if why := s.retained.setBounded(m, lim.MaxRetained, lim.MaxRetainedBytes); why != "" {
 		// Delivered all the same, and acknowledged: the publisher would
 		// resend a message its subscribers already have.
 		s.stats.retainedRefused[why].Inc()
