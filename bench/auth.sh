@@ -21,7 +21,7 @@
 #
 # Environment: CLIENTS (10000), USERS (10000), SECS (5: measured seconds of
 # each p2p run), WINDOW (100: CONNECTs awaiting their CONNACK at a time),
-# LIMIT (2400: seconds the whole script may take), GANNET and GANNET_BENCH
+# LIMIT (2400: seconds the whole script may take), GANNET and GBENCH
 # (binaries to use instead of building the tree), PARTS (the parts to run,
 # of "acl connect storm"; all by default), CONN_RUNS (the connect part's
 # runs, broker:configuration, in the order of each round; by default
@@ -150,7 +150,7 @@ if [ -n "${GANNET:-}" ]; then gannet=$GANNET built_broker=$GANNET; else
 	gannet=$work/gannet built_broker=$tree
 	go build -o "$gannet" ./cmd/gannet
 fi
-if [ -n "${GANNET_BENCH:-}" ]; then gbench=$GANNET_BENCH built_bench=$GANNET_BENCH; else
+if [ -n "${GBENCH:-}" ]; then gbench=$GBENCH built_bench=$GBENCH; else
 	gbench=$work/gannet-bench built_bench=$tree
 	go build -o "$gbench" ./cmd/gannet-bench
 fi

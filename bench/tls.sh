@@ -27,7 +27,7 @@
 # Environment: CLIENTS (10000), WINDOW (100), PAIRS (100), RATE (20000),
 # SECS (10), TRANSPORTS ("tcp tls ws"; wss, WebSocket over TLS, may be
 # added), TLS_GROUPS (X25519: the key exchange offered; see below), LIMIT
-# (3600: seconds the whole script may take), GANNET and GANNET_BENCH
+# (3600: seconds the whole script may take), GANNET and GBENCH
 # (binaries to use instead of building the tree). For example, a short
 # check that everything works:
 #
@@ -145,7 +145,7 @@ if [ -n "${GANNET:-}" ]; then gannet=$GANNET built_broker=$GANNET; else
 	gannet=$work/gannet built_broker=$tree
 	go build -o "$gannet" ./cmd/gannet
 fi
-if [ -n "${GANNET_BENCH:-}" ]; then gbench=$GANNET_BENCH built_bench=$GANNET_BENCH; else
+if [ -n "${GBENCH:-}" ]; then gbench=$GBENCH built_bench=$GBENCH; else
 	gbench=$work/gannet-bench built_bench=$tree
 	go build -o "$gbench" ./cmd/gannet-bench
 fi

@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -99,6 +101,24 @@ type Config struct {
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
 	HTTPTLSCertFile, HTTPTLSKeyFile string
+	// APIKeyFile is the file of the keys that open the HTTP API
+	// (apikey package; reloaded by ReloadAPIKeys): /api/v1/ then asks
+	// for a read key for GET and a write key for the rest. Empty: GET
+	// /api/v1/ is open and every other method refused (apiauth.go).
+	APIKeyFile string
+	// MetricsAuth asks for a read key for /metrics too; needs APIKeyFile.
+	MetricsAuth bool
+	// DrainLBGrace is how long a drain (drain.go) leaves /readyz failing
+	// before it disconnects the first client, for load balancers to stop
+	// sending clients; DrainRate how many clients a second it then
+	// disconnects (0: all at once); DrainRedirect the Server Reference
+	// MQTT 5 clients are given (empty: none); DrainTimeout how long
+	// cmd/gannet lets a drain run after SIGTERM before it stops the
+	// broker (0: SIGTERM stops at once).
+	DrainLBGrace  time.Duration
+	DrainRate     float64
+	DrainRedirect string
+	DrainTimeout  time.Duration
 	// DataDir is where persistent state lives.
 	DataDir string
 	// Durability chooses when acknowledged messages are on disk.
@@ -212,6 +232,16 @@ type Config struct {
 
 	// Logger receives the broker's logs. Nil means slog.Default().
 	Logger *slog.Logger
+
+	// Reload, when set, reloads the broker's configuration as SIGHUP
+	// does (cmd/gannet: the config file and environment, then the
+	// certificate, password, ACL and key files), logs what changed and
+	// returns why anything was not reloaded; a setting that only a
+	// restart can change leaves the running configuration as it was.
+	// It is what POST /api/v1/reload calls; nil: reloading is not
+	// offered. Safe to call from any goroutine but an event loop's;
+	// calls are serialised.
+	Reload func() error
 }
 
 // DefaultConfig returns the configuration that `gannet` runs with when given
@@ -253,6 +283,9 @@ func DefaultConfig() Config {
 		WriteDelay:          time.Millisecond,
 		SharedPolicy:        SharedRoundRobin,
 		SysInterval:         10 * time.Second,
+		DrainLBGrace:        5 * time.Second,
+		DrainRate:           500,
+		DrainTimeout:        30 * time.Second,
 	}
 }
 
@@ -277,6 +310,13 @@ func (c *Config) Validate() error {
 	}
 	check((c.HTTPTLSCertFile == "") == (c.HTTPTLSKeyFile == ""), "--http-tls-cert and --http-tls-key go together")
 	check(c.HTTPTLSCertFile == "" || c.HTTPListen != "", "--http-tls-cert needs --http-listen")
+	check(c.APIKeyFile == "" || c.HTTPListen != "", "--api-key-file needs --http-listen")
+	check(!c.MetricsAuth || c.APIKeyFile != "", "--metrics-auth needs --api-key-file: /metrics then asks for a read key from it")
+	check(c.DrainLBGrace >= 0, "--drain-lb-grace must be >= 0, got %s", c.DrainLBGrace)
+	check(c.DrainRate >= 0, "--drain-rate must be >= 0, got %g", c.DrainRate)
+	check(c.DrainTimeout >= 0, "--drain-timeout must be >= 0, got %s", c.DrainTimeout)
+	check(len(c.DrainRedirect) <= 65535 && utf8.ValidString(c.DrainRedirect) && !strings.ContainsRune(c.DrainRedirect, 0),
+		"--drain-redirect must be UTF-8 without NUL, at most 65535 bytes (an MQTT string)")
 	check(c.MaxConnections >= 0, "--max-connections must be >= 0, got %d", c.MaxConnections)
 	check(c.MaxConnectionsPerIP >= 0, "--max-connections-per-ip must be >= 0, got %d", c.MaxConnectionsPerIP)
 	check(c.MaxConnectionRate >= 0, "--max-connection-rate must be >= 0, got %g", c.MaxConnectionRate)

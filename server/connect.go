@@ -52,6 +52,9 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		// Over a connection limit (limits.go): told why, then closed.
 		return refuse(codec.QuotaExceeded, codec.V3ServerUnavailable, c.refusal)
 	}
+	if c.srv.drain.active.Load() {
+		return c.refuseDraining(ob) // drain.go
+	}
 	if v5 && p.Props.Has(codec.PropAuthMethod) {
 		// Enhanced authentication is not offered [MQTT-4.12.0-1].
 		return refuse(codec.BadAuthenticationMethod, 0, "authentication method "+string(p.Props.AuthMethod)+" is not supported")

@@ -28,7 +28,7 @@ func startBroker(t testing.TB, mutate func(*Config)) *Server {
 	cfg.EventLoops = 2
 	cfg.SysInterval = 0
 	level := slog.LevelWarn
-	if os.Getenv("GANNET_TEST_DEBUG") != "" {
+	if os.Getenv("DEBUG_GANNET_TESTS") != "" {
 		level = slog.LevelDebug
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))

@@ -22,8 +22,10 @@ import (
 //	/readyz   200 while the broker accepts clients and its store takes
 //	          writes, 503 otherwise
 //	/api/v1/cluster  this node and its peers, with their state (JSON)
+//	/api/v1/node/drain  GET: the node's drain; POST: drain it (drain.go)
 //
-// With HTTPTLSCertFile it serves HTTPS only (TLS 1.2 and up).
+// With HTTPTLSCertFile it serves HTTPS only (TLS 1.2 and up). Who may call
+// what is decided in one place, guardHTTP (apiauth.go).
 func (s *Server) startHTTP() error {
 	ln, err := net.Listen("tcp", s.cfg.HTTPListen)
 	if err != nil {
@@ -51,12 +53,18 @@ func (s *Server) startHTTP() error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(s.clusterView())
 	})
+	s.drainRoutes(mux)
+	mux.HandleFunc("/api/", apiNotFound)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if s.drain.active.Load() {
+			http.Error(w, "not ready: draining", http.StatusServiceUnavailable)
 			return
 		}
 		if s.storeUnhealthy() != nil {
@@ -67,7 +75,7 @@ func (s *Server) startHTTP() error {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+	s.http = &http.Server{Handler: s.guardHTTP(mux), ReadHeaderTimeout: 5 * time.Second,
 		// net/http logs each failed TLS handshake: the client's
 		// problem, worth a line at debug level only.
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}

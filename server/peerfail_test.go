@@ -184,7 +184,7 @@ func logWhileRunning(t *testing.T) *slog.Logger {
 		w.mu.Unlock()
 	})
 	level := slog.LevelWarn
-	if os.Getenv("GANNET_TEST_DEBUG") != "" {
+	if os.Getenv("DEBUG_GANNET_TESTS") != "" {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))

@@ -17,6 +17,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/gannetmq/gannet/apikey"
 	"github.com/gannetmq/gannet/fanout"
 	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/trie"
@@ -60,7 +61,9 @@ type Server struct {
 	addr     net.Addr
 
 	http     *http.Server
-	httpCert *httpCert // nil when HTTP is served in the clear
+	httpCert *httpCert    // nil when HTTP is served in the clear
+	apiKeys  *apikey.File // nil without --api-key-file (apiauth.go)
+	drain    *drainer     // drain.go
 	adm      *admission
 	// queuedBytes is what every session queue holds (msgQueue).
 	queuedBytes atomic.Int64
@@ -133,6 +136,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.connLog = slog.New(throttledHandler{log.Handler(), newLogThrottle(), burst})
 	s.adm = newAdmission(s)
+	s.drain = newDrainer(s)
+	if err := s.loadAPIKeys(); err != nil {
+		return nil, err
+	}
 	s.sessions.m = make(map[string]*session)
 	s.loops.m = make(map[gnet.EventLoop]*loop)
 	s.clock.Store(time.Now().UnixNano())
@@ -331,6 +338,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return errors.New("server: already shut down")
 	}
 	s.ready.Store(false)
+	s.drain.stop() // what a drain left is disconnected below
 	close(s.done)
 	s.wg.Wait()
 	if s.tlsl != nil {

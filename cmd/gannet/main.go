@@ -2,7 +2,9 @@
 //
 // With no flags it listens for MQTT on :1883 and for HTTP (health checks and
 // Prometheus metrics) on :8080, and keeps its data in ./data. Run
-// `gannet --help` for every setting.
+// `gannet --help` for every setting. Every flag can also be set by the
+// environment variable GANNET_<FLAG> and by the key of its name in the
+// --config file (config.go).
 package main
 
 import (
@@ -26,15 +28,20 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "passwd" {
 		os.Exit(runPasswd(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
-	os.Exit(run(os.Args[1:], os.Stderr))
+	if len(os.Args) > 1 && os.Args[1] == "apikey" {
+		os.Exit(runAPIKey(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // run parses args, starts the broker and blocks until SIGINT or SIGTERM;
-// SIGHUP reloads the password file, the ACL file, the JWT keys and the TLS
-// certificates (the listener's and the cluster links'). It returns the
-// process exit code: 2 for a bad flag or file, 1 for a failure to start.
-func run(args []string, stderr io.Writer) int {
-	cfg, level, format, af, err := parseFlags(args, stderr)
+// SIGHUP reloads the configuration (config.go: what can change without a
+// restart) and the password file, the ACL file, the JWT keys and the TLS
+// certificates (the listener's and the cluster links'). --print-config
+// prints the configuration to stdout instead. It returns the process exit
+// code: 2 for a bad flag, setting or file, 1 for a failure to start.
+func run(args []string, stdout, stderr io.Writer) int {
+	st, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -42,13 +49,26 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gannet: %v\n", err)
 		return 2
 	}
+	if st.printConfig {
+		for _, w := range st.warnings {
+			fmt.Fprintf(stderr, "gannet: warning: %s\n", w)
+		}
+		st.print(stdout)
+		return 0
+	}
+	cfg, af := st.cfg, st.af
 	setProcs(cfg.EventLoops) // before the chain, whose workers it counts (procs.go)
+	level := new(slog.LevelVar)
+	level.Set(st.level) // a reload may change it
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(stderr, opts)
-	if format == "json" {
+	if st.format == "json" {
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	cfg.Logger = slog.New(h)
+	for _, w := range st.warnings {
+		cfg.Logger.Warn(w)
+	}
 	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		// The runtime collects harder as the broker nears its limit.
 		debug.SetMemoryLimit(cfg.MemoryLimit)
@@ -56,7 +76,7 @@ func run(args []string, stderr io.Writer) int {
 
 	chain, closers, err := af.build(cfg.Logger)
 	if err != nil {
-		fmt.Fprintf(stderr, "gannet: %v\n", err)
+		fmt.Fprintf(stderr, "gannet: %v\n", st.annotate(err))
 		return 2
 	}
 	if chain == nil {
@@ -70,11 +90,14 @@ func run(args []string, stderr io.Writer) int {
 		cfg.Auth = chain
 	}
 
+	rl := &reloader{args: args, cur: st, level: level, log: cfg.Logger}
+	cfg.Reload = func() error { return rl.reload("source", "api") }
 	srv, err := server.New(cfg)
 	if err != nil {
-		fmt.Fprintf(stderr, "gannet: %v\n", err)
+		fmt.Fprintf(stderr, "gannet: %v\n", st.annotate(err))
 		return 2
 	}
+	rl.srv = srv
 	// Catch the signals before Start: /readyz turns 200 inside Start, and a
 	// SIGTERM sent as soon as it does must stop the broker cleanly rather
 	// than kill the process.
@@ -90,13 +113,10 @@ func run(args []string, stderr io.Writer) int {
 		if got != syscall.SIGHUP {
 			break
 		}
-		if err := errors.Join(srv.RefreshAuth(), srv.ReloadTLS(), srv.ReloadClusterTLS()); err != nil {
-			cfg.Logger.Error("reload failed; what did not load keeps its old contents", "err", err)
-		} else {
-			cfg.Logger.Info("reloaded", "signal", got.String())
-		}
+		_ = rl.reload("signal", got.String()) // logged
 	}
 	cfg.Logger.Info("shutting down", "signal", got.String())
+	drainOnTerm(srv, &cfg, got, sig) // SIGTERM drains first (admin.go)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
@@ -106,8 +126,10 @@ func run(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// parseFlags builds the server configuration from the command line.
-func parseFlags(args []string, out io.Writer) (server.Config, slog.Level, string, *authFlags, error) {
+// parseFlags builds the broker's settings from the command line, the
+// GANNET_* environment variables and the --config file, in that order of
+// precedence (config.go). Usage and flag errors go to out.
+func parseFlags(args []string, out io.Writer) (*settings, error) {
 	cfg := server.DefaultConfig()
 	af := new(authFlags)
 	fs := flag.NewFlagSet("gannet", flag.ContinueOnError)
@@ -115,6 +137,7 @@ func parseFlags(args []string, out io.Writer) (server.Config, slog.Level, string
 	fs.Usage = func() {
 		fmt.Fprint(out, `Usage: gannet [flags]
        gannet passwd [-c] [-D] [-b] [-H algorithm] [-I iterations] FILE USER [PASSWORD]
+       gannet apikey add|delete|list --file FILE [--name NAME] [--role read|write]
 
 Gannet is a clustered MQTT broker (MQTT 3.1, 3.1.1 and 5.0). With no flags it
 serves MQTT on :1883 and HTTP on :8080 (/metrics in Prometheus format,
@@ -127,7 +150,7 @@ Flags:
 
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "MQTT TCP listen `address`")
 	fs.StringVar(&cfg.WSListen, "ws-listen", "", "MQTT over WebSocket listen `address` (conventionally :8083; path /mqtt, subprotocol mqtt or mqttv3.1); empty: off")
-	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz, /readyz and /api/v1/; it is unauthenticated: put it on a private interface (e.g. 10.0.0.5:8080 or 127.0.0.1:8080); empty disables it")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz, /readyz and /api/v1/; without --api-key-file GET /api/v1/ and /metrics are open to whoever reaches it: put it on a private interface (e.g. 10.0.0.5:8080 or 127.0.0.1:8080); empty disables it")
 	fs.StringVar(&cfg.HTTPTLSCertFile, "http-tls-cert", "", "certificate `file` (PEM chain) that makes the HTTP listener serve HTTPS only; reloaded on SIGHUP")
 	fs.StringVar(&cfg.HTTPTLSKeyFile, "http-tls-key", "", "private key `file` (PEM) of --http-tls-cert; reloaded on SIGHUP")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for persistent state")
@@ -146,25 +169,14 @@ Flags:
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "outbound QoS 1/2 messages awaiting acknowledgement per session (also capped by the client's receive maximum)")
 	fs.IntVar(&cfg.MaxQueuedMessages, "max-queued-messages", cfg.MaxQueuedMessages, "QoS 1/2 messages queued per session while it is offline or its window is full; the oldest is dropped beyond this")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "sessions the broker holds, connected or not; past it a CONNECT asking for a new persistent session is refused with 0x97 (3 for MQTT 3); clean and resumed sessions are not; 0: no bound")
-	fs.Func("memory-limit", "memory the broker may use, e.g. 2GiB (also the Go runtime's limit, unless GOMEMLIMIT is set): past 90% of it new connections and new persistent sessions are refused (0x97 / 3) and QoS 0 to slow receivers is dropped first, until it is back under 80%; 0: none (default 0)", func(v string) error {
-		n, err := parseSize(v)
-		cfg.MemoryLimit = n
-		return err
-	})
+	fs.Var(sizeFlag{&cfg.MemoryLimit}, "memory-limit", "memory the broker may use, e.g. 2GiB (also the Go runtime's limit, unless GOMEMLIMIT is set): past 90% of it new connections and new persistent sessions are refused (0x97 / 3) and QoS 0 to slow receivers is dropped first, until it is back under 80%; 0: none (default 0)")
 	fs.Float64Var(&cfg.MaxPublishRate, "max-publish-rate", cfg.MaxPublishRate, "PUBLISH packets per second per client (bursts of one second's worth); past it the client's input is read more slowly, and one that sends 256 KiB more while held is disconnected (0x96 for MQTT 5); 0: no bound")
 	fs.Float64Var(&cfg.MaxPublishBytesRate, "max-publish-bytes-rate", cfg.MaxPublishBytesRate, "PUBLISH `bytes` per second per client, as --max-publish-rate; 0: no bound")
 	fs.IntVar(&cfg.MaxRetained, "max-retained", cfg.MaxRetained, "retained messages this node's clients may leave; past it a message on a new topic is delivered but not retained (counted); 0: no bound")
 	fs.Int64Var(&cfg.MaxRetainedBytes, "max-retained-bytes", cfg.MaxRetainedBytes, "`bytes` (topics and payloads) of retained messages; past it as --max-retained; 0: no bound")
 	fs.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", cfg.MaxQueuedBytes, "`bytes` a session's queue may hold (topic, payload and about 128 bytes per message); the oldest is dropped beyond this; 0: no bound")
 	fs.Int64Var(&cfg.MaxQueuedBytesTotal, "max-queued-bytes-total", cfg.MaxQueuedBytesTotal, "`bytes` all session queues of the node may hold together; past it see --queue-full-policy; 0: no bound")
-	fs.Func("queue-full-policy", "past --max-queued-bytes-total: drop-oldest (the receiving session's oldest messages make room) or refuse (QoS 1/2 publishes get 0x97, MQTT 3 publishers are disconnected) (default drop-oldest)", func(v string) error {
-		switch p := server.QueueFullPolicy(v); p {
-		case server.QueueFullDropOldest, server.QueueFullRefuse:
-			cfg.QueueFullPolicy = p
-			return nil
-		}
-		return fmt.Errorf("must be drop-oldest or refuse")
-	})
+	queueFull := fs.String("queue-full-policy", string(cfg.QueueFullPolicy), "past --max-queued-bytes-total: drop-oldest (the receiving session's oldest messages make room) or refuse (QoS 1/2 publishes get 0x97, MQTT 3 publishers are disconnected)")
 	fs.IntVar(&cfg.TopicAliasMaximum, "topic-alias-maximum", cfg.TopicAliasMaximum, "topic aliases an MQTT 5 client may use towards the broker")
 	fs.IntVar(&cfg.TopicAliasOut, "topic-alias-out", cfg.TopicAliasOut, "topic aliases the broker sets towards an MQTT 5 client that allows them, for the topics it received most recently (at most 1024); 0: none")
 	fs.DurationVar(&cfg.MaxSessionExpiry, "max-session-expiry", cfg.MaxSessionExpiry, "longest session expiry granted; also the expiry of MQTT 3 persistent sessions")
@@ -192,39 +204,52 @@ Flags:
 	af.register(fs)
 	tf := new(tlsFlags)
 	tf.register(fs)
+	registerAdminFlags(fs, &cfg)
+	fs.String("config", "", "read settings from this TOML `file`: each key is a flag's name (max-inflight = 64, listen = \":1883\"); "+
+		"flags and GANNET_* environment variables take precedence over it; SIGHUP reloads it (deploy/gannet.toml shows every setting)")
+	printConfig := fs.Bool("print-config", false, "print every setting's effective value and where it came from (default, flag, environment or config file line), secrets masked, and exit")
 
 	if err := removedClusterFlags(args); err != nil {
-		return cfg, 0, "", nil, err
+		return nil, err
 	}
 	if err := fs.Parse(args); err != nil {
-		return cfg, 0, "", nil, err
+		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, 0, "", nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
-	cfg.SharedPolicy = server.SharedPolicy(*shared)
-	ic, err := cf.config(os.Getenv)
+	ly, err := loadLayers(fs, af, os.Environ())
 	if err != nil {
-		return cfg, 0, "", nil, err
+		return nil, err
 	}
-	cfg.Cluster = ic
-	cfg.Durability = server.Durability(*durability)
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return cfg, 0, "", nil, fmt.Errorf("--log-level must be debug, info, warn or error, got %q", *level)
+	st := &settings{af: af, printConfig: *printConfig, layers: ly}
+	err = func() error {
+		cfg.SharedPolicy = server.SharedPolicy(*shared)
+		cfg.QueueFullPolicy = server.QueueFullPolicy(*queueFull)
+		ic, err := cf.config(os.Getenv)
+		if err != nil {
+			return err
+		}
+		cfg.Cluster = ic
+		cfg.Durability = server.Durability(*durability)
+		if err := st.level.UnmarshalText([]byte(*level)); err != nil {
+			return fmt.Errorf("--log-level must be debug, info, warn or error, got %q", *level)
+		}
+		st.format = strings.ToLower(*format)
+		if st.format != "text" && st.format != "json" {
+			return fmt.Errorf("--log-format must be text or json, got %q", *format)
+		}
+		if err := tf.apply(&cfg); err != nil {
+			return err
+		}
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		return af.validate()
+	}()
+	if err != nil {
+		return nil, st.annotate(err)
 	}
-	f := strings.ToLower(*format)
-	if f != "text" && f != "json" {
-		return cfg, 0, "", nil, fmt.Errorf("--log-format must be text or json, got %q", *format)
-	}
-	if err := tf.apply(&cfg); err != nil {
-		return cfg, 0, "", nil, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, 0, "", nil, err
-	}
-	if err := af.validate(); err != nil {
-		return cfg, 0, "", nil, err
-	}
-	return cfg, lvl, f, af, nil
+	st.cfg = cfg
+	return st, nil
 }

@@ -160,7 +160,7 @@ func TestBadFlagExitsTwo(t *testing.T) {
 func flagNames(t *testing.T) []string {
 	t.Helper()
 	var names []string
-	for _, file := range []string{"main.go", "auth.go", "tls.go", "cluster.go"} {
+	for _, file := range []string{"main.go", "auth.go", "tls.go", "cluster.go", "admin.go"} {
 		f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
 		if err != nil {
 			t.Fatal(err)
