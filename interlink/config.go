@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -54,14 +55,28 @@ type Config struct {
 	// Listen is the interlink TCP address.
 	Listen string
 	// Advertise is the interlink address peers dial; empty means Listen
-	// (with the host it binds, or 127.0.0.1 for an unspecified host).
+	// with the host it binds or, for a listener on every address (0.0.0.0,
+	// ::), AdvertiseIP or this host's own address (discover.go).
 	Advertise string
+	// AdvertiseIP is the host advertised, with the Listen port, when
+	// Advertise is empty and Listen binds every address: in Kubernetes
+	// the pod's address (cmd/gannet takes it from POD_IP). Empty: the
+	// first address of this host's interfaces that is not a loopback
+	// one, or 127.0.0.1 when there is none.
+	AdvertiseIP string
 	// GossipListen is memberlist's bind address (TCP and UDP); empty means
 	// the interlink port + 1.
 	GossipListen string
 	// Join lists seed nodes: each one's interlink address (its gossip port
 	// is taken as that port + 1) or "gossip=host:port" for an explicit one.
+	// A host name is looked up, and every address it has is joined (a
+	// Kubernetes headless Service has one for every pod); it is looked up
+	// again every FailureTimeout while the node is alone, and every 30 s
+	// after (discover.go).
 	Join []string
+	// Resolver looks up the host names in Join; nil means
+	// net.DefaultResolver.
+	Resolver Resolver
 	// Secret authenticates peers at handshake and keys the encryption of
 	// gossip and, without TLS, of the links (doc.go); at least
 	// MinSecretLen bytes. Empty is refused unless Insecure is set.
@@ -156,6 +171,10 @@ func (c *Config) Validate() error {
 		}
 		_, _, err := splitPort(a.addr)
 		check(err == nil, "%s must be host:port, got %q", a.flag, a.addr)
+	}
+	if c.AdvertiseIP != "" {
+		ip, err := netip.ParseAddr(c.AdvertiseIP)
+		check(err == nil && !ip.IsUnspecified(), "the address to advertise (POD_IP) must be an IP address, got %q", c.AdvertiseIP)
 	}
 	for _, j := range c.Join {
 		_, _, err := seedGossip(j)

@@ -218,11 +218,7 @@ func (n *Node) Start() error {
 	n.ln = ln
 	n.advertise = n.cfg.Advertise
 	if n.advertise == "" {
-		host, port, _ := net.SplitHostPort(ln.Addr().String())
-		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
-			host = "127.0.0.1"
-		}
-		n.advertise = net.JoinHostPort(host, port)
+		n.advertise = n.advertiseFor(ln.Addr().String(), hostAddrs) // discover.go
 	}
 	if err := n.startGossip(); err != nil {
 		ln.Close()
@@ -233,9 +229,7 @@ func (n *Node) Start() error {
 	go n.maintain()
 	go n.watchPace()
 	if len(n.cfg.Join) > 0 {
-		if _, err := n.ml.Join(n.seeds()); err != nil {
-			n.log.Warn("cannot reach the seeds yet; serving alone and retrying", "join", strings.Join(n.cfg.Join, ","), "err", err)
-		}
+		n.joinSeeds()
 	}
 	n.log.Info("cluster link up", "node", n.cfg.NodeName, "listen", ln.Addr().String(), "advertise", n.advertise,
 		"gossip", n.gossipAddr, "compression", n.cfg.Compression.String(), "lanes", n.cfg.Lanes,
@@ -301,17 +295,6 @@ func (n *Node) startGossip() error {
 	// Create builds the keyring from SecretKey.
 	n.gossipEncrypted = mc.EncryptionEnabled() && mc.GossipVerifyIncoming && mc.GossipVerifyOutgoing
 	return nil
-}
-
-func (n *Node) seeds() []string {
-	var out []string
-	for _, j := range n.cfg.Join {
-		h, p, err := seedGossip(j)
-		if err == nil {
-			out = append(out, net.JoinHostPort(h, strconv.Itoa(p)))
-		}
-	}
-	return out
 }
 
 // Stop leaves the cluster and closes every link.
@@ -515,10 +498,13 @@ func (n *Node) memberDown(name string, left bool) {
 
 // maintain forgets long-gone peers and rejoins seeds and failed members,
 // so that a restarted node or a healed partition merges back by itself.
+// The seeds' names are looked up again on every tick while the node is
+// alone, and every rediscoverEvery after (discover.go).
 func (n *Node) maintain() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.cfg.FailureTimeout)
 	defer t.Stop()
+	looked := time.Now() // Start looked the seeds up
 	for {
 		select {
 		case <-n.done:
@@ -564,11 +550,16 @@ func (n *Node) maintain() {
 					"gone_for", now.Sub(p.goneAt()).Round(time.Second).String(), "dropped", dropped)
 			}
 		}
-		if n.ml.NumMembers() <= 1 && len(n.cfg.Join) > 0 {
-			rejoin = append(rejoin, n.seeds()...)
+		if len(n.cfg.Join) > 0 && (n.ml.NumMembers() <= 1 || now.Sub(looked) >= rediscoverEvery) {
+			looked = now
+			seeds, err := n.lookupSeeds(n.knownGossip())
+			if err != nil {
+				n.log.Debug("seed lookup", "join", strings.Join(n.cfg.Join, ","), "err", err)
+			}
+			rejoin = append(rejoin, seeds...)
 		}
 		if len(rejoin) > 0 {
-			if _, err := n.ml.Join(rejoin); err != nil {
+			if _, err := n.join(rejoin); err != nil {
 				n.log.Debug("rejoin attempt", "addrs", strings.Join(rejoin, ","), "err", err)
 			}
 		}

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -12,10 +15,16 @@ import (
 // secretEnv holds the cluster secret when --cluster-secret-file does not.
 const secretEnv = "GANNET_CLUSTER_SECRET"
 
+// podIPEnv is the node's own address, advertised when --cluster-listen
+// binds every address and --cluster-advertise is not set. A Kubernetes pod
+// gets it from the downward API (status.podIP).
+const podIPEnv = "POD_IP"
+
 // clusterFlags are the flags that make the broker a cluster node.
 type clusterFlags struct {
 	ic         interlink.Config
 	join       string
+	resolver   string
 	comp       string
 	secretFile string
 }
@@ -27,8 +36,13 @@ func registerClusterFlags(fs *flag.FlagSet) *clusterFlags {
 	fs.StringVar(&ic.NodeName, "node-name", host, "this node's name, unique in the cluster")
 	fs.StringVar(&ic.Listen, "cluster-listen", "", "interlink TCP listen `address`; setting it makes this broker a cluster node, which needs --cluster-secret-file or GANNET_CLUSTER_SECRET (or --cluster-insecure)")
 	fs.StringVar(&ic.GossipListen, "gossip-listen", "", "membership gossip (TCP and UDP) listen `address`; default: the --cluster-listen port + 1")
-	fs.StringVar(&ic.Advertise, "cluster-advertise", "", "interlink `address` peers dial to reach this node; default: --cluster-listen")
-	fs.StringVar(&cf.join, "join", "", "comma-separated seed nodes, each its --cluster-listen `host:port` (gossip port + 1 assumed) or gossip=host:port")
+	fs.StringVar(&ic.Advertise, "cluster-advertise", "", "interlink `address` peers dial to reach this node; default: --cluster-listen, or when that binds every address (0.0.0.0, ::, no host) "+
+		"the address in the "+podIPEnv+" environment variable (a Kubernetes pod's, from the downward API) with the --cluster-listen port, else the first address of this host's interfaces that is not a loopback one, else 127.0.0.1 (a warning is logged)")
+	fs.StringVar(&cf.join, "join", "", "comma-separated seed nodes, each its --cluster-listen `host:port` (gossip port + 1 assumed) or gossip=host:port; "+
+		"a host name is looked up and every address it has is tried (a Kubernetes headless Service names every pod), "+
+		"again every --cluster-failure-timeout while this node has no peer and every 30s after, so that nodes that started apart find each other")
+	fs.StringVar(&cf.resolver, "join-resolver", "", "DNS server `address` (host:port) that looks up the host names in --join instead of the system's resolver (/etc/resolv.conf): "+
+		"for seed names that only a DNS server of their own serves, such as Consul's on 127.0.0.1:8600")
 	fs.StringVar(&cf.secretFile, "cluster-secret-file", "", fmt.Sprintf("`file` holding the secret every node of the cluster shares, at least %d bytes (trailing newlines are ignored): "+
 		"peers prove it at handshake, and it keys the encryption of gossip and of the links between nodes (with --cluster-tls-* the links are TLS and the secret keys gossip). "+
 		"Or put the secret in the %s environment variable (not both); never on the command line, where every local user sees it", interlink.MinSecretLen, secretEnv))
@@ -77,7 +91,7 @@ func (cf *clusterFlags) config(getenv func(string) string) (*interlink.Config, e
 		for _, f := range []struct {
 			set  bool
 			name string
-		}{{cf.join != "", "--join"}, {cf.secretFile != "", "--cluster-secret-file"}, {ic.Insecure, "--cluster-insecure"},
+		}{{cf.join != "", "--join"}, {cf.resolver != "", "--join-resolver"}, {cf.secretFile != "", "--cluster-secret-file"}, {ic.Insecure, "--cluster-insecure"},
 			{ic.CertFile != "", "--cluster-tls-cert"}, {ic.KeyFile != "", "--cluster-tls-key"}, {ic.CAFile != "", "--cluster-tls-ca"}} {
 			if f.set {
 				return nil, fmt.Errorf("%s needs --cluster-listen", f.name)
@@ -94,6 +108,21 @@ func (cf *clusterFlags) config(getenv func(string) string) (*interlink.Config, e
 		if j = strings.TrimSpace(j); j != "" {
 			ic.Join = append(ic.Join, j)
 		}
+	}
+	if cf.resolver != "" {
+		if len(ic.Join) == 0 {
+			return nil, fmt.Errorf("--join-resolver needs --join")
+		}
+		if _, port, err := net.SplitHostPort(cf.resolver); err != nil || port == "" {
+			return nil, fmt.Errorf("--join-resolver must be a DNS server's host:port, got %q", cf.resolver)
+		}
+		ic.Resolver = dnsResolver(cf.resolver)
+	}
+	if v := strings.TrimSpace(getenv(podIPEnv)); v != "" && ic.Advertise == "" {
+		if ip, err := netip.ParseAddr(v); err != nil || ip.IsUnspecified() {
+			return nil, fmt.Errorf("the %s environment variable must be this node's IP address, got %q", podIPEnv, v)
+		}
+		ic.AdvertiseIP = v
 	}
 	env := getenv(secretEnv)
 	var from string
@@ -134,4 +163,15 @@ func (cf *clusterFlags) config(getenv func(string) string) (*interlink.Config, e
 		return nil, err
 	}
 	return &ic, nil
+}
+
+// dnsResolver looks names up by asking the DNS server at addr (host:port),
+// over UDP and, for a truncated answer, TCP, as the system's resolver
+// would ask the servers of /etc/resolv.conf, whose search domains and
+// options it still applies.
+func dnsResolver(addr string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
 }
