@@ -26,6 +26,7 @@ type client struct {
 	addr string
 
 	id        string // client id, set by CONNECT
+	user      string // the username CONNECT gave, for bans and the admin API
 	version   codec.Version
 	connected bool // CONNECT accepted
 	closed    bool // OnClose ran or a close is under way

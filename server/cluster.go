@@ -120,8 +120,10 @@ func (cl *cluster) broadcast(kind byte, body []byte) {
 
 // PeerUp sends a peer everything it must know of this node: the whole
 // route set (which replaces what it had), every retained message and
-// clearing, and the clients connected here.
+// clearing, the bans and lifted bans, and the clients connected here.
 func (cl *cluster) PeerUp(peer string) {
+	cl.sendBans(peer) // bans.go
+
 	cl.ann.Lock()
 	chunk := []byte{1}
 	flush := func() {
@@ -242,6 +244,12 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 			err = cl.connectedElsewhere(ob, r.Body)
 		case recRedirect:
 			err = cl.redirected(ob, r.Body, now)
+		case recBan:
+			err = cl.receiveBan(peer, r.Body)
+		case recAdminReq:
+			err = cl.adminRequest(peer, r.Body)
+		case recAdminAns:
+			err = cl.adminAnswer(peer, r.Body)
 		default:
 			err = errors.New("unknown record kind")
 		}

@@ -45,15 +45,18 @@ const wireVersion = 1
 // Record kinds the broker sends its peers. Do not renumber: exchanged
 // between nodes.
 const (
-	recForward   byte = 1 // a message to deliver here (reliable for QoS 1/2)
-	recRouteAdd  byte = 2 // body: a filter the sender now has subscribers for
-	recRouteDel  byte = 3 // body: a filter the sender no longer has
-	recRoutesAll byte = 4 // the sender's whole route set, in chunks
-	recRetained  byte = 5 // a retained message set or cleared, with its stamp
-	recTakeover  byte = 6 // request: hand over a client's session
-	recSession   byte = 7 // answer: the session, if the sender had it
-	recConnected byte = 8 // a client connected at the sender, at a stamp
-	recRedirect  byte = 9 // a delivery for a session that moved to the receiver
+	recForward   byte = 1  // a message to deliver here (reliable for QoS 1/2)
+	recRouteAdd  byte = 2  // body: a filter the sender now has subscribers for
+	recRouteDel  byte = 3  // body: a filter the sender no longer has
+	recRoutesAll byte = 4  // the sender's whole route set, in chunks
+	recRetained  byte = 5  // a retained message set or cleared, with its stamp
+	recTakeover  byte = 6  // request: hand over a client's session
+	recSession   byte = 7  // answer: the session, if the sender had it
+	recConnected byte = 8  // a client connected at the sender, at a stamp
+	recRedirect  byte = 9  // a delivery for a session that moved to the receiver
+	recBan       byte = 10 // a ban set or lifted, JSON (bans.go)
+	recAdminReq  byte = 11 // request: an admin API call (admincluster.go)
+	recAdminAns  byte = 12 // answer: its status and body
 )
 
 var errWire = errors.New("server: malformed peer body")

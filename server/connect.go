@@ -96,6 +96,10 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		assigned = true
 	}
 	c.id = id
+	c.user = string(p.Username)
+	if b := c.srv.bans.check(id, c.user, c.ip); b != nil {
+		return c.refuseBanned(ob, b) // bans.go
+	}
 
 	// Keepalive [MQTT-3.1.2-22, MQTT-3.2.2-21].
 	ka := time.Duration(p.KeepAlive) * time.Second
@@ -198,6 +202,9 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	v5 := c.version == codec.V5
 	if moved != nil && !req.cleanStart {
 		c.srv.install(ob, moved)
+	}
+	if c.bannedLate(ob) { // bans.go
+		return
 	}
 	if req.expiry > 0 {
 		switch c.srv.newSessionRefused(id) {

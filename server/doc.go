@@ -80,6 +80,9 @@
 //	inbox.mu         (leaf; bytes for a loop's clients, coalesce.go)
 //	tlsListener.reload (leaf; serialises ReloadTLS)
 //	drainer.mu       (leaf; drain.go)
+//	banList.write > banList.mu (leaf); write is held while the store
+//	                  commits a ban, and taken by nothing under another lock
+//	adminPeers.mu    (leaf; admincluster.go)
 //
 // # Cluster
 //

@@ -206,6 +206,8 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 				s.marks = append(s.marks, mark{peer, pos})
 			} else if sp, ok := restoreSpool(key, val); ok {
 				s.spool = append(s.spool, sp)
+			} else {
+				s.restoreBan(key, val) // bans.go
 			}
 		},
 		Retained: func(m *persist.Message) {

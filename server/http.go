@@ -23,6 +23,8 @@ import (
 //	          writes, 503 otherwise
 //	/api/v1/cluster  this node and its peers, with their state (JSON)
 //	/api/v1/node/drain  GET: the node's drain; POST: drain it (drain.go)
+//	/api/v1/...  the rest of the admin API, described by
+//	          /api/v1/openapi.json (admin.go, bans.go)
 //
 // With HTTPTLSCertFile it serves HTTPS only (TLS 1.2 and up). Who may call
 // what is decided in one place, guardHTTP (apiauth.go).
@@ -54,6 +56,8 @@ func (s *Server) startHTTP() error {
 		_ = json.NewEncoder(w).Encode(s.clusterView())
 	})
 	s.drainRoutes(mux)
+	s.adminRoutes(mux) // admin.go
+	s.apiPeers.mux.Store(mux)
 	mux.HandleFunc("/api/", apiNotFound)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))

@@ -64,6 +64,8 @@ type Server struct {
 	httpCert *httpCert    // nil when HTTP is served in the clear
 	apiKeys  *apikey.File // nil without --api-key-file (apiauth.go)
 	drain    *drainer     // drain.go
+	bans     banList      // bans.go
+	apiPeers adminPeers   // admincluster.go
 	adm      *admission
 	// queuedBytes is what every session queue holds (msgQueue).
 	queuedBytes atomic.Int64
@@ -137,6 +139,7 @@ func New(cfg Config) (*Server, error) {
 	s.connLog = slog.New(throttledHandler{log.Handler(), newLogThrottle(), burst})
 	s.adm = newAdmission(s)
 	s.drain = newDrainer(s)
+	s.bans.init(s)
 	if err := s.loadAPIKeys(); err != nil {
 		return nil, err
 	}
