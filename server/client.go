@@ -252,6 +252,11 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 			}
 			break
 		}
+		if c.retainQ != nil && c.retainQ.waking {
+			// A SUBSCRIBE earlier in this input starts its retained
+			// messages before the answer to anything after it.
+			c.pumpRetained(ob)
+		}
 		body := buf[used+n : used+n+h.Remaining]
 		used += n + h.Remaining
 		c.srv.stats.received(n + h.Remaining)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 
 	"github.com/gannetmq/gannet/fanout"
@@ -8,10 +9,11 @@ import (
 
 // Retained messages on subscribe are paced. A SUBSCRIBE whose filters
 // match many retained messages does not encode them all at once: the
-// connection gets a backlog, the messages the filters matched when the
-// SUBSCRIBE arrived (pointers to the retained store's own copies), and
-// the backlog is delivered through the same flow control as everything
-// else:
+// connection gets a backlog, the messages the filters match (pointers to
+// the retained store's own copies, looked up on the loop's turn after
+// the SUBSCRIBE, once its SUBACK and the other SUBSCRIBEs read with it
+// are answered, unless the store holds few), and the backlog is
+// delivered through the same flow control as everything else:
 //   - at most retainTurn messages or retainTurnBytes per turn of the
 //     loop, the rest on the loop's next turn (gnet.Conn.Wake), so that the
 //     loop's other clients are served in between;
@@ -33,6 +35,11 @@ import (
 const (
 	retainTurn      = 256
 	retainTurnBytes = 256 << 10
+	// retainMatchNow is the number of retained messages up to which a
+	// SUBSCRIBE looks them up and starts sending at once, in its own
+	// turn: the lookup costs little, and the first messages follow the
+	// SUBACK without a turn of the loop in between.
+	retainMatchNow = 4096
 )
 
 // retainBacklog is a connection's retained messages still to deliver, in
@@ -44,22 +51,27 @@ type retainBacklog struct {
 }
 
 type retainBatch struct {
-	opts fanout.Options
-	msgs []*message
-	next int
+	filter  []byte // matched on the batch's first turn
+	matched bool
+	opts    fanout.Options
+	msgs    []*message
+	next    int
 }
 
 // queueRetained adds the retained messages filter matches, for a
-// subscription with opts, to c's backlog. On c's loop.
+// subscription with opts, to c's backlog, and has the loop look them up
+// on its next turn: the SUBACK goes at once, and the SUBSCRIBEs the loop
+// has read meanwhile (others' too) are answered before any of the work a
+// filter matching many retained messages makes. On c's loop.
 func (c *client) queueRetained(filter []byte, opts fanout.Options) {
-	msgs := c.srv.retained.match(nil, filter)
-	if len(msgs) == 0 {
-		return
-	}
 	if c.retainQ == nil {
 		c.retainQ = &retainBacklog{}
 	}
-	c.retainQ.batches = append(c.retainQ.batches, retainBatch{opts: opts, msgs: msgs})
+	c.retainQ.batches = append(c.retainQ.batches, retainBatch{filter: bytes.Clone(filter), opts: opts})
+	if !c.retainQ.waking {
+		c.retainQ.waking = true
+		_ = c.gc.Wake(nil) // onTraffic pumps it
+	}
 }
 
 // pumpRetained delivers what c's backlog may deliver in this turn. On c's
@@ -82,6 +94,9 @@ func (c *client) pumpRetained(ob *outbox) {
 	var mg fanout.Merged
 	for n := 0; len(b.batches) > 0; {
 		rb := &b.batches[0]
+		if !rb.matched {
+			rb.msgs, rb.matched, rb.filter = c.srv.retained.match(nil, rb.filter), true, nil
+		}
 		for rb.next < len(rb.msgs) {
 			if room <= 0 {
 				c.waitRetained()

@@ -148,9 +148,11 @@ func (c *client) handleSubscribe(ob *outbox, p *codec.Subscribe) error {
 		return ack.Append(nil, c.version)
 	})
 	for _, rr := range wantRetained {
-		c.queueRetained(rr.filter, rr.opts)
+		c.queueRetained(rr.filter, rr.opts) // paced (retainpace.go)
 	}
-	c.pumpRetained(ob) // paced (retainpace.go)
+	if len(wantRetained) > 0 && c.srv.retained.len() <= retainMatchNow {
+		c.pumpRetained(ob) // cheap enough to start now
+	}
 	return nil
 }
 
