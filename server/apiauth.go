@@ -17,6 +17,8 @@ import (
 //   - /healthz and /readyz are open: load balancers and orchestrators
 //     call them without credentials.
 //   - /metrics is open, unless --metrics-auth asks for a read key.
+//   - / and /ui/ (the dashboard, ui.go) are open: they hold no data, and
+//     the page asks for a key to call the API with.
 //   - /api/ with --api-key-file: GET and HEAD need a read or write key,
 //     every other method a write key, sent as "Authorization: Bearer
 //     KEY". No key, or one the file does not hold, is 401; a read key on a

@@ -25,6 +25,7 @@ import (
 //	/api/v1/node/drain  GET: the node's drain; POST: drain it (drain.go)
 //	/api/v1/...  the rest of the admin API, described by
 //	          /api/v1/openapi.json (admin.go, bans.go)
+//	/, /ui/   the dashboard, which calls the admin API (ui.go)
 //
 // With HTTPTLSCertFile it serves HTTPS only (TLS 1.2 and up). Who may call
 // what is decided in one place, guardHTTP (apiauth.go).
@@ -59,6 +60,7 @@ func (s *Server) startHTTP() error {
 	s.adminRoutes(mux) // admin.go
 	s.apiPeers.mux.Store(mux)
 	mux.HandleFunc("/api/", apiNotFound)
+	s.uiRoutes(mux) // ui.go
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

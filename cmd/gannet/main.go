@@ -150,7 +150,7 @@ Flags:
 
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "MQTT TCP listen `address`")
 	fs.StringVar(&cfg.WSListen, "ws-listen", "", "MQTT over WebSocket listen `address` (conventionally :8083; path /mqtt, subprotocol mqtt or mqttv3.1); empty: off")
-	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz, /readyz and /api/v1/; without --api-key-file GET /api/v1/ and /metrics are open to whoever reaches it: put it on a private interface (e.g. 10.0.0.5:8080 or 127.0.0.1:8080); empty disables it")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen `address` for /metrics, /healthz, /readyz, the admin API /api/v1/ and the dashboard at /; without --api-key-file GET /api/v1/ and /metrics are open to whoever reaches it: put it on a private interface (e.g. 10.0.0.5:8080 or 127.0.0.1:8080); empty disables it")
 	fs.StringVar(&cfg.HTTPTLSCertFile, "http-tls-cert", "", "certificate `file` (PEM chain) that makes the HTTP listener serve HTTPS only; reloaded on SIGHUP")
 	fs.StringVar(&cfg.HTTPTLSKeyFile, "http-tls-key", "", "private key `file` (PEM) of --http-tls-cert; reloaded on SIGHUP")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` for persistent state")
