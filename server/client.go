@@ -149,6 +149,18 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		c.pumpRetained(ob) // woken for its next turn
 	}
 	c.lastRead = c.srv.now()
+	if l := c.limit; l != nil && l.waking.Load() {
+		// Held for its publish rate until the timer wakes it
+		// (ratelimit.go): what arrives meanwhile waits unread, rather
+		// than being viewed, and copied whenever gnet's ring buffer
+		// wraps, on every arrival.
+		if c.gc.InboundBuffered() >= holdLimit {
+			c.srv.stats.rateDisconnects.Inc()
+			c.fail(ob, &codec.Error{Code: codec.MessageRateTooHigh,
+				Msg: "publishing past --max-publish-rate with more than the broker holds back"})
+		}
+		return gnet.None
+	}
 	buf, partial := c.peekInput()
 	used := 0
 	var err error
@@ -190,11 +202,25 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 func (c *client) peekInput() (buf []byte, partial bool) {
 	if cl := c.srv.cl; cl != nil && c.connected && c.proxy == proxyNone && c.ws == nil &&
 		(c.tls == nil || c.tls.rec == nil) && cl.node.Behind() {
-		if n := c.gc.InboundBuffered(); n > 5 {
+		if n := c.gc.InboundBuffered(); n >= 64<<10 {
 			hdr, _ := c.gc.Peek(5)
 			if h, hn, err := codec.DecodeFixedHeader(hdr); err == nil && hn+h.Remaining < n {
 				buf, _ = c.gc.Peek(hn + h.Remaining)
 				return buf, true
+			}
+		}
+	}
+	if c.connected && c.proxy == proxyNone && c.ws == nil && (c.tls == nil || c.tls.rec == nil) {
+		// A large packet arrives over many reads: until it is whole,
+		// look at its header only (past 64 KiB; smaller input is cheap
+		// to view). Viewing all that has come on every
+		// read would cost gnet a copy of it whenever its ring buffer
+		// wraps, the square of the packet's size in all.
+		if n := c.gc.InboundBuffered(); n >= 64<<10 {
+			hdr, _ := c.gc.Peek(5)
+			if h, hn, err := codec.DecodeFixedHeader(hdr); err == nil && hn+h.Remaining > n &&
+				hn+h.Remaining <= c.srv.cfg.MaxPacketSize {
+				return nil, false
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"slices"
 
 	"github.com/gannetmq/gannet/auth"
@@ -165,6 +166,18 @@ func repeatedListings(subs []codec.Subscription) (first, last []int) {
 	}
 	seen := make(map[string]int, min(len(subs), 64))
 	for i, sub := range subs {
+		if i > 0 && bytes.Equal(sub.Filter, subs[i-1].Filter) {
+			// The same as the one before: no lookup (a SUBSCRIBE of
+			// one filter many times over).
+			if first == nil {
+				first, last = make([]int, len(subs)), make([]int, len(subs))
+				for k := range first {
+					first[k], last[k] = k, k
+				}
+			}
+			first[i] = first[i-1]
+			continue
+		}
 		j, ok := seen[string(sub.Filter)]
 		if !ok {
 			seen[string(sub.Filter)] = i
