@@ -256,12 +256,7 @@ func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
 				Protocol: d.Protocol, ConnectedAt: *d.ConnectedAt})
 		}
 	}
-	var unreachable []string
-	if !s.nodeScope(r) {
-		var answers []peerAnswer
-		answers, unreachable = s.askPeers(r)
-		items = mergeList(items, answers, "clients")
-	}
+	items, unreachable := withPeers(s, r, items, "clients")
 	items, next := cut(p, items, func(c *clientSummary) string { return c.ClientID })
 	apiJSON(w, http.StatusOK, struct {
 		Clients     []clientSummary `json:"clients"`
@@ -428,12 +423,7 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 		}
 		items = append(items, it)
 	}
-	var unreachable []string
-	if !s.nodeScope(r) {
-		var answers []peerAnswer
-		answers, unreachable = s.askPeers(r)
-		items = mergeList(items, answers, "sessions")
-	}
+	items, unreachable := withPeers(s, r, items, "sessions")
 	items, next := cut(p, items, func(s *sessionSummary) string { return s.ClientID })
 	apiJSON(w, http.StatusOK, struct {
 		Sessions    []sessionSummary `json:"sessions"`
@@ -474,12 +464,7 @@ func (s *Server) listSubscriptions(w http.ResponseWriter, r *http.Request) {
 	}
 	// The key holds both parts, split by a byte neither can contain
 	// (MQTT strings are UTF-8 without U+0000).
-	var unreachable []string
-	if !s.nodeScope(r) {
-		var answers []peerAnswer
-		answers, unreachable = s.askPeers(r)
-		items = mergeList(items, answers, "subscriptions")
-	}
+	items, unreachable := withPeers(s, r, items, "subscriptions")
 	items, next := cut(p, items, func(v *subscriptionView) string { return v.ClientID + "\x00" + v.Filter })
 	apiJSON(w, http.StatusOK, struct {
 		Subscriptions []subscriptionView `json:"subscriptions"`

@@ -233,6 +233,17 @@ func (w *peerRecorder) Write(b []byte) (int, error) { return w.buf.Write(b) }
 
 func (w *peerRecorder) WriteHeader(code int) { w.code = code }
 
+// withPeers adds to this node's list items those of every linked peer
+// (field names the list in their answers), unless the request asks for
+// this node alone, and returns the peers that did not answer.
+func withPeers[T any](s *Server, r *http.Request, items []T, field string) ([]T, []string) {
+	if s.nodeScope(r) {
+		return items, nil
+	}
+	answers, unreachable := s.askPeers(r)
+	return mergeList(items, answers, field), unreachable
+}
+
 // mergeList adds the items of the peers' list answers (field name in
 // their JSON bodies) to local.
 func mergeList[T any](local []T, answers []peerAnswer, field string) []T {
