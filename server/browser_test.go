@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -86,9 +87,7 @@ func TestBrowserWebSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(chromiumPath); err != nil {
-		browserMissing(t, "Chromium is not installed (%v): run `apt-get install -y chromium`", err)
-	}
+	exe := chromium(t)
 
 	s := startBroker(t, func(c *Config) { c.WSListen = "127.0.0.1:0" })
 	wsURL := "ws://" + s.WSAddr() + "/mqtt"
@@ -114,42 +113,12 @@ func TestBrowserWebSocket(t *testing.T) {
 	t.Cleanup(ts.Close)
 
 	// One browser for the test, a tab for each protocol version.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	var chromeOut syncBuffer
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromiumPath),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Headless,
-		chromedp.NoSandbox, // root in a container
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-default-apps", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-breakpad", true),
-		chromedp.Flag("disable-client-side-phishing-detection", true),
-		chromedp.Flag("safebrowsing-disable-auto-update", true),
-		chromedp.Flag("metrics-recording-only", true),
-		chromedp.Flag("password-store", "basic"),
-		chromedp.CombinedOutput(&chromeOut),
-	)
-	t.Cleanup(cancelAlloc)
+	alloc, chromeOut := startChromium(t, exe, 30*time.Second)
 	browser, cancelBrowser := chromedp.NewContext(alloc, chromedp.WithErrorf(t.Logf))
 	t.Cleanup(cancelBrowser)
 	if err := chromedp.Do(browser); err != nil { // starts Chromium
 		t.Fatalf("starting Chromium: %v\n%s", err, chromeOut.String())
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("Chromium's output:\n%s", chromeOut.String())
-		}
-	})
 
 	bin := make([]byte, 70_000)
 	for i := range bin {
@@ -231,4 +200,56 @@ func pageTitle(t *testing.T, tab context.Context, cond string) string {
 		t.Fatalf("waiting for the page (%s): %v; title %q", cond, err, cur)
 	}
 	return strings.TrimSpace(title)
+}
+
+// chromium finds Debian's Chromium, skipping the test when it is missing
+// outside CI.
+func chromium(t *testing.T) string {
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	if _, err := os.Stat(chromiumPath); err != nil {
+		browserMissing(t, "Chromium is not installed (%v): run `apt-get install -y chromium`", err)
+	}
+	return chromiumPath
+}
+
+// startChromium starts headless Chromium (exe) for a test, set up for a
+// container and to fetch or update nothing, and returns the allocator to
+// open tabs from and Chromium's output, which is logged when the test
+// fails.
+func startChromium(t *testing.T, exe string, timeout time.Duration, opts ...chromedp.ExecAllocatorOption) (context.Context, *syncBuffer) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	out := new(syncBuffer)
+	opts = append([]chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(exe),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Headless,
+		chromedp.NoSandbox, // root in a container
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-default-apps", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-breakpad", true),
+		chromedp.Flag("disable-client-side-phishing-detection", true),
+		chromedp.Flag("safebrowsing-disable-auto-update", true),
+		chromedp.Flag("metrics-recording-only", true),
+		chromedp.Flag("password-store", "basic"),
+		chromedp.CombinedOutput(out),
+	}, opts...)
+	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	t.Cleanup(cancelAlloc)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("Chromium's output:\n%s", out.String())
+		}
+	})
+	return alloc, out
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -67,47 +66,12 @@ func TestDashboardFiles(t *testing.T) {
 	}
 }
 
-// chromium finds Debian's Chromium, skipping the test when it is missing
-// outside CI.
-func chromium(t *testing.T) string {
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	if _, err := os.Stat(chromiumPath); err != nil {
-		browserMissing(t, "Chromium is not installed (%v): run `apt-get install -y chromium`", err)
-	}
-	return chromiumPath
-}
-
 // dashboardTab starts headless Chromium for a test and returns a tab,
 // and a check that fails the test for every exception the page threw and
 // every error the browser logged, a violation of the
 // Content-Security-Policy say.
 func dashboardTab(t *testing.T, timeout time.Duration) (tab context.Context, checkConsole func()) {
-	exe := chromium(t)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	t.Cleanup(cancel)
-	var chromeOut syncBuffer
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(exe),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Headless,
-		chromedp.NoSandbox, // root in a container
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.WindowSize(1280, 900),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-default-apps", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-breakpad", true),
-		chromedp.Flag("password-store", "basic"),
-		chromedp.CombinedOutput(&chromeOut),
-	)
-	t.Cleanup(cancelAlloc)
+	alloc, _ := startChromium(t, chromium(t), timeout, chromedp.WindowSize(1280, 900))
 	var (
 		mu       sync.Mutex
 		problems []string
@@ -133,11 +97,6 @@ func dashboardTab(t *testing.T, timeout time.Duration) (tab context.Context, che
 		}
 	}))
 	t.Cleanup(cancelTab)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("Chromium's output:\n%s", chromeOut.String())
-		}
-	})
 	return tab, func() {
 		t.Helper()
 		mu.Lock()
