@@ -499,24 +499,7 @@ func (c *client) flush() {
 		return // resumed by releaseAck
 	}
 	if !c.closed {
-		p := c.pend
-		if c.ws != nil && c.ws.upgraded {
-			p = c.ws.frames(p)
-		}
-		if c.tls != nil && c.tls.rec != nil {
-			c.writeTLS(p) // sealed into records (tlsrec.go)
-			p = nil
-		}
-		for len(p) > 0 && !c.closed {
-			n := min(len(p), 1024) // IOV_MAX
-			w, err := c.gc.Writev(p[:n])
-			c.srv.stats.bytesOut.Add(w)
-			c.srv.stats.writes.Inc()
-			if err != nil {
-				break
-			}
-			p = p[n:]
-		}
+		c.writeParts(c.pend)
 		if c.sampleAt != 0 {
 			c.wroteSample()
 		}
@@ -548,10 +531,16 @@ func maxHeldAcks(c *client) int { return c.srv.cfg.ReceiveMaximum }
 // writeOutOfTurn writes pkt ahead of c's pending bytes, which wait for a
 // commit, framed as the connection needs.
 func (c *client) writeOutOfTurn(pkt []byte) {
-	if c.closed {
-		return
+	if !c.closed {
+		c.writeParts([][]byte{pkt})
 	}
-	p := [][]byte{pkt}
+}
+
+// writeParts puts p on the wire as the connection needs it: in WebSocket
+// frames, sealed into TLS records (tlsrec.go), and with as few writev
+// calls as IOV_MAX allows. A failed write closes the connection
+// (OnClose).
+func (c *client) writeParts(p [][]byte) {
 	if c.ws != nil && c.ws.upgraded {
 		p = c.ws.frames(p)
 	}
@@ -559,10 +548,16 @@ func (c *client) writeOutOfTurn(pkt []byte) {
 		c.writeTLS(p)
 		return
 	}
-	w, err := c.gc.Writev(p)
-	c.srv.stats.bytesOut.Add(w)
-	c.srv.stats.writes.Inc()
-	_ = err // a failed write closes the connection (OnClose)
+	for len(p) > 0 && !c.closed {
+		n := min(len(p), 1024) // IOV_MAX
+		w, err := c.gc.Writev(p[:n])
+		c.srv.stats.bytesOut.Add(w)
+		c.srv.stats.writes.Inc()
+		if err != nil {
+			break
+		}
+		p = p[n:]
+	}
 }
 
 // handle dispatches one packet.
