@@ -30,16 +30,21 @@ type cluster struct {
 
 	// ann counts local subscriptions per filter; announcements are made
 	// under its lock so that an add and a delete of one filter reach
-	// peers in the order they happened.
+	// peers in the order they happened, numbered by seq (clusterroutes.go).
 	ann struct {
 		sync.Mutex
-		local map[string]int
+		local  map[string]int
+		seq    uint64
+		digest uint64 // routeDigest of local's filters
 	}
 	// peerRoutes is what each peer announced, to replace it on a resync.
 	peerRoutes struct {
 		sync.Mutex
-		m map[string]map[string]struct{}
+		m map[string]*peerRouteSet
 	}
+	// drop, when a test sets it, is the kind of the next broadcast record
+	// to lose, as a full control lane would.
+	drop atomic.Int32
 	reqs struct {
 		sync.Mutex
 		next uint64
@@ -59,7 +64,7 @@ const routeChunk = 256 << 10
 func newCluster(s *Server) (*cluster, error) {
 	cl := &cluster{s: s, routes: trie.New[string, struct{}](), held: newHeld()}
 	cl.ann.local = make(map[string]int)
-	cl.peerRoutes.m = make(map[string]map[string]struct{})
+	cl.peerRoutes.m = make(map[string]*peerRouteSet)
 	cl.reqs.m = make(map[uint64]*takeoverReq)
 	cl.obs.New = func() any { return newOutbox(s, nil) }
 	ic := *s.cfg.Cluster
@@ -95,7 +100,9 @@ func newCluster(s *Server) (*cluster, error) {
 	s.spool = nil
 	// Sessions loaded from the store are subscribed already.
 	s.subs.Walk(func(filter string, _ *session, _ fanout.Options) bool {
-		cl.ann.local[filter]++
+		if cl.ann.local[filter]++; cl.ann.local[filter] == 1 {
+			cl.ann.digest ^= routeHash(filter)
+		}
 		return true
 	})
 	return cl, nil
@@ -113,31 +120,33 @@ func (s *Server) ReloadClusterTLS() error {
 
 // broadcast sends an unreliable control record to every linked peer.
 func (cl *cluster) broadcast(kind byte, body []byte) {
+	if cl.dropped(kind) {
+		return
+	}
 	for _, p := range cl.node.Peers() {
 		_ = cl.node.Send(p, 0, kind, body, false)
 	}
+}
+
+// control sends peer an unreliable control record.
+func (cl *cluster) control(peer string, kind byte, body []byte) {
+	if !cl.dropped(kind) {
+		_ = cl.node.Send(peer, 0, kind, body, false)
+	}
+}
+
+// dropped reports whether a test asked to lose this record (drop).
+func (cl *cluster) dropped(kind byte) bool {
+	k := cl.drop.Load()
+	return k == int32(kind) && cl.drop.CompareAndSwap(k, 0)
 }
 
 // PeerUp sends a peer everything it must know of this node: the whole
 // route set (which replaces what it had), every retained message and
 // clearing, the bans and lifted bans, and the clients connected here.
 func (cl *cluster) PeerUp(peer string) {
-	cl.sendBans(peer) // bans.go
-
-	cl.ann.Lock()
-	chunk := []byte{1}
-	flush := func() {
-		_ = cl.node.Send(peer, 0, recRoutesAll, chunk, false)
-		chunk = append(chunk[:0], 0)
-	}
-	for f := range cl.ann.local {
-		chunk = appendStr(chunk, []byte(f))
-		if len(chunk) >= routeChunk {
-			flush()
-		}
-	}
-	flush()
-	cl.ann.Unlock()
+	cl.sendBans(peer)   // bans.go
+	cl.sendRoutes(peer) // clusterroutes.go
 
 	msgs, tombs := cl.s.retained.snapshot()
 	now := cl.s.now()
@@ -176,7 +185,7 @@ func (cl *cluster) PeerUp(peer string) {
 
 // PeerForget drops the routes of a peer gone for good.
 func (cl *cluster) PeerForget(peer string) {
-	cl.setRoutes(peer, nil, true)
+	cl.dropRoutes(peer)
 }
 
 // Receive applies one batch from a peer; done is called once its effects
@@ -197,8 +206,7 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
 	}
 	now := s.now()
-	var routeChunks []string
-	replace := false
+	resync := false
 	for _, r := range recs {
 		if refused != nil && r.Reliable {
 			continue
@@ -214,23 +222,20 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 				s.stats.forwardedIn.Add(1)
 				s.routeFrom(ob, m, &ob.fw)
 			}
-		case recRouteAdd:
-			cl.setRoutes(peer, []string{string(r.Body)}, false)
-		case recRouteDel:
-			cl.delRoute(peer, string(r.Body))
+		case recRouteAdd, recRouteDel:
+			var ask bool
+			ask, err = cl.routeDelta(peer, r.Kind == recRouteAdd, r.Body)
+			resync = resync || ask
 		case recRoutesAll:
-			var fs []string
-			var first bool
-			if first, fs, err = decodeRoutes(r.Body); err == nil {
-				if first {
-					if routeChunks != nil || replace {
-						cl.setRoutes(peer, routeChunks, replace)
-					}
-					routeChunks, replace = fs, true
-				} else {
-					routeChunks = append(routeChunks, fs...)
-				}
-			}
+			var ask bool
+			ask, err = cl.routeSetChunk(peer, r.Body)
+			resync = resync || ask
+		case recRouteDigest:
+			var ask bool
+			ask, err = cl.routeDigestFrom(peer, r.Body)
+			resync = resync || ask
+		case recRouteResync:
+			cl.sendRoutes(peer)
 		case recRetained:
 			var m *message
 			if m, err = decodeRetained(r.Body, now); err == nil {
@@ -257,8 +262,8 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 			s.log.Warn("dropping a bad record from a peer", "peer", peer, "kind", r.Kind, "err", err)
 		}
 	}
-	if replace || routeChunks != nil {
-		cl.setRoutes(peer, routeChunks, replace)
+	if resync {
+		cl.askRoutes(peer)
 	}
 	if refused != nil {
 		done(refused)

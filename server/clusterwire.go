@@ -37,6 +37,13 @@ import (
 //	correlation data (str each), user properties (uvarint n, n key/value
 //	str pairs), each only when present.
 //
+// Route records (clusterroutes.go says how they converge):
+//
+//	delta:  version | seq uvarint | filter (the rest)
+//	chunk:  version | flags u8 | seq uvarint | digest u64 BE | filters (str each)
+//	        flags: bit 0 first chunk of a set, bit 1 last
+//	digest: version | seq uvarint | digest u64 BE
+//
 // str is a uvarint length and that many bytes. Do not reorder: exchanged
 // between nodes.
 
@@ -45,18 +52,20 @@ const wireVersion = 1
 // Record kinds the broker sends its peers. Do not renumber: exchanged
 // between nodes.
 const (
-	recForward   byte = 1  // a message to deliver here (reliable for QoS 1/2)
-	recRouteAdd  byte = 2  // body: a filter the sender now has subscribers for
-	recRouteDel  byte = 3  // body: a filter the sender no longer has
-	recRoutesAll byte = 4  // the sender's whole route set, in chunks
-	recRetained  byte = 5  // a retained message set or cleared, with its stamp
-	recTakeover  byte = 6  // request: hand over a client's session
-	recSession   byte = 7  // answer: the session, if the sender had it
-	recConnected byte = 8  // a client connected at the sender, at a stamp
-	recRedirect  byte = 9  // a delivery for a session that moved to the receiver
-	recBan       byte = 10 // a ban set or lifted, JSON (bans.go)
-	recAdminReq  byte = 11 // request: an admin API call (admincluster.go)
-	recAdminAns  byte = 12 // answer: its status and body
+	recForward     byte = 1  // a message to deliver here (reliable for QoS 1/2)
+	recRouteAdd    byte = 2  // a filter the sender now has subscribers for (appendRouteDelta)
+	recRouteDel    byte = 3  // a filter the sender no longer has (appendRouteDelta)
+	recRoutesAll   byte = 4  // the sender's whole route set, in chunks (appendRouteSetHeader)
+	recRetained    byte = 5  // a retained message set or cleared, with its stamp
+	recTakeover    byte = 6  // request: hand over a client's session
+	recSession     byte = 7  // answer: the session, if the sender had it
+	recConnected   byte = 8  // a client connected at the sender, at a stamp
+	recRedirect    byte = 9  // a delivery for a session that moved to the receiver
+	recBan         byte = 10 // a ban set or lifted, JSON (bans.go)
+	recAdminReq    byte = 11 // request: an admin API call (admincluster.go)
+	recAdminAns    byte = 12 // answer: its status and body
+	recRouteDigest byte = 13 // the number and digest of the sender's route set (appendRouteDigest)
+	recRouteResync byte = 14 // request: send me your whole route set (version byte only)
 )
 
 var errWire = errors.New("server: malformed peer body")
@@ -90,6 +99,23 @@ func (r *wireReader) uvarint(what string) uint64 {
 		return 0
 	}
 	r.b = r.b[n:]
+	return v
+}
+
+// version reads a body's version byte; another version fails.
+func (r *wireReader) version() {
+	if v := r.byte1("version"); r.err == nil && v != wireVersion {
+		r.fail("version")
+	}
+}
+
+func (r *wireReader) u64(what string) uint64 {
+	if len(r.b) < 8 {
+		r.fail(what)
+		return 0
+	}
+	v := binary.BigEndian.Uint64(r.b)
+	r.b = r.b[8:]
 	return v
 }
 
@@ -271,4 +297,70 @@ func decodeForward(b []byte, now int64, f *forward, m *message) error {
 		r.fail("trailing bytes")
 	}
 	return r.err
+}
+
+func appendRouteDelta(dst []byte, seq uint64, filter string) []byte {
+	dst = append(dst, wireVersion)
+	dst = binary.AppendUvarint(dst, seq)
+	return append(dst, filter...)
+}
+
+func decodeRouteDelta(b []byte) (seq uint64, filter string, err error) {
+	r := &wireReader{b: b}
+	r.version()
+	seq = r.uvarint("route number")
+	if r.err == nil && len(r.b) == 0 {
+		r.fail("route filter")
+	}
+	return seq, string(r.b), r.err
+}
+
+// routeSetHeader starts each chunk of a whole route set.
+type routeSetHeader struct {
+	first, last bool
+	seq, digest uint64
+}
+
+func (h routeSetHeader) flags() byte {
+	var f byte
+	if h.first {
+		f |= 1
+	}
+	if h.last {
+		f |= 2
+	}
+	return f
+}
+
+func appendRouteSetHeader(dst []byte, h routeSetHeader) []byte {
+	dst = append(dst, wireVersion, h.flags())
+	dst = binary.AppendUvarint(dst, h.seq)
+	return binary.BigEndian.AppendUint64(dst, h.digest)
+}
+
+func decodeRouteSet(b []byte) (h routeSetHeader, fs []string, err error) {
+	r := &wireReader{b: b}
+	r.version()
+	f := r.byte1("route set flags")
+	h.first, h.last = f&1 != 0, f&2 != 0
+	h.seq = r.uvarint("route number")
+	h.digest = r.u64("route digest")
+	for len(r.b) > 0 && r.err == nil {
+		fs = append(fs, string(r.str("filter")))
+	}
+	return h, fs, r.err
+}
+
+func appendRouteDigest(dst []byte, seq, digest uint64) []byte {
+	dst = append(dst, wireVersion)
+	dst = binary.AppendUvarint(dst, seq)
+	return binary.BigEndian.AppendUint64(dst, digest)
+}
+
+func decodeRouteDigest(b []byte) (seq, digest uint64, err error) {
+	r := &wireReader{b: b}
+	r.version()
+	seq = r.uvarint("route number")
+	digest = r.u64("route digest")
+	return seq, digest, r.err
 }

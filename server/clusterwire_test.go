@@ -81,6 +81,9 @@ func FuzzClusterRecords(f *testing.F) {
 	f.Add(appendRetained(nil, m, 0))
 	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
 	f.Add(appendConnected(nil, "dev", 5))
+	f.Add(appendRouteDelta(nil, 7, "a/+/#"))
+	f.Add(appendStr(appendRouteSetHeader(nil, routeSetHeader{first: true, last: true, seq: 3, digest: 9}), []byte("a/#")))
+	f.Add(appendRouteDigest(nil, 3, 9))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m message
 		if err := decodeForward(b, 0, &forward{}, &m); err == nil && codec.ValidateTopicName(m.topic) != nil {
@@ -88,7 +91,9 @@ func FuzzClusterRecords(f *testing.F) {
 		}
 		_, _ = decodeRetained(b, 0)
 		_, _ = decodeMoved(&wireReader{b: b}, 0)
-		_, _, _ = decodeRoutes(b)
+		_, _, _ = decodeRouteDelta(b)
+		_, _, _ = decodeRouteSet(b)
+		_, _, _ = decodeRouteDigest(b)
 		_, _, _ = restoreMark("interlink/00/"+string(b), b)
 	})
 }

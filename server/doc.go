@@ -93,13 +93,15 @@
 // kept in the store for peers (clusterspool.go). Local filters are
 // announced to peers when their first subscription appears and withdrawn
 // with the last; each link (re)connect sends the whole set, which replaces
-// what the peer had. A peer's routes outlive its failure for
+// what the peer had. The announcements are numbered and a digest of the
+// set follows them every few seconds, so a peer that lost one (they
+// travel unreliably) sees it and asks for the whole set again
+// (clusterroutes.go). A peer's routes outlive its failure for
 // --cluster-forget-after, so that QoS 1/2 messages for its persistent
 // sessions are queued for its return rather than dropped; what was queued
 // stays after the routes go, for --max-session-expiry more (interlink's
 // KeepQueued), since a session there may still be waiting for it. route
-// matches
-// the route table before the local index, so that one member of a shared
+// matches the route table before the local index, so that one member of a shared
 // group is picked across the cluster; a peer gets each message once and
 // delivers it locally only. A CONNECT asks every peer for the client's
 // session and is parked until they answer (takeover.go). While a lane to a

@@ -24,7 +24,7 @@ type stalledPeer struct {
 }
 
 func (p *stalledPeer) PeerUp(peer string) {
-	_ = p.node.Send(peer, 0, recRouteAdd, []byte("load/#"), true)
+	_ = p.node.Send(peer, 0, recRouteAdd, appendRouteDelta(nil, 1, "load/#"), true)
 }
 func (p *stalledPeer) PeerForget(string)        {}
 func (p *stalledPeer) Settled(string, []uint64) {}

@@ -308,6 +308,10 @@ func (s *Server) Start() error {
 		s.wg.Add(1)
 		go s.purgeLoop()
 	}
+	if s.cl != nil {
+		s.wg.Add(1)
+		go s.cl.digestLoop()
+	}
 	if s.cfg.Auth != nil {
 		s.wg.Add(1)
 		go s.aclLoop()
