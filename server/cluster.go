@@ -143,7 +143,8 @@ func (cl *cluster) dropped(kind byte) bool {
 
 // PeerUp sends a peer everything it must know of this node: the whole
 // route set (which replaces what it had), every retained message and
-// clearing, the bans and lifted bans, and the clients connected here.
+// clearing, the bans and lifted bans, the clients connected here, and
+// the sessions restored here that the peer may own now.
 func (cl *cluster) PeerUp(peer string) {
 	cl.sendBans(peer)   // bans.go
 	cl.sendRoutes(peer) // clusterroutes.go
@@ -181,6 +182,7 @@ func (cl *cluster) PeerUp(peer string) {
 			_ = cl.node.Send(peer, 0, recConnected, appendConnected(b[:0], sess.id, since), false)
 		}
 	}
+	cl.sendClaims(peer) // stale.go
 }
 
 // PeerForget drops the routes of a peer gone for good.
@@ -236,6 +238,12 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 			resync = resync || ask
 		case recRouteResync:
 			cl.sendRoutes(peer)
+		case recClaims:
+			err = cl.claimed(peer, r.Body)
+		case recOwned:
+			err = cl.owned(ob, peer, r.Body)
+		case recStale:
+			err = cl.staleArrived(ob, r.Body, now)
 		case recRetained:
 			var m *message
 			if m, err = decodeRetained(r.Body, now); err == nil {

@@ -17,17 +17,12 @@ func startCluster(t *testing.T, n int, mutate func(i int, c *Config)) []*Server 
 	t.Helper()
 	var nodes []*Server
 	for i := range n {
+		var seed *Server
+		if i > 0 {
+			seed = nodes[0]
+		}
 		nodes = append(nodes, startBroker(t, func(c *Config) {
-			ic := interlink.DefaultConfig()
-			ic.NodeName = fmt.Sprintf("n%d", i+1)
-			ic.Listen = "127.0.0.1:0"
-			ic.GossipListen = "127.0.0.1:0"
-			ic.FailureTimeout = time.Second
-			ic.Secret = "server cluster test secret"
-			if i > 0 {
-				ic.Join = []string{"gossip=" + nodes[0].cl.node.Members()[0].Gossip}
-			}
-			c.Cluster = &ic
+			clusterMember(c, fmt.Sprintf("n%d", i+1), seed)
 			if mutate != nil {
 				mutate(i, c)
 			}
@@ -47,6 +42,21 @@ func startCluster(t *testing.T, n int, mutate func(i int, c *Config)) []*Server 
 		return true
 	})
 	return nodes
+}
+
+// clusterMember makes c a cluster node named name that joins seed (nil:
+// the first node).
+func clusterMember(c *Config, name string, seed *Server) {
+	ic := interlink.DefaultConfig()
+	ic.NodeName = name
+	ic.Listen = "127.0.0.1:0"
+	ic.GossipListen = "127.0.0.1:0"
+	ic.FailureTimeout = time.Second
+	ic.Secret = "server cluster test secret"
+	if seed != nil {
+		ic.Join = []string{"gossip=" + seed.cl.node.Members()[0].Gossip}
+	}
+	c.Cluster = &ic
 }
 
 // waitRoutes waits until s knows of want filters announced by peers.

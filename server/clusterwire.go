@@ -66,6 +66,9 @@ const (
 	recAdminAns    byte = 12 // answer: its status and body
 	recRouteDigest byte = 13 // the number and digest of the sender's route set (appendRouteDigest)
 	recRouteResync byte = 14 // request: send me your whole route set (version byte only)
+	recClaims      byte = 15 // restored sessions the sender holds: id, last disconnect (stale.go)
+	recOwned       byte = 16 // answer: the claimed ids the sender holds newer sessions for
+	recStale       byte = 17 // a restored session handed to the node that owns its client
 )
 
 var errWire = errors.New("server: malformed peer body")

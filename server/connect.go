@@ -350,6 +350,7 @@ func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expir
 	sess.mu.expiry = expiry
 	sess.mu.window = window
 	sess.mu.since = s.stamp()
+	sess.mu.restored = false // this node owns it now
 	since := sess.mu.since
 	sess.saveLocked(ob, 0)
 	if sess.mu.expTimer != nil {

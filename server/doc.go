@@ -89,8 +89,9 @@
 // cluster.go is the broker's side of the interlink (what a peer sends is
 // dispatched in Receive), and one file holds each concern: routes and
 // forwarding (clusterroutes.go), retained replication
-// (clusterretained.go), the session takeover (takeover.go) and what is
-// kept in the store for peers (clusterspool.go). Local filters are
+// (clusterretained.go), the session takeover (takeover.go), restored
+// sessions whose client moved while this node was down (stale.go) and
+// what is kept in the store for peers (clusterspool.go). Local filters are
 // announced to peers when their first subscription appears and withdrawn
 // with the last; each link (re)connect sends the whole set, which replaces
 // what the peer had. The announcements are numbered and a digest of the

@@ -154,6 +154,8 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 			ss := newSession(s, r.ClientID)
 			ss.mu.expiry = r.Expiry
 			ss.mu.owner = r.Owner
+			ss.mu.restored = true
+			ss.mu.since = r.DisconnectedAt // before it: the last connection's start is not kept
 			for _, sub := range r.Subs {
 				opts := fanout.Options{QoS: sub.QoS, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, SubID: sub.SubID,
 					Check: sub.ReadCheck}
@@ -219,6 +221,9 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 	})
 	if err != nil {
 		return ls, err
+	}
+	for _, ss := range sessions {
+		ss.mu.restoredSeq = ss.mu.seq
 	}
 	for id, m := range bodies {
 		if m.refs.Load() == 0 {

@@ -49,6 +49,12 @@ type session struct {
 		// period its subscriptions stay and what still arrives here for
 		// it is sent on (takeover.go).
 		movedTo string
+		// restored marks a session loaded from the store that no client
+		// has attached to since: in a cluster its client may have moved
+		// to another node while this one was down (stale.go). Entries
+		// numbered above restoredSeq arrived after the load.
+		restored    bool
+		restoredSeq uint64
 	}
 }
 

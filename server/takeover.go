@@ -7,6 +7,7 @@ import (
 
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/trie"
 )
 
 // movedSession is a session on its way from one node to another: what a
@@ -29,6 +30,10 @@ type movedMsg struct {
 	subIDs   []uint32
 	pid      uint16 // inflight when non-zero
 	released bool
+	// late marks a message that reached a restored session after its
+	// node restarted: the client's session elsewhere had the same route
+	// to it (stale.go).
+	late bool
 }
 
 // handOver removes sess from this node for good: its connection is told
@@ -62,7 +67,7 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string, answer func(
 		owner: sess.mu.owner}
 	for _, om := range append(sess.inflightLocked(), sess.mu.queue.items[sess.mu.queue.head:]...) {
 		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
-			pid: om.pid, released: om.released})
+			pid: om.pid, released: om.released, late: sess.mu.restored && om.seq > sess.mu.restoredSeq})
 	}
 	for pid := range sess.mu.rxQoS2 {
 		mv.rx = append(mv.rx, pid)
@@ -128,9 +133,22 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 		s.log.Info("dropping a session that arrived after its client started a clean one", "client", mv.id)
 		return
 	}
+	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	for _, mm := range mv.msgs {
 		if mm.released {
 			continue
+		}
+		if mm.late {
+			// It reached cur too, when cur's subscriptions match it.
+			if seen == nil {
+				seen = trie.New[struct{}, struct{}]()
+				for f := range cur.mu.subs {
+					_, _, _ = seen.Subscribe(f, struct{}{}, struct{}{})
+				}
+			}
+			if matches(seen, mm.msg.topic) {
+				continue
+			}
 		}
 		om := cur.newOutMsgLocked(mm.msg, mm.qos, mm.retain, mm.subIDs)
 		cur.mu.queue.push(om)
@@ -158,18 +176,31 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 }
 
 // install makes a moved session this node's, offline, replacing any local
-// session with its id; the connection that asked for it attaches next.
+// session with its id; the connection that asked for it attaches next. A
+// local session restored from the store and not attached since is older
+// than the one that arrived: its messages are merged into it.
 func (s *Server) install(ob *outbox, mv *movedSession) {
 	s.sessions.Lock()
 	old := s.sessions.m[mv.id]
 	sess := newSession(s, mv.id)
 	s.sessions.m[mv.id] = sess
 	s.sessions.Unlock()
+	var stale *movedSession
 	if old != nil {
-		s.handOver(ob, old)
+		old.mu.Lock()
+		restored := old.mu.restored
+		old.mu.Unlock()
+		if held := s.handOver(ob, old); restored {
+			stale = held
+		}
 		s.sessions.Lock()
 		s.sessions.m[mv.id] = sess
 		s.sessions.Unlock()
+	}
+	if stale != nil {
+		// A copy restored here after a restart, older than the one that
+		// arrived: what it held is merged in (stale.go).
+		defer s.keepMoved(ob, stale)
 	}
 
 	sess.mu.Lock()
@@ -217,8 +248,8 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 // Subscription options: QoS in bits 0-1, no local 4, retain as published
 // 8, read check 16.
 //
-// options: QoS bits 0-1, no local 2, retain as published 3.
-// flags: QoS bits 0-1, retain 2, released 3, inflight (pid follows) 4.
+// Message flags: QoS in bits 0-1, retain 4, released 8, inflight (pid
+// follows) 16, late 32.
 
 func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
 	dst = appendStr(dst, []byte(mv.id))
@@ -256,6 +287,9 @@ func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
 		}
 		if mm.pid != 0 {
 			fl |= 16
+		}
+		if mm.late {
+			fl |= 32
 		}
 		dst = append(dst, fl)
 		if mm.pid != 0 {
@@ -295,7 +329,7 @@ func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
 	n = r.uvarint("messages")
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		fl := r.byte1("message flags")
-		mm := movedMsg{qos: fl & 3, retain: fl&4 != 0, released: fl&8 != 0}
+		mm := movedMsg{qos: fl & 3, retain: fl&4 != 0, released: fl&8 != 0, late: fl&32 != 0}
 		if fl&16 != 0 {
 			p := r.u16("packet id")
 			mm.pid = p

@@ -1,0 +1,181 @@
+package server
+
+import (
+	"encoding/binary"
+
+	"github.com/gannetmq/gannet/trie"
+)
+
+// A node that restarts loads its clients' offline sessions from the
+// store. While it was down, some of those clients may have connected to
+// another node, which found no session to take over (this node did not
+// answer) and started a new one. The restored copy is stale then: its
+// routes would collect messages the client never sees, and what was
+// queued in it before the restart (acknowledged to publishers) would be
+// stranded. So one node owns a client id, and the stale copy goes to it:
+//
+//   - when this node links to a peer, it sends the peer its claims: the
+//     id and last disconnect time of every restored session that no
+//     client has attached to since (recClaims);
+//   - the peer answers with the ids it holds a newer session for: one
+//     its client attached to after the claimed time, or one that was not
+//     itself restored (recOwned);
+//   - for each, this node ends its copy and sends what it held to the
+//     owner (recStale): queued and inflight messages, inbound QoS 2 ids
+//     and the subscriptions. The owner merges them into its session as a
+//     takeover that arrived late does (keepMoved): the client was told no
+//     session was present, so inflight messages are sent again as new and
+//     those past PUBREC are dropped.
+//
+// A message that reached the stale copy after the restart (marked late)
+// also reached the owner's session when one of the owner's plain
+// subscriptions matches it: the owner drops those, so that QoS 2 is not
+// delivered twice. Messages that were in the stale copy before the
+// restart cannot have reached the owner: they are merged.
+//
+// Claims, answers and the stale session are reliable records; the stale
+// session is also kept in this node's store until the owner acknowledges
+// it (cluster.send), in the batch that deletes the session here.
+
+// claimChunk bounds a recClaims or recOwned record.
+const claimChunk = 64 << 10
+
+// sendClaims sends peer the claims of this node's restored sessions.
+func (cl *cluster) sendClaims(peer string) {
+	var all []*session
+	cl.s.sessions.Lock()
+	for _, sess := range cl.s.sessions.m {
+		all = append(all, sess)
+	}
+	cl.s.sessions.Unlock()
+	var b []byte
+	for _, sess := range all {
+		sess.mu.Lock()
+		claim := sess.mu.restored && !sess.mu.ended && sess.mu.cl == nil
+		since := sess.mu.since
+		sess.mu.Unlock()
+		if !claim {
+			continue
+		}
+		if b == nil {
+			b = []byte{wireVersion}
+		}
+		b = appendClaim(b, sess.id, since)
+		if len(b) >= claimChunk {
+			_ = cl.node.Send(peer, 0, recClaims, b, true)
+			b = nil
+		}
+	}
+	if b != nil {
+		_ = cl.node.Send(peer, 0, recClaims, b, true)
+	}
+}
+
+func appendClaim(dst []byte, id string, since int64) []byte {
+	dst = appendStr(dst, []byte(id))
+	return binary.AppendUvarint(dst, uint64(max(since, 0)))
+}
+
+// decodeClaims calls f for each (id, since) in a recClaims or recOwned
+// body.
+func decodeClaims(b []byte, f func(id string, since int64)) error {
+	r := &wireReader{b: b}
+	r.version()
+	for len(r.b) > 0 && r.err == nil {
+		id := r.str("client id")
+		since := r.uvarint("since")
+		if r.err == nil {
+			f(string(id), int64(since))
+		}
+	}
+	return r.err
+}
+
+// claimed answers a peer's claims with the ids this node holds a newer
+// session for.
+func (cl *cluster) claimed(peer string, body []byte) error {
+	s := cl.s
+	var ans []byte
+	err := decodeClaims(body, func(id string, since int64) {
+		s.sessions.Lock()
+		sess := s.sessions.m[id]
+		s.sessions.Unlock()
+		if sess == nil {
+			return
+		}
+		sess.mu.Lock()
+		mine := !sess.mu.ended && (!sess.mu.restored || sess.mu.since > since)
+		own := sess.mu.since
+		sess.mu.Unlock()
+		if !mine {
+			return
+		}
+		if ans == nil {
+			ans = []byte{wireVersion}
+		}
+		ans = appendClaim(ans, id, own)
+		if len(ans) >= claimChunk {
+			_ = cl.node.Send(peer, 0, recOwned, ans, true)
+			ans = nil
+		}
+	})
+	if ans != nil {
+		_ = cl.node.Send(peer, 0, recOwned, ans, true)
+	}
+	return err
+}
+
+// owned hands the restored sessions that peer owns over to it.
+func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
+	s := cl.s
+	return decodeClaims(body, func(id string, since int64) {
+		s.sessions.Lock()
+		sess := s.sessions.m[id]
+		s.sessions.Unlock()
+		if sess == nil {
+			return
+		}
+		sess.mu.Lock()
+		stale := sess.mu.restored && !sess.mu.ended && sess.mu.cl == nil
+		sess.mu.Unlock()
+		if !stale {
+			return // a client attached here meanwhile: the takeover decides
+		}
+		s.handOverTo(ob, sess, "", func(mv *movedSession) bool {
+			if mv == nil {
+				return true
+			}
+			if err := cl.send(ob, peer, 0, recStale, appendMoved([]byte{wireVersion}, mv, s.now()), true); err != nil {
+				s.log.Warn("cannot send a stale session to its owner; it stays here", "client", id, "peer", peer, "err", err)
+				return false
+			}
+			s.log.Info("restored session handed to the node that owns the client now", "client", id, "to", peer,
+				"messages", len(mv.msgs))
+			return true
+		})
+	})
+}
+
+// staleArrived merges a peer's stale copy of a session into this node's.
+func (cl *cluster) staleArrived(ob *outbox, body []byte, now int64) error {
+	r := &wireReader{b: body}
+	r.version()
+	if r.err != nil {
+		return r.err
+	}
+	mv, err := decodeMoved(r, now)
+	if err != nil {
+		return err
+	}
+	cl.s.keepMoved(ob, mv)
+	return nil
+}
+
+// matches reports whether a plain subscription of t matches topic. A
+// shared group's member gets only some of the group's messages, so groups
+// do not count.
+func matches(t *trie.Trie[struct{}, struct{}], topic []byte) bool {
+	hit := false
+	t.Match(topic, func(struct{}, struct{}) { hit = true }, func(*trie.Group[struct{}, struct{}]) {})
+	return hit
+}

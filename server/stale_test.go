@@ -1,0 +1,91 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// A node that was down while its client reconnected elsewhere comes back
+// with a stale copy of the client's session: the QoS 2 messages queued in
+// it before the restart reach the client on the node it lives on now,
+// once, and nothing the client got there already comes again. The node
+// keeps no copy of the session.
+func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
+	dir := t.TempDir()
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 1 {
+			c.DataDir = dir
+		}
+	})
+	n1, n2 := nodes[0], nodes[1]
+	persistent := func(s *Server) (*v5client, *paho.Connack) {
+		return dialV5(t, s, &paho.Connect{ClientID: "dev", CleanStart: false, KeepAlive: 30,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
+	}
+	dev, _ := persistent(n2)
+	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 2})
+	_ = dev.Disconnect(&paho.Disconnect{})
+	waitRoutes(t, n1, 1)
+	pub, _ := dialV5(t, n1, &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
+	for i := 1; i <= 2; i++ {
+		pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	waitFor(t, "two messages queued on n2", func() bool { return queuedFor(n2, "dev") == 2 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n2.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
+	dev, ack := persistent(n1)
+	if ack.SessionPresent {
+		t.Fatal("session present on n1 while n2, which holds it, is down")
+	}
+	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 2})
+	pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 2, Payload: []byte("m3")})
+	if p := dev.expect(t); string(p.Payload) != "m3" {
+		t.Fatalf("got %q, want m3", p.Payload)
+	}
+
+	n2 = startBroker(t, func(c *Config) {
+		clusterMember(c, "n2", n1)
+		c.DataDir = dir
+	})
+	got := map[string]int{}
+	for range 2 {
+		got[string(dev.expect(t).Payload)]++
+	}
+	waitFor(t, "n2 to give the session up", func() bool {
+		n2.sessions.Lock()
+		defer n2.sessions.Unlock()
+		return n2.sessions.m["dev"] == nil
+	})
+	pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 2, Payload: []byte("end")})
+	for {
+		p := dev.expect(t)
+		if got[string(p.Payload)]++; string(p.Payload) == "end" {
+			break
+		}
+	}
+	if got["m1"] != 1 || got["m2"] != 1 || got["m3"] != 0 || got["end"] != 1 {
+		t.Fatalf("after n2 returned the client got %v; want m1, m2 and end once each", got)
+	}
+}
+
+// queuedFor counts the messages queued and inflight in s for a session.
+func queuedFor(s *Server, id string) int {
+	s.sessions.Lock()
+	ss := s.sessions.m[id]
+	s.sessions.Unlock()
+	if ss == nil {
+		return 0
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.mu.queue.len() + len(ss.mu.inflight)
+}
