@@ -42,6 +42,7 @@ type cluster struct {
 		sync.Mutex
 		m map[string]*peerRouteSet
 	}
+	retainSync retainSync // retainsync.go
 	// drop, when a test sets it, is the kind of the next broadcast record
 	// to lose, as a full control lane would.
 	drop atomic.Int32
@@ -185,9 +186,11 @@ func (cl *cluster) PeerUp(peer string) {
 	cl.sendClaims(peer) // stale.go
 }
 
-// PeerForget drops the routes of a peer gone for good.
+// PeerForget drops the routes of a peer gone for good, and what its
+// last retained digests said.
 func (cl *cluster) PeerForget(peer string) {
 	cl.dropRoutes(peer)
+	cl.forgetRetainPeer(peer)
 }
 
 // Receive applies one batch from a peer; done is called once its effects
@@ -244,6 +247,8 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 			err = cl.owned(ob, peer, r.Body)
 		case recStale:
 			err = cl.staleArrived(ob, r.Body, now)
+		case recRetainDigest:
+			err = cl.retainDigestFrom(peer, r.Body)
 		case recRetained:
 			var m *message
 			if m, err = decodeRetained(r.Body, now); err == nil {

@@ -135,8 +135,8 @@ func (cl *cluster) sendDigests() {
 	}
 }
 
-// digestLoop runs sendDigests every routeDigestEvery until the server
-// stops.
+// digestLoop runs sendDigests every routeDigestEvery, and the retained
+// digests every retainDigestEvery of those, until the server stops.
 func (cl *cluster) digestLoop() {
 	defer cl.s.wg.Done()
 	t := time.NewTicker(routeDigestEvery)
@@ -147,6 +147,7 @@ func (cl *cluster) digestLoop() {
 			return
 		case <-t.C:
 			cl.sendDigests()
+			cl.sendRetainDigests(false) // retainsync.go
 		}
 	}
 }

@@ -52,23 +52,24 @@ const wireVersion = 1
 // Record kinds the broker sends its peers. Do not renumber: exchanged
 // between nodes.
 const (
-	recForward     byte = 1  // a message to deliver here (reliable for QoS 1/2)
-	recRouteAdd    byte = 2  // a filter the sender now has subscribers for (appendRouteDelta)
-	recRouteDel    byte = 3  // a filter the sender no longer has (appendRouteDelta)
-	recRoutesAll   byte = 4  // the sender's whole route set, in chunks (appendRouteSetHeader)
-	recRetained    byte = 5  // a retained message set or cleared, with its stamp
-	recTakeover    byte = 6  // request: hand over a client's session
-	recSession     byte = 7  // answer: the session, if the sender had it
-	recConnected   byte = 8  // a client connected at the sender, at a stamp
-	recRedirect    byte = 9  // a delivery for a session that moved to the receiver
-	recBan         byte = 10 // a ban set or lifted, JSON (bans.go)
-	recAdminReq    byte = 11 // request: an admin API call (admincluster.go)
-	recAdminAns    byte = 12 // answer: its status and body
-	recRouteDigest byte = 13 // the number and digest of the sender's route set (appendRouteDigest)
-	recRouteResync byte = 14 // request: send me your whole route set (version byte only)
-	recClaims      byte = 15 // restored sessions the sender holds: id, last disconnect (stale.go)
-	recOwned       byte = 16 // answer: the claimed ids the sender holds newer sessions for
-	recStale       byte = 17 // a restored session handed to the node that owns its client
+	recForward      byte = 1  // a message to deliver here (reliable for QoS 1/2)
+	recRouteAdd     byte = 2  // a filter the sender now has subscribers for (appendRouteDelta)
+	recRouteDel     byte = 3  // a filter the sender no longer has (appendRouteDelta)
+	recRoutesAll    byte = 4  // the sender's whole route set, in chunks (appendRouteSetHeader)
+	recRetained     byte = 5  // a retained message set or cleared, with its stamp
+	recTakeover     byte = 6  // request: hand over a client's session
+	recSession      byte = 7  // answer: the session, if the sender had it
+	recConnected    byte = 8  // a client connected at the sender, at a stamp
+	recRedirect     byte = 9  // a delivery for a session that moved to the receiver
+	recBan          byte = 10 // a ban set or lifted, JSON (bans.go)
+	recAdminReq     byte = 11 // request: an admin API call (admincluster.go)
+	recAdminAns     byte = 12 // answer: its status and body
+	recRouteDigest  byte = 13 // the number and digest of the sender's route set (appendRouteDigest)
+	recRouteResync  byte = 14 // request: send me your whole route set (version byte only)
+	recClaims       byte = 15 // restored sessions the sender holds: id, last disconnect (stale.go)
+	recOwned        byte = 16 // answer: the claimed ids the sender holds newer sessions for
+	recStale        byte = 17 // a restored session handed to the node that owns its client
+	recRetainDigest byte = 18 // the sender's retained digest (retainsync.go)
 )
 
 var errWire = errors.New("server: malformed peer body")

@@ -94,6 +94,8 @@ func FuzzClusterRecords(f *testing.F) {
 		_, _, _ = decodeRouteDelta(b)
 		_, _, _ = decodeRouteSet(b)
 		_, _, _ = decodeRouteDigest(b)
+		_ = decodeRetainDigest(b, &retainDigest{})
+		_ = decodeClaims(b, func(string, int64) {})
 		_, _, _ = restoreMark("interlink/00/"+string(b), b)
 	})
 }
