@@ -28,10 +28,56 @@
 // WAL record. done(err) with a non-nil err means none of the group's ops
 // were applied.
 //
-// Pebble stops the process when a WAL write fails (its Logger.Fatalf), so
-// the store refuses writes before it gets there: while the volume has less
-// free space than Options.MinFreeBytes every group fails with ErrDiskFull,
-// Healthy reports it, and writes resume by themselves once space returns.
+// # A full or failing disk
+//
+// The process never ends because of the disk. Two states refuse writes,
+// and Healthy reports either until it is over:
+//
+//   - Disk full: while the volume has less free space than
+//     Options.MinFreeBytes (looked at every 250ms or 4 MiB written) every
+//     group fails with ErrDiskFull before Pebble sees it, and writes resume
+//     by themselves once space returns.
+//   - Store failed: a write of Pebble's log or manifest failed anyway (a
+//     disk that filled faster than the check, a quota, EIO). Pebble gives
+//     up on its database then (Logger.Fatalf, or a panic when it closes or
+//     creates a log file) and its state in memory is unknown. The store
+//     abandons that opening of the database (instance.go: the goroutine
+//     Pebble stopped on stays parked, and every later file change of that
+//     opening waits forever, so the directory stays as a crash would have
+//     left it) and fails every group with ErrStoreFailed wrapping the
+//     cause. It looks at the disk at most once a second (backing off to
+//     once a minute while opening fails for other reasons), and once the
+//     volume has MinFreeBytes free and a small file can be written and
+//     fsynced in the directory, it opens the directory anew, reading what
+//     is durable as a restart would, and writes resume.
+//
+// While the store is failed, nothing is acknowledged: done(err) runs for
+// every group. What that means for the group being written when Pebble
+// gave up is weaker than above: its log record may have reached the disk
+// before the failure, and it is then applied after the reopen although it
+// was reported failed (as a write whose fsync fails may or may not be
+// durable). Every other failed group is not applied. Everything
+// acknowledged before the failure is durable with Sync; with Batch, what
+// was acknowledged since the last fsync can be lost, as in a crash. The
+// broker's memory stays what it believes, and the store does not tell it
+// what the reopen found.
+//
+// An abandoned opening keeps its memory (memtables, caches) and goroutines
+// until the process exits; after 8 of them the store stays failed until the
+// broker restarts. A flush or compaction of Pebble's own that fails for
+// want of space (ENOSPC, EDQUOT) fails the store the same way: Pebble
+// would retry it at once and without end, burning a core. Its other
+// background errors are logged, at most one line every 10s.
+//
+// Open on a volume that does not take writes, or where Pebble fails while
+// opening for writing, opens an existing store read-only: Load reads it,
+// every group fails with ErrDiskFull (or ErrStoreFailed), and the store
+// opens for writing by itself once the disk takes writes, writing Load's
+// purge of expired records then, ahead of anything else. A new store is
+// not created on such a volume: Open fails, since there is nothing to
+// serve from and the directory must take writes first. Open also fails
+// when the store cannot be read at all (corrupt, foreign, newer format,
+// unreadable): the broker does not start on data it cannot read.
 //
 // # Key layout
 //

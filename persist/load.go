@@ -46,6 +46,8 @@ func (s *Store) Load(now time.Time, l Loader) (LoadStats, error) {
 	start := time.Now()
 	var st LoadStats
 	nowNs := now.UnixNano()
+	s.swap.Lock() // no reopen replaces s.db meanwhile
+	defer s.swap.Unlock()
 	it, err := s.db.NewIter(nil)
 	if err != nil {
 		return st, fmt.Errorf("persist: cannot read the store: %w", err)
@@ -197,9 +199,7 @@ func (s *Store) Load(now time.Time, l Loader) (LoadStats, error) {
 		}
 	}
 	if purge.Len() > 0 {
-		done := make(chan error, 1)
-		s.Commit(&purge, func(err error) { done <- err })
-		if err := <-done; err != nil {
+		if err := s.commitPurge(&purge); err != nil {
 			return st, fmt.Errorf("persist: cannot purge: %w", err)
 		}
 	}

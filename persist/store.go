@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -73,6 +74,8 @@ var (
 	ErrForeign     = errors.New("persist: directory holds data of another program")
 	ErrNewerFormat = errors.New("persist: data written by a newer format")
 	ErrClosed      = errors.New("persist: store closed")
+	// ErrStoreFailed (instance.go) wraps why a write of the database
+	// failed.
 )
 
 const (
@@ -87,9 +90,33 @@ const (
 
 // Store is the durable store. Its methods are safe for concurrent use.
 type Store struct {
-	db   *pebble.DB
 	opts Options
 	log  *slog.Logger
+	// lockFile is the directory's lock, held from Open to Close across
+	// every instance opened in between (fenceFS.Lock).
+	lockFile io.Closer
+
+	// inst is the open database: nil while none is, read-only while the
+	// store started on a full disk. The committer owns it after Open.
+	inst *instance
+	// db is inst's database, for Load. swap is held by Load and by a
+	// reopen while it replaces the instance.
+	swap sync.Mutex
+	db   *pebble.DB
+	// needFormat: the format key is to be written with the id counter
+	// (a store created, or opened read-only, without one).
+	needFormat bool
+	// down is the committer's record of a failed or read-only store.
+	down struct {
+		err    error         // why writes are refused; nil while they are not
+		corpse *instance     // the instance that died, until reopened
+		dead   int           // instances that died
+		busy   bool          // a reopen is under way
+		next   time.Time     // no reopen before then
+		wait   time.Duration // the wait after the last failed reopen
+		gaveUp bool
+	}
+	reopened chan reopened
 
 	idRun  uint64
 	nextID atomic.Uint64
@@ -99,6 +126,9 @@ type Store struct {
 		pending      []pendingCommit
 		pendingBytes int
 		closed       bool
+		// held is Load's purge while the store refused it, written
+		// ahead of the first group written afterwards.
+		held *pendingCommit
 	}
 	wake     chan struct{} // a commit is pending
 	room     *sync.Cond    // on mu: pending bytes fell below MaxPending
@@ -152,6 +182,14 @@ const memTableSize = 32 << 20
 // Open opens the store in o.Dir, creating it when the directory is empty
 // or absent. A directory of another program, of a newer format or with
 // corrupt files is refused and left untouched.
+//
+// On a volume that does not take writes (less than MinFreeBytes free, or a
+// small file cannot be written and fsynced), or where Pebble fails while
+// opening for writing, an existing store opens read-only: Load reads it,
+// every commit fails with ErrDiskFull (or ErrStoreFailed) and Healthy says
+// so, and the store opens for writing by itself once the disk takes writes
+// again. A new store cannot be created then, and Open fails: there is
+// nothing to read, and the directory must take writes first.
 func Open(o Options) (*Store, error) {
 	if o.FS == nil {
 		o.FS = vfs.Default
@@ -168,57 +206,125 @@ func Open(o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if err := checkDir(o.FS, o.Dir); err != nil {
+	exists, err := checkDir(o.FS, o.Dir)
+	if err != nil {
 		return nil, err
 	}
 	if err := o.FS.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("persist: cannot create %s: %w", o.Dir, err)
 	}
-	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, Logger: pebbleLogger{o.Logger}, MemTableSize: memTableSize})
+	lockFile, err := o.FS.Lock(o.FS.PathJoin(o.Dir, "LOCK"))
 	if err != nil {
-		if errors.Is(err, pebble.ErrCorruption) {
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-		}
-		return nil, fmt.Errorf("persist: cannot open %s: %w", o.Dir, err)
+		return nil, fmt.Errorf("persist: cannot lock %s (is another process using it?): %w", o.Dir, err)
 	}
-	s := &Store{db: db, opts: o, log: o.Logger, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	s := &Store{opts: o, log: o.Logger, lockFile: lockFile, wake: make(chan struct{}, 1),
+		stopped: make(chan struct{}), reopened: make(chan reopened, 1)}
 	s.room = sync.NewCond(&s.mu)
-	if err := s.checkFormat(); err != nil {
-		_ = db.Close()
+	if err := s.openFirst(exists); err != nil {
+		_ = lockFile.Close()
 		return nil, err
 	}
 	go s.committer()
 	return s, nil
 }
 
+// openFirst opens the database for Open: for writing when the disk takes
+// writes, else read-only.
+func (s *Store) openFirst(exists bool) error {
+	why := s.probe()
+	if why == nil {
+		in, err := s.openInstance(false)
+		if err == nil {
+			if err = s.startInstance(in); err == nil {
+				return nil
+			}
+		}
+		if !errors.Is(err, ErrStoreFailed) {
+			if in != nil {
+				s.closeInstance(in)
+			}
+			return err
+		}
+		s.down.dead++
+		if in != nil {
+			s.bury(in)
+		}
+		why = err
+	}
+	if !exists {
+		return fmt.Errorf("persist: cannot create a store in %s: %w", s.opts.Dir, why)
+	}
+	s.log.Error("persist: the disk does not take writes; the store opens read-only and refuses writes until it does",
+		"dir", s.opts.Dir, "err", why)
+	in, err := s.openInstance(true)
+	if err != nil {
+		return err
+	}
+	if err := s.startInstance(in); err != nil {
+		s.closeInstance(in)
+		return err
+	}
+	s.setDown(why)
+	return nil
+}
+
+// startInstance checks the format of the store opened first and, when it
+// is open for writing, writes the id counter.
+func (s *Store) startInstance(in *instance) error {
+	if err := runErr(in, func() error { return s.readFormat(in.db) }); err != nil {
+		return err
+	}
+	if !in.readOnly {
+		if err := runErr(in, func() error { return s.writeFormat(in.db) }); err != nil {
+			return err
+		}
+	}
+	s.inst, s.db = in, in.db
+	return nil
+}
+
+// closeInstance closes a live instance.
+func (s *Store) closeInstance(in *instance) {
+	if in.isDead() {
+		return
+	}
+	if err := runErr(in, in.db.Close); err != nil {
+		s.log.Warn("persist: cannot close the database", "dir", s.opts.Dir, "err", err)
+	}
+}
+
 // checkDir refuses a non-empty directory that holds no Pebble store before
-// Pebble creates anything in it.
-func checkDir(fs vfs.FS, dir string) error {
+// Pebble creates anything in it, and reports whether it holds a store.
+func checkDir(fs vfs.FS, dir string) (exists bool, err error) {
 	names, err := fs.List(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("persist: cannot read %s: %w", dir, err)
+		return false, fmt.Errorf("persist: cannot read %s: %w", dir, err)
 	}
-	if len(names) == 0 {
-		return nil
-	}
+	var other string
 	for _, n := range names {
-		if strings.HasPrefix(n, "MANIFEST-") || strings.HasPrefix(n, "OPTIONS-") || strings.HasPrefix(n, "marker.") {
-			return nil
+		switch {
+		case strings.HasPrefix(n, "MANIFEST-") || strings.HasPrefix(n, "OPTIONS-") || strings.HasPrefix(n, "marker."):
+			return true, nil
+		case n != "LOCK" && n != probeName && other == "":
+			other = n // our own files, left by an Open that failed, are no sign
 		}
 	}
-	return fmt.Errorf("%w: %s is not empty and holds no Gannet store (found %q)", ErrForeign, dir, names[0])
+	if other != "" {
+		return false, fmt.Errorf("%w: %s is not empty and holds no Gannet store (found %q)", ErrForeign, dir, other)
+	}
+	return false, nil
 }
 
-// checkFormat reads the format key, writing it into a new store, and takes
-// this run's id range.
-func (s *Store) checkFormat() error {
-	v, closer, err := s.db.Get(keyFormat)
+// readFormat reads the format key and takes this run's id range. A store
+// without the key must be empty, and gets it from writeFormat.
+func (s *Store) readFormat(db *pebble.DB) error {
+	v, closer, err := db.Get(keyFormat)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
-		it, err := s.db.NewIter(nil)
+		it, err := db.NewIter(nil)
 		if err != nil {
 			return fmt.Errorf("persist: cannot read the store: %w", err)
 		}
@@ -227,10 +333,7 @@ func (s *Store) checkFormat() error {
 		if !empty {
 			return fmt.Errorf("%w: %s is a Pebble store without Gannet's format key", ErrForeign, s.opts.Dir)
 		}
-		val := binary.BigEndian.AppendUint32([]byte(formatMagic), formatVersion)
-		if err := s.db.Set(keyFormat, val, pebble.Sync); err != nil {
-			return fmt.Errorf("persist: cannot write the format key: %w", err)
-		}
+		s.needFormat = true
 	case err != nil:
 		return fmt.Errorf("persist: cannot read the format key: %w", err)
 	default:
@@ -250,7 +353,8 @@ func (s *Store) checkFormat() error {
 	// Body ids are the run counter in the high 24 bits and a counter in
 	// the low 40, so that no id repeats across restarts without a write
 	// per id.
-	v, closer, err = s.db.Get(keyIDRun)
+	var run uint64
+	v, closer, err = db.Get(keyIDRun)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
 	case err != nil:
@@ -260,17 +364,33 @@ func (s *Store) checkFormat() error {
 			_ = closer.Close()
 			return fmt.Errorf("%w: bad id counter", ErrCorrupt)
 		}
-		s.idRun = binary.BigEndian.Uint64(v)
+		run = binary.BigEndian.Uint64(v)
 		_ = closer.Close()
 	}
-	s.idRun++
-	if s.idRun >= 1<<24 {
+	run++
+	if run >= 1<<24 {
 		return fmt.Errorf("%w: id counter exhausted", ErrCorrupt)
 	}
-	if err := s.db.Set(keyIDRun, binary.BigEndian.AppendUint64(nil, s.idRun), pebble.Sync); err != nil {
+	s.idRun = run
+	s.nextID.Store(run << 40)
+	return nil
+}
+
+// writeFormat writes this run's id counter, and the format key if the
+// store has none yet, before any commit: no body of this run is durable
+// before the counter that makes its id unique.
+func (s *Store) writeFormat(db *pebble.DB) error {
+	b := db.NewBatch()
+	if s.needFormat {
+		_ = b.Set(keyFormat, binary.BigEndian.AppendUint32([]byte(formatMagic), formatVersion), nil)
+	}
+	_ = b.Set(keyIDRun, binary.BigEndian.AppendUint64(nil, s.idRun), nil)
+	err := b.Commit(pebble.Sync)
+	_ = b.Close()
+	if err != nil {
 		return fmt.Errorf("persist: cannot write the id counter: %w", err)
 	}
-	s.nextID.Store(s.idRun << 40)
+	s.needFormat = false
 	return nil
 }
 
@@ -376,8 +496,16 @@ func (s *Store) committer() {
 	defer recheck.Stop()
 	var group []pendingCommit
 	for {
+		s.noticeDeath()
 		s.mu.Lock()
-		group = append(group[:0], s.mu.pending...)
+		group = group[:0]
+		if h := s.mu.held; h != nil && len(s.mu.pending) > 0 {
+			// Load's purge goes first. elide marks ops in place: the
+			// group gets a copy, so that h stays whole if it fails.
+			s.mu.held = nil
+			group = append(group, pendingCommit{buf: h.buf, ops: slices.Clone(h.ops), done: h.done})
+		}
+		group = append(group, s.mu.pending...)
 		clear(s.mu.pending)
 		s.mu.pending = s.mu.pending[:0]
 		s.writing.Store(int64(s.mu.pendingBytes))
@@ -397,6 +525,9 @@ func (s *Store) committer() {
 			continue
 		}
 		if closed {
+			if s.down.busy {
+				s.install(<-s.reopened)
+			}
 			s.syncNow()
 			return
 		}
@@ -405,9 +536,12 @@ func (s *Store) committer() {
 		case <-tick:
 			s.syncNow()
 		case <-recheck.C:
-			if s.disk.full {
+			if s.disk.full && s.down.err == nil {
 				_ = s.checkDisk(0)
 			}
+			s.maybeReopen()
+		case r := <-s.reopened:
+			s.install(r)
 		}
 	}
 }
@@ -429,8 +563,9 @@ func (s *Store) write(group []pendingCommit) {
 	}
 	if err != nil {
 		s.stats.failures.Add(1)
+		s.noticeDeath()
 		s.unhealthy.Store(&err)
-	} else if n > 0 && s.Healthy() != nil && !s.disk.full {
+	} else if n > 0 && s.Healthy() != nil && !s.disk.full && !s.inst.isDead() {
 		s.unhealthy.Store(nil)
 	}
 	for _, pc := range group {
@@ -440,11 +575,15 @@ func (s *Store) write(group []pendingCommit) {
 }
 
 func (s *Store) apply(group []pendingCommit, n, size int) error {
+	s.noticeDeath()
+	in := s.inst
+	if s.down.err != nil {
+		return s.down.err
+	}
 	if err := s.checkDisk(size); err != nil {
 		return err
 	}
-	b := s.db.NewBatchWithSize(size + 16*n)
-	defer b.Close()
+	b := in.db.NewBatchWithSize(size + 16*n)
 	// After elision every key is written once (twice only on a hash
 	// collision, kept in order by the stable sort), so the writes can go
 	// in key order: Pebble inserts a batch into its memtable's skiplist
@@ -482,6 +621,7 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 			err = b.DeleteRange(k, pc.buf[o.v0:o.v1], nil)
 		}
 		if err != nil {
+			_ = b.Close()
 			return fmt.Errorf("persist: cannot build a batch: %w", err)
 		}
 	}
@@ -492,7 +632,17 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 	if s.opts.Durability == DurabilityBatch {
 		wo = pebble.NoSync
 	}
-	if err := b.Commit(wo); err != nil {
+	// The batch is closed by the call: if the instance dies, the call
+	// may still be in Pebble when run returns.
+	err := runErr(in, func() error {
+		err := b.Commit(wo)
+		_ = b.Close()
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, ErrStoreFailed) {
+			return err
+		}
 		return fmt.Errorf("persist: cannot write: %w", err)
 	}
 	s.stats.batches.Add(1)
@@ -560,7 +710,12 @@ func (s *Store) syncNow() {
 	if !s.unsynced.Swap(false) {
 		return
 	}
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+	s.noticeDeath()
+	in := s.inst
+	if s.down.err != nil {
+		return // the instance that wrote is gone; see doc.go
+	}
+	if err := runErr(in, func() error { return in.db.LogData(nil, pebble.Sync) }); err != nil {
 		s.log.Error("persist: cannot sync the log", "err", err)
 		s.unhealthy.Store(&err)
 		return
@@ -615,24 +770,12 @@ func (s *Store) Close() error {
 	default:
 	}
 	<-s.stopped
-	return s.db.Close()
-}
-
-// pebbleLogger sends Pebble's logs to slog. Pebble calls Fatalf when it
-// cannot go on (a failed WAL write leaves its state unknown); the process
-// exits then, as Pebble expects, after the reason is logged. The disk
-// space check above exists so that a full disk does not get this far.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error("pebble: fatal: " + fmt.Sprintf(format, args...))
-	os.Exit(1)
+	var err error
+	if in := s.inst; in != nil && !in.isDead() {
+		err = runErr(in, in.db.Close)
+	}
+	if lerr := s.lockFile.Close(); err == nil {
+		err = lerr
+	}
+	return err
 }

@@ -12,11 +12,13 @@ import (
 )
 
 // stallFS is a file system whose writes and syncs wait while it is
-// stalled: a disk that stops answering.
+// stalled (a disk that stops answering) or fail while it is failing (a
+// disk that is full or broken).
 type stallFS struct {
 	vfs.FS
 	mu   sync.Mutex
 	gate chan struct{} // non-nil while stalled; closed by resume
+	fail error         // non-nil while failing
 }
 
 func (f *stallFS) stall() {
@@ -36,13 +38,23 @@ func (f *stallFS) resume() {
 	}
 }
 
-func (f *stallFS) wait() {
+// failWith makes writes and syncs fail with err; nil heals the disk.
+func (f *stallFS) failWith(err error) {
 	f.mu.Lock()
-	g := f.gate
+	defer f.mu.Unlock()
+	f.fail = err
+}
+
+// wait holds a write or sync while the disk is stalled, and returns the
+// error it fails with.
+func (f *stallFS) wait() error {
+	f.mu.Lock()
+	g, err := f.gate, f.fail
 	f.mu.Unlock()
 	if g != nil {
 		<-g
 	}
+	return err
 }
 
 func (f *stallFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
@@ -72,15 +84,38 @@ type stallFile struct {
 	fs *stallFS
 }
 
-func (f *stallFile) Write(p []byte) (int, error) { f.fs.wait(); return f.File.Write(p) }
+func (f *stallFile) Write(p []byte) (int, error) {
+	if err := f.fs.wait(); err != nil {
+		return 0, err
+	}
+	return f.File.Write(p)
+}
+
 func (f *stallFile) WriteAt(p []byte, off int64) (int, error) {
-	f.fs.wait()
+	if err := f.fs.wait(); err != nil {
+		return 0, err
+	}
 	return f.File.WriteAt(p, off)
 }
-func (f *stallFile) Sync() error     { f.fs.wait(); return f.File.Sync() }
-func (f *stallFile) SyncData() error { f.fs.wait(); return f.File.SyncData() }
+
+func (f *stallFile) Sync() error {
+	if err := f.fs.wait(); err != nil {
+		return err
+	}
+	return f.File.Sync()
+}
+
+func (f *stallFile) SyncData() error {
+	if err := f.fs.wait(); err != nil {
+		return err
+	}
+	return f.File.SyncData()
+}
+
 func (f *stallFile) SyncTo(n int64) (bool, error) {
-	f.fs.wait()
+	if err := f.fs.wait(); err != nil {
+		return false, err
+	}
 	return f.File.SyncTo(n)
 }
 

@@ -1,13 +1,16 @@
 package server
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/gannetmq/gannet/codec"
 )
@@ -203,3 +206,156 @@ func TestFailedCommitIsUndone(t *testing.T) {
 // disk, which it takes at most every 250ms: 100 attempts span it four
 // times.
 const paceSpell = 10 * time.Millisecond
+
+// A disk that fails the store's writes faster than the free-space check
+// sees it coming (ENOSPC on every write and fsync) does not end the
+// broker: while it fails, QoS 1 publishes get 0x97, QoS 0 messages flow and
+// /readyz says 503; once it heals the store reopens, QoS 1 publishes are
+// acknowledged again, and every acknowledged message reaches the
+// persistent session.
+func TestFailingDiskIsSurvived(t *testing.T) {
+	fs := &stallFS{FS: vfs.NewMem()}
+	s := startBroker(t, func(c *Config) {
+		c.storeFS, c.DataDir = fs, "/data"
+		c.HTTPListen = "127.0.0.1:0"
+	})
+	// An offline persistent session gives every QoS 1 publish a write.
+	sub, _ := persistentV5(t, s, "sub")
+	sub.subscribe("d", 1)
+	sub.send(&codec.Disconnect{})
+	_ = sub.c.Close()
+	watcher, _ := dialV5(t, s, &paho.Connect{ClientID: "watcher", CleanStart: true})
+	watcher.subscribe(t, paho.SubscribeOptions{Topic: "q", QoS: 0})
+	pub, _ := dialV5(t, s, &paho.Connect{ClientID: "pub", CleanStart: true})
+	publish := func(topic, payload string, qos byte) (byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := pub.Publish(ctx, &paho.Publish{Topic: topic, QoS: qos, Payload: []byte(payload)})
+		if r == nil {
+			return 0, err
+		}
+		return r.ReasonCode, nil
+	}
+	acked := map[string]bool{}
+	if rc, err := publish("d", "before", 1); err != nil || rc != 0 {
+		t.Fatalf("QoS 1 publish before the failure: %#x, %v", rc, err)
+	}
+	acked["before"] = true
+
+	fs.failWith(syscall.ENOSPC)
+	refused := false
+	for i := 0; !refused && i < 100; i++ {
+		p := "during/" + strconv.Itoa(i)
+		rc, err := publish("d", p, 1)
+		switch {
+		case err != nil:
+			t.Fatalf("QoS 1 publish while the disk fails: %v", err)
+		case rc == byte(codec.QuotaExceeded):
+			refused = true
+		case rc == 0:
+			acked[p] = true // written before the failure struck
+		default:
+			t.Fatalf("PUBACK %#x while the disk fails, want 0x97", rc)
+		}
+	}
+	if !refused {
+		t.Fatal("no QoS 1 publish refused while the disk failed")
+	}
+	if code := readyz(t, s); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz %d while the store cannot write, want 503", code)
+	}
+	if _, err := publish("q", "qos0", 0); err != nil {
+		t.Fatal(err)
+	}
+	if m := watcher.expect(t); string(m.Payload) != "qos0" {
+		t.Fatalf("QoS 0 subscriber got %q", m.Payload)
+	}
+
+	fs.failWith(nil)
+	waitFor(t, "QoS 1 publishes to be acknowledged again", func() bool {
+		rc, err := publish("d", "after", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rc == 0
+	})
+	acked["after"] = true
+	if code := readyz(t, s); code != http.StatusOK {
+		t.Fatalf("/readyz %d after the store reopened", code)
+	}
+
+	sub, _ = persistentV5(t, s, "sub")
+	for len(acked) > 0 {
+		p, ok := sub.expect().(*codec.Publish)
+		if !ok {
+			t.Fatalf("expected PUBLISH; acknowledged and not delivered: %v", acked)
+		}
+		delete(acked, string(p.Payload))
+		sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	}
+}
+
+// A broker restarted on a full disk starts on its data: the persistent
+// session is there, QoS 1 publishes get 0x97 and /readyz says 503 until
+// space returns, QoS 0 flows meanwhile, and then QoS 1 is acknowledged.
+func TestStartOnAFullDisk(t *testing.T) {
+	fs := &diskFS{FS: vfs.NewMem()}
+	fs.free.Store(1 << 30)
+	onDisk := func(c *Config) {
+		c.storeFS, c.DataDir = fs, "/data"
+		c.HTTPListen = "127.0.0.1:0"
+	}
+	s := startBroker(t, onDisk)
+	sub, _ := persistentV5(t, s, "sub")
+	sub.subscribe("d", 1)
+	sub.send(&codec.Disconnect{})
+	_ = sub.c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	fs.free.Store(1 << 20) // under the 64 MiB floor
+	s = startBroker(t, onDisk)
+	if code := readyz(t, s); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz %d on a full disk, want 503", code)
+	}
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	pub.send(&codec.Publish{Topic: []byte("d"), Payload: []byte("refused"), QoS: 1, PacketID: pub.nextID()})
+	if a, ok := pub.expect().(*codec.Ack); !ok || a.Kind != codec.PUBACK || a.Code != codec.QuotaExceeded {
+		t.Fatalf("QoS 1 publish on a full disk: %+v, want PUBACK 0x97", a)
+	}
+	watcher := dialRaw(t, s, codec.V5)
+	watcher.connect("watcher", nil)
+	watcher.subscribe("keep", 0)
+	watcher.subscribe("q", 0)
+	if got := delivered(t, pub, watcher, "q"); !got["q"] {
+		t.Fatal("a QoS 0 message did not flow while the disk was full")
+	}
+
+	fs.free.Store(1 << 30)
+	waitFor(t, "QoS 1 publishes to be acknowledged again", func() bool {
+		pub.send(&codec.Publish{Topic: []byte("d"), Payload: []byte("after"), QoS: 1, PacketID: pub.nextID()})
+		a, ok := pub.expect().(*codec.Ack)
+		return ok && a.Code == codec.Success
+	})
+	if code := readyz(t, s); code != http.StatusOK {
+		t.Fatalf("/readyz %d after space returned", code)
+	}
+	sub, ca := persistentV5(t, s, "sub")
+	if !ca.SessionPresent {
+		t.Fatal("the session stored before the restart is gone")
+	}
+	for {
+		p, ok := sub.expect().(*codec.Publish)
+		if !ok {
+			t.Fatal("the acknowledged message did not reach the session")
+		}
+		sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+		if string(p.Payload) == "after" {
+			break
+		}
+	}
+}
