@@ -157,13 +157,22 @@ func (b *Batch) DeleteInbound(clientID string, pid uint16) {
 	b.del(func(d []byte) []byte { return inboundKey(d, clientID, pid) })
 }
 
-// PutRetained writes the retained message of m.Topic.
+// PutRetained writes the retained message of m.Topic, with m.Stamp; it
+// replaces the topic's message or clearing.
 func (b *Batch) PutRetained(m *Message) {
 	b.set(opSet, func(d []byte) []byte { return append(append(d, prefixRetained), m.Topic...) },
-		func(d []byte) []byte { return appendMessage(d, m) })
+		func(d []byte) []byte { return appendRetained(d, m, 0) })
 }
 
-// DeleteRetained deletes the retained message of topic.
+// ClearRetained records that the retained message of topic was cleared at
+// stamp (a tombstone), replacing the message: a cluster peer's older copy
+// must not bring it back, after a restart too.
+func (b *Batch) ClearRetained(topic []byte, stamp int64) {
+	b.set(opSet, func(d []byte) []byte { return append(append(d, prefixRetained), topic...) },
+		func(d []byte) []byte { return appendRetained(d, nil, stamp) })
+}
+
+// DeleteRetained deletes the retained message or clearing of topic.
 func (b *Batch) DeleteRetained(topic []byte) {
 	b.del(func(d []byte) []byte { return append(append(d, prefixRetained), topic...) })
 }

@@ -88,7 +88,8 @@
 //	| 0x00 "idrun"             | u64 run counter (NextID's high bits)  |
 //	| 'b' u64 id               | message body                          |
 //	| 'm' name                 | meta value (other packages' marks)    |
-//	| 'r' topic                | retained message (body inline)        |
+//	| 'r' topic                | retained message (body inline) or its |
+//	|                          | clearing, with its stamp              |
 //	| 's' cid 0x00             | session record                        |
 //	| 's' cid 0x01 u64 seq     | entry: queued or inflight message     |
 //	| 's' cid 0x02 u16 pid     | inbound QoS 2 id awaiting PUBREL      |
@@ -103,8 +104,14 @@
 // broker counts the references and deletes the body with the last.
 //
 // Values start with a record version byte; the format key versions the
-// layout as a whole. A store written by a newer format is refused
-// (ErrNewerFormat), as is a directory that holds anything else
-// (ErrForeign); a record that does not decode is ErrCorrupt naming its key.
-// Nothing is ever overwritten to make a directory fit.
+// layout as a whole. A retained value of version 2 holds a kind (message
+// or clearing) and the stamp that orders it against cluster peers'
+// versions; one of version 1, from before stamps were kept, is a bare
+// message record with stamp 0 (records.go: appendRetained). A clearing
+// (a tombstone) is kept so that a peer's older copy does not bring the
+// message back after a restart; the broker deletes it when it expires.
+// A store written by a newer format is refused (ErrNewerFormat), as is a
+// directory that holds anything else (ErrForeign); a record that does not
+// decode is ErrCorrupt naming its key. Nothing is ever overwritten to make
+// a directory fit.
 package persist

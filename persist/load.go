@@ -16,6 +16,7 @@ type Loader struct {
 	Entry    func(clientID string, e *Entry)
 	Inbound  func(clientID string, pid uint16)
 	Retained func(m *Message)
+	Cleared  func(topic []byte, stamp int64) // a retained message's clearing
 	Will     func(clientID string, w *Will)
 	Meta     func(key string, val []byte)
 }
@@ -23,6 +24,7 @@ type Loader struct {
 // LoadStats describe a Load.
 type LoadStats struct {
 	Sessions, Entries, Bodies, Retained, Wills int
+	Cleared                                    int // retained messages' clearings (tombstones)
 	Purged                                     int // records deleted as expired or orphaned
 	Took                                       time.Duration
 }
@@ -41,7 +43,7 @@ type loadedSession struct {
 // is missing or expired, bodies no entry refers to and expired retained
 // messages; the purge is committed before the callbacks run. Then it calls
 // Body for every body, Session for every session followed by its Entries in
-// order and its Inbound ids, then Retained, Will and Meta.
+// order and its Inbound ids, then Retained, Cleared, Will and Meta.
 func (s *Store) Load(now time.Time, l Loader) (LoadStats, error) {
 	start := time.Now()
 	var st LoadStats
@@ -59,6 +61,11 @@ func (s *Store) Load(now time.Time, l Loader) (LoadStats, error) {
 	refs := make(map[uint64]int)
 	var sessions []*loadedSession
 	var retained []*Message
+	type clearing struct {
+		topic []byte
+		stamp int64
+	}
+	var cleared []clearing
 	type meta struct {
 		k string
 		v []byte
@@ -91,9 +98,13 @@ func (s *Store) Load(now time.Time, l Loader) (LoadStats, error) {
 		case prefixMeta:
 			metas = append(metas, meta{string(k[1:]), append([]byte(nil), it.Value()...)})
 		case prefixRetained:
-			m, err := DecodeMessage(it.Value())
+			m, stamp, err := DecodeRetained(it.Value())
 			if err != nil {
 				return st, corrupt(k, err)
+			}
+			if m == nil {
+				cleared = append(cleared, clearing{append([]byte(nil), k[1:]...), stamp})
+				continue
 			}
 			if m.ExpiresAt != 0 && m.ExpiresAt <= nowNs {
 				purge.DeleteRetained(k[1:])
@@ -231,6 +242,12 @@ func (s *Store) Load(now time.Time, l Loader) (LoadStats, error) {
 		st.Retained++
 		if l.Retained != nil {
 			l.Retained(m)
+		}
+	}
+	for _, c := range cleared {
+		st.Cleared++
+		if l.Cleared != nil {
+			l.Cleared(c.topic, c.stamp)
 		}
 	}
 	for _, ls := range sessions {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
@@ -22,6 +23,9 @@ type Message struct {
 	Props     codec.Properties
 	ExpiresAt int64 // unix ns; 0: never
 	From      string
+	// Stamp orders versions of a retained message across a cluster (the
+	// broker's stamp); it is kept with retained records only. 0: none.
+	Stamp int64
 }
 
 // Subscription is one of a session's subscriptions.
@@ -69,6 +73,17 @@ type Will struct {
 // recordVersion leads every value. Do not change the meaning of a version:
 // stores written by it exist.
 const recordVersion = 1
+
+// retainedVersion leads a retained record that carries a stamp: a message
+// or a clearing (appendRetained). Retained records of recordVersion are a
+// bare message record, stamp 0.
+const retainedVersion = 2
+
+// Kinds of a retainedVersion record.
+const (
+	retainedMessage = 0
+	retainedCleared = 1
+)
 
 // ErrCorrupt is returned for a store whose records or files do not decode.
 var ErrCorrupt = errors.New("persist: data is corrupt")
@@ -376,4 +391,54 @@ func DecodeWill(b []byte) (*Will, error) {
 	w.FireAt = r.varint("will time")
 	readMessage(r, &w.Msg)
 	return w, r.done("will")
+}
+
+// appendRetained encodes a topic's retained message, or its clearing when
+// m is nil:
+//
+//	+---------+-------------------+----------------+-------------------+
+//	| version | kind              | stamp          | message record    |
+//	| 1 (= 2) | 1: 0 msg, 1 clear | uvarint        | (a message only)  |
+//	+---------+-------------------+----------------+-------------------+
+func appendRetained(dst []byte, m *Message, clearedAt int64) []byte {
+	dst = append(dst, retainedVersion)
+	if m == nil {
+		dst = append(dst, retainedCleared)
+		return binary.AppendUvarint(dst, uint64(clearedAt))
+	}
+	dst = append(dst, retainedMessage)
+	dst = binary.AppendUvarint(dst, uint64(m.Stamp))
+	return appendMessage(dst, m)
+}
+
+// DecodeRetained decodes a retained record: a message, with its Stamp, or,
+// when m is nil, a clearing made at stamp (its topic is the key's). A
+// record from before stamps were kept is a message with stamp 0.
+func DecodeRetained(b []byte) (m *Message, stamp int64, err error) {
+	if len(b) > 0 && b[0] == recordVersion {
+		m, err = DecodeMessage(b)
+		return m, 0, err
+	}
+	r := &reader{b: b}
+	if v := r.byte1("retained version"); r.err == nil && v != retainedVersion {
+		r.fail("retained version")
+	}
+	kind := r.byte1("retained kind")
+	st := r.uvarint("retained stamp")
+	if st > math.MaxInt64 {
+		r.fail("retained stamp")
+	}
+	switch {
+	case r.err != nil:
+	case kind == retainedMessage:
+		m = new(Message)
+		readMessage(r, m)
+		m.Stamp = int64(st)
+	case kind != retainedCleared:
+		r.fail("retained kind")
+	}
+	if err := r.done("retained"); err != nil {
+		return nil, 0, err
+	}
+	return m, int64(st), nil
 }

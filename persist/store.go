@@ -79,8 +79,12 @@ var (
 )
 
 const (
-	formatMagic   = "gannet-store"
-	formatVersion = 1
+	formatMagic = "gannet-store"
+	// formatVersion 2: retained values may be of record version 2 (a
+	// stamp, and clearings). A store of format 1 loads as it is and is
+	// raised to 2 with its first write, so that an older build refuses
+	// it (ErrNewerFormat) rather than reading clearings as corrupt.
+	formatVersion = 2
 
 	// defaultMaxPending bounds the bytes of ops waiting for the committer;
 	// Commit blocks beyond it, which is the backpressure on a disk that
@@ -349,6 +353,7 @@ func (s *Store) readFormat(db *pebble.DB) error {
 		if ver > formatVersion {
 			return fmt.Errorf("%w: %s is format %d; this build reads up to %d", ErrNewerFormat, s.opts.Dir, ver, formatVersion)
 		}
+		s.needFormat = ver < formatVersion
 	}
 	// Body ids are the run counter in the high 24 bits and a counter in
 	// the low 40, so that no id repeats across restarts without a write

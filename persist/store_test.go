@@ -1,6 +1,7 @@
 package persist
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -308,6 +309,25 @@ func TestOpenRefusesWhatIsNotOurs(t *testing.T) {
 		if !errors.Is(err, ErrNewerFormat) {
 			t.Fatalf("got %v, want ErrNewerFormat", err)
 		}
+	})
+	t.Run("older format raised", func(t *testing.T) {
+		dir := t.TempDir()
+		s := openT(t, Options{Dir: dir})
+		if err := s.db.Set(keyFormat, append([]byte(formatMagic), 0, 0, 0, 1), nil); err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Close()
+		s = openT(t, Options{Dir: dir})
+		v, closer, err := s.db.Get(keyFormat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := binary.BigEndian.Uint32(v[len(formatMagic):])
+		_ = closer.Close()
+		if got != formatVersion {
+			t.Fatalf("format %d after opening a format 1 store, want %d", got, formatVersion)
+		}
+		_ = s.Close()
 	})
 	t.Run("corrupt record", func(t *testing.T) {
 		dir := t.TempDir()

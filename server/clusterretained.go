@@ -1,6 +1,11 @@
 package server
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"time"
+
+	"github.com/gannetmq/gannet/persist"
+)
 
 // appendRetained encodes a retained message (or a clearing: empty
 // payload) with its stamp.
@@ -34,16 +39,8 @@ func decodeRetained(b []byte, now int64) (*message, error) {
 // newer version of the topic.
 func (cl *cluster) applyRetained(ob *outbox, m *message) {
 	cl.s.observe(m.stamp)
-	if !cl.s.retained.apply(m) {
-		return
-	}
-	if cl.s.store == nil {
-		return
-	}
-	if len(m.payload) == 0 {
-		ob.batch.DeleteRetained(m.topic)
-	} else {
-		ob.batch.PutRetained(m.record())
+	if cl.s.retained.apply(m) {
+		cl.s.storeRetained(ob, m)
 	}
 }
 
@@ -52,4 +49,32 @@ func (cl *cluster) applyRetained(ob *outbox, m *message) {
 func (cl *cluster) replicateRetained(m *message) {
 	b := appendRetained(nil, m, cl.s.now())
 	cl.broadcast(recRetained, b)
+}
+
+// tombLife is how long the clearing of a retained message (a tombstone)
+// is kept, in memory and in the store: as long as a peer can be away and
+// still be taken back with nothing lost, --cluster-forget-after for its
+// routes and --max-session-expiry more for what was queued for it
+// (cluster.go: KeepQueued). A peer away longer may bring back a message
+// cleared meanwhile. With --cluster-forget-after 0 a failed peer's routes
+// are kept for ever, but clearings still go after --max-session-expiry:
+// kept for ever, one per topic ever cleared, they would grow without
+// bound.
+func (s *Server) tombLife() time.Duration {
+	return s.cfg.Cluster.ForgetAfter + s.cfg.MaxSessionExpiry
+}
+
+// forgetClearings forgets the clearings older than tombLife, in memory and
+// in the store.
+func (s *Server) forgetClearings(now time.Time) {
+	before := now.UnixNano() - int64(s.tombLife())
+	if s.store == nil {
+		s.retained.forgetTombs(before, nil, nil)
+		return
+	}
+	var b persist.Batch
+	s.retained.forgetTombs(before, &b, func(b *persist.Batch) {
+		// Not waiting: the retained store's lock is held.
+		s.store.commit(b, func(error) {}, false)
+	})
 }

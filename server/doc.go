@@ -69,7 +69,8 @@
 //	Server.sessions (never held while taking another lock)
 //	trie read lock (during Match)  >  session.mu
 //	Server.loops     (leaf; never held while calling into gnet)
-//	retainStore.mu   (leaf)
+//	retainStore.mu   > storeGate's read side: expired clearings are
+//	                  handed to the store under it (forgetTombs)
 //	storeGate        (leaf; its read side is held only around Store.Commit,
 //	                  which never waits on disk)
 //	cluster.ann      > interlink send (a lane's lock, a leaf that never

@@ -114,7 +114,7 @@ func (s *Server) openStore() error {
 		return fmt.Errorf("cannot load the data directory %s: %w", s.cfg.DataDir, err)
 	}
 	s.log.Info("state loaded", "dir", s.cfg.DataDir, "durability", d.String(), "sessions", ls.Sessions,
-		"messages", ls.Entries, "retained", ls.Retained, "purged", ls.Purged, "took", ls.Took)
+		"messages", ls.Entries, "retained", ls.Retained, "retained_cleared", ls.Cleared, "purged", ls.Purged, "took", ls.Took)
 	return nil
 }
 
@@ -213,7 +213,16 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 			}
 		},
 		Retained: func(m *persist.Message) {
+			s.observe(m.Stamp) // stamps made from now on order after it
 			s.retained.set(messageFromRecord(m))
+		},
+		Cleared: func(topic []byte, stamp int64) {
+			s.observe(stamp)
+			if s.cfg.Cluster == nil || stamp < now.UnixNano()-int64(s.tombLife()) {
+				orphans.DeleteRetained(topic) // expired, or alone: nothing needs it
+				return
+			}
+			s.retained.restoreTomb(topic, stamp)
 		},
 		Will: func(client string, w *persist.Will) {
 			wills = append(wills, loadedWill{client, w})
@@ -258,7 +267,7 @@ func (s *Server) fireStoredWill(client string, m *message) {
 // slices become the message's own.
 func messageFromRecord(r *persist.Message) *message {
 	m := &message{topic: r.Topic, payload: r.Payload, qos: r.QoS, retain: r.Retain,
-		expiresAt: r.ExpiresAt, from: r.From, id: r.ID}
+		expiresAt: r.ExpiresAt, from: r.From, id: r.ID, stamp: r.Stamp}
 	if r.Props.Present != 0 || len(r.Props.User) > 0 {
 		pr := r.Props
 		m.props = &pr
@@ -269,7 +278,7 @@ func messageFromRecord(r *persist.Message) *message {
 // record is the stored form of m; it shares m's bytes.
 func (m *message) record() *persist.Message {
 	return &persist.Message{ID: m.id, Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain,
-		Props: *m.prop(), ExpiresAt: m.expiresAt, From: m.from}
+		Props: *m.prop(), ExpiresAt: m.expiresAt, From: m.from, Stamp: m.stamp}
 }
 
 // persistentLocked reports whether the session's state goes to the store.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"maps"
 	"sync"
+
+	"github.com/gannetmq/gannet/persist"
 )
 
 // retainStore keeps the last retained message of every topic in a tree of
@@ -15,8 +17,10 @@ type retainStore struct {
 	count int
 	bytes int64 // topics and payloads of the retained messages
 	// tombs remembers when each topic was last cleared, so that a cluster
-	// peer's older copy does not bring it back (apply).
-	tombs map[string]int64
+	// peer's older copy does not bring it back (apply); the store keeps
+	// them too (setRetained), until they expire (forgetTombs).
+	tombs     map[string]int64
+	tombBytes int64 // topics of the tombs
 }
 
 type rnode struct {
@@ -74,26 +78,77 @@ func (r *retainStore) snapshot() ([]*message, map[string]int64) {
 	return all, maps.Clone(r.tombs)
 }
 
-// forgetTombs drops clearings older than before.
-func (r *retainStore) forgetTombs(before int64) {
+// forgetTombs drops clearings older than before. With a store (b not
+// nil) it adds their deletions to b and hands b to commit, under r.mu:
+// a version of one of the topics set afterwards is handed to the store
+// after the deletion, so the deletion cannot remove it. It returns the
+// number of clearings dropped.
+func (r *retainStore) forgetTombs(before int64, b *persist.Batch, commit func(*persist.Batch)) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	maps.DeleteFunc(r.tombs, func(_ string, t int64) bool { return t < before })
+	n := 0
+	for t, stamp := range r.tombs {
+		if stamp < before {
+			r.dropTomb(t)
+			if b != nil {
+				b.DeleteRetained([]byte(t))
+			}
+			n++
+		}
+	}
+	if b != nil && b.Len() > 0 {
+		commit(b)
+	}
+	return n
+}
+
+// tombCount returns the number of clearings kept and the bytes of their
+// topics.
+func (r *retainStore) tombCount() (int, int64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.tombs), r.tombBytes
+}
+
+// setTomb remembers that topic was cleared at stamp.
+// REQUIRES: r.mu held.
+func (r *retainStore) setTomb(topic string, stamp int64) {
+	if r.tombs == nil {
+		r.tombs = make(map[string]int64)
+	}
+	if _, ok := r.tombs[topic]; !ok {
+		r.tombBytes += int64(len(topic))
+	}
+	r.tombs[topic] = stamp
+}
+
+// dropTomb forgets topic's clearing.
+// REQUIRES: r.mu held.
+func (r *retainStore) dropTomb(topic string) {
+	if _, ok := r.tombs[topic]; ok {
+		delete(r.tombs, topic)
+		r.tombBytes -= int64(len(topic))
+	}
+}
+
+// restoreTomb takes a clearing kept in the store (which holds a topic's
+// message or its clearing, never both).
+func (r *retainStore) restoreTomb(topic []byte, stamp int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.setTomb(string(topic), stamp)
 }
 
 // setLocked is set under r.mu.
 func (r *retainStore) setLocked(m *message) {
 	if len(m.payload) == 0 {
 		if m.stamp != 0 {
-			if r.tombs == nil {
-				r.tombs = make(map[string]int64)
-			}
-			r.tombs[string(m.topic)] = m.stamp
+			r.setTomb(string(m.topic), m.stamp)
 		}
 		r.remove(m.topic)
 		return
 	}
-	delete(r.tombs, string(m.topic))
+	r.dropTomb(string(m.topic))
 	n := &r.root
 	for level := range levels(m.topic) {
 		if n.children == nil {

@@ -441,10 +441,8 @@ func (s *Server) tick() {
 			if n++; n%25 == 0 { // every 250 ms
 				s.sweep()
 			}
-			if n%6000 == 0 && s.cl != nil && s.cfg.Cluster.ForgetAfter > 0 { // every minute
-				// A clearing older than any peer's absence can no longer
-				// meet a stale copy.
-				s.retained.forgetTombs(t.UnixNano() - int64(s.cfg.Cluster.ForgetAfter))
+			if n%6000 == 0 && s.cl != nil { // every minute
+				s.forgetClearings(t) // clusterretained.go
 			}
 		}
 	}

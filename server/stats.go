@@ -156,6 +156,16 @@ func newStats(s *Server) *stats {
 		defer s.retained.mu.RUnlock()
 		return float64(s.retained.bytes)
 	})
+	// Clearings of retained messages kept so that peers' older copies do
+	// not bring them back (retained.go: tombs).
+	set.NewGauge("gannet_retained_tombstones", func() float64 {
+		n, _ := s.retained.tombCount()
+		return float64(n)
+	})
+	set.NewGauge("gannet_retained_tombstone_bytes", func() float64 {
+		_, b := s.retained.tombCount()
+		return float64(b)
+	})
 	set.NewGauge("gannet_clients_connected", func() float64 { return float64(st.clients.Load()) })
 	set.NewGauge("gannet_sessions", func() float64 {
 		s.sessions.Lock()

@@ -130,12 +130,22 @@ func (s *Server) setRetained(ob *outbox, m *message) {
 		// $SYS statistics are each node's own.
 		s.cl.replicateRetained(m)
 	}
-	if s.store == nil {
-		return
-	}
-	if len(m.payload) == 0 {
-		ob.batch.DeleteRetained(m.topic)
-	} else {
+	s.storeRetained(ob, m)
+}
+
+// storeRetained adds a retained message or its clearing, as the retained
+// store took it, to ob's store writes. A clearing with a stamp is kept, as
+// the store keeps it in memory (a tombstone), so that after a restart a
+// peer's older copy does not bring the message back; one without (a node
+// alone) is deleted.
+func (s *Server) storeRetained(ob *outbox, m *message) {
+	switch {
+	case s.store == nil:
+	case len(m.payload) > 0:
 		ob.batch.PutRetained(m.record())
+	case m.stamp != 0:
+		ob.batch.ClearRetained(m.topic, m.stamp)
+	default:
+		ob.batch.DeleteRetained(m.topic)
 	}
 }
