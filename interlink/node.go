@@ -380,7 +380,7 @@ func (n *Node) Preload(peerName string, pos Position, kind byte, body []byte, to
 		p.mu.goneAt = time.Now()
 	}
 	n.mu.Unlock()
-	_, err := p.lanes[lane].enqueue(kind, body, true, token, pos.Epoch, pos.Seq)
+	_, err := p.lanes[lane].enqueue(kind, body, true, false, token, pos.Epoch, pos.Seq)
 	return err
 }
 

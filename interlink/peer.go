@@ -177,6 +177,7 @@ type lane struct {
 		ackedBy   map[uint64]uint64 // per run (epoch): last seq acknowledged
 		sentIdx   int               // rel[head:head+sentIdx] are written on this connection
 		unsent    int               // bytes waiting to be written
+		reserved  int               // room in rel taken by Reserve and not yet used
 		behind    bool              // counted in the node's backlog (pace.go)
 		stuck     bool              // behind without writing: not counted
 		tookAt    time.Time         // when the writer last took records
@@ -218,18 +219,19 @@ func (l *lane) queued() int {
 }
 
 func (l *lane) sendRel(kind byte, body []byte, token uint64) (uint64, error) {
-	return l.enqueue(kind, body, true, token, 0, 0)
+	return l.enqueue(kind, body, true, false, token, 0, 0)
 }
 
 func (l *lane) send(kind byte, body []byte, reliable bool) error {
-	_, err := l.enqueue(kind, body, reliable, 0, 0, 0)
+	_, err := l.enqueue(kind, body, reliable, false, 0, 0, 0)
 	return err
 }
 
 // enqueue queues a record and returns a reliable one's seq. A record kept
 // from an earlier run (epoch != 0) goes under its old identity, so that
-// the receiver recognises it if it had it already.
-func (l *lane) enqueue(kind byte, body []byte, reliable bool, token, epoch, seq uint64) (uint64, error) {
+// the receiver recognises it if it had it already. held: a reliable
+// record goes into room taken by Reserve.
+func (l *lane) enqueue(kind byte, body []byte, reliable, held bool, token, epoch, seq uint64) (uint64, error) {
 	cfg := &l.p.n.cfg
 	if len(body) > cfg.MaxFrame/2 {
 		l.p.st.droppedFull.Inc()
@@ -238,7 +240,9 @@ func (l *lane) enqueue(kind byte, body []byte, reliable bool, token, epoch, seq 
 	l.mu.Lock()
 	before := l.mu.unsent
 	if reliable {
-		if epoch == 0 && len(l.mu.rel)-l.mu.head >= (cfg.QueueLimit+cfg.Lanes-1)/cfg.Lanes {
+		if held {
+			l.mu.reserved--
+		} else if epoch == 0 && len(l.mu.rel)-l.mu.head+l.mu.reserved >= laneLimit(cfg) {
 			l.mu.Unlock()
 			l.p.st.droppedFull.Inc()
 			return 0, ErrQueueFull

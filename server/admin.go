@@ -708,7 +708,7 @@ func (s *Server) postPublish(w http.ResponseWriter, r *http.Request) {
 	}
 	m := newMessage(&p, "", s.now())
 	ob := newOutbox(s, nil)
-	n, queued := s.publishOn(ob, m)
+	n, queued := s.publishOrRefuse(ob, m)
 	if n == 0 {
 		s.stats.noSubscribers.Inc()
 	}

@@ -287,20 +287,32 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	cl.obs.Put(ob)
 }
 
-// send queues a record for peer. A reliable one is also written to the
-// store in ob's batch (when there is a store), so that what this node
-// acknowledged to a publisher survives its own crash; it is deleted when
-// the peer acknowledges it (Settled) and sent again after a restart.
+// send queues a record for peer. A reliable one goes into the room ob
+// holds in peer's queue, if any (reserveFor, on lane), and is also written
+// to the store in ob's batch (when there is a store), so that what this
+// node acknowledged to a publisher survives its own crash; it is deleted
+// when the peer acknowledges it (Settled) and sent again after a restart.
 func (cl *cluster) send(ob *outbox, peer string, lane int, kind byte, body []byte, reliable bool) error {
 	if !reliable {
 		return cl.node.Send(peer, lane, kind, body, false)
 	}
+	r, held := ob.takeReservation(peer)
 	g := cl.s.store
 	if g == nil {
+		if held {
+			_, err := cl.node.SendReserved(r, kind, body, 0)
+			return err
+		}
 		return cl.node.Send(peer, lane, kind, body, true)
 	}
 	token := g.st.NextID()
-	pos, err := cl.node.SendTracked(peer, lane, kind, body, token)
+	var pos interlink.Position
+	var err error
+	if held {
+		pos, err = cl.node.SendReserved(r, kind, body, token)
+	} else {
+		pos, err = cl.node.SendTracked(peer, lane, kind, body, token)
+	}
 	if err == nil {
 		ob.batch.CreateMeta(spoolKey(peer, token), spoolValue(pos, kind, body))
 	}

@@ -41,6 +41,10 @@ type outbox struct {
 	rgroups []rgroup
 	fwmsg   []byte
 	fwbuf   []byte
+	// room taken in peers' queues for the message being routed, and
+	// whether its routes are matched already (clusterreserve.go)
+	resv    []reservation
+	matched bool
 
 	// store writes of this unit of work, and the acknowledgements that wait
 	// for them (durable.go)
@@ -197,9 +201,10 @@ func (s *Server) route(ob *outbox, m *message) (int, bool) {
 func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	ob.matches = ob.matches[:0]
 	clustered := s.cl != nil && fw == nil
-	if clustered {
+	if clustered && !ob.matched {
 		s.cl.matchRoutes(ob, m)
 	}
+	ob.matched = false
 	s.subs.Match(m.topic, func(ss *session, o fanout.Options) {
 		if fw == nil || fw.plain {
 			ob.collect(ss, o, m, nil)
@@ -222,6 +227,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	remote, ok := 0, true
 	if clustered {
 		remote, ok = s.cl.forward(ob, m)
+		s.cl.releaseUnused(ob) // before a delivery below can send to a peer (redirect)
 	}
 	if len(ob.matches) > 1 {
 		ob.merge()

@@ -115,7 +115,8 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 
 // publish copies p into a message, stores it when retained and routes it.
 // It reports false when a QoS 1/2 message could not be queued for every
-// cluster peer that should have it.
+// cluster peer that should have it; it is then delivered nowhere
+// (publishOrRefuse).
 func (c *client) publish(ob *outbox, p *codec.Publish) bool {
 	var m *message
 	if p.QoS == 0 && !p.Retain {
@@ -125,19 +126,20 @@ func (c *client) publish(ob *outbox, p *codec.Publish) bool {
 	}
 	c.srv.stats.msgsIn.Add(1)
 	ob.last = nil
-	n, ok := c.srv.publishOn(ob, m)
+	n, ok := c.srv.publishOrRefuse(ob, m)
 	if ob.sampleAt != 0 && ob.last != nil {
 		ob.sampleDelivery()
 	}
-	if n == 0 {
+	if n == 0 && ok {
 		c.srv.stats.noSubscribers.Add(1)
 	}
 	return ok
 }
 
 // ackRouted acknowledges a QoS 1/2 publish after routing: Success, or, when
-// a peer's queue refused it, 0x97 in MQTT 5 (the client may resend) and a
-// close in 3.x (the client resends after reconnecting).
+// a peer's queue could not take it and it was delivered nowhere, 0x97 in
+// MQTT 5 (the client may resend) and a close in 3.x (the client resends
+// after reconnecting).
 // The acknowledgement goes in slot (see reserve).
 func (c *client) ackRouted(ob *outbox, p *codec.Publish, slot int, ok bool) error {
 	if ok {
