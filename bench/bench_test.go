@@ -97,6 +97,7 @@ func TestReport(t *testing.T) {
 	write("gannet-clients-10.json", Result{RecvRate: 100})
 	write("gannet-clients-100.json", Result{RecvRate: 900})
 	write("gannet-conn.json", Result{Clients: 2000, RSSPerConn: 1500, RSSCurve: []RSSPoint{{1000, 10 << 20}, {2000, 12 << 20}}})
+	write("gannet-conn-persist.json", Result{Clients: 2000, RSSPerConn: 1400, RSSPerOffline: 2800})
 	// A run that failed before printing leaves an empty file.
 	if err := os.WriteFile(filepath.Join(dir, "mochi-p2p-q1-64.json"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -110,7 +111,8 @@ func TestReport(t *testing.T) {
 	if !strings.Contains(out.String(), "| p2p-q1-64 | 2.00 | 8.00 | 0.25 |") {
 		t.Fatalf("table:\n%s", out.String())
 	}
-	if !strings.Contains(out.String(), "| gannet | 2000 | 1500 |") {
+	if !strings.Contains(out.String(), "| conn | gannet | 2000 | 1500 | - |") ||
+		!strings.Contains(out.String(), "| conn-persist | gannet | 2000 | 1400 | 2800 |") {
 		t.Fatalf("connections table:\n%s", out.String())
 	}
 	if err := rs.Plot(dir); err != nil {

@@ -82,12 +82,18 @@ done
 run_all() { # broker name, start function
 	local name=$1 startfn=$2
 	echo "== $name" >&2
-	# Idle connections first, on a fresh broker, so that its memory is not
-	# mixed with what the traffic scenarios leave behind.
-	$startfn
-	wait_port
-	bench "$name" conn --scenario conn --clients 15000
-	stop_broker
+	# Idle connections first, each variant on a fresh broker, so that its
+	# memory is not mixed with what the traffic scenarios leave behind:
+	# idle clean sessions, one subscription each (a filter of its own),
+	# and persistent sessions, measured online, then offline once every
+	# client disconnected.
+	for v in "conn|" "conn-sub|--subscribe bench/conn/%d" "conn-persist|--session-expiry 1h --disconnect"; do
+		$startfn
+		wait_port
+		# shellcheck disable=SC2086
+		bench "$name" "${v%%|*}" --scenario conn --clients 15000 --keepalive 60s ${v#*|}
+		stop_broker
+	done
 	$startfn
 	wait_port
 	for s in "${scenarios[@]}"; do

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/panjf2000/gnet/v2"
+
 	"github.com/gannetmq/gannet/codec"
 )
 
@@ -49,6 +51,12 @@ func (cfg *Config) checkNames() error {
 	}
 	if cfg.ConnectWindow < 0 {
 		return errors.New("--connect-window must not be negative")
+	}
+	if (cfg.ConnSubscribe != "" || cfg.Disconnect) && cfg.Scenario != "conn" {
+		return errors.New("--subscribe and --disconnect apply to the conn scenario only")
+	}
+	if cfg.Disconnect && cfg.Transport.Name() != "tcp" {
+		return errors.New("--disconnect works over plain TCP only")
 	}
 	if cfg.ClientID != "" {
 		if cfg.Scenario != "conn" {
@@ -158,7 +166,8 @@ func (r *runner) settle(ctx context.Context, cs []*client) error {
 }
 
 // conn opens Clients connections and keeps them open (idle, keepalive
-// 300 s) until the run ends. It reports the connection rate (clients over
+// 300 s unless KeepAlive; each subscribed to ConnSubscribe if set) until
+// the run ends, or with Disconnect until they are measured. It reports the connection rate (clients over
 // the time from the first dial to the last CONNACK), the CONNECT-to-CONNACK
 // latency percentiles (over TLS or WebSocket, from the start of the
 // handshake), the CONNECTs refused by code, the generator's own CPU time
@@ -208,6 +217,9 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 			}
 		}
 		c := &client{id: expand(idTmpl, i, ""), user: cfg.username(i), v: cfg.Version, slot: slots}
+		if cfg.ConnSubscribe != "" {
+			c.subscribe = []codec.Subscription{{Filter: []byte(expand(cfg.ConnSubscribe, i, c.user)), QoS: cfg.QoS}}
+		}
 		r.clients = append(r.clients, c)
 		if err := r.dial(c, cfg.Addr); err != nil {
 			return nil, fmt.Errorf("%w (after %d connections)", err, i)
@@ -258,6 +270,19 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 		res.BrokerRSS, res.BrokerPeak = after.RSS, after.Peak
 		res.RSSPerConn = float64(after.RSS-before.RSS) / float64(cfg.Clients)
 	}
+	if cfg.Disconnect {
+		if err := r.disconnectAll(ctx); err != nil {
+			return nil, err
+		}
+		if cfg.BrokerPID > 0 {
+			time.Sleep(time.Second) // the broker's side of the closes, as above
+			after, err := SampleProc(cfg.BrokerPID)
+			if err != nil {
+				return nil, err
+			}
+			res.RSSPerOffline = float64(after.RSS-before.RSS) / float64(cfg.Clients)
+		}
+	}
 	for _, c := range r.clients {
 		res.Errors += c.errs.Load()
 		if c.refusal.Load() == 0 && !c.acked.Load() {
@@ -287,4 +312,33 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 		fmt.Fprintln(cfg.Progress)
 	}
 	return res, nil
+}
+
+// disconnectAll sends every client DISCONNECT, closes it, and waits until
+// every connection is closed.
+func (r *runner) disconnectAll(ctx context.Context) error {
+	disc := (&codec.Disconnect{}).Append(nil, r.cfg.Version)
+	r.stopping.Store(true) // the closes that follow are ours, not errors
+	for _, c := range r.clients {
+		if c.conn == nil || c.closed.Load() {
+			continue
+		}
+		cl := c
+		if err := cl.conn.AsyncWrite(disc, func(gnet.Conn, error) error { return cl.conn.Close() }); err != nil {
+			_ = cl.conn.Close()
+		}
+	}
+	deadline := time.Now().Add(setupTimeout)
+	for _, c := range r.clients {
+		for !c.closed.Load() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: not closed within %v of its DISCONNECT", c.id, setupTimeout)
+			}
+			time.Sleep(10 * time.Millisecond) // no signal for it but the flag
+		}
+	}
+	return nil
 }

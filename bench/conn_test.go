@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -334,5 +335,55 @@ func TestNameTemplates(t *testing.T) {
 	r := &runner{cfg: Config{Scenario: "p2p", Clients: 2, Topic: "t/%u", Username: "same"}}
 	if _, _, err := r.plan(); err == nil || !strings.Contains(err.Error(), "same topic") {
 		t.Fatalf("shared topic: got %v", err)
+	}
+}
+
+// The conn scenario's --subscribe and --disconnect: every client
+// subscribes, then disconnects once measured, leaving its persistent
+// session with the broker; the run counts no error for the closes it
+// makes itself.
+func TestConnSubscribeDisconnect(t *testing.T) {
+	cfg := server.DefaultConfig()
+	cfg.Listen, cfg.HTTPListen, cfg.DataDir = "127.0.0.1:0", "", t.TempDir()
+	cfg.Durability = server.DurabilityNone
+	cfg.SysInterval = 0
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	s, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+
+	res, err := Run(context.Background(), Config{Scenario: "conn", Addr: s.Addr(), Clients: 20, QoS: 1,
+		ConnSubscribe: "bench/conn/%d", SessionExpiry: time.Hour, Disconnect: true,
+		KeepAlive: 60 * time.Second, BrokerPID: os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Connected != 20 || res.Errors != 0 || res.Refused != 0 {
+		t.Fatalf("connected %d, errors %d (%v), refused %d; want 20, 0, 0", res.Connected, res.Errors, res.FirstErrors, res.Refused)
+	}
+
+	// The session of client 7 outlived its connection: resuming it says
+	// so in CONNACK.
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	p := codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V311, KeepAlive: 60, ClientID: []byte("bench-conn-7")}
+	if _, err := nc.Write(p.Append(nil, codec.V311)); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(nc, buf); err != nil {
+		t.Fatal(err)
+	}
+	if buf[0] != byte(codec.CONNACK)<<4 || buf[2]&1 != 1 || buf[3] != 0 {
+		t.Fatalf("CONNACK % x, want session present and accepted", buf)
 	}
 }

@@ -115,10 +115,19 @@ func (rs Results) Table(w io.Writer, keys []string) {
 			fmt.Fprintln(w)
 		}
 	}
-	fmt.Fprint(w, "\nIdle connections (scenario conn)\n\n| broker | clients | RSS per connection (B) | connects/s |\n|---|---:|---:|---:|\n")
-	for _, b := range bs {
-		if r := rs[b]["conn"]; r != nil {
-			fmt.Fprintf(w, "| %s | %d | %.0f | %.0f |\n", b, r.Clients, r.RSSPerConn, r.ConnectRate)
+	fmt.Fprint(w, "\nIdle connections (scenario conn: conn idle, conn-sub one subscription each, conn-persist persistent sessions, online then offline)\n\n"+
+		"| run | broker | clients | RSS per connection (B) | RSS per offline session (B) | connects/s |\n|---|---|---:|---:|---:|---:|\n")
+	for _, k := range []string{"conn", "conn-sub", "conn-persist"} {
+		for _, b := range bs {
+			r := rs[b][k]
+			if r == nil {
+				continue
+			}
+			offline := "-"
+			if r.RSSPerOffline != 0 {
+				offline = fmt.Sprintf("%.0f", r.RSSPerOffline)
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %.0f | %s | %.0f |\n", k, b, r.Clients, r.RSSPerConn, offline, r.ConnectRate)
 		}
 	}
 }

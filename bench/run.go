@@ -72,6 +72,17 @@ type Config struct {
 	// ClientID is the conn scenario's client id, "%d" the client's index
 	// (default bench-conn-%d).
 	ClientID string
+	// KeepAlive is the keepalive every CONNECT asks for; 0: 300 s;
+	// negative: none.
+	KeepAlive time.Duration
+	// ConnSubscribe (conn) has every client subscribe to this filter at
+	// QoS once connected, "%d" its index; empty: no subscription.
+	ConnSubscribe string
+	// Disconnect (conn) has every client send DISCONNECT and close once
+	// all are connected and the broker's memory is measured; the memory
+	// is measured again after, for what the broker keeps of the
+	// sessions (persistent ones with SessionExpiry).
+	Disconnect bool
 	// Topic is the topic of pair i in p2p and cluster, and of client i in
 	// stresser, "%d" the index and "%u" the username (default
 	// bench/p2p/%d, bench/stress/%d).
@@ -115,7 +126,11 @@ type Result struct {
 	BrokerRSS   int64         `json:"broker_rss_bytes"`
 	BrokerPeak  int64         `json:"broker_peak_rss_bytes"`
 	RSSPerConn  float64       `json:"broker_rss_per_conn_bytes,omitempty"`
-	ConnectRate float64       `json:"connects_per_sec,omitempty"`
+	// RSSPerOffline (conn with Disconnect) is the broker's RSS once every
+	// client disconnected, less its RSS before the first connected, per
+	// client: what an offline session costs.
+	RSSPerOffline float64 `json:"broker_rss_per_offline_session_bytes,omitempty"`
+	ConnectRate   float64 `json:"connects_per_sec,omitempty"`
 	// Conn: CONNACKs that accepted the client (P50 to Max are their
 	// CONNECT-to-CONNACK latencies), CONNECTs refused by code, and clients
 	// closed or never answered before a CONNACK.
@@ -294,13 +309,24 @@ func (r *runner) dial(c *client, addr string) error {
 	return gc.AsyncWrite(p, nil)
 }
 
+// keepAlive is the keepalive CONNECT asks for, in seconds.
+func (cfg *Config) keepAlive() uint16 {
+	switch {
+	case cfg.KeepAlive == 0:
+		return 300
+	case cfg.KeepAlive < 0:
+		return 0
+	}
+	return uint16(min(cfg.KeepAlive/time.Second, 65535))
+}
+
 // connectPacket is c's CONNECT.
 func (r *runner) connectPacket(c *client) []byte {
 	name := []byte("MQTT")
 	if c.v == codec.V31 {
 		name = []byte("MQIsdp")
 	}
-	p := codec.Connect{ProtocolName: name, ProtocolVersion: c.v, CleanStart: true, KeepAlive: 300, ClientID: []byte(c.id)}
+	p := codec.Connect{ProtocolName: name, ProtocolVersion: c.v, CleanStart: true, KeepAlive: r.cfg.keepAlive(), ClientID: []byte(c.id)}
 	if c.user != "" {
 		p.UsernameFlag, p.Username = true, []byte(c.user)
 	}
@@ -614,6 +640,9 @@ func (res *Result) Print(w io.Writer) {
 			row("broker CPU µs/conn", fmt.Sprintf("%.1f", res.BrokerUsPer))
 			row("broker RSS", mib(res.BrokerRSS))
 			row("broker RSS per conn", fmt.Sprintf("%.0f B", res.RSSPerConn))
+			if res.RSSPerOffline != 0 {
+				row("broker RSS per offline session", fmt.Sprintf("%.0f B", res.RSSPerOffline))
+			}
 		}
 		row("tool CPU µs/conn", fmt.Sprintf("%.1f", res.ToolUsPer))
 		row("errors", res.Errors)

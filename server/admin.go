@@ -198,12 +198,11 @@ func (s *Server) detail(sess *session, subs bool) (d clientDetail, ok bool) {
 		Subscriptions: []subscriptionView{}}
 	if c := sess.mu.cl; c != nil {
 		d.Connected = true
-		d.Username, d.Address, d.Protocol = c.user, c.addr, c.version.String()
-		if c.ip.IsValid() {
-			d.IP = c.ip.Unmap().String()
+		d.Username, d.Address, d.Protocol = c.user(), c.remote(), c.version.String()
+		if ip := c.ipAddr(); ip.IsValid() {
+			d.IP = ip.String()
 		}
-		// keepAlive holds the 1.5 times grace the broker allows.
-		d.KeepAlive = c.keepAlive * 2 / 3 / int64(time.Second)
+		d.KeepAlive = int64(c.keepAlive)
 		at := time.Unix(0, sess.mu.since).UTC()
 		d.ConnectedAt = &at
 	}

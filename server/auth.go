@@ -30,6 +30,10 @@ type identity struct {
 	user      string
 	superuser bool
 	fixed     bool // the ACL came with the answer (JWT claim, HTTP rules)
+	// acl is the client's compiled ACL; nil allows everything. pubOK
+	// is the last topic it allowed the client to publish to.
+	acl   *auth.Matcher
+	pubOK []byte
 }
 
 // authenticate hands the CONNECT to the chain and parks the client until
@@ -41,10 +45,10 @@ func (c *client) authenticate(ch *auth.Chain, p *codec.Connect, req *connectReq)
 		Password:    bytes.Clone(p.Password),
 		HasUsername: p.UsernameFlag,
 		HasPassword: p.PasswordFlag,
-		Remote:      c.addr,
+		Remote:      c.remote(),
 		Protocol:    byte(c.version),
 		Listener:    "mqtt",
-		CertCN:      c.proxyCN,
+		CertCN:      c.proxyCN(),
 	}
 	if c.tls != nil {
 		ar.Listener = "tls"
@@ -95,8 +99,7 @@ func (c *client) authDone(ob *outbox, ar *auth.Request, req *connectReq, r auth.
 		return
 	}
 	ar.Password = nil
-	c.ident = &identity{req: *ar, user: r.Username, superuser: r.Superuser, fixed: r.FromAnswer}
-	c.acl = r.Matcher
+	c.ident = &identity{req: *ar, user: r.Username, superuser: r.Superuser, fixed: r.FromAnswer, acl: r.Matcher}
 	if !c.srv.mayOwn(req.id, c.ident) {
 		st.connRefusedOwner.Inc()
 		c.refuseConnect(ob, codec.ClientIdentifierNotValid, codec.V3IdentifierRejected,
@@ -161,13 +164,14 @@ func (c *client) mayPublish(topic []byte) bool {
 	if bytes.HasPrefix(topic, sysPrefix) && (len(topic) == len(sysPrefix) || topic[len(sysPrefix)] == '/') {
 		return false
 	}
-	if c.acl == nil || (c.pubOK != nil && bytes.Equal(topic, c.pubOK)) {
+	id := c.ident
+	if id == nil || id.acl == nil || (id.pubOK != nil && bytes.Equal(topic, id.pubOK)) {
 		return true
 	}
-	if !c.acl.CanPublish(topic) {
+	if !id.acl.CanPublish(topic) {
 		return false
 	}
-	c.pubOK = append(c.pubOK[:0], topic...)
+	id.pubOK = append(id.pubOK[:0], topic...)
 	return true
 }
 
@@ -186,13 +190,13 @@ func (c *client) denyPublish(ob *outbox, p *codec.Publish) error {
 // subscribeAccess checks a SUBSCRIBE filter against c's ACL; a shared
 // subscription is checked on the filter inside it.
 func (c *client) subscribeAccess(filter []byte) auth.SubAccess {
-	if c.acl == nil {
+	if c.ident == nil || c.ident.acl == nil {
 		return auth.SubAllowed
 	}
 	if _, inner, ok := codec.SplitShared(filter); ok {
 		filter = inner
 	}
-	return c.acl.CanSubscribe(filter)
+	return c.ident.acl.CanSubscribe(filter)
 }
 
 // mayRead reports whether a delivery through a subscription with options
@@ -242,7 +246,7 @@ func (ss *session) applyACLLocked(m *auth.Matcher) aclChange {
 			continue
 		}
 		o.Check = access == auth.SubPartial
-		ss.mu.subs[f] = o
+		ss.setSubLocked(f, o)
 		ch.changed = append(ch.changed, f)
 		ch.opts = append(ch.opts, o)
 	}
@@ -305,7 +309,7 @@ func (s *Server) recomputeACLs(ch *auth.Chain) {
 		got := make(chan []*client, 1)
 		err := l.el.Execute(context.Background(), runFunc(func() {
 			var cs []*client
-			for c := range l.conns {
+			for _, c := range l.conns {
 				if c.connected && !c.closed && c.ident != nil && !c.ident.fixed && !c.ident.superuser {
 					cs = append(cs, c)
 				}
@@ -346,8 +350,8 @@ func (c *client) recomputeACL(ch *auth.Chain) {
 		if c.closed || !c.connected {
 			return
 		}
-		c.acl = m
-		c.pubOK = nil // decided under the old rules
+		c.ident.acl = m
+		c.ident.pubOK = nil // decided under the old rules
 		sess := c.sess
 		sess.mu.Lock()
 		ch := sess.applyACLLocked(m)
@@ -367,12 +371,13 @@ func (s *Server) adopt(ob *outbox, c *client, sess *session) {
 	sess.mu.Lock()
 	owner := sess.mu.owner != c.ident.user
 	sess.mu.owner = c.ident.user
-	ch := sess.applyACLLocked(c.acl)
-	if c.acl != nil && sess.mu.queue.len() > 0 {
+	acl := c.ident.acl
+	ch := sess.applyACLLocked(acl)
+	if acl != nil && sess.mu.queue.len() > 0 {
 		// Queued under an older ACL (or before a restart, with none):
 		// what the client may not read now goes.
 		sess.mu.queue.filter(func(om *outMsg) bool {
-			if c.acl.CanRead(om.msg.topic) {
+			if acl.CanRead(om.msg.topic) {
 				return true
 			}
 			s.stats.readDenied.Inc()

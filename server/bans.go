@@ -357,8 +357,8 @@ func (cl *cluster) sendBans(peer string) {
 // its loop.
 func (s *Server) kickBanned(b *ban) {
 	s.onLoops(func(l *loop) {
-		for c := range l.conns {
-			if !c.connected || c.closed || !b.matches(c.id, c.user, c.ip) {
+		for _, c := range l.conns {
+			if !c.connected || c.closed || !b.matches(c.id, c.user(), c.ipAddr()) {
 				continue
 			}
 			c.logger().Info("disconnecting client", "reason", "banned", "ban", b.ID)
@@ -420,7 +420,7 @@ func (c *client) refuseBanned(ob *outbox, b *ban) error {
 // on a loop either is refused here or is connected when that loop is
 // searched.
 func (c *client) bannedLate(ob *outbox) bool {
-	b := c.srv.bans.check(c.id, c.user, c.ip)
+	b := c.srv.bans.check(c.id, c.user(), c.ipAddr())
 	if b == nil {
 		return false
 	}

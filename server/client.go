@@ -12,129 +12,275 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/gannetmq/gannet/auth"
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
 )
 
 // client is one network connection. Unless a field says otherwise it is
 // owned by the connection's event loop and touched only there.
+//
+// A broker holds hundreds of thousands of these, mostly idle, so the
+// struct keeps inline only what every connection uses (224 bytes, one
+// size class of the allocator): what few connections need lives behind
+// info (what CONNECT gave, made before it is accepted) and rare
+// (loop-only state, made on first use), and the buffers for bytes to
+// write are given back when the connection is idle (checkDeadlines). The order of the fields packs
+// them without padding; TestClientSize keeps it so.
 type client struct {
 	srv  *Server
 	gc   gnet.Conn
 	loop *loop
-	addr string
+	sess *session
+	id   string // client id, set by CONNECT
 
-	id        string // client id, set by CONNECT
-	user      string // the username CONNECT gave, for bans and the admin API
-	version   codec.Version
-	connected bool // CONNECT accepted
-	closed    bool // OnClose ran or a close is under way
-	sess      *session
-
-	keepAlive  int64 // nanoseconds; 0: none
-	lastRead   int64 // broker clock at the last inbound bytes
-	openedAt   int64
-	disconnect bool // a DISCONNECT was received: no will [MQTT-3.1.2-10]
-	takenOver  bool // another connection took the session
-	// parked is set while CONNECT waits for peers to hand over the
-	// session: later packets stay in the read buffer until it clears.
-	parked bool
-	// retainQ is the retained messages still to deliver after a
-	// SUBSCRIBE (retainpace.go); nil: none.
-	retainQ *retainBacklog
-	// ackWait is set while the client's input waits for its held
-	// acknowledgements (decode, maxHeldAcks); release wakes it.
-	ackWait bool
-	// limit is the client's publish rate (ratelimit.go); nil: none.
-	limit *pubLimit
-	// Admission (limits.go): admitted while the connection counts
-	// against the limits, from ip; refusal is why its CONNECT will be
-	// refused, when it was not admitted.
-	admitted bool
-	ip       netip.Addr
-	refusal  string
-	// proxy says whether a PROXY protocol header is still expected
-	// (proxyRequired) or refused (proxyRefused) at the start of the
-	// input; proxyNone once the first bytes are past.
-	proxy proxyMode
-	// heldGen is the list of held connections this one is on (pace.go).
-	heldGen uint64
-	// While a closed connection lingers (close): until when (broker
-	// clock), and how many more bytes it may send.
-	lingerUntil int64
-	lingerLeft  int
-
-	// Limits the client announced in CONNECT (v5).
-	maxPacket   int  // largest packet we may send; 0: no limit
-	problemInfo bool // request problem information
-
-	// Inbound topic aliases (client to server).
-	aliasIn [][]byte
 	// ws is the WebSocket state of a connection from the WebSocket
 	// listener (ws.go); nil for plain MQTT.
 	ws *wsConn
-
-	// ident is what the client authenticated as; nil without an
-	// authentication chain. acl is its compiled ACL; nil allows
-	// everything (auth.go).
+	// tls is the TLS connection this one carries the plaintext of; nil
+	// on the plain listener (tls.go).
+	tls *tlsConn
+	// ident is what the client authenticated as, with its compiled ACL;
+	// nil without an authentication chain (auth.go).
 	ident *identity
-	acl   *auth.Matcher
-	pubOK []byte // the last topic acl allowed c to publish to (auth.go)
-
-	// Outbound topic aliases (server to client, alias.go); nil when the
-	// client allows none or they are turned off. Guarded by sess.mu like
-	// every delivery, and used only on the client's own loop.
-	aliases *aliasTable
-
-	will *message
-	// willDelay is the v5 will delay interval in seconds.
-	willDelay uint32
+	// retainQ is the retained messages still to deliver after a
+	// SUBSCRIBE (retainpace.go); nil: none.
+	retainQ *retainBacklog
+	// info is what few clients give: a username, MQTT 5 limits, an IPv6
+	// zone (connectInfo); nil when the client gave none of them.
+	info *connectInfo
+	// rare is the state few connections need (clientRare); nil until
+	// one does. Only the client's loop touches it.
+	rare *clientRare
 
 	// pend holds bytes to write at the end of the current unit of work.
-	pend  [][]byte
-	dirty bool
+	pend [][]byte
+	// arena holds small packets (acks) queued in pend; reset after flush.
+	arena []byte
+
+	// lastRead is the broker clock at the last inbound bytes; until
+	// CONNECT is accepted, when the connection opened, which the
+	// connect timeout counts from.
+	lastRead int64
 	// For the write delay (coalesce.go): when c was last written
 	// (monotime); whether it sent a request since, and when the write
 	// after its last request was; whether its bytes are being held (the
 	// stamp of its entry in loop.later); until when senders on other loops
 	// may leave its bytes for the write timer (0: not now).
 	wroteAt   int64
-	asked     bool
 	askedAt   int64
-	waiting   bool
-	waitSeq   uint32
 	calmUntil atomic.Int64
 	// held counts slots in pend waiting for a store commit; output pauses
 	// while it is non-zero (durable.go).
-	held int
-	// sampleAt is when a timed publish whose delivery sits in pend was
-	// taken up (monotime), to observe at the write; 0: none (latency.go).
-	sampleAt int64
-
+	held int32
 	// slow is set while the outbound buffer is above the high-water mark.
 	// Written on the loop, read by deliveries from any goroutine.
-	slow      atomic.Bool
-	slowSince int64
+	slow atomic.Bool
+	// waitSeq stamps c's entry in loop.later (coalesce.go). An entry
+	// lives for one write delay, so a wrapping counter does.
+	waitSeq uint16
+	// keepAlive is the keepalive in seconds (MQTT's unit; the broker's
+	// own bounds are at most 65535 s too); 0: none.
+	keepAlive uint16
+	// addr is the remote address (from the PROXY header or the TLS
+	// listener where there is one); see remote.
+	addr peerAddr
 
-	// arena holds small packets (acks) queued in pend; reset after flush.
-	arena []byte
+	version   codec.Version
+	connected bool // CONNECT accepted
+	closed    bool // OnClose ran or a close is under way
+	// parked is set while CONNECT waits for peers to hand over the
+	// session: later packets stay in the read buffer until it clears.
+	parked bool
+	// ackWait is set while the client's input waits for its held
+	// acknowledgements (decode, maxHeldAcks); release wakes it.
+	ackWait bool
+	// proxy says whether a PROXY protocol header is still expected
+	// (proxyRequired) or refused (proxyRefused) at the start of the
+	// input; proxyNone once the first bytes are past.
+	proxy   proxyMode
+	dirty   bool
+	asked   bool
+	waiting bool
+	// admitted: the connection counts against the admission limits
+	// (limits.go).
+	admitted bool
+}
 
-	// tls is the TLS connection this one carries the plaintext of; nil
-	// on the plain listener (tls.go). Last, so that it moves no field
-	// the hot paths use.
-	tls *tlsConn
+// connectInfo is what a client's address and CONNECT gave that most
+// clients do not give. It is made and filled before the client joins its
+// session (infoState) and not changed afterwards, so that any goroutine
+// that finds the client through its session may read it.
+type connectInfo struct {
+	user string // the username CONNECT gave, for bans and the admin API
+	// zone is the remote address's IPv6 zone, if it has one.
+	zone string
+	// maxPacket is the largest packet an MQTT 5 client said we may
+	// send it; 0: no limit.
+	maxPacket int
+	// aliases are the outbound topic aliases (alias.go); nil when the
+	// client allows none or they are turned off. Guarded by sess.mu like
+	// every delivery, and used only on the client's own loop.
+	aliases *aliasTable
+}
+
+// infoState returns c.info, making it on first use. Only before CONNECT
+// is accepted, on c's loop.
+func (c *client) infoState() *connectInfo {
+	if c.info == nil {
+		c.info = new(connectInfo)
+	}
+	return c.info
+}
+
+// clientRare is the part of a client that most connections never use,
+// made on first use (client.rareState) and touched only on the client's
+// loop.
+type clientRare struct {
+	// refusal is why the client's CONNECT will be refused, when
+	// admission did not admit it (limits.go).
+	refusal string
 	// proxyCN is the client certificate CN a trusted balancer that
 	// terminated TLS vouched for in the PROXY header
 	// (Config.ProxyProtocolCertCN); empty otherwise.
 	proxyCN string
+	// aliasIn is the inbound topic aliases (client to server).
+	aliasIn [][]byte
+	// limit is the client's publish rate (ratelimit.go); nil: none.
+	limit *pubLimit
+	will  *message
+	// willDelay is the v5 will delay interval in seconds.
+	willDelay uint32
+	// heldGen is the list of held connections this one is on (pace.go).
+	heldGen uint64
+	// While a closed connection lingers (close): until when (broker
+	// clock), and how many more bytes it may send.
+	lingerUntil int64
+	lingerLeft  int
+	// sampleAt is when a timed publish whose delivery sits in pend was
+	// taken up, to observe at the write; 0: none (latency.go).
+	sampleAt int64
+	// slowSince is when the outbound buffer went above the high-water
+	// mark (broker clock); 0: it is not.
+	slowSince int64
+	// disconnect: a DISCONNECT was received, so no will [MQTT-3.1.2-10].
+	disconnect bool
+}
+
+// rareState returns c.rare, making it on first use. On c's loop.
+func (c *client) rareState() *clientRare {
+	if c.rare == nil {
+		c.rare = new(clientRare)
+	}
+	return c.rare
+}
+
+// peerAddr is a remote TCP address in 18 bytes: a string would cost 16
+// and its bytes on the heap, a netip.AddrPort 32. An IPv6 zone, rare, is
+// kept in connectInfo.zone. Set before CONNECT is accepted.
+type peerAddr struct {
+	ip   [16]byte // IPv4 as IPv4-mapped IPv6
+	port uint16
+}
+
+// setAddr records ap as c's remote address.
+func (c *client) setAddr(ap netip.AddrPort) {
+	c.addr = peerAddr{ip: ap.Addr().As16(), port: ap.Port()}
+	if z := ap.Addr().Zone(); z != "" {
+		c.infoState().zone = z
+	} else if c.info != nil {
+		c.info.zone = ""
+	}
+}
+
+// setAddrString records s ("host:port") as c's remote address, or none
+// when s is not one.
+func (c *client) setAddrString(s string) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		c.addr = peerAddr{}
+		return
+	}
+	c.setAddr(ap)
+}
+
+// ipAddr is the IP address of c's peer; the zero Addr when unknown.
+func (c *client) ipAddr() netip.Addr {
+	if c.addr == (peerAddr{}) {
+		return netip.Addr{}
+	}
+	ip := netip.AddrFrom16(c.addr.ip).Unmap()
+	if c.info != nil && c.info.zone != "" {
+		ip = ip.WithZone(c.info.zone)
+	}
+	return ip
+}
+
+// remote is c's peer address as host:port; "" when unknown.
+func (c *client) remote() string {
+	ip := c.ipAddr()
+	if !ip.IsValid() {
+		return ""
+	}
+	return netip.AddrPortFrom(ip, c.addr.port).String()
+}
+
+// proxyCN is the client certificate CN a trusted balancer vouched for;
+// "" for none.
+func (c *client) proxyCN() string {
+	if c.rare == nil {
+		return ""
+	}
+	return c.rare.proxyCN
+}
+
+// pubLimit is c's publish rate (ratelimit.go); nil: none.
+func (c *client) pubLimit() *pubLimit {
+	if c.rare == nil {
+		return nil
+	}
+	return c.rare.limit
+}
+
+// disconnected reports whether c sent DISCONNECT (no will).
+func (c *client) disconnected() bool {
+	return c.rare != nil && c.rare.disconnect
+}
+
+// lingering reports whether c is closed and lingers (close).
+func (c *client) lingering() bool {
+	return c.rare != nil && c.rare.lingerUntil != 0
+}
+
+// user is the username c's CONNECT gave; "" for none.
+func (c *client) user() string {
+	if c.info == nil {
+		return ""
+	}
+	return c.info.user
+}
+
+// maxPacket is the largest packet c accepts; 0: no limit.
+// REQUIRES: c.sess.mu held, or on c's loop.
+func (c *client) maxPacket() int {
+	if c.info == nil {
+		return 0
+	}
+	return c.info.maxPacket
+}
+
+// aliases is c's outbound topic alias table; nil for none.
+func (c *client) aliases() *aliasTable {
+	if c.info == nil {
+		return nil
+	}
+	return c.info.aliases
 }
 
 func (c *client) logger() *slog.Logger {
 	if c.id != "" {
-		return c.srv.connLog.With("client", c.id, "remote", c.addr)
+		return c.srv.connLog.With("client", c.id, "remote", c.remote())
 	}
-	return c.srv.connLog.With("remote", c.addr)
+	return c.srv.connLog.With("remote", c.remote())
 }
 
 // errClose closes the connection without sending anything more; it is used
@@ -148,8 +294,10 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 	if c.retainQ != nil && c.retainQ.waking {
 		c.pumpRetained(ob) // woken for its next turn
 	}
-	c.lastRead = c.srv.now()
-	if l := c.limit; l != nil && l.waking.Load() {
+	if c.connected {
+		c.lastRead = c.srv.now() // before, the connect timeout counts from the open
+	}
+	if l := c.pubLimit(); l != nil && l.waking.Load() {
 		// Held for its publish rate until the timer wakes it
 		// (ratelimit.go): what arrives meanwhile waits unread, rather
 		// than being viewed, and copied whenever gnet's ring buffer
@@ -253,7 +401,7 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 		if len(buf)-used < n+h.Remaining {
 			break
 		}
-		if h.Type == codec.PUBLISH && c.limit != nil && !c.publishAllowed(n+h.Remaining) {
+		if h.Type == codec.PUBLISH && c.pubLimit() != nil && !c.publishAllowed(n+h.Remaining) {
 			if len(buf)-used >= holdLimit {
 				c.srv.stats.rateDisconnects.Inc()
 				err = &codec.Error{Code: codec.MessageRateTooHigh,
@@ -316,7 +464,8 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 			c.close()
 			return 0, false
 		}
-		c.tls, c.addr, c.proxy = tc, tc.remote, proxyNone
+		c.tls, c.proxy = tc, proxyNone
+		c.setAddrString(tc.remote)
 		if tc.ws {
 			c.ws = &wsConn{} // from the WebSocket over TLS listener
 		}
@@ -342,7 +491,10 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 	}
 	n, src, err := parseProxy(buf)
 	if err == nil && c.srv.cfg.ProxyProtocolCertCN {
-		c.proxyCN, err = proxyCertCN(buf[:n])
+		var cn string
+		if cn, err = proxyCertCN(buf[:n]); cn != "" {
+			c.rareState().proxyCN = cn
+		}
 	}
 	switch {
 	case err == errIncomplete:
@@ -356,7 +508,7 @@ func (c *client) proxyHeader(buf []byte) (int, bool) {
 	}
 	c.proxy = proxyNone
 	if src != "" {
-		c.addr = src
+		c.setAddrString(src)
 	}
 	if !c.admitClient() {
 		c.closeNow()
@@ -434,8 +586,9 @@ func (c *client) close() {
 		// shutting down the write side now would lose them.
 		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
 	}
-	c.lingerUntil = c.srv.now() + int64(lingerTime)
-	c.lingerLeft = lingerBytes
+	r := c.rareState()
+	r.lingerUntil = c.srv.now() + int64(lingerTime)
+	r.lingerLeft = lingerBytes
 	c.detach()
 }
 
@@ -485,8 +638,8 @@ func (c *client) detach() {
 // closing it once lingerBytes have come.
 func (c *client) discardLingering() {
 	n, _ := c.gc.Discard(-1)
-	c.lingerLeft -= n
-	if c.lingerLeft <= 0 {
+	c.rare.lingerLeft -= n
+	if c.rare.lingerLeft <= 0 {
 		_ = c.gc.Close()
 	}
 }
@@ -500,7 +653,7 @@ func (c *client) flush() {
 	}
 	if !c.closed {
 		c.writeParts(c.pend)
-		if c.sampleAt != 0 {
+		if c.rare != nil && c.rare.sampleAt != 0 {
 			c.wroteSample()
 		}
 	}
@@ -511,12 +664,12 @@ func (c *client) flush() {
 		return
 	}
 	if c.gc.OutboundBuffered() > c.srv.outboundHighWater() {
-		if c.slowSince == 0 {
-			c.slowSince = c.srv.now()
+		if r := c.rareState(); r.slowSince == 0 {
+			r.slowSince = c.srv.now()
 			c.slow.Store(true)
 		}
-	} else if c.slowSince != 0 {
-		c.slowSince = 0
+	} else if c.rare != nil && c.rare.slowSince != 0 {
+		c.rare.slowSince = 0
 		c.slow.Store(false)
 	}
 }
@@ -526,7 +679,7 @@ func (c *client) flush() {
 // maximum, which is as many as an MQTT 5 client may have unacknowledged.
 // It bounds what a client can make the broker hold while the disk is
 // slow, since an event loop never waits for the store (storeGate.commit).
-func maxHeldAcks(c *client) int { return c.srv.cfg.ReceiveMaximum }
+func maxHeldAcks(c *client) int32 { return int32(c.srv.cfg.ReceiveMaximum) }
 
 // writeOutOfTurn writes pkt ahead of c's pending bytes, which wait for a
 // commit, framed as the connection needs.
@@ -656,16 +809,16 @@ func (c *client) frame(ob *outbox, m *message, qos byte, retain bool, subIDs []u
 	f := fanout.Form{V5: c.version == codec.V5, QoS: qos, Retain: retain}
 	if f.V5 {
 		f.SubIDs = subIDs
-		if c.aliases != nil && ob.home == c.loop {
+		if c.aliases() != nil && ob.home == c.loop {
 			var a uint16
-			a, f.Alias = c.aliases.lookup(m.topic)
+			a, f.Alias = c.aliases().lookup(m.topic)
 			alias = aliasWire[a][:]
 		}
 	}
 	fr = ob.enc.Frame(&f)
-	if c.maxPacket > 0 && fr.Size() > c.maxPacket {
+	if mp := c.maxPacket(); mp > 0 && fr.Size() > mp {
 		if f.Alias == fanout.AliasSet {
-			c.aliases.forget(uint16(alias[0])<<8 | uint16(alias[1]))
+			c.aliases().forget(uint16(alias[0])<<8 | uint16(alias[1]))
 		}
 		c.srv.stats.droppedTooLarge.Add(1)
 		return fanout.Frame{}, nil, false
@@ -686,7 +839,7 @@ func (c *client) encodeStored(m *outMsg, now int64) (fanout.Frame, bool) {
 		f.SubIDs = m.subIDs
 	}
 	fr := fanout.Encode(&p, &f)
-	if c.maxPacket > 0 && fr.Size() > c.maxPacket {
+	if mp := c.maxPacket(); mp > 0 && fr.Size() > mp {
 		c.srv.stats.droppedTooLarge.Add(1)
 		return fanout.Frame{}, false
 	}

@@ -56,7 +56,7 @@ type coalesce struct {
 // waiter is an entry of loop.later; it stands while c.waitSeq is seq.
 type waiter struct {
 	c   *client
-	seq uint32
+	seq uint16
 }
 
 func (l *loop) initCoalesce(delay time.Duration) {

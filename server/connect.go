@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
@@ -48,9 +49,9 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		return errClose
 	}
 
-	if c.refusal != "" {
+	if c.rare != nil && c.rare.refusal != "" {
 		// Over a connection limit (limits.go): told why, then closed.
-		return refuse(codec.QuotaExceeded, codec.V3ServerUnavailable, c.refusal)
+		return refuse(codec.QuotaExceeded, codec.V3ServerUnavailable, c.rare.refusal)
 	}
 	if c.srv.drain.active.Load() {
 		return c.refuseDraining(ob) // drain.go
@@ -96,8 +97,10 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		assigned = true
 	}
 	c.id = id
-	c.user = string(p.Username)
-	if b := c.srv.bans.check(id, c.user, c.ip); b != nil {
+	if len(p.Username) > 0 {
+		c.infoState().user = string(p.Username)
+	}
+	if b := c.srv.bans.check(id, c.user(), c.ipAddr()); b != nil {
 		return c.refuseBanned(ob, b) // bans.go
 	}
 
@@ -120,9 +123,11 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		// hold it for ever.
 		ka = max
 	}
-	c.keepAlive = int64(ka) * 3 / 2
+	c.keepAlive = uint16(min((ka+time.Second-1)/time.Second, math.MaxUint16))
 
-	c.limit = c.srv.newPubLimit()
+	if l := c.srv.newPubLimit(); l != nil {
+		c.rareState().limit = l
+	}
 	// Limits the client sets for us.
 	window := c.srv.cfg.MaxInflight
 	if v5 {
@@ -130,12 +135,11 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 			window = min(window, int(p.Props.ReceiveMaximum))
 		}
 		if p.Props.Has(codec.PropMaximumPacketSize) {
-			c.maxPacket = int(p.Props.MaximumPacketSize)
+			c.infoState().maxPacket = int(p.Props.MaximumPacketSize)
 		}
 		if n := min(int(p.Props.TopicAliasMaximum), c.srv.cfg.TopicAliasOut); n > 0 {
-			c.aliases = newAliasTable(n)
+			c.infoState().aliases = newAliasTable(n)
 		}
-		c.problemInfo = !p.Props.Has(codec.PropRequestProblemInfo) || p.Props.RequestProblemInfo == 1
 	}
 
 	// Session expiry.
@@ -154,9 +158,10 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 		var wp codec.Publish
 		wp.Topic, wp.Payload, wp.QoS, wp.Retain = p.WillTopic, p.WillPayload, p.WillQoS, p.WillRetain
 		wp.Props = p.WillProps
-		c.will = newMessage(&wp, id, c.srv.now())
+		r := c.rareState()
+		r.will = newMessage(&wp, id, c.srv.now())
 		if v5 && p.WillProps.Has(codec.PropWillDelay) {
-			c.willDelay = p.WillProps.WillDelay
+			r.willDelay = p.WillProps.WillDelay
 		}
 	}
 
@@ -224,6 +229,7 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 		c.srv.adopt(ob, c, sess)
 	}
 	c.connected = true
+	c.lastRead = c.srv.now() // the keepalive counts from here
 	c.srv.stats.clients.Add(1)
 
 	expiry, ka := req.expiry, req.ka
@@ -385,9 +391,6 @@ func (c *client) kick(code codec.ReasonCode) {
 		if c.closed {
 			return
 		}
-		if code == codec.SessionTakenOver {
-			c.takenOver = true
-		}
 		if c.version == codec.V5 {
 			c.pend = append(c.pend, (&codec.Disconnect{Code: code}).Append(nil, codec.V5))
 			c.dirty = true
@@ -416,7 +419,7 @@ func (c *client) handleDisconnect(ob *outbox, p *codec.Disconnect) error {
 		c.sess.mu.Unlock()
 	}
 	if !(c.version == codec.V5 && p.Code == codec.DisconnectWithWill) {
-		c.disconnect = true // [MQTT-3.1.2-10]
+		c.rareState().disconnect = true // [MQTT-3.1.2-10]
 	}
 	c.logger().Debug("client disconnected", "code", p.Code.String())
 	c.close()
@@ -450,8 +453,8 @@ func (c *client) onClose() {
 		// will is sent.
 		return
 	}
-	if c.will != nil && !c.disconnect {
-		c.srv.scheduleWill(ob, sess, c.will, c.willDelay, expiry)
+	if r := c.rare; r != nil && r.will != nil && !r.disconnect {
+		c.srv.scheduleWill(ob, sess, r.will, r.willDelay, expiry)
 	}
 	if expiry == 0 {
 		c.srv.endSession(ob, sess)

@@ -368,7 +368,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	om.share = share
 	om.pid = ss.allocIDLocked()
 	om.idb[0], om.idb[1] = byte(om.pid>>8), byte(om.pid)
-	ss.mu.inflight[om.pid] = om
+	ss.setInflightLocked(om)
 	ss.storeEntryLocked(ob, om)
 	ob.addParts(cl, fr, om.idb[:], alias)
 	ob.last = cl

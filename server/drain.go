@@ -268,7 +268,7 @@ func (s *Server) connectedClients() []*client {
 		err := l.el.Execute(context.Background(), runFunc(func() {
 			defer wg.Done()
 			var mine []*client
-			for c := range l.conns {
+			for _, c := range l.conns {
 				if c.connected && !c.closed {
 					mine = append(mine, c)
 				}
@@ -324,7 +324,7 @@ func (c *client) drainOut(ref []byte) {
 			p.Props.Set(codec.PropServerReference)
 		}
 		b := p.Append(nil, codec.V5)
-		if c.maxPacket > 0 && len(b) > c.maxPacket {
+		if mp := c.maxPacket(); mp > 0 && len(b) > mp {
 			b = (&codec.Disconnect{Code: codec.ServerShuttingDown}).Append(nil, codec.V5)
 		}
 		c.pend = append(c.pend, b)

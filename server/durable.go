@@ -163,7 +163,7 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 					s.log.Warn("dropping a stored subscription", "client", r.ClientID, "filter", sub.Filter, "err", err)
 					continue
 				}
-				ss.mu.subs[sub.Filter] = opts
+				ss.setSubLocked(sub.Filter, opts)
 				if strings.HasPrefix(sub.Filter, "$share/") {
 					sharing[ss] = true
 				}
@@ -192,7 +192,7 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 			ss.mu.seq = max(ss.mu.seq, e.Seq)
 			if om.pid != 0 {
 				om.idb = [2]byte{byte(om.pid >> 8), byte(om.pid)}
-				ss.mu.inflight[om.pid] = om
+				ss.setInflightLocked(om)
 				ss.mu.nextID = max(ss.mu.nextID, om.pid)
 			} else {
 				ss.mu.queue.push(om)
@@ -200,7 +200,7 @@ func (s *Server) load(st *persist.Store) (persist.LoadStats, error) {
 		},
 		Inbound: func(client string, pid uint16) {
 			if ss := sessions[client]; ss != nil {
-				ss.mu.rxQoS2[pid] = struct{}{}
+				ss.addRxQoS2Locked(pid)
 			}
 		},
 		Meta: func(key string, val []byte) {
@@ -492,7 +492,7 @@ func (c *client) releaseAck(h heldAck, err error) {
 		// does memory again, and the client, which gets no PUBCOMP,
 		// sends PUBREL again once it has reconnected.
 		c.sess.mu.Lock()
-		c.sess.mu.rxQoS2[h.pid] = struct{}{}
+		c.sess.addRxQoS2Locked(h.pid)
 		c.sess.mu.Unlock()
 		c.pend[h.slot] = []byte{}
 		c.fail(c.loop.ob, &codec.Error{Code: codec.QuotaExceeded, Msg: "cannot store the end of a QoS 2 exchange: " + err.Error()})

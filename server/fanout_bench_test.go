@@ -51,14 +51,14 @@ func benchFanout(b *testing.B, subscribers int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	l := &loop{conns: make(map[*client]struct{})}
+	l := &loop{}
 	l.ob = newOutbox(s, l)
 	l.initCoalesce(0)
 	connect := func(id string) *client {
 		c := &client{srv: s, gc: &benchConn{}, loop: l, id: id, version: codec.V5, connected: true}
 		c.sess = newSession(s, id)
 		c.sess.mu.cl = c
-		l.conns[c] = struct{}{}
+		l.conns = append(l.conns, c)
 		return c
 	}
 	for i := range subscribers {

@@ -43,7 +43,7 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	defer s.loops.Unlock()
 	l := s.loops.m[el]
 	if l == nil {
-		l = &loop{el: el, conns: make(map[*client]struct{})}
+		l = &loop{el: el}
 		l.ob = newOutbox(s, l)
 		l.initCoalesce(s.cfg.WriteDelay)
 		s.loops.m[el] = l
@@ -62,12 +62,13 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	l := s.loopOf(gc)
 	now := s.now()
-	c := &client{srv: s, gc: gc, loop: l, lastRead: now, openedAt: now}
+	c := &client{srv: s, gc: gc, loop: l, lastRead: now}
 	if enrolled != nil {
 		// Its handshake is done, its PROXY header read, its rate and
 		// descriptors checked (beforeHandshake): the record layer takes
 		// over (tlsrec.go).
-		c.tls, c.addr = enrolled, enrolled.remote
+		c.tls = enrolled
+		c.setAddrString(enrolled.remote)
 		if enrolled.ws {
 			c.ws = &wsConn{} // from the WebSocket over TLS listener
 		}
@@ -77,7 +78,9 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		// address and certificate this client takes.
 		c.proxy = proxyBridge
 	} else if a := gc.RemoteAddr(); a != nil {
-		c.addr = a.String()
+		if ta, ok := a.(*net.TCPAddr); ok {
+			c.setAddr(ta.AddrPort())
+		}
 		c.proxy = s.proxyMode(a)
 		if p := s.wsPort.Load(); p != 0 {
 			if la, ok := gc.LocalAddr().(*net.TCPAddr); ok && la.Port == int(p) {
@@ -86,7 +89,7 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		}
 	}
 	gc.SetContext(c)
-	l.conns[c] = struct{}{}
+	l.conns = append(l.conns, c)
 	s.stats.connections.Add(1)
 	if c.proxy == proxyBridge {
 		return nil, gnet.None // admitted on its token (client.proxyHeader)
@@ -102,7 +105,7 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	// anything is read; the counts once the address is final.
 	kind := c.kind()
 	if reason := s.adm.beforeRead(kind); reason != "" {
-		s.adm.refuse(reason, c.addr, kind)
+		s.adm.refuse(reason, c.remote(), kind)
 		c.closed = true
 		return nil, gnet.Close
 	}
@@ -118,7 +121,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
-	if c.lingerUntil != 0 {
+	if c.lingering() {
 		c.discardLingering()
 		return gnet.None
 	}
@@ -176,10 +179,12 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		c.tls.loopClosed()
 	}
 	c.closed = true
+	if c.rare != nil {
+		c.rare.lingerUntil = 0 // over: the sweep lets go of c (loop.sweep)
+	}
 	c.releaseAdmission()
-	delete(c.loop.conns, c)
 	h.srv.stats.connections.Add(-1)
-	if err != nil && c.connected && !c.disconnect {
+	if err != nil && c.connected && !c.disconnected() {
 		c.logger().Info("connection lost", "err", err)
 	}
 	clear(c.pend)
@@ -191,9 +196,10 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 // checkDeadlines closes a connection whose keepalive ran out (1.5 times the
 // interval [MQTT-3.1.2-24]), that never sent CONNECT, or that has been a
 // slow receiver for too long. It also resumes a session's queue once a
-// slow connection drained.
+// slow connection drained, and takes back the buffers of a connection
+// with nothing to write (idle).
 func (c *client) checkDeadlines(ob *outbox, now int64) {
-	if c.lingerUntil != 0 && now > c.lingerUntil {
+	if c.lingering() && now > c.rare.lingerUntil {
 		_ = c.gc.Close()
 		return
 	}
@@ -201,23 +207,25 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 		return
 	}
 	cfg := c.srv.limits()
+	grace := int64(c.keepAlive) * int64(time.Second) * 3 / 2
 	switch {
-	case !c.connected && now-c.openedAt > int64(cfg.ConnectTimeout):
+	case !c.connected && now-c.lastRead > int64(cfg.ConnectTimeout):
 		c.logger().Info("closing connection", "reason", "no CONNECT within "+cfg.ConnectTimeout.String())
 		c.close()
 		return
-	case c.keepAlive > 0 && now-c.lastRead > c.keepAlive:
+	case grace > 0 && now-c.lastRead > grace:
 		c.logger().Info("closing connection", "reason", "keepalive timeout",
-			"keepalive", time.Duration(c.keepAlive*2/3).String())
+			"keepalive", (time.Duration(c.keepAlive) * time.Second).String())
 		c.srv.stats.keepaliveTimeouts.Add(1)
 		c.fail(ob, &codec.Error{Code: codec.KeepAliveTimeout, Msg: "no packet within 1.5 times the keepalive"})
 		return
 	}
-	if c.slowSince != 0 {
+	c.idle()
+	if r := c.rare; r != nil && r.slowSince != 0 {
 		if c.gc.OutboundBuffered() <= c.srv.outboundHighWater() {
-			c.slowSince = 0
+			r.slowSince = 0
 			c.slow.Store(false)
-		} else if cfg.SlowTimeout > 0 && now-c.slowSince > int64(cfg.SlowTimeout) {
+		} else if cfg.SlowTimeout > 0 && now-r.slowSince > int64(cfg.SlowTimeout) {
 			c.logger().Warn("closing connection", "reason", "slow receiver",
 				"outbound_bytes", c.gc.OutboundBuffered(), "for", cfg.SlowTimeout.String())
 			c.srv.stats.slowClosed.Add(1)
@@ -232,6 +240,17 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 		}
 		c.sess.mu.Unlock()
 	}
+}
+
+// idle gives back the buffers of a connection that has nothing waiting to
+// be written, so that an idle connection holds none: the next bytes for
+// it allocate them again. The sweep calls it a few times a second, so a
+// busy connection keeps reusing its buffers between sweeps.
+func (c *client) idle() {
+	if c.dirty || c.held > 0 || len(c.pend) > 0 {
+		return
+	}
+	c.pend, c.arena = nil, nil
 }
 
 // shutdown is the last word to a client when the broker stops.

@@ -101,8 +101,8 @@ func (ob *outbox) sampleDelivery() {
 	cl, at := ob.last, ob.sampleAt
 	ob.last = nil
 	if cl.loop == ob.home {
-		if cl.sampleAt == 0 {
-			cl.sampleAt = at
+		if r := cl.rareState(); r.sampleAt == 0 {
+			r.sampleAt = at
 		}
 		return
 	}
@@ -113,8 +113,10 @@ func (ob *outbox) sampleDelivery() {
 
 // sampleArrived moves x's sample to its client, on the client's loop.
 func (x *xfer) sampleArrived() {
-	if cl := x.sampleCl; cl != nil && !cl.closed && cl.sampleAt == 0 {
-		cl.sampleAt = x.sampleAt
+	if cl := x.sampleCl; cl != nil && !cl.closed {
+		if r := cl.rareState(); r.sampleAt == 0 {
+			r.sampleAt = x.sampleAt
+		}
 	}
 }
 
@@ -127,8 +129,8 @@ func (x *xfer) mergeSample(y *xfer) {
 
 // wroteSample observes the delivery sample c's write just carried.
 func (c *client) wroteSample() {
-	since(c.srv.stats.lat.delivery, c.sampleAt, monotime())
-	c.sampleAt = 0
+	since(c.srv.stats.lat.delivery, c.rare.sampleAt, monotime())
+	c.rare.sampleAt = 0
 }
 
 // ackFrom returns when the timed PUBLISH that an acknowledgement of kind

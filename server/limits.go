@@ -234,18 +234,17 @@ func ipOf(hostport string) netip.Addr {
 // and the caller closes c at once.
 func (c *client) admitClient() bool {
 	a := c.srv.adm
-	ip := ipOf(c.addr)
-	reason := a.admit(ip)
+	reason := a.admit(c.ipAddr())
 	if reason == "" {
-		c.admitted, c.ip = true, ip
+		c.admitted = true
 		return true
 	}
-	a.refuse(reason, c.addr, c.kind())
+	a.refuse(reason, c.remote(), c.kind())
 	if a.refusing.Add(1) > refusingMax {
 		a.refusing.Add(-1)
 		return false
 	}
-	c.refusal = reason
+	c.rareState().refusal = reason
 	return true
 }
 
@@ -267,9 +266,9 @@ func (c *client) releaseAdmission() {
 	switch {
 	case c.admitted:
 		c.admitted = false
-		c.srv.adm.release(c.ip)
-	case c.refusal != "":
-		c.refusal = ""
+		c.srv.adm.release(c.ipAddr())
+	case c.rare != nil && c.rare.refusal != "":
+		c.rare.refusal = ""
 		c.srv.adm.refusing.Add(-1)
 	}
 }

@@ -324,7 +324,7 @@ func TestTCPKeepAlive(t *testing.T) {
 	got := make(chan opts, 1)
 	for _, l := range s.loopList() {
 		_ = l.el.Execute(context.Background(), runFunc(func() {
-			for c := range l.conns {
+			for _, c := range l.conns {
 				if c.id == "ka" {
 					fd := c.gc.Fd()
 					on, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)

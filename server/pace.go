@@ -53,15 +53,16 @@ func (cl *cluster) holdBack(c *client, first bool) bool {
 	}
 	h := cl.held
 	gen := h.gen.Load()
-	if c.heldGen == gen {
+	r := c.rareState()
+	if r.heldGen == gen {
 		return true // on the list: woken with the rest
 	}
-	if first && c.heldGen != 0 {
-		c.heldGen = 0 // woken: one packet first
+	if first && r.heldGen != 0 {
+		r.heldGen = 0 // woken: one packet first
 		return false
 	}
 	h.mu.Lock()
-	c.heldGen = h.gen.Load()
+	r.heldGen = h.gen.Load()
 	h.conns = append(h.conns, c.gc)
 	kick := len(h.conns) == 1
 	h.mu.Unlock()
@@ -78,7 +79,7 @@ func (cl *cluster) holdBack(c *client, first bool) bool {
 // isHeld reports whether c is on the current list of held connections.
 // On c's loop.
 func (cl *cluster) isHeld(c *client) bool {
-	return c.heldGen != 0 && c.heldGen == cl.held.gen.Load()
+	return c.rare != nil && c.rare.heldGen != 0 && c.rare.heldGen == cl.held.gen.Load()
 }
 
 // release wakes the held connections each time the lanes catch up, until

@@ -25,15 +25,16 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 			// [MQTT-3.3.2-9, MQTT-3.3.2-10]
 			return &codec.Error{Code: codec.TopicAliasInvalid, Rule: "MQTT-3.3.2-9", Msg: "topic alias out of range"}
 		}
-		if c.aliasIn == nil {
-			c.aliasIn = make([][]byte, c.srv.cfg.TopicAliasMaximum+1)
+		r := c.rareState()
+		if r.aliasIn == nil {
+			r.aliasIn = make([][]byte, c.srv.cfg.TopicAliasMaximum+1)
 		}
 		if len(p.Topic) > 0 {
-			c.aliasIn[a] = append(c.aliasIn[a][:0], p.Topic...)
-		} else if c.aliasIn[a] == nil {
+			r.aliasIn[a] = append(r.aliasIn[a][:0], p.Topic...)
+		} else if r.aliasIn[a] == nil {
 			return &codec.Error{Code: codec.ProtocolError, Msg: "topic alias " + strconv.Itoa(a) + " was never set"}
 		} else {
-			p.Topic = c.aliasIn[a]
+			p.Topic = r.aliasIn[a]
 		}
 	}
 	if err := codec.ValidateTopicName(p.Topic); err != nil {
@@ -97,7 +98,7 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 				Msg: "more unacknowledged QoS 2 publishes than the receive maximum"}
 		}
 		if !seen {
-			c.sess.mu.rxQoS2[p.PacketID] = struct{}{}
+			c.sess.addRxQoS2Locked(p.PacketID)
 			if c.sess.persistentLocked() {
 				ob.batch.PutInbound(c.sess.id, p.PacketID)
 			}

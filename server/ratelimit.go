@@ -46,7 +46,7 @@ func (s *Server) newPubLimit() *pubLimit {
 // they have no room yet, takes nothing, arranges for the connection to be
 // woken when they will, and reports false. On c's loop.
 func (c *client) publishAllowed(size int) bool {
-	l := c.limit
+	l := c.rare.limit
 	now := time.Now()
 	var delay time.Duration
 	var rs [2]*rate.Reservation

@@ -162,7 +162,7 @@ func TestRetainedOnSubscribePaced(t *testing.T) {
 		got := make(chan int, 1)
 		for _, l := range s.loopList() {
 			_ = l.el.Execute(context.Background(), runFunc(func() {
-				for c := range l.conns {
+				for _, c := range l.conns {
 					if c.id == "sub" {
 						got <- c.gc.OutboundBuffered()
 					}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,8 +89,13 @@ type Server struct {
 // loop is Gannet's state for one gnet event loop. Its fields are touched
 // only on that loop.
 type loop struct {
-	el       gnet.EventLoop
-	conns    map[*client]struct{}
+	el gnet.EventLoop
+	// conns is every connection of the loop, a few closed ones among
+	// them until the next sweep lets go of them: a closed connection
+	// that does not linger is skipped by every walk of the list (each
+	// checks closed), so OnClose need not find it. A slice rather than
+	// a set: 8 bytes a connection instead of a map entry's 30 to 50.
+	conns    []*client
 	ob       *outbox
 	coalesce // write delay and inbox (coalesce.go)
 	// retainWait is the connections whose retained backlogs wait for
@@ -411,7 +417,7 @@ func (s *Server) disconnectAll(ctx context.Context) {
 		err := l.el.Execute(ctx, runFunc(func() {
 			defer wg.Done()
 			l.takeInbox(monotime()) // what other loops left for these clients goes first
-			for c := range l.conns {
+			for _, c := range l.conns {
 				c.shutdown()
 			}
 		}))
@@ -475,11 +481,28 @@ func (s *Server) sweep() {
 	}
 }
 
-// sweep enforces deadlines on this loop's connections.
+// sweep enforces deadlines on this loop's connections and drops the
+// closed ones that no longer linger from l.conns.
 func (l *loop) sweep(now int64) {
-	for c := range l.conns {
+	conns := l.conns
+	kept := 0
+	for _, c := range conns {
+		if c.closed && !c.lingering() {
+			continue
+		}
+		conns[kept] = c
+		kept++
 		c.checkDeadlines(l.ob, now)
 	}
+	// Those opened meanwhile, if any (nothing the sweep does opens one,
+	// but the list must not lose a connection if that ever changes).
+	n := len(conns)
+	conns = append(conns[:kept], l.conns[n:]...)
+	clear(l.conns[len(conns):])
+	if cap(conns) > 1024 && len(conns) < cap(conns)/4 {
+		conns = slices.Clone(conns) // most connections went: give the room back
+	}
+	l.conns = conns
 	l.ob.flush()
 }
 

@@ -29,14 +29,13 @@ type session struct {
 		sync.Mutex
 		cl       *client // attached connection; nil while offline
 		gen      uint64  // bumped at every attach; stale timers compare it
-		ended    bool    // removed from the server; late deliveries are dropped
 		expiry   time.Duration
 		expTimer *time.Timer
 		window   int // outbound inflight limit for the attached connection
 
+		// The maps are nil until their first entry (newSession).
 		subs     map[string]fanout.Options // filter as subscribed -> options
 		inflight map[uint16]*outMsg
-		nextID   uint16
 		seq      uint64
 		queue    msgQueue
 		rxQoS2   map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
@@ -48,13 +47,15 @@ type session struct {
 		// movedTo names the peer an ended session moved to; for a grace
 		// period its subscriptions stay and what still arrives here for
 		// it is sent on (takeover.go).
-		movedTo string
+		movedTo     string
+		restoredSeq uint64 // see restored
+		nextID      uint16
+		ended       bool // removed from the server; late deliveries are dropped
 		// restored marks a session loaded from the store that no client
 		// has attached to since: in a cluster its client may have moved
 		// to another node while this one was down (stale.go). Entries
 		// numbered above restoredSeq arrived after the load.
-		restored    bool
-		restoredSeq uint64
+		restored bool
 	}
 }
 
@@ -146,13 +147,41 @@ func (q *msgQueue) filter(keep func(*outMsg) bool) {
 	q.items = q.items[:q.head+len(kept)]
 }
 
+// newSession makes an empty session. Its maps are made by their first
+// entry (setSubLocked, setInflightLocked, addRxQoS2Locked): most clients
+// never subscribe or exchange QoS 1/2, and three empty maps would be
+// about 150 bytes of every idle connection. A nil map reads as empty.
 func newSession(srv *Server, id string) *session {
 	s := &session{srv: srv, id: id}
-	s.mu.subs = make(map[string]fanout.Options)
-	s.mu.inflight = make(map[uint16]*outMsg)
-	s.mu.rxQoS2 = make(map[uint16]struct{})
 	s.mu.queue.total = &srv.queuedBytes
 	return s
+}
+
+// setSubLocked records the subscription to filter with opts.
+// REQUIRES: s.mu held.
+func (s *session) setSubLocked(filter string, opts fanout.Options) {
+	if s.mu.subs == nil {
+		s.mu.subs = make(map[string]fanout.Options)
+	}
+	s.mu.subs[filter] = opts
+}
+
+// setInflightLocked records m as inflight under its packet id.
+// REQUIRES: s.mu held.
+func (s *session) setInflightLocked(m *outMsg) {
+	if s.mu.inflight == nil {
+		s.mu.inflight = make(map[uint16]*outMsg)
+	}
+	s.mu.inflight[m.pid] = m
+}
+
+// addRxQoS2Locked records an inbound QoS 2 packet id awaiting PUBREL.
+// REQUIRES: s.mu held.
+func (s *session) addRxQoS2Locked(pid uint16) {
+	if s.mu.rxQoS2 == nil {
+		s.mu.rxQoS2 = make(map[uint16]struct{})
+	}
+	s.mu.rxQoS2[pid] = struct{}{}
 }
 
 // resumable reports whether a later connection may resume the session: a
@@ -236,7 +265,7 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 	if m.pid == 0 {
 		m.pid = s.allocIDLocked()
 		binary.BigEndian.PutUint16(m.idb[:], m.pid)
-		s.mu.inflight[m.pid] = m
+		s.setInflightLocked(m)
 		s.storeEntryLocked(ob, m)
 	}
 	if m.released {

@@ -227,7 +227,7 @@ func (s *Server) subscribe(filter string, sess *session, opts fanout.Options) (a
 		s.unsubscribe(filter, sess)
 		return added, nil
 	}
-	sess.mu.subs[filter] = opts
+	sess.setSubLocked(filter, opts)
 	sess.mu.Unlock()
 	return added, nil
 }

@@ -209,7 +209,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	sess.mu.owner = mv.owner
 	s.observe(mv.since)
 	for _, pid := range mv.rx {
-		sess.mu.rxQoS2[pid] = struct{}{}
+		sess.addRxQoS2Locked(pid)
 	}
 	sess.saveLocked(ob, s.now())
 	for _, mm := range mv.msgs {
@@ -217,7 +217,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 		if mm.pid != 0 {
 			om.pid, om.released = mm.pid, mm.released
 			binary.BigEndian.PutUint16(om.idb[:], om.pid)
-			sess.mu.inflight[om.pid] = om
+			sess.setInflightLocked(om)
 			sess.mu.nextID = max(sess.mu.nextID, om.pid)
 		} else {
 			sess.mu.queue.push(om)

@@ -471,7 +471,7 @@ func (c *client) tlsAlert(pt []byte) error {
 	case alertUserCanceled:
 		return nil // a close_notify follows (RFC 8446 6.1)
 	case alertCloseNotify:
-		if c.connected && !c.disconnect {
+		if c.connected && !c.disconnected() {
 			c.logger().Info("connection lost", "err", "TLS close_notify without DISCONNECT")
 		}
 		// Done with the session now, as on end-of-file: our answering

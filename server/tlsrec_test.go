@@ -773,7 +773,7 @@ func TestTLSLoopManyConnections(t *testing.T) {
 	for _, l := range s.loopList() {
 		err := l.el.Execute(context.Background(), runFunc(func() {
 			k := 0
-			for c := range l.conns {
+			for _, c := range l.conns {
 				if c.tls != nil && c.tls.rec != nil && c.connected {
 					k++
 				}

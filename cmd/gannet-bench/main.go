@@ -105,6 +105,9 @@ Flags:
 	fs.StringVar(&cfg.Username, "username", "", "username every client sends; %d becomes the client's index (i of bench-conn-i, bench-pub-i, bench-sub-i), modulo --users; empty: none")
 	fs.StringVar(&cfg.Password, "password", "", "password every client sends; empty: none")
 	fs.IntVar(&cfg.Users, "users", 0, "with %d in --username: this many distinct users, client i being user i mod N; 0: one user per client")
+	fs.DurationVar(&cfg.KeepAlive, "keepalive", 300*time.Second, "keepalive every CONNECT asks for (whole seconds); 0: none")
+	fs.StringVar(&cfg.ConnSubscribe, "subscribe", "", "conn: every client subscribes to this filter `template` at --qos once connected, %d its index (e.g. bench/conn/%d); empty: none")
+	fs.BoolVar(&cfg.Disconnect, "disconnect", false, "conn: once all are connected and measured, every client sends DISCONNECT and closes, and the broker's RSS is measured again: per offline session with --session-expiry (plain TCP only)")
 	fs.StringVar(&cfg.ClientID, "client-id", "", "conn: client id `template`, %d the client's index (default bench-conn-%d)")
 	fs.StringVar(&cfg.Topic, "topic", "", "p2p, cluster, stresser: topic `template` of pair (client) i, %d the index, %u the username (default bench/p2p/%d, bench/stress/%d)")
 	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "broker process `pid`, to read its CPU time and memory from /proc")
@@ -147,6 +150,9 @@ Flags:
 				tr.WSPath = *wsPath
 			}
 		})
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = -1 // --keepalive 0: none (0 in Config is the default)
 	}
 	cfg.QoS, cfg.Version = byte(qos), codec.Version(version)
 	cfg.Progress = stderr
