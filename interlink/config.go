@@ -103,7 +103,8 @@ type Config struct {
 	CompressMin int
 	// BatchBytes flushes a lane's batch when it holds this many bytes.
 	BatchBytes int
-	// BatchDelay flushes a lane's batch this long after its first record.
+	// BatchDelay flushes a lane's batch this long after its first record;
+	// reliable records go at once while none is in flight (lane.urgent).
 	BatchDelay time.Duration
 	// Lanes is the number of TCP connections to each peer.
 	Lanes int

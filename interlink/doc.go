@@ -144,6 +144,18 @@
 // it. Unreliable records (QoS 0, route deltas, retained updates) to a peer
 // that is not connected are dropped and counted.
 //
+// An acknowledgement is therefore a promise the sender's broker can lean
+// on: once a record is acknowledged its effects are as durable on the
+// receiver as the receiver's broker makes them. The broker uses it in
+// place of its own store for a forwarded QoS 1/2 message (server's
+// peerack.go): it acknowledges the publisher when the peer acknowledges
+// the message, and keeps the record in its store (SendTracked's token,
+// Handler.Settled) only when the peer is slow to answer. What the broker
+// promises in each case is in the README's Cluster section. Reliable
+// records waiting while none is in flight go at once, not after the
+// batch delay (lane.urgent), so that such an acknowledgement costs a
+// round trip and no more.
+//
 // The receiver acknowledges a record only when the broker reports its
 // effects done, which with persistence on is after they are on disk, and
 // never past a record whose effects the broker could not store (a full

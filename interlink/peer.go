@@ -296,6 +296,9 @@ func (l *lane) ackTo(epoch, seq uint64) {
 		if len(tokens) > 0 {
 			l.p.n.h.Settled(l.p.name, tokens)
 		}
+		if l.urgent() {
+			l.poke() // what gathered behind the acknowledged records goes now
+		}
 	}()
 	l.mu.Lock()
 	if l.mu.ackedBy == nil {
@@ -570,11 +573,12 @@ func (l *lane) serve(conn net.Conn, lk *link) (err error) {
 		if l.p.stopped() {
 			return nil
 		}
-		// Wait out the batch delay unless the batch is full already.
-		if d := n.cfg.BatchDelay; d > 0 {
+		// Wait out the batch delay unless the batch is full already, or
+		// reliable records wait while none is in flight (urgent).
+		if d := n.cfg.BatchDelay; d > 0 && !l.urgent() {
 			delay.Reset(d)
 		wait:
-			for l.unsentBytes() < n.cfg.BatchBytes {
+			for l.unsentBytes() < n.cfg.BatchBytes && !l.urgent() {
 				select {
 				case <-delay.C:
 					break wait
@@ -604,6 +608,19 @@ func (l *lane) pending() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.mu.buf) > 0 || len(l.mu.rel)-l.mu.head > l.mu.sentIdx
+}
+
+// urgent reports whether reliable records wait to be written while none
+// written on this connection awaits its acknowledgement. Those go at once
+// rather than after the batch delay, as TCP's Nagle algorithm does: a
+// publisher waiting for each acknowledgement (which waits for the peer's)
+// gets a round trip, not a round trip and a delay, while at a high rate
+// records still gather behind the ones in flight. Unreliable records
+// always wait for the delay: nothing acknowledges them.
+func (l *lane) urgent() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.sentIdx == 0 && len(l.mu.rel)-l.mu.head > 0
 }
 
 func (l *lane) unsentBytes() int {

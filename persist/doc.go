@@ -24,6 +24,12 @@
 //   - none (the broker's --durability=none) opens no store at all: nothing
 //     survives a restart.
 //
+// The broker writes only what a promise needs: a QoS 1/2 message that
+// only clean sessions took is not written (their state ends with the
+// process anyway), and one forwarded to a cluster peer is written here
+// only when the peer does not acknowledge it in time (the README's
+// Cluster section has the promise, server's peerack.go the mechanism).
+//
 // A group either applies whole or not at all: Pebble writes a batch as one
 // WAL record. done(err) with a non-nil err means none of the group's ops
 // were applied.

@@ -43,6 +43,7 @@ type cluster struct {
 		m map[string]*peerRouteSet
 	}
 	retainSync retainSync // retainsync.go
+	waits      peerWaits  // forwarded records the peers' acknowledgements stand in for (peerack.go)
 	// drop, when a test sets it, is the kind of the next broadcast record
 	// to lose, as a full control lane would.
 	drop atomic.Int32
@@ -203,13 +204,6 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	s := cl.s
 	ob := cl.obs.Get().(*outbox)
 	refused := s.storeUnhealthy()
-	if (pos.Seq > 0 || len(recs) == 0) && s.store != nil && refused == nil {
-		// Written with what the records did, so that after a crash the
-		// peer's replay of them is dropped rather than delivered twice.
-		// Without records, the link takes back a position stored past
-		// records that could not be stored.
-		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
-	}
 	now := s.now()
 	resync := false
 	for _, r := range recs {
@@ -278,6 +272,16 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	if resync {
 		cl.askRoutes(peer)
 	}
+	if s.store != nil && refused == nil && (len(recs) == 0 || pos.Seq > 0 && ob.batch.Len() > 0) {
+		// Written with what the records did, so that after a crash the
+		// peer's replay of them is dropped rather than delivered twice.
+		// Records that wrote nothing (for clean sessions only) need no
+		// position: after a crash there is nothing they could be
+		// delivered to twice, and the peer's acknowledgement then costs
+		// no disk write (peerack.go). Without records, the link takes
+		// back a position stored past records that could not be stored.
+		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
+	}
 	if refused != nil {
 		done(refused)
 	} else {
@@ -313,7 +317,7 @@ func (cl *cluster) send(ob *outbox, peer string, lane int, kind byte, body []byt
 	} else {
 		pos, err = cl.node.SendTracked(peer, lane, kind, body, token)
 	}
-	if err == nil {
+	if err == nil && !cl.standIn(ob, peer, token, pos, kind, body) {
 		ob.batch.CreateMeta(spoolKey(peer, token), spoolValue(pos, kind, body))
 	}
 	return err

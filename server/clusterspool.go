@@ -36,10 +36,14 @@ func restoreMark(key string, val []byte) (peer string, pos interlink.Position, o
 	return rest[20:], pos, true
 }
 
-// Settled deletes the stored copies of records a peer acknowledged.
+// Settled deletes the stored copies of records a peer acknowledged, and
+// releases what waited for the others (peerack.go).
 func (cl *cluster) Settled(peer string, tokens []uint64) {
 	g := cl.s.store
 	if g == nil {
+		return
+	}
+	if tokens = cl.settle(tokens); len(tokens) == 0 {
 		return
 	}
 	var b persist.Batch

@@ -50,6 +50,9 @@ type outbox struct {
 	// for them (durable.go)
 	batch persist.Batch
 	held  []heldAck
+	// forwarded records whose peers' acknowledgements the held ones wait
+	// for too (peerack.go)
+	peerWaits []*peerWait
 	// after runs once this unit of work's writes are durable (at once
 	// without a store), or with the error that kept them from the disk:
 	// peers' batches are acknowledged from it, or asked for again.

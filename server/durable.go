@@ -383,7 +383,7 @@ func (ss *session) unstoreLocked(ob *outbox) {
 // holds reports whether an acknowledgement to c must wait for a commit:
 // this unit of work has writes, or c already has acknowledgements waiting.
 func (ob *outbox) holds(c *client) bool {
-	return c.srv.store != nil && (ob.batch.Len() > 0 || c.held > 0)
+	return c.srv.store != nil && (ob.batch.Len() > 0 || len(ob.peerWaits) > 0 || c.held > 0)
 }
 
 // hold gives an acknowledgement to c a slot in its pending bytes (h.slot,
@@ -410,7 +410,7 @@ func (ob *outbox) commit() {
 	after := ob.after
 	ob.after = nil
 	g := ob.srv.store
-	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0 && after == nil) {
+	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0 && after == nil && len(ob.peerWaits) == 0) {
 		if after != nil {
 			after(nil)
 		}
@@ -418,10 +418,15 @@ func (ob *outbox) commit() {
 	}
 	held := ob.held
 	ob.held = nil
+	release := func(err error) { ob.srv.release(held, err) }
+	if len(ob.peerWaits) > 0 {
+		// The acknowledgements wait for the peers too (peerack.go).
+		release = ob.srv.cl.gate(ob, release)
+	}
 	// An empty batch still goes through the committer: it completes after
 	// every earlier commit, so after never runs ahead of them.
 	g.commit(&ob.batch, func(err error) {
-		ob.srv.release(held, err)
+		release(err)
 		if after != nil {
 			after(err)
 		}

@@ -42,6 +42,7 @@ type stats struct {
 	forwardedIn       *metrics.Counter // messages peers sent here
 	routeResyncs      *metrics.Counter // whole route sets asked of peers after a lost record
 	retainResyncs     *metrics.Counter // retained digest buckets sent to a peer that lacked them
+	peerAckLate       *metrics.Counter // forwarded records written here: the peer did not acknowledge in time
 	heldBack          *metrics.Counter // clients' input held while a lane was behind (pace.go)
 	// Authorization (auth.go): connections refused, by reason, and
 	// publishes, subscriptions and deliveries the ACLs denied.
@@ -122,6 +123,7 @@ func newStats(s *Server) *stats {
 		forwardedIn:       set.NewCounter("gannet_cluster_forwarded_in_total"),
 		routeResyncs:      set.NewCounter("gannet_cluster_route_resyncs_total"),
 		retainResyncs:     set.NewCounter("gannet_cluster_retained_resyncs_total"),
+		peerAckLate:       set.NewCounter("gannet_cluster_forward_spooled_late_total"),
 		heldBack:          set.NewCounter("gannet_cluster_input_held_total"),
 		sessionsExpired:   set.NewCounter("gannet_sessions_expired_total"),
 		storeRefused:      set.NewCounter("gannet_store_refused_total"),
