@@ -25,17 +25,19 @@ type cluster struct {
 	// takeoverWait replaces takeoverTimeout when a test sets it
 	// (nanoseconds).
 	takeoverWait atomic.Int64
-	// routes maps filters to the peers that announced them.
-	routes *trie.Trie[string, struct{}]
+	// routes maps filters to the peers that announced them, and whether a
+	// persistent session there holds the filter.
+	routes *trie.Trie[string, bool]
 
 	// ann counts local subscriptions per filter; announcements are made
 	// under its lock so that an add and a delete of one filter reach
 	// peers in the order they happened, numbered by seq (clusterroutes.go).
 	ann struct {
 		sync.Mutex
-		local  map[string]int
-		seq    uint64
-		digest uint64 // routeDigest of local's filters
+		local   map[string]int
+		durable map[string]int // of local, those of persistent sessions
+		seq     uint64
+		digest  uint64 // XOR of routeEntryHash over local's routes
 	}
 	// peerRoutes is what each peer announced, to replace it on a resync.
 	peerRoutes struct {
@@ -64,8 +66,9 @@ const takeoverTimeout = 3 * time.Second
 const routeChunk = 256 << 10
 
 func newCluster(s *Server) (*cluster, error) {
-	cl := &cluster{s: s, routes: trie.New[string, struct{}](), held: newHeld()}
+	cl := &cluster{s: s, routes: trie.New[string, bool](), held: newHeld()}
 	cl.ann.local = make(map[string]int)
+	cl.ann.durable = make(map[string]int)
 	cl.peerRoutes.m = make(map[string]*peerRouteSet)
 	cl.reqs.m = make(map[uint64]*takeoverReq)
 	cl.obs.New = func() any { return newOutbox(s, nil) }
@@ -101,12 +104,16 @@ func newCluster(s *Server) (*cluster, error) {
 	}
 	s.spool = nil
 	// Sessions loaded from the store are subscribed already.
-	s.subs.Walk(func(filter string, _ *session, _ fanout.Options) bool {
-		if cl.ann.local[filter]++; cl.ann.local[filter] == 1 {
-			cl.ann.digest ^= routeHash(filter)
+	s.subs.Walk(func(filter string, sess *session, _ fanout.Options) bool {
+		cl.ann.local[filter]++
+		if sess.routeDurable() {
+			cl.ann.durable[filter]++
 		}
 		return true
 	})
+	for f := range cl.ann.local {
+		cl.ann.digest ^= routeEntryHash(f, cl.ann.durable[f] > 0)
+	}
 	return cl, nil
 }
 

@@ -50,7 +50,18 @@ func routeHash(f string) uint64 {
 	return h
 }
 
-// routeDigest is the digest of a set of filters.
+// routeEntryHash is a route's share of a digest: its filter's, changed
+// when a persistent session holds the filter (durable).
+func routeEntryHash(f string, durable bool) uint64 {
+	h := routeHash(f)
+	if durable {
+		h ^= 0x9e3779b97f4a7c15
+	}
+	return h
+}
+
+// routeDigest is the digest of a set of filters none of which a
+// persistent session holds.
 func routeDigest(filters ...string) uint64 {
 	var d uint64
 	for _, f := range filters {
@@ -62,41 +73,57 @@ func routeDigest(filters ...string) uint64 {
 // peerRouteSet is what one peer announced, with the state of its stream of
 // route records.
 type peerRouteSet struct {
-	have   map[string]struct{}
-	seq    uint64 // the number of the last delta or whole set applied
-	digest uint64 // of have
+	have   map[string]bool // filter: whether a persistent session holds it
+	seq    uint64          // the number of the last delta or whole set applied
+	digest uint64          // of have
 
 	// A whole set arriving in chunks, applied when its last arrives.
-	pending   []string
+	pending   []routeEntry
 	pendSeq   uint64
 	receiving bool
 	asked     time.Time // when the whole set was last asked for
 }
 
-// announce records a local subscription added (+1) or removed (-1) and
-// tells peers when the filter's first subscription appears or its last
-// goes.
-func (cl *cluster) announce(filter string, delta int) {
+// announce records a local subscription added (+1) or removed (-1), by a
+// persistent session when durable, and tells peers when the filter's
+// first subscription appears or its last goes, and when the first
+// persistent session's appears or the last goes: a peer waits for this
+// node's acknowledgement of a QoS 1/2 message only where a persistent
+// session may take it (peerack.go, forward).
+func (cl *cluster) announce(filter string, delta int, durable bool) {
 	cl.ann.Lock()
 	defer cl.ann.Unlock()
+	_, had := cl.ann.local[filter]
+	wasDurable := cl.ann.durable[filter] > 0
+	if durable {
+		if cl.ann.durable[filter] += delta; cl.ann.durable[filter] <= 0 {
+			delete(cl.ann.durable, filter)
+		}
+	}
+	isDurable := cl.ann.durable[filter] > 0
 	n := cl.ann.local[filter] + delta
 	var kind byte
 	switch {
 	case n <= 0:
-		if _, had := cl.ann.local[filter]; had {
+		if had {
 			delete(cl.ann.local, filter)
 			kind = recRouteDel
 		}
 	default:
 		cl.ann.local[filter] = n
-		if n == 1 && delta > 0 {
+		if !had || isDurable != wasDurable {
 			kind = recRouteAdd
 		}
 	}
 	if kind != 0 {
 		cl.ann.seq++
-		cl.ann.digest ^= routeHash(filter)
-		cl.broadcast(kind, appendRouteDelta(nil, cl.ann.seq, filter))
+		if had {
+			cl.ann.digest ^= routeEntryHash(filter, wasDurable)
+		}
+		if kind == recRouteAdd {
+			cl.ann.digest ^= routeEntryHash(filter, isDurable)
+		}
+		cl.broadcast(kind, appendRouteDelta(nil, cl.ann.seq, routeEntry{filter, isDurable}))
 	}
 }
 
@@ -108,7 +135,7 @@ func (cl *cluster) sendRoutes(peer string) {
 	chunk := appendRouteSetHeader(nil, hdr)
 	n := 0
 	for f := range cl.ann.local {
-		chunk = appendStr(chunk, []byte(f))
+		chunk = appendRouteEntry(chunk, routeEntry{f, cl.ann.durable[f] > 0})
 		n++
 		if len(chunk) >= routeChunk && n < len(cl.ann.local) {
 			cl.control(peer, recRoutesAll, chunk)
@@ -156,7 +183,7 @@ func (cl *cluster) digestLoop() {
 func (cl *cluster) peerSet(peer string) *peerRouteSet {
 	ps := cl.peerRoutes.m[peer]
 	if ps == nil {
-		ps = &peerRouteSet{have: make(map[string]struct{})}
+		ps = &peerRouteSet{have: make(map[string]bool)}
 		cl.peerRoutes.m[peer] = ps
 	}
 	return ps
@@ -165,21 +192,26 @@ func (cl *cluster) peerSet(peer string) *peerRouteSet {
 // addRoute adds filter to ps's routes. Called with peerRoutes held. A
 // filter the trie refuses is kept in the set all the same, so that the
 // digests agree, and logged.
-func (cl *cluster) addRoute(peer string, ps *peerRouteSet, f string) {
-	if _, ok := ps.have[f]; ok {
+func (cl *cluster) addRoute(peer string, ps *peerRouteSet, e routeEntry) {
+	f := e.filter
+	old, ok := ps.have[f]
+	if ok && old == e.durable {
 		return
 	}
-	ps.have[f] = struct{}{}
-	ps.digest ^= routeHash(f)
-	if _, _, err := cl.routes.Subscribe(f, peer, struct{}{}); err != nil {
+	if ok {
+		ps.digest ^= routeEntryHash(f, old)
+	}
+	ps.have[f] = e.durable
+	ps.digest ^= routeEntryHash(f, e.durable)
+	if _, _, err := cl.routes.Subscribe(f, peer, e.durable); err != nil {
 		cl.s.log.Warn("peer announced a bad filter", "peer", peer, "filter", f, "err", err)
 	}
 }
 
 func (cl *cluster) removeRoute(peer string, ps *peerRouteSet, f string) {
-	if _, ok := ps.have[f]; ok {
+	if d, ok := ps.have[f]; ok {
 		delete(ps.have, f)
-		ps.digest ^= routeHash(f)
+		ps.digest ^= routeEntryHash(f, d)
 		_, _, _ = cl.routes.Unsubscribe(f, peer)
 	}
 }
@@ -187,7 +219,7 @@ func (cl *cluster) removeRoute(peer string, ps *peerRouteSet, f string) {
 // routeDelta applies a numbered add or delete from peer and reports
 // whether the whole set must be asked for: a number was skipped.
 func (cl *cluster) routeDelta(peer string, add bool, body []byte) (resync bool, err error) {
-	seq, f, err := decodeRouteDelta(body)
+	seq, e, err := decodeRouteDelta(body)
 	if err != nil {
 		return false, err
 	}
@@ -195,9 +227,9 @@ func (cl *cluster) routeDelta(peer string, add bool, body []byte) (resync bool, 
 	defer cl.peerRoutes.Unlock()
 	ps := cl.peerSet(peer)
 	if add {
-		cl.addRoute(peer, ps, f)
+		cl.addRoute(peer, ps, e)
 	} else {
-		cl.removeRoute(peer, ps, f)
+		cl.removeRoute(peer, ps, e.filter)
 	}
 	gap := seq != ps.seq+1
 	ps.seq = seq
@@ -226,17 +258,17 @@ func (cl *cluster) routeSetChunk(peer string, body []byte) (resync bool, err err
 	if !h.last {
 		return false, nil
 	}
-	keep := make(map[string]struct{}, len(ps.pending))
-	for _, f := range ps.pending {
-		keep[f] = struct{}{}
+	keep := make(map[string]bool, len(ps.pending))
+	for _, e := range ps.pending {
+		keep[e.filter] = e.durable
 	}
 	for f := range ps.have {
 		if _, ok := keep[f]; !ok {
 			cl.removeRoute(peer, ps, f)
 		}
 	}
-	for f := range keep {
-		cl.addRoute(peer, ps, f)
+	for f, d := range keep {
+		cl.addRoute(peer, ps, routeEntry{f, d})
 	}
 	ps.pending, ps.receiving, ps.seq = nil, false, h.seq
 	if ps.digest != h.digest {
@@ -312,6 +344,10 @@ type target struct {
 	peer   string
 	plain  bool
 	groups []string
+	// durable: a persistent session there may take the message, so a
+	// QoS 1/2 one is acknowledged to its publisher only once the peer
+	// or this node's store has it (peerack.go).
+	durable bool
 }
 
 // rgroup is a shared group with members on peers, met while routing.
@@ -328,9 +364,11 @@ type rgroup struct {
 func (cl *cluster) matchRoutes(ob *outbox, m *message) {
 	ob.targets = ob.targets[:0]
 	ob.rgroups = ob.rgroups[:0]
-	cl.routes.Match(m.topic, func(peer string, _ struct{}) {
-		ob.target(peer).plain = true
-	}, func(g *trie.Group[string, struct{}]) {
+	cl.routes.Match(m.topic, func(peer string, durable bool) {
+		t := ob.target(peer)
+		t.plain = true
+		t.durable = t.durable || durable
+	}, func(g *trie.Group[string, bool]) {
 		rg := rgroup{name: g.Name, filter: g.Filter, next: g.Next()}
 		for i := range g.Len() {
 			p, _ := g.At(i)
@@ -358,7 +396,7 @@ func (ob *outbox) target(peer string) *target {
 	if n := len(ob.targets); n < cap(ob.targets) {
 		ob.targets = ob.targets[:n+1]
 		t := &ob.targets[n]
-		t.peer, t.plain, t.groups = peer, false, t.groups[:0]
+		t.peer, t.plain, t.groups, t.durable = peer, false, t.groups[:0], false
 		return t
 	}
 	ob.targets = append(ob.targets, target{peer: peer})
@@ -381,6 +419,7 @@ func (ob *outbox) sharedLocal(g *trie.Group[*session, fanout.Options]) bool {
 		}
 		t := ob.target(rg.peers[k-1])
 		t.groups = append(t.groups, "$share/"+rg.name+"/"+rg.filter)
+		t.durable = true // which member takes it is the peer's to say
 		return false
 	}
 	return true
@@ -397,6 +436,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 		}
 		t := ob.target(rg.peers[rg.next%uint64(len(rg.peers))])
 		t.groups = append(t.groups, "$share/"+rg.name+"/"+rg.filter)
+		t.durable = true
 	}
 	if len(ob.targets) == 0 {
 		return 0, true
@@ -408,7 +448,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 		t := &ob.targets[i]
 		f := forward{plain: t.plain, groups: t.groups}
 		ob.fwbuf = appendForward(ob.fwbuf[:0], &f, ob.fwmsg)
-		if err := cl.send(ob, t.peer, lane, recForward, ob.fwbuf, m.qos > 0); err != nil && m.qos > 0 {
+		if err := cl.sendForward(ob, t.peer, lane, ob.fwbuf, m.qos > 0, t.durable); err != nil && m.qos > 0 {
 			ok = false
 			cl.s.logThrottled("cannot queue a QoS 1/2 message for a peer", "peer", t.peer, "err", err)
 		}
@@ -420,12 +460,26 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 	return n, ok
 }
 
+// sendForward queues a forwarded message for peer. A QoS 1/2 one for a
+// peer where no persistent session takes it is kept in memory only until
+// the peer has it: no one waits for its acknowledgement (peerack.go).
+func (cl *cluster) sendForward(ob *outbox, peer string, lane int, body []byte, reliable, durable bool) error {
+	if reliable && !durable && cl.s.store != nil {
+		if r, held := ob.takeReservation(peer); held {
+			_, err := cl.node.SendReserved(r, recForward, body, 0)
+			return err
+		}
+		return cl.node.Send(peer, lane, recForward, body, true)
+	}
+	return cl.send(ob, peer, lane, recForward, body, reliable)
+}
+
 // reshare forwards m to a peer with a member of the shared group
 // name/filter (reshare.go), preferring one that is linked now; false
 // when no peer has one or its queue refused a QoS 1/2 message.
 func (cl *cluster) reshare(ob *outbox, m *message, name, filter string) bool {
 	var peer string
-	cl.routes.Match(m.topic, func(string, struct{}) {}, func(g *trie.Group[string, struct{}]) {
+	cl.routes.Match(m.topic, func(string, bool) {}, func(g *trie.Group[string, bool]) {
 		if g.Name != name || g.Filter != filter {
 			return
 		}

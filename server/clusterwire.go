@@ -39,9 +39,10 @@ import (
 //
 // Route records (clusterroutes.go says how they converge):
 //
-//	delta:  version | seq uvarint | filter (the rest)
-//	chunk:  version | flags u8 | seq uvarint | digest u64 BE | filters (str each)
+//	delta:  version | seq uvarint | route
+//	chunk:  version | flags u8 | seq uvarint | digest u64 BE | routes
 //	        flags: bit 0 first chunk of a set, bit 1 last
+//	route:  filter str | durable u8 (1: a persistent session holds it)
 //	digest: version | seq uvarint | digest u64 BE
 //
 // str is a uvarint length and that many bytes. Do not reorder: exchanged
@@ -303,20 +304,45 @@ func decodeForward(b []byte, now int64, f *forward, m *message) error {
 	return r.err
 }
 
-func appendRouteDelta(dst []byte, seq uint64, filter string) []byte {
-	dst = append(dst, wireVersion)
-	dst = binary.AppendUvarint(dst, seq)
-	return append(dst, filter...)
+// routeEntry is one route of a node: a filter, and whether a persistent
+// session holds it.
+type routeEntry struct {
+	filter  string
+	durable bool
 }
 
-func decodeRouteDelta(b []byte) (seq uint64, filter string, err error) {
+func appendRouteEntry(dst []byte, e routeEntry) []byte {
+	dst = appendStr(dst, []byte(e.filter))
+	if e.durable {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
+}
+
+func (r *wireReader) routeEntry() routeEntry {
+	f := r.str("route filter")
+	d := r.byte1("route durable")
+	if r.err == nil && (len(f) == 0 || d > 1) {
+		r.fail("route")
+	}
+	return routeEntry{string(f), d == 1}
+}
+
+func appendRouteDelta(dst []byte, seq uint64, e routeEntry) []byte {
+	dst = append(dst, wireVersion)
+	dst = binary.AppendUvarint(dst, seq)
+	return appendRouteEntry(dst, e)
+}
+
+func decodeRouteDelta(b []byte) (seq uint64, e routeEntry, err error) {
 	r := &wireReader{b: b}
 	r.version()
 	seq = r.uvarint("route number")
-	if r.err == nil && len(r.b) == 0 {
-		r.fail("route filter")
+	e = r.routeEntry()
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
 	}
-	return seq, string(r.b), r.err
+	return seq, e, r.err
 }
 
 // routeSetHeader starts each chunk of a whole route set.
@@ -342,7 +368,7 @@ func appendRouteSetHeader(dst []byte, h routeSetHeader) []byte {
 	return binary.BigEndian.AppendUint64(dst, h.digest)
 }
 
-func decodeRouteSet(b []byte) (h routeSetHeader, fs []string, err error) {
+func decodeRouteSet(b []byte) (h routeSetHeader, es []routeEntry, err error) {
 	r := &wireReader{b: b}
 	r.version()
 	f := r.byte1("route set flags")
@@ -350,9 +376,9 @@ func decodeRouteSet(b []byte) (h routeSetHeader, fs []string, err error) {
 	h.seq = r.uvarint("route number")
 	h.digest = r.u64("route digest")
 	for len(r.b) > 0 && r.err == nil {
-		fs = append(fs, string(r.str("filter")))
+		es = append(es, r.routeEntry())
 	}
-	return h, fs, r.err
+	return h, es, r.err
 }
 
 func appendRouteDigest(dst []byte, seq, digest uint64) []byte {

@@ -81,8 +81,8 @@ func FuzzClusterRecords(f *testing.F) {
 	f.Add(appendRetained(nil, m, 0))
 	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
 	f.Add(appendConnected(nil, "dev", 5))
-	f.Add(appendRouteDelta(nil, 7, "a/+/#"))
-	f.Add(appendStr(appendRouteSetHeader(nil, routeSetHeader{first: true, last: true, seq: 3, digest: 9}), []byte("a/#")))
+	f.Add(appendRouteDelta(nil, 7, routeEntry{"a/+/#", true}))
+	f.Add(appendRouteEntry(appendRouteSetHeader(nil, routeSetHeader{first: true, last: true, seq: 3, digest: 9}), routeEntry{"a/#", false}))
 	f.Add(appendRouteDigest(nil, 3, 9))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m message

@@ -15,6 +15,7 @@ import (
 // nothing from its links until block is closed.
 type stalledPeer struct {
 	node  *interlink.Node
+	clean bool // its route says no persistent session holds it
 	block chan struct{}
 	want  int
 	all   chan struct{} // closed when want forwarded messages arrived
@@ -24,7 +25,7 @@ type stalledPeer struct {
 }
 
 func (p *stalledPeer) PeerUp(peer string) {
-	_ = p.node.Send(peer, 0, recRouteAdd, appendRouteDelta(nil, 1, "load/#"), true)
+	_ = p.node.Send(peer, 0, recRouteAdd, appendRouteDelta(nil, 1, routeEntry{"load/#", !p.clean}), true)
 }
 func (p *stalledPeer) PeerForget(string)        {}
 func (p *stalledPeer) Settled(string, []uint64) {}

@@ -24,13 +24,19 @@ import (
 // once while the links are behind (interlink's Behind), when an answer
 // would be slow to come.
 //
-// What is promised is the same either way: a PUBACKed (or PUBRECed) QoS
-// 1/2 message reaches every persistent session that matched it, on any
-// node, across a crash of any node, at least once (QoS 1) or exactly once
-// (QoS 2); a clean session gets it unless its own node, or the node it
-// was published on, fails before it is delivered. What changes is the
-// cost: a message for clean sessions on other nodes costs no disk write
-// on either node.
+// A peer whose routes say that no persistent session holds the filters
+// the message matched (cluster.announce, the durable flag of each route)
+// is not waited for at all: the record stays in memory until the peer
+// has it (sendForward), as a clean session's queue on this node would.
+//
+// What is promised: a PUBACKed (or PUBRECed) QoS 1/2 message reaches
+// every persistent session that matched it, on any node, across a crash
+// of any node, at least once (QoS 1) or exactly once (QoS 2); a clean
+// session gets it unless its own node, or the node it was published on,
+// fails before it is delivered. A message for clean sessions on other
+// nodes costs no disk write and no wait on either node. (A persistent
+// session subscribing on a peer as the message is published, before its
+// route's flag has arrived here, is treated as clean for that message.)
 
 // peerAckWait is how long a forwarded record waits for the peer's
 // acknowledgement before this node writes it to its own store.

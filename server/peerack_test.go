@@ -45,13 +45,78 @@ func TestClusterCleanForwardWritesNothing(t *testing.T) {
 	}
 }
 
-// A peer that does not acknowledge in time (its disk or link is slow):
-// the record is written to this node's store, and only then is the
-// publisher acknowledged; once the peer acknowledges, the stored copy
-// goes.
-func TestClusterUnacknowledgedForwardIsStored(t *testing.T) {
+// A QoS 1 message for a peer where no persistent session holds the route
+// is acknowledged to its publisher without waiting for the peer, and
+// costs no disk write.
+func TestClusterCleanPeerIsNotWaitedFor(t *testing.T) {
 	s := startCluster(t, 1, nil)[0]
-	p := &stalledPeer{block: make(chan struct{}), want: 1, all: make(chan struct{})}
+	p := &stalledPeer{clean: true, block: make(chan struct{}), want: 1, all: make(chan struct{})}
+	var once sync.Once
+	release := func() { once.Do(func() { close(p.block) }) }
+	t.Cleanup(release)
+	startStalledPeer(t, s, p)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	syncs := s.store.st.Stats().Syncs
+	start := time.Now()
+	pub.publishAcked("load/1", "not held", 1, false)
+	if took := time.Since(start); took >= peerAckWait {
+		t.Fatalf("PUBACK after %v: it waited for a peer with clean sessions only", took)
+	}
+	if d := s.store.st.Stats().Syncs - syncs; d != 0 || s.stats.peerAckLate.Get() != 0 {
+		t.Fatalf("%d fsyncs and %d records written for a peer with clean sessions only", d, s.stats.peerAckLate.Get())
+	}
+	release()
+	<-p.all
+}
+
+// A node's routes say whether a persistent session holds each filter, and
+// peers follow as that changes.
+func TestClusterRouteDurability(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	durable := func(f string) (bool, bool) {
+		n1.cl.peerRoutes.Lock()
+		defer n1.cl.peerRoutes.Unlock()
+		ps := n1.cl.peerRoutes.m["n2"]
+		if ps == nil {
+			return false, false
+		}
+		d, ok := ps.have[f]
+		return d, ok
+	}
+	want := func(f string, d, ok bool) {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("n1 to see %s as durable=%v present=%v", f, d, ok), func() bool {
+			gd, gok := durable(f)
+			return gd == d && gok == ok
+		})
+	}
+	clean, _ := dialV5(t, n2, &paho.Connect{ClientID: "clean", CleanStart: true, KeepAlive: 30})
+	clean.subscribe(t, paho.SubscribeOptions{Topic: "a/#", QoS: 1})
+	want("a/#", false, true)
+	kept, _ := dialV5(t, n2, &paho.Connect{ClientID: "kept", CleanStart: true, KeepAlive: 30,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
+	kept.subscribe(t, paho.SubscribeOptions{Topic: "a/#", QoS: 1})
+	want("a/#", true, true)
+	if _, err := kept.Unsubscribe(context.Background(), &paho.Unsubscribe{Topics: []string{"a/#"}}); err != nil {
+		t.Fatal(err)
+	}
+	want("a/#", false, true)
+	_ = clean.Disconnect(&paho.Disconnect{})
+	want("a/#", false, false)
+	_, d1 := n1.cl.routeState("n2")
+	n2.cl.ann.Lock()
+	d2 := n2.cl.ann.digest
+	n2.cl.ann.Unlock()
+	if d1 != d2 {
+		t.Fatalf("route digests differ: %x on n1, %x on n2", d1, d2)
+	}
+}
+
+// startStalledPeer joins p to s's cluster and waits for its route.
+func startStalledPeer(t *testing.T, s *Server, p *stalledPeer) {
+	t.Helper()
 	ic := interlink.DefaultConfig()
 	ic.NodeName, ic.Listen, ic.GossipListen = "p", "127.0.0.1:0", "127.0.0.1:0"
 	ic.Secret = s.cfg.Cluster.Secret
@@ -64,11 +129,21 @@ func TestClusterUnacknowledgedForwardIsStored(t *testing.T) {
 	if err := node.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(node.Stop)
+	waitRoutes(t, s, 1)
+}
+
+// A peer that does not acknowledge in time (its disk or link is slow):
+// the record is written to this node's store, and only then is the
+// publisher acknowledged; once the peer acknowledges, the stored copy
+// goes.
+func TestClusterUnacknowledgedForwardIsStored(t *testing.T) {
+	s := startCluster(t, 1, nil)[0]
+	p := &stalledPeer{block: make(chan struct{}), want: 1, all: make(chan struct{})}
 	var once sync.Once
 	release := func() { once.Do(func() { close(p.block) }) }
-	t.Cleanup(node.Stop)
 	t.Cleanup(release)
-	waitRoutes(t, s, 1)
+	startStalledPeer(t, s, p)
 
 	pub := dialRaw(t, s, codec.V5)
 	pub.connect("pub", nil)

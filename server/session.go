@@ -56,6 +56,8 @@ type session struct {
 		// to another node while this one was down (stale.go). Entries
 		// numbered above restoredSeq arrived after the load.
 		restored bool
+		// routeSet says that routeDurable is decided (routeDurable).
+		routeSet, routeDurable bool
 	}
 }
 
@@ -334,4 +336,20 @@ func (s *session) resendLocked(ob *outbox, now int64) {
 		}
 		ob.addParts(cl, fr, m.idb[:], nil)
 	}
+}
+
+// routeDurable reports whether the session's subscriptions are announced
+// to cluster peers as held by a persistent session (cluster.announce). It
+// is decided once, by the session's expiry at its first subscription,
+// so that a subscription is withdrawn as it was announced: a session
+// with subscriptions never goes from clean to persistent (a clean one
+// ends with its connection), and one that goes the other way keeps
+// counting as persistent, which only costs its peers a wait.
+func (s *session) routeDurable() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.mu.routeSet {
+		s.mu.routeSet, s.mu.routeDurable = true, s.mu.expiry > 0
+	}
+	return s.mu.routeDurable
 }

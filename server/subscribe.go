@@ -219,7 +219,7 @@ func (s *Server) subscribe(filter string, sess *session, opts fanout.Options) (a
 		return false, err
 	}
 	if added && s.cl != nil {
-		s.cl.announce(filter, 1)
+		s.cl.announce(filter, 1, sess.routeDurable())
 	}
 	sess.mu.Lock()
 	if sess.mu.ended {
@@ -237,7 +237,7 @@ func (s *Server) subscribe(filter string, sess *session, opts fanout.Options) (a
 func (s *Server) unsubscribe(filter string, sess *session) bool {
 	removed, _, _ := s.subs.Unsubscribe(filter, sess)
 	if removed && s.cl != nil {
-		s.cl.announce(filter, -1)
+		s.cl.announce(filter, -1, sess.routeDurable())
 	}
 	return removed
 }
