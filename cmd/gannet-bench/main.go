@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gannetmq/gannet/bench"
+	"github.com/gannetmq/gannet/bench/chaos"
 	"github.com/gannetmq/gannet/bench/torture"
 	"github.com/gannetmq/gannet/codec"
 )
@@ -29,6 +30,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
 		return torture.Command(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "chaos" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return chaos.Command(ctx, args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("gannet-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -55,6 +61,15 @@ The third form starts the broker itself and abuses it: reconnect storm
 after kill -9, offline flood, slow consumers, retained storm, hostile
 clients; each prints its figures and pass/fail conditions (see
 gannet-bench torture -h).
+
+       gannet-bench chaos [-scenario faults|rolling] [-seed N] [-duration D] [-bin PATH]
+
+The fourth form starts a 3-node cluster of the broker itself, runs
+persistent publishers and subscribers over it, injects faults from the
+seed (kill -9, SIGSTOP, interlink links cut and delayed, a full disk) or
+drains and restarts every node in turn, and checks the recorded history:
+no acknowledged message lost, QoS 2 exactly once, order, retained messages
+and routes converged, no client on two nodes (see gannet-bench chaos -h).
 
 Scenarios:
   conn      --clients idle connections at --connect-rate or --connect-window: connect rate,
