@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"cmp"
 	"errors"
 	"slices"
@@ -158,32 +157,13 @@ func (cl *cluster) PeerUp(peer string) {
 	cl.sendBans(peer)   // bans.go
 	cl.sendRoutes(peer) // clusterroutes.go
 
-	msgs, tombs := cl.s.retained.snapshot()
-	now := cl.s.now()
+	cl.sendRetained(peer, nil) // retainsync.go
 	var b []byte
-	for _, m := range msgs {
-		if bytes.HasPrefix(m.topic, []byte("$SYS/")) {
-			continue // each node's own
-		}
-		b = appendRetained(b[:0], m, now)
-		_ = cl.node.Send(peer, 0, recRetained, b, false)
-	}
-	for t, stamp := range tombs {
-		m := &message{topic: []byte(t), stamp: stamp, retain: true}
-		b = appendRetained(b[:0], m, now)
-		_ = cl.node.Send(peer, 0, recRetained, b, false)
-	}
 
 	// The sessions are listed under Server.sessions and looked at after:
 	// that lock is never held while taking another (doc.go), and holding
 	// it through a million sessions would stall every CONNECT meanwhile.
-	cl.s.sessions.Lock()
-	all := make([]*session, 0, len(cl.s.sessions.m))
-	for _, sess := range cl.s.sessions.m {
-		all = append(all, sess)
-	}
-	cl.s.sessions.Unlock()
-	for _, sess := range all {
+	for _, sess := range cl.s.sessionList() {
 		sess.mu.Lock()
 		on, since := sess.mu.cl != nil, sess.mu.since
 		sess.mu.Unlock()

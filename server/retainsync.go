@@ -150,23 +150,29 @@ func (cl *cluster) sendRetainBuckets(peer string, buckets []int) {
 		want[b] = true
 	}
 	cl.s.stats.retainResyncs.Add(len(buckets))
+	cl.sendRetained(peer, func(topic []byte, stamp int64) bool {
+		k, _ := retainBucket(topic, stamp)
+		return want[k]
+	})
+}
+
+// sendRetained sends peer this node's retained messages and clearings,
+// those want takes (nil: all), but for $SYS/ topics, each node's own.
+func (cl *cluster) sendRetained(peer string, want func(topic []byte, stamp int64) bool) {
 	msgs, tombs := cl.s.retained.snapshot()
 	now := cl.s.now()
 	var b []byte
-	for _, m := range msgs {
-		if bytes.HasPrefix(m.topic, []byte("$SYS/")) {
-			continue
-		}
-		if k, _ := retainBucket(m.topic, m.stamp); want[k] {
+	send := func(m *message) {
+		if !bytes.HasPrefix(m.topic, []byte("$SYS/")) && (want == nil || want(m.topic, m.stamp)) {
 			b = appendRetained(b[:0], m, now)
 			cl.control(peer, recRetained, b)
 		}
 	}
+	for _, m := range msgs {
+		send(m)
+	}
 	for t, stamp := range tombs {
-		if k, _ := retainBucket([]byte(t), stamp); want[k] && !strings.HasPrefix(t, "$SYS/") {
-			b = appendRetained(b[:0], &message{topic: []byte(t), stamp: stamp, retain: true}, now)
-			cl.control(peer, recRetained, b)
-		}
+		send(&message{topic: []byte(t), stamp: stamp, retain: true})
 	}
 }
 

@@ -42,32 +42,41 @@ const claimChunk = 64 << 10
 
 // sendClaims sends peer the claims of this node's restored sessions.
 func (cl *cluster) sendClaims(peer string) {
-	var all []*session
-	cl.s.sessions.Lock()
-	for _, sess := range cl.s.sessions.m {
-		all = append(all, sess)
-	}
-	cl.s.sessions.Unlock()
-	var b []byte
-	for _, sess := range all {
+	w := claimList{cl: cl, peer: peer, kind: recClaims}
+	for _, sess := range cl.s.sessionList() {
 		sess.mu.Lock()
 		claim := sess.mu.restored && !sess.mu.ended && sess.mu.cl == nil
 		since := sess.mu.since
 		sess.mu.Unlock()
-		if !claim {
-			continue
-		}
-		if b == nil {
-			b = []byte{wireVersion}
-		}
-		b = appendClaim(b, sess.id, since)
-		if len(b) >= claimChunk {
-			_ = cl.node.Send(peer, 0, recClaims, b, true)
-			b = nil
+		if claim {
+			w.add(sess.id, since)
 		}
 	}
-	if b != nil {
-		_ = cl.node.Send(peer, 0, recClaims, b, true)
+	w.flush()
+}
+
+// claimList sends (id, since) pairs to a peer as reliable records of kind,
+// in chunks of about claimChunk.
+type claimList struct {
+	cl   *cluster
+	peer string
+	kind byte
+	b    []byte
+}
+
+func (w *claimList) add(id string, since int64) {
+	if w.b == nil {
+		w.b = []byte{wireVersion}
+	}
+	if w.b = appendClaim(w.b, id, since); len(w.b) >= claimChunk {
+		w.flush()
+	}
+}
+
+func (w *claimList) flush() {
+	if w.b != nil {
+		_ = w.cl.node.Send(w.peer, 0, w.kind, w.b, true)
+		w.b = nil
 	}
 }
 
@@ -94,12 +103,9 @@ func decodeClaims(b []byte, f func(id string, since int64)) error {
 // claimed answers a peer's claims with the ids this node holds a newer
 // session for.
 func (cl *cluster) claimed(peer string, body []byte) error {
-	s := cl.s
-	var ans []byte
+	w := claimList{cl: cl, peer: peer, kind: recOwned}
 	err := decodeClaims(body, func(id string, since int64) {
-		s.sessions.Lock()
-		sess := s.sessions.m[id]
-		s.sessions.Unlock()
+		sess := cl.s.lookupSession(id)
 		if sess == nil {
 			return
 		}
@@ -107,21 +113,11 @@ func (cl *cluster) claimed(peer string, body []byte) error {
 		mine := !sess.mu.ended && (!sess.mu.restored || sess.mu.since > since)
 		own := sess.mu.since
 		sess.mu.Unlock()
-		if !mine {
-			return
-		}
-		if ans == nil {
-			ans = []byte{wireVersion}
-		}
-		ans = appendClaim(ans, id, own)
-		if len(ans) >= claimChunk {
-			_ = cl.node.Send(peer, 0, recOwned, ans, true)
-			ans = nil
+		if mine {
+			w.add(id, own)
 		}
 	})
-	if ans != nil {
-		_ = cl.node.Send(peer, 0, recOwned, ans, true)
-	}
+	w.flush()
 	return err
 }
 
@@ -129,9 +125,7 @@ func (cl *cluster) claimed(peer string, body []byte) error {
 func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
 	s := cl.s
 	return decodeClaims(body, func(id string, since int64) {
-		s.sessions.Lock()
-		sess := s.sessions.m[id]
-		s.sessions.Unlock()
+		sess := s.lookupSession(id)
 		if sess == nil {
 			return
 		}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gannetmq/gannet/bench"
 	"github.com/gannetmq/gannet/codec"
 )
 
@@ -109,31 +110,7 @@ func (c *mqttConn) send(p appender) error {
 // timeout. The body lives until the next call.
 func (c *mqttConn) read(timeout time.Duration) (codec.FixedHeader, []byte, error) {
 	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
-	var hdr [5]byte
-	n := 0
-	for {
-		b, err := c.br.ReadByte()
-		if err != nil {
-			return codec.FixedHeader{}, nil, err
-		}
-		hdr[n] = b
-		n++
-		if (n > 1 && b&0x80 == 0) || n == len(hdr) {
-			break
-		}
-	}
-	fh, _, err := codec.DecodeFixedHeader(hdr[:n])
-	if err != nil {
-		return fh, nil, err
-	}
-	if cap(c.body) < fh.Remaining {
-		c.body = make([]byte, fh.Remaining)
-	}
-	body := c.body[:fh.Remaining]
-	if _, err := io.ReadFull(c.br, body); err != nil {
-		return fh, nil, err
-	}
-	return fh, body, nil
+	return bench.ReadPacket(c.br, &c.body)
 }
 
 func (c *mqttConn) close() { _ = c.nc.Close() }

@@ -6,12 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/gannetmq/gannet/bench"
 	"github.com/gannetmq/gannet/codec"
 )
 
@@ -173,31 +173,7 @@ func (c *client) write(b []byte) error {
 // readPacket reads the next whole packet; the body lives until the next
 // call.
 func (c *client) readPacket() (codec.FixedHeader, []byte, error) {
-	var hdr [5]byte
-	n := 0
-	for {
-		b, err := c.br.ReadByte()
-		if err != nil {
-			return codec.FixedHeader{}, nil, err
-		}
-		hdr[n] = b
-		n++
-		if (n > 1 && b&0x80 == 0) || n == len(hdr) {
-			break
-		}
-	}
-	fh, _, err := codec.DecodeFixedHeader(hdr[:n])
-	if err != nil {
-		return fh, nil, err
-	}
-	if cap(c.body) < fh.Remaining {
-		c.body = make([]byte, fh.Remaining)
-	}
-	body := c.body[:fh.Remaining]
-	if _, err := io.ReadFull(c.br, body); err != nil {
-		return fh, nil, err
-	}
-	return fh, body, nil
+	return bench.ReadPacket(c.br, &c.body)
 }
 
 // serve starts the reader goroutine: PUBLISHes go to onPublish and are
