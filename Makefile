@@ -5,7 +5,7 @@ FUZZTIME    ?= 10s
 BENCHTIME   ?= 1s
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth bench-tls torture chaos chaos-short
+.PHONY: all build test test-race vet bench fuzz lint fmt-check tidy-check run clean compare bench-auth bench-tls torture chaos chaos-short scale
 
 all: build
 
@@ -114,3 +114,14 @@ chaos: build
 
 chaos-short:
 	GANNET_CHAOS=1 $(GO) test -count=1 -timeout 15m -v -run 'TestChaos|TestRollingRestart' ./bench/chaos/
+
+# scale runs a 3-node cluster on this host with PER_NODE connections per
+# node (15,000: 45,000 in all), the load split over 6 generator processes
+# (each within the 20,000 descriptors a process may hold), publishers and
+# subscribers on different nodes so that every message crosses the
+# interlink, QoS 1 at RATE msgs/s for DURATION (bench/scale.sh).
+RATE     ?= 15000
+PER_NODE ?= 15000
+SCALE_DURATION ?= 60s
+scale:
+	bash bench/scale.sh $(SCALE_DURATION) $(RATE) $(PER_NODE)

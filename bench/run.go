@@ -66,6 +66,9 @@ type Config struct {
 	// Username and Password are sent by every client when set; "%d" in
 	// Username becomes the client's index, modulo Users when Users > 0
 	// (see conn.go).
+	// IDPrefix replaces "bench-" in the publishers' and subscribers'
+	// client ids, so that several generators can share a broker.
+	IDPrefix string
 	Username string
 	Password string
 	Users    int
@@ -376,7 +379,7 @@ func (r *runner) plan() (pubs, subs []*client, err error) {
 	cfg := &r.cfg
 	v := cfg.Version
 	sub := func(id string, i int, filters ...string) *client {
-		c := &client{id: id, v: v, user: cfg.username(i)}
+		c := &client{id: cfg.clientID(id), v: v, user: cfg.username(i)}
 		for _, f := range filters {
 			c.subscribe = append(c.subscribe, codec.Subscription{Filter: []byte(f), QoS: cfg.QoS})
 		}
@@ -384,7 +387,7 @@ func (r *runner) plan() (pubs, subs []*client, err error) {
 		return c
 	}
 	pub := func(id string, i int, topic string) *client {
-		c := &client{id: id, v: v, user: cfg.username(i), topic: []byte(topic), idx: uint32(len(pubs))}
+		c := &client{id: cfg.clientID(id), v: v, user: cfg.username(i), topic: []byte(topic), idx: uint32(len(pubs))}
 		pubs = append(pubs, c)
 		return c
 	}
@@ -683,4 +686,12 @@ func (quietLogger) Errorf(f string, a ...any) { fmt.Fprintf(os.Stderr, "gnet: "+
 func (quietLogger) Fatalf(f string, a ...any) {
 	fmt.Fprintf(os.Stderr, "gnet: "+f+"\n", a...)
 	os.Exit(2)
+}
+
+// clientID is id with "bench-" replaced by IDPrefix, when one is set.
+func (c *Config) clientID(id string) string {
+	if c.IDPrefix == "" {
+		return id
+	}
+	return c.IDPrefix + strings.TrimPrefix(id, "bench-")
 }

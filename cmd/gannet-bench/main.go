@@ -117,6 +117,7 @@ Flags:
 	fs.IntVar(&cfg.Window, "inflight", 0, "unacknowledged messages per publisher (default 100, or 1000 at QoS 0)")
 	fs.IntVar(&cfg.ConnectRate, "connect-rate", 0, "conn: connections per second; 0: as fast as possible")
 	fs.IntVar(&cfg.ConnectWindow, "connect-window", 0, "conn: at most this many CONNECTs awaiting their CONNACK at a time (the next client dials when one is answered); 0: no bound")
+	fs.StringVar(&cfg.IDPrefix, "id-prefix", "", "`prefix` of the publishers' and subscribers' client ids instead of bench- (several generators on one broker)")
 	fs.StringVar(&cfg.Username, "username", "", "username every client sends; %d becomes the client's index (i of bench-conn-i, bench-pub-i, bench-sub-i), modulo --users; empty: none")
 	fs.StringVar(&cfg.Password, "password", "", "password every client sends; empty: none")
 	fs.IntVar(&cfg.Users, "users", 0, "with %d in --username: this many distinct users, client i being user i mod N; 0: one user per client")
