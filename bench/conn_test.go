@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -58,24 +57,8 @@ func authBroker(t *testing.T, users int, acl string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := server.DefaultConfig()
-	cfg.Listen, cfg.HTTPListen, cfg.DataDir = "127.0.0.1:0", "", t.TempDir()
-	cfg.Durability = server.DurabilityNone
-	cfg.SysInterval = 0
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Auth = ch
-	s, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = s.Shutdown(context.Background())
-		ch.Close()
-	})
-	return s.Addr()
+	t.Cleanup(ch.Close) // after the broker's shutdown
+	return startBroker(t, func(c *server.Config) { c.Auth = ch }).Addr()
 }
 
 // The conn scenario sends every client's credentials, reports the
@@ -343,19 +326,7 @@ func TestNameTemplates(t *testing.T) {
 // session with the broker; the run counts no error for the closes it
 // makes itself.
 func TestConnSubscribeDisconnect(t *testing.T) {
-	cfg := server.DefaultConfig()
-	cfg.Listen, cfg.HTTPListen, cfg.DataDir = "127.0.0.1:0", "", t.TempDir()
-	cfg.Durability = server.DurabilityNone
-	cfg.SysInterval = 0
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	s, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	s := startBroker(t, nil)
 
 	res, err := Run(context.Background(), Config{Scenario: "conn", Addr: s.Addr(), Clients: 20, QoS: 1,
 		ConnSubscribe: "bench/conn/%d", SessionExpiry: time.Hour, Disconnect: true,

@@ -2,29 +2,14 @@ package bench
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/gannetmq/gannet/server"
 )
 
 // A fixed rate reaches a real broker in full, whether paced by one
 // goroutine per tick or by a timer per message, and at about that rate.
 func TestFixedRate(t *testing.T) {
-	cfg := server.DefaultConfig()
-	cfg.Listen, cfg.HTTPListen, cfg.DataDir = "127.0.0.1:0", "", t.TempDir()
-	cfg.Durability = server.DurabilityNone
-	cfg.SysInterval = 0
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	s, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	s := startBroker(t, nil)
 	for _, tick := range []time.Duration{time.Millisecond, 0} {
 		for _, qos := range []byte{0, 1} {
 			const pubs, each, rate = 20, 100, 4000 // 2,000 messages: half a second

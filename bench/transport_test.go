@@ -11,7 +11,6 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -105,21 +104,10 @@ func (p *pki) issue(name string, client bool) (certFile, keyFile string) {
 func tlsBroker(t *testing.T, p *pki, clientCA string) *server.Server {
 	t.Helper()
 	cert, key := p.issue("broker", false)
-	cfg := server.DefaultConfig()
-	cfg.Listen, cfg.HTTPListen, cfg.WSListen, cfg.DataDir = "127.0.0.1:0", "", "127.0.0.1:0", t.TempDir()
-	cfg.Durability = server.DurabilityNone
-	cfg.SysInterval = 0
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.TLS = &server.TLSConfig{Listen: "127.0.0.1:0", WSSListen: "127.0.0.1:0", CertFile: cert, KeyFile: key, ClientCAFile: clientCA}
-	s, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
-	return s
+	return startBroker(t, func(c *server.Config) {
+		c.WSListen = "127.0.0.1:0"
+		c.TLS = &server.TLSConfig{Listen: "127.0.0.1:0", WSSListen: "127.0.0.1:0", CertFile: cert, KeyFile: key, ClientCAFile: clientCA}
+	})
 }
 
 // transports are the four ways to the broker, with where each listens
