@@ -44,17 +44,11 @@ func (p *stalledPeer) Receive(_ string, _ interlink.Position, recs []interlink.R
 	done(nil)
 }
 
-// While a peer reads nothing, a QoS 0 publisher's input is held back
-// instead of being read into a full lane and dropped: once the peer reads
-// again, every message reaches it.
-func TestHeldInputLosesNoQoS0(t *testing.T) {
-	const total, burst, size = 5000, 40, 4096 // 20 MB: more than the sockets between the nodes hold
-	s := startCluster(t, 1, func(_ int, c *Config) {
-		c.Cluster.BatchBytes = 4096 // a lane is behind past 8 KiB and full at 32 KiB
-		c.Cluster.BatchDelay = 0
-		c.Cluster.Backpressure = time.Minute
-	})[0]
-	p := &stalledPeer{block: make(chan struct{}), want: total, all: make(chan struct{})}
+// startStalledPeer joins p to s's cluster as node "p" and waits for its
+// route. It returns what lets p read again; the test's end does it too,
+// before the node stops.
+func startStalledPeer(t *testing.T, s *Server, p *stalledPeer) (release func()) {
+	t.Helper()
 	ic := interlink.DefaultConfig()
 	ic.NodeName, ic.Listen, ic.GossipListen = "p", "127.0.0.1:0", "127.0.0.1:0"
 	ic.Secret = s.cfg.Cluster.Secret
@@ -68,10 +62,25 @@ func TestHeldInputLosesNoQoS0(t *testing.T) {
 		t.Fatal(err)
 	}
 	var once sync.Once
-	release := func() { once.Do(func() { close(p.block) }) }
+	release = func() { once.Do(func() { close(p.block) }) }
 	t.Cleanup(node.Stop)
 	t.Cleanup(release)
 	waitRoutes(t, s, 1)
+	return release
+}
+
+// While a peer reads nothing, a QoS 0 publisher's input is held back
+// instead of being read into a full lane and dropped: once the peer reads
+// again, every message reaches it.
+func TestHeldInputLosesNoQoS0(t *testing.T) {
+	const total, burst, size = 5000, 40, 4096 // 20 MB: more than the sockets between the nodes hold
+	s := startCluster(t, 1, func(_ int, c *Config) {
+		c.Cluster.BatchBytes = 4096 // a lane is behind past 8 KiB and full at 32 KiB
+		c.Cluster.BatchDelay = 0
+		c.Cluster.Backpressure = time.Minute
+	})[0]
+	p := &stalledPeer{block: make(chan struct{}), want: total, all: make(chan struct{})}
+	release := startStalledPeer(t, s, p)
 
 	go func() {
 		deadline := time.Now().Add(30 * time.Second)

@@ -3,14 +3,12 @@ package server
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/gannetmq/gannet/codec"
-	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/persist"
 )
 
@@ -51,10 +49,7 @@ func TestClusterCleanForwardWritesNothing(t *testing.T) {
 func TestClusterCleanPeerIsNotWaitedFor(t *testing.T) {
 	s := startCluster(t, 1, nil)[0]
 	p := &stalledPeer{clean: true, block: make(chan struct{}), want: 1, all: make(chan struct{})}
-	var once sync.Once
-	release := func() { once.Do(func() { close(p.block) }) }
-	t.Cleanup(release)
-	startStalledPeer(t, s, p)
+	release := startStalledPeer(t, s, p)
 	pub := dialRaw(t, s, codec.V5)
 	pub.connect("pub", nil)
 	syncs := s.store.st.Stats().Syncs
@@ -114,25 +109,6 @@ func TestClusterRouteDurability(t *testing.T) {
 	}
 }
 
-// startStalledPeer joins p to s's cluster and waits for its route.
-func startStalledPeer(t *testing.T, s *Server, p *stalledPeer) {
-	t.Helper()
-	ic := interlink.DefaultConfig()
-	ic.NodeName, ic.Listen, ic.GossipListen = "p", "127.0.0.1:0", "127.0.0.1:0"
-	ic.Secret = s.cfg.Cluster.Secret
-	ic.Join = []string{"gossip=" + s.cl.node.Members()[0].Gossip}
-	node, err := interlink.New(ic, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.node = node
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Stop)
-	waitRoutes(t, s, 1)
-}
-
 // A peer that does not acknowledge in time (its disk or link is slow):
 // the record is written to this node's store, and only then is the
 // publisher acknowledged; once the peer acknowledges, the stored copy
@@ -140,10 +116,7 @@ func startStalledPeer(t *testing.T, s *Server, p *stalledPeer) {
 func TestClusterUnacknowledgedForwardIsStored(t *testing.T) {
 	s := startCluster(t, 1, nil)[0]
 	p := &stalledPeer{block: make(chan struct{}), want: 1, all: make(chan struct{})}
-	var once sync.Once
-	release := func() { once.Do(func() { close(p.block) }) }
-	t.Cleanup(release)
-	startStalledPeer(t, s, p)
+	release := startStalledPeer(t, s, p)
 
 	pub := dialRaw(t, s, codec.V5)
 	pub.connect("pub", nil)
