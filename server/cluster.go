@@ -198,6 +198,7 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 			continue
 		}
 		var err error
+		var ask bool // the peer's whole route set is wanted
 		switch r.Kind {
 		case recForward:
 			m := &ob.scratch
@@ -209,17 +210,11 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 				s.routeFrom(ob, m, &ob.fw)
 			}
 		case recRouteAdd, recRouteDel:
-			var ask bool
 			ask, err = cl.routeDelta(peer, r.Kind == recRouteAdd, r.Body)
-			resync = resync || ask
 		case recRoutesAll:
-			var ask bool
 			ask, err = cl.routeSetChunk(peer, r.Body)
-			resync = resync || ask
 		case recRouteDigest:
-			var ask bool
 			ask, err = cl.routeDigestFrom(peer, r.Body)
-			resync = resync || ask
 		case recRouteResync:
 			cl.sendRoutes(peer)
 		case recClaims:
@@ -252,6 +247,7 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 		default:
 			err = errors.New("unknown record kind")
 		}
+		resync = resync || ask
 		if err != nil {
 			s.log.Warn("dropping a bad record from a peer", "peer", peer, "kind", r.Kind, "err", err)
 		}

@@ -60,16 +60,6 @@ func routeEntryHash(f string, durable bool) uint64 {
 	return h
 }
 
-// routeDigest is the digest of a set of filters none of which a
-// persistent session holds.
-func routeDigest(filters ...string) uint64 {
-	var d uint64
-	for _, f := range filters {
-		d ^= routeHash(f)
-	}
-	return d
-}
-
 // peerRouteSet is what one peer announced, with the state of its stream of
 // route records.
 type peerRouteSet struct {

@@ -44,17 +44,16 @@ type retainSync struct {
 	mu    sync.Mutex
 	ticks int
 	mine  retainDigest // this node's, as of the last digest sent
-	prev  retainDigest // the one before
 	peers map[string]*peerRetain
 }
 
-// peerRetain is what a peer's last two digests said.
+// peerRetain is what a peer's last digest said.
 type peerRetain struct {
-	last, prev retainDigest
+	last retainDigest
 	// mine is this node's digest when last arrived, by which a bucket
 	// that did not change on this side is told.
-	mine   retainDigest
-	rounds int
+	mine retainDigest
+	seen bool // last holds a digest
 }
 
 // retainBucket is the bucket of a topic and its share of the bucket's
@@ -100,7 +99,7 @@ func (cl *cluster) sendRetainDigests(force bool) {
 	rs.mu.Unlock()
 	d := cl.digestRetained()
 	rs.mu.Lock()
-	rs.prev, rs.mine = rs.mine, d
+	rs.mine = d
 	rs.mu.Unlock()
 	b := appendRetainDigest(nil, &d)
 	for _, p := range cl.node.Peers() {
@@ -129,12 +128,11 @@ func (cl *cluster) retainDigestFrom(peer string, body []byte) error {
 	}
 	var send []int
 	for i := range theirs {
-		if theirs[i] != rs.mine[i] && pr.rounds > 0 && theirs[i] == pr.last[i] && rs.mine[i] == pr.mine[i] {
+		if theirs[i] != rs.mine[i] && pr.seen && theirs[i] == pr.last[i] && rs.mine[i] == pr.mine[i] {
 			send = append(send, i)
 		}
 	}
-	pr.prev, pr.last, pr.mine = pr.last, theirs, rs.mine
-	pr.rounds++
+	pr.last, pr.mine, pr.seen = theirs, rs.mine, true
 	rs.mu.Unlock()
 	if len(send) > 0 {
 		cl.sendRetainBuckets(peer, send)

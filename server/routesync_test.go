@@ -80,3 +80,13 @@ func TestRouteDigest(t *testing.T) {
 		t.Fatal("the empty set's digest is not 0")
 	}
 }
+
+// routeDigest is the digest of a set of filters none of which a
+// persistent session holds, as a node computes it route by route.
+func routeDigest(filters ...string) uint64 {
+	var d uint64
+	for _, f := range filters {
+		d ^= routeEntryHash(f, false)
+	}
+	return d
+}
