@@ -18,43 +18,15 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/gannet" ./cmd/gannet
 go build -o "$work/gannet-bench" ./cmd/gannet-bench
 (cd bench/peers/mochi && go build -o "$work/mochi" .)
-mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+. bench/brokers.sh
 if [ ! -x "$mosq" ]; then
 	echo "mosquitto is not installed: apt-get install mosquitto (make compare does it)" >&2
 	exit 1
 fi
 
-start_gannet() {
-	"$work/gannet" --listen 127.0.0.1:21883 --http-listen 127.0.0.1:28080 --sys-interval 0 \
-		--data-dir "$work/data" >"$work/gannet.log" 2>&1 &
-	pid=$! port=21883
-}
-start_mosquitto() {
-	cat >"$work/mosquitto.conf" <<CONF
-listener 21884 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 10000
-log_dest none
-CONF
-	"$mosq" -c "$work/mosquitto.conf" &
-	pid=$! port=21884
-}
 start_mochi() {
 	"$work/mochi" --listen 127.0.0.1:21885 >"$work/mochi.log" 2>&1 &
 	pid=$! port=21885
-}
-wait_port() {
-	for _ in $(seq 100); do
-		(echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "broker on port $port did not start" >&2
-	return 1
-}
-stop_broker() {
-	kill "$pid"
-	wait "$pid" 2>/dev/null || true
 }
 bench() { # broker, run key, flags...
 	local name=$1 key=$2
@@ -115,8 +87,8 @@ run_all() { # broker name, start function
 	stop_broker
 }
 
-run_all gannet start_gannet
-run_all mosquitto start_mosquitto
+run_all gannet "start_gannet 21883"
+run_all mosquitto "start_mosquitto 21884"
 run_all mochi start_mochi
 
 "$work/gannet-bench" report --dir "$out" --plots "$out" "${keys[@]}"

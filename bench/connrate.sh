@@ -14,30 +14,17 @@ work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 go build -o "$work/" ./cmd/gannet ./cmd/gannet-bench
-mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-start() { # broker
-	rm -rf "$work/data"
-	if [ "$1" = gannet ]; then
-		"$work/gannet" --listen 127.0.0.1:21983 --http-listen 127.0.0.1:0 --sys-interval 0 \
-			--data-dir "$work/data" >"$work/gannet.log" 2>&1 &
-	else
-		printf 'listener 21983 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n' >"$work/mosquitto.conf"
-		"$mosq" -c "$work/mosquitto.conf" &
-	fi
-	pid=$!
-	for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/21983) 2>/dev/null && return 0; sleep 0.1; done
-	echo "$1 did not start" >&2
-	return 1
-}
+. bench/brokers.sh
 for r in $(seq "$rounds"); do
 	for mode in clean persistent; do
 		for broker in gannet mosquitto; do
 			flags=()
 			[ "$mode" = persistent ] && flags=(--session-expiry 1h)
-			start "$broker"
+			"start_$broker" 21983
+			wait_port
 			"$work/gannet-bench" --addr 127.0.0.1:21983 --scenario conn --clients "$clients" --keepalive 60s \
 				"${flags[@]}" --broker-pid "$pid" --json >"$work/out.json" 2>/dev/null || true
-			kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+			stop_broker
 			python3 - "$broker" "$mode" "$r" "$work/out.json" <<'PY'
 import json, sys
 b, m, r, f = sys.argv[1:5]

@@ -15,31 +15,18 @@ work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 go build -o "$work/" ./cmd/gannet ./cmd/gannet-bench
-mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-start() { # gannet DELAY | mosquitto
-	rm -rf "$work/data"
-	if [ "$1" = gannet ]; then
-		"$work/gannet" --listen 127.0.0.1:21983 --http-listen 127.0.0.1:0 --sys-interval 0 \
-			--write-delay "$2" --data-dir "$work/data" >"$work/gannet.log" 2>&1 &
-	else
-		printf 'listener 21983 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\nlog_dest none\n' >"$work/mosquitto.conf"
-		"$mosq" -c "$work/mosquitto.conf" &
-	fi
-	pid=$!
-	for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/21983) 2>/dev/null && return 0; sleep 0.1; done
-	echo "$1 did not start" >&2
-	return 1
-}
+. bench/brokers.sh
 printf '%-6s %6s %-18s %9s %8s %8s %8s %8s\n' scen rate broker recv/s p50_ms p99_ms p999_ms cpu_us
 for scen in p2p fanin; do
 	for rate in "${rates[@]}"; do
 		for b in "gannet 0" "gannet 250us" "gannet 1ms" "mosquitto -"; do
 			set -- $b
-			start "$1" "$2"
+			if [ "$1" = gannet ]; then start_gannet 21983 --write-delay "$2"; else start_mosquitto 21983; fi
+			wait_port
 			args=(--scenario "$scen" --qos 1 --payload 64 --rate "$rate" --warmup 1s --duration "$dur" --drain 3s)
 			if [ "$scen" = p2p ]; then args+=(--clients 100); else args+=(--publishers 100); fi
 			"$work/gannet-bench" --addr 127.0.0.1:21983 "${args[@]}" --broker-pid "$pid" --json >"$work/out.json" 2>/dev/null || true
-			kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+			stop_broker
 			python3 - "$scen" "$rate" "$1 $2" "$work/out.json" <<'PY'
 import json, sys
 s, r, b, f = sys.argv[1:5]
