@@ -283,15 +283,11 @@ func (cl *cluster) send(ob *outbox, peer string, lane int, kind byte, body []byt
 	if !reliable {
 		return cl.node.Send(peer, lane, kind, body, false)
 	}
-	r, held := ob.takeReservation(peer)
 	g := cl.s.store
 	if g == nil {
-		if held {
-			_, err := cl.node.SendReserved(r, kind, body, 0)
-			return err
-		}
-		return cl.node.Send(peer, lane, kind, body, true)
+		return cl.sendKept(ob, peer, lane, kind, body)
 	}
+	r, held := ob.takeReservation(peer)
 	token := g.st.NextID()
 	var pos interlink.Position
 	var err error
@@ -304,4 +300,15 @@ func (cl *cluster) send(ob *outbox, peer string, lane int, kind byte, body []byt
 		ob.batch.CreateMeta(spoolKey(peer, token), spoolValue(pos, kind, body))
 	}
 	return err
+}
+
+// sendKept queues a reliable record for peer that is kept in memory only,
+// until the peer acknowledges it, in the room ob holds in peer's queue if
+// any.
+func (cl *cluster) sendKept(ob *outbox, peer string, lane int, kind byte, body []byte) error {
+	if r, held := ob.takeReservation(peer); held {
+		_, err := cl.node.SendReserved(r, kind, body, 0)
+		return err
+	}
+	return cl.node.Send(peer, lane, kind, body, true)
 }

@@ -454,12 +454,8 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 // peer where no persistent session takes it is kept in memory only until
 // the peer has it: no one waits for its acknowledgement (peerack.go).
 func (cl *cluster) sendForward(ob *outbox, peer string, lane int, body []byte, reliable, durable bool) error {
-	if reliable && !durable && cl.s.store != nil {
-		if r, held := ob.takeReservation(peer); held {
-			_, err := cl.node.SendReserved(r, recForward, body, 0)
-			return err
-		}
-		return cl.node.Send(peer, lane, recForward, body, true)
+	if reliable && !durable {
+		return cl.sendKept(ob, peer, lane, recForward, body)
 	}
 	return cl.send(ob, peer, lane, recForward, body, reliable)
 }

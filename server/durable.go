@@ -418,15 +418,19 @@ func (ob *outbox) commit() {
 	}
 	held := ob.held
 	ob.held = nil
-	release := func(err error) { ob.srv.release(held, err) }
+	var gated func(error)
 	if len(ob.peerWaits) > 0 {
 		// The acknowledgements wait for the peers too (peerack.go).
-		release = ob.srv.cl.gate(ob, release)
+		gated = ob.srv.cl.gate(ob, func(err error) { ob.srv.release(held, err) })
 	}
 	// An empty batch still goes through the committer: it completes after
 	// every earlier commit, so after never runs ahead of them.
 	g.commit(&ob.batch, func(err error) {
-		release(err)
+		if gated != nil {
+			gated(err)
+		} else {
+			ob.srv.release(held, err)
+		}
 		if after != nil {
 			after(err)
 		}

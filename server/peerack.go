@@ -48,7 +48,6 @@ type peerWait struct {
 	peer  string
 	token uint64
 	pos   interlink.Position
-	kind  byte
 	body  []byte
 	gate  *ackGate // nil until the unit of work that sent it commits
 
@@ -93,7 +92,7 @@ func (cl *cluster) standIn(ob *outbox, peer string, token uint64, pos interlink.
 	if kind != recForward || !cl.node.Linked(peer) || cl.node.Behind() {
 		return false
 	}
-	w := &peerWait{peer: peer, token: token, pos: pos, kind: kind, body: bytes.Clone(body)}
+	w := &peerWait{peer: peer, token: token, pos: pos, body: bytes.Clone(body)}
 	cl.waits.Lock()
 	if cl.waits.m == nil {
 		cl.waits.m = make(map[uint64]*peerWait)
@@ -167,7 +166,7 @@ func (cl *cluster) spoolLate(ws []*peerWait) {
 		if cl.waits.m[w.token] == w && !w.settled {
 			w.spooling = true
 			late = append(late, w)
-			b.CreateMeta(spoolKey(w.peer, w.token), spoolValue(w.pos, w.kind, w.body))
+			b.CreateMeta(spoolKey(w.peer, w.token), spoolValue(w.pos, recForward, w.body))
 		}
 	}
 	cl.waits.Unlock()
