@@ -84,6 +84,10 @@ func (s *Server) reshare(ob *outbox, left *session, msgs []*outMsg) {
 			var mg fanout.Merged
 			mg.Add(opts)
 			qos, retain := mg.Deliver(m.qos, m.retain, false)
+			// deliver frames from the outbox's encoder: set it to this
+			// message, as route does.
+			m.template(&ob.tmpl, now)
+			ob.enc.Reset(&ob.tmpl)
 			to.deliver(ob, m, qos, retain, mg.SubIDs, now, group)
 			s.stats.reshared.Inc()
 		case s.cl != nil && s.cl.reshare(ob, m, name, filter):

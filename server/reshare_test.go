@@ -27,6 +27,9 @@ func takeWork(t *testing.T, rc *rawConn, want map[string]bool) {
 			t.Fatalf("expected PUBLISH, %d messages missing", len(want))
 		}
 		rc.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+		if !want[string(p.Payload)] {
+			t.Fatalf("unexpected message %q on %q", p.Payload, p.Topic)
+		}
 		delete(want, string(p.Payload))
 	}
 }
@@ -64,6 +67,33 @@ func TestSharedMessagesOfALeavingMember(t *testing.T) {
 	if d := s.stats.droppedNoMember.Get(); d != 0 {
 		t.Fatalf("%d messages dropped for want of a member", d)
 	}
+}
+
+// A member with room in its window gets the leaving member's messages
+// sent at once, each framed as itself (not as the message the loop
+// routed last).
+func TestSharedMessagesGoStraightToAnIdleMember(t *testing.T) {
+	s := startBroker(t, nil)
+	a := shareMember(t, s, "a")
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	const n = 3
+	want := map[string]bool{}
+	for i := range n {
+		pub.publishAcked("work", "job-"+strconv.Itoa(i), 1, false)
+		want["job-"+strconv.Itoa(i)] = true
+	}
+	for range n {
+		if _, ok := a.expect().(*codec.Publish); !ok {
+			t.Fatal("expected PUBLISH")
+		}
+	}
+	b := shareMember(t, s, "b")
+	// Something else routed last on the publisher's loop.
+	pub.publishAcked("other", "not-work", 1, false)
+	a.send(&codec.Disconnect{})
+	_ = a.c.Close()
+	takeWork(t, b, want)
 }
 
 // Across the cluster: the only other member is on another node.
