@@ -66,7 +66,11 @@
 // acknowledged before the failure is durable with Sync; with Batch, what
 // was acknowledged since the last fsync can be lost, as in a crash. The
 // broker's memory stays what it believes, and the store does not tell it
-// what the reopen found.
+// what the reopen found. Deletions in the refused groups (acknowledged
+// deliveries, ended sessions, Load's purge) are held and written ahead of
+// the first group once writes resume, so that what the broker dropped
+// does not come back at the next start (up to 64 MiB of keys; beyond,
+// they are counted in Stats.HeldDropped).
 //
 // An abandoned opening keeps its memory (memtables, caches) and goroutines
 // until the process exits; after 8 of them the store stays failed until the

@@ -254,3 +254,63 @@ func TestFlushOnAFullDiskIsSurvived(t *testing.T) {
 		t.Fatalf("meta after the failed flush: %v", l.meta)
 	}
 }
+
+// A deletion refused while the disk is full or the store failed is what
+// the broker believes done (a delivery acknowledged, a session ended): it
+// is written ahead of the first group the store takes afterwards, so a
+// restart does not bring the record back; a key written again after the
+// disk healed keeps its new value.
+func TestRefusedDeletionsAreWrittenLater(t *testing.T) {
+	for _, how := range []string{"free space", "ENOSPC"} {
+		t.Run(how, func(t *testing.T) {
+			disk := &diskFS{FS: vfs.NewMem()}
+			disk.free.Store(1 << 30)
+			fs := &faultFS{FS: disk}
+			o := Options{Dir: "/d", FS: fs}
+			s := openT(t, o)
+			var b Batch
+			b.PutMeta("gone", []byte("v"))
+			b.PutMeta("again", []byte("v1"))
+			commitWait(t, s, &b)
+
+			if how == "ENOSPC" {
+				fs.failWith(syscall.ENOSPC)
+			} else {
+				disk.free.Store(1 << 20)
+			}
+			// Writes go on until the store notices, then the deletions.
+			var failed error
+			for deadline := time.Now().Add(10 * time.Second); failed == nil && time.Now().Before(deadline); {
+				b.Reset()
+				b.PutMeta("pad", []byte("v"))
+				failed = commitErr(s, &b)
+			}
+			if failed == nil {
+				t.Fatal("the store took writes on a full disk for 10s")
+			}
+			for _, k := range []string{"gone", "again"} {
+				b.Reset()
+				b.DeleteMeta(k)
+				if err := commitErr(s, &b); err == nil {
+					t.Fatalf("deleting %s: taken on a full disk", k)
+				}
+			}
+
+			fs.failWith(nil)
+			disk.free.Store(1 << 30)
+			waitHealthy(t, s)
+			b.Reset()
+			b.PutMeta("again", []byte("v2"))
+			commitWait(t, s, &b)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s = openT(t, o)
+			defer func() { _ = s.Close() }()
+			l := loadAll(t, s, time.Now())
+			if l.meta["gone"] != "" || l.meta["again"] != "v2" {
+				t.Fatalf("after a restart: gone %q (want deleted), again %q (want v2)", l.meta["gone"], l.meta["again"])
+			}
+		})
+	}
+}

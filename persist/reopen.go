@@ -152,10 +152,9 @@ func (s *Store) install(r reopened) {
 	s.log.Warn("persist: the database reopened; writes resume", "dir", s.opts.Dir)
 }
 
-// commitPurge commits Load's purge. While the store refuses writes, it
-// keeps the purge instead, to write ahead of the first group written once
-// it takes writes again, and returns nil: the records it deletes are
-// reported to nobody either way.
+// commitPurge commits Load's purge. While the store refuses writes, the
+// purge is held (as every refused deletion is: hold) and nil returned:
+// the records it deletes are reported to nobody either way.
 func (s *Store) commitPurge(b *Batch) error {
 	done := make(chan error, 1)
 	s.Commit(b, func(err error) { done <- err })
@@ -164,18 +163,53 @@ func (s *Store) commitPurge(b *Batch) error {
 		return err
 	}
 	s.log.Warn("persist: expired records stay on disk until the store takes writes", "dir", s.opts.Dir, "err", err)
-	pc := &pendingCommit{buf: append([]byte(nil), b.buf...), ops: append([]op(nil), b.ops...)}
-	pc.done = func(err error) {
-		if err != nil {
-			s.mu.Lock()
-			if s.mu.held == nil {
-				s.mu.held = pc
+	return nil
+}
+
+// maxHeld bounds the refused deletions held (bytes of keys).
+const maxHeld = 64 << 20
+
+// hold keeps the deletions of a group that was refused, to be written
+// ahead of the first group written once the store takes writes again.
+// The broker's memory went on without what they delete (an acknowledged
+// delivery, an ended session, a completed QoS 2 exchange): left on disk
+// it would come back at the next start. Nothing written after the refusal
+// precedes them (every group fails until the store takes writes), so they
+// cannot delete a newer record. Beyond maxHeld they are dropped, and
+// counted.
+func (s *Store) hold(group []pendingCommit) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.mu.held
+	if h == nil {
+		h = &pendingCommit{done: func(error) {}}
+	}
+	dropped := 0
+	for _, pc := range group {
+		for _, o := range pc.ops {
+			if o.kind != opDelete && o.kind != opDeleteRange {
+				continue
 			}
-			s.mu.Unlock()
+			if len(h.buf) >= maxHeld {
+				dropped++
+				continue
+			}
+			k0 := len(h.buf)
+			h.buf = append(h.buf, pc.buf[o.k0:o.k1]...)
+			held := op{kind: o.kind, k0: k0, k1: len(h.buf)}
+			if o.kind == opDeleteRange {
+				h.buf = append(h.buf, pc.buf[o.v0:o.v1]...)
+				held.v0, held.v1 = held.k1, len(h.buf)
+			}
+			h.ops = append(h.ops, held)
 		}
 	}
-	s.mu.Lock()
-	s.mu.held = pc
-	s.mu.Unlock()
-	return nil
+	if len(h.ops) > 0 {
+		s.mu.held = h
+	}
+	if dropped > 0 {
+		s.stats.heldDropped.Add(uint64(dropped))
+		s.log.Error("persist: too many refused deletions held; records deleted while the disk refused writes may come back after a restart",
+			"dir", s.opts.Dir, "dropped", dropped, "held_bytes", len(h.buf))
+	}
 }

@@ -130,8 +130,9 @@ type Store struct {
 		pending      []pendingCommit
 		pendingBytes int
 		closed       bool
-		// held is Load's purge while the store refused it, written
-		// ahead of the first group written afterwards.
+		// held is the deletions the store refused (Load's purge among
+		// them), written ahead of the first group written afterwards
+		// (hold).
 		held *pendingCommit
 	}
 	wake     chan struct{} // a commit is pending
@@ -156,7 +157,7 @@ type Store struct {
 	}
 
 	stats struct {
-		commits, syncs, ops, batches, bytes, failures, elided atomic.Uint64
+		commits, syncs, ops, batches, bytes, failures, elided, heldDropped atomic.Uint64
 	}
 }
 
@@ -419,13 +420,14 @@ type Stats struct {
 	BytesWritten uint64 // bytes of batches written to the WAL
 	Failures     uint64 // groups that failed
 	Elided       uint64 // writes a later write in the same group made moot
+	HeldDropped  uint64 // refused deletions dropped for want of room to hold them (hold)
 }
 
 // Stats returns the counters.
 func (s *Store) Stats() Stats {
 	return Stats{Commits: s.stats.commits.Load(), Batches: s.stats.batches.Load(), Syncs: s.stats.syncs.Load(),
 		Ops: s.stats.ops.Load(), BytesWritten: s.stats.bytes.Load(), Failures: s.stats.failures.Load(),
-		Elided: s.stats.elided.Load()}
+		Elided: s.stats.elided.Load(), HeldDropped: s.stats.heldDropped.Load()}
 }
 
 // Commit hands b's writes to the committer and returns at once, unless
@@ -505,8 +507,8 @@ func (s *Store) committer() {
 		s.mu.Lock()
 		group = group[:0]
 		if h := s.mu.held; h != nil && len(s.mu.pending) > 0 {
-			// Load's purge goes first. elide marks ops in place: the
-			// group gets a copy, so that h stays whole if it fails.
+			// Refused deletions go first. elide marks ops in place: the
+			// group gets a copy, so that hold finds them whole if it fails.
 			s.mu.held = nil
 			group = append(group, pendingCommit{buf: h.buf, ops: slices.Clone(h.ops), done: h.done})
 		}
@@ -568,6 +570,7 @@ func (s *Store) write(group []pendingCommit) {
 	}
 	if err != nil {
 		s.stats.failures.Add(1)
+		s.hold(group)
 		s.noticeDeath()
 		s.unhealthy.Store(&err)
 	} else if n > 0 && s.Healthy() != nil && !s.disk.full && !s.inst.isDead() {

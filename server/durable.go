@@ -599,6 +599,7 @@ func (s *Server) storeMetrics(st *persist.Store) {
 	set.NewGauge("gannet_store_bytes_written_total", func() float64 { return float64(st.Stats().BytesWritten) })
 	set.NewGauge("gannet_store_failures_total", func() float64 { return float64(st.Stats().Failures) })
 	set.NewGauge("gannet_store_elided_total", func() float64 { return float64(st.Stats().Elided) })
+	set.NewGauge("gannet_store_held_deletions_dropped_total", func() float64 { return float64(st.Stats().HeldDropped) })
 	set.NewGauge("gannet_store_pending_bytes", func() float64 { return float64(st.PendingBytes()) })
 	set.NewGauge("gannet_store_healthy", func() float64 {
 		if st.Healthy() != nil {
