@@ -165,7 +165,11 @@
 // again on its next one, and takes the records that failed from that
 // replay: it remembers them (stream.go) and drops the rest of the replay
 // as usual, so records after them that were stored are not delivered
-// twice. It asks at once the first time; while the broker keeps failing,
+// twice. New records that arrive while a failed one waits for its replay
+// are dropped too, not handed over: the replay brings them after it, so
+// the broker stores a lane's records in the order they were sent (only
+// records handed over before the failure was known, while the broker
+// still took them, may be stored ahead of it). It asks at once the first time; while the broker keeps failing,
 // after 50ms, then twice as long each time up to 2s, and at once again
 // when the broker has stored a batch of the lane meanwhile. The broker
 // sees the records that failed a second time: it applied them once

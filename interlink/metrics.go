@@ -36,6 +36,10 @@ type peerStats struct {
 	// unstored counts the peer's batches with reliable records that the
 	// broker could not store; each is asked for again.
 	unstored *metrics.Counter
+	// heldBack counts reliable records dropped because they arrived
+	// while records before them waited to be sent again; the sender
+	// sends them again after those.
+	heldBack *metrics.Counter
 	// rtt is the distribution of lane 0's ping round trips, one a second
 	// (the rtt_seconds gauge is the last of them).
 	rtt *metrics.PrometheusHistogram
@@ -83,8 +87,8 @@ func (s *nodeStats) peer(name string) *peerStats {
 		rawRecv: c("raw_bytes_received_total"), wireRecv: c("wire_bytes_received_total"),
 		droppedDown: dl("not_linked"), droppedFull: dl("queue_full"),
 		replayed: c("replayed_total"), duplicates: c("duplicates_total"),
-		unstored: c("unstored_batches_total"),
-		rtt:      s.set.GetOrCreatePrometheusHistogramExt("gannet_interlink_round_trip_seconds"+l, rttBuckets),
+		unstored: c("unstored_batches_total"), heldBack: c("held_back_total"),
+		rtt: s.set.GetOrCreatePrometheusHistogramExt("gannet_interlink_round_trip_seconds"+l, rttBuckets),
 	}
 	s.peers[name] = p
 	return p

@@ -270,7 +270,8 @@ func (n *Node) serveConn(raw net.Conn) {
 }
 
 // accept1 parses a batch's records and drops reliable ones already
-// accepted (a replay), except those of failed spans. taken is the spans
+// accepted (a replay), except those of failed spans, and new ones while a
+// failed span is not refilled (they come again after it). taken is the spans
 // that stand for the reliable records kept, for settle; mark is what the
 // broker stores with them (stream.markLocked), 0 if none was kept.
 func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, pst *peerStats) (_ []Record, taken []seqRange, mark uint64, _ error) {
@@ -279,12 +280,22 @@ func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, 
 	seq := hdr.firstSeq
 	dups, at := 0, 0
 	var kept []seqRange
+	// Records past what was accepted wait while a failed span does:
+	// handed over now they would be stored before it. Those this batch
+	// refills do not count.
+	failed, refilled, held := st.failedLocked(), uint64(0), 0
 	err := parseRecords(data, func(r Record) {
 		if r.Reliable {
 			s := seq
 			seq++
 			if !st.wantLocked(s, &at) {
 				dups++
+				return
+			}
+			if s <= st.last {
+				refilled++
+			} else if refilled < failed {
+				held++
 				return
 			}
 			if k := len(kept); k > 0 && kept[k-1].hi == s-1 {
@@ -303,6 +314,10 @@ func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, 
 	}
 	if dups > 0 {
 		pst.duplicates.Add(dups)
+	}
+	if held > 0 {
+		pst.heldBack.Add(held)
+		st.in.replayHeld()
 	}
 	if len(kept) == 0 {
 		return recs, nil, 0, nil

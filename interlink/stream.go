@@ -77,6 +77,18 @@ func (st *stream) wantLocked(seq uint64, at *int) bool {
 	return *at < len(st.spans) && st.spans[*at].state == spanFailed
 }
 
+// failedLocked counts the records in failed spans.
+// REQUIRES: st.mu held.
+func (st *stream) failedLocked() uint64 {
+	var n uint64
+	for _, sp := range st.spans {
+		if sp.state == spanFailed {
+			n += sp.hi - sp.lo + 1
+		}
+	}
+	return n
+}
+
 // takeLocked records that the ranges kept of a batch (in increasing
 // order, each past last or inside failed spans, as wantLocked chose them)
 // are handed to the broker, and returns the spans that now stand for
@@ -280,6 +292,17 @@ func (il *inLane) cutNow() {
 	il.n.takeBack(il)
 	for _, c := range conns {
 		c.Close()
+	}
+}
+
+// replayHeld has the sender send again the records dropped behind a
+// failed span (accept1), when no cut waits already: the sender writes
+// them only on a new connection.
+func (il *inLane) replayHeld() {
+	il.mu.Lock()
+	defer il.mu.Unlock()
+	if il.mu.cut == nil {
+		il.mu.cut = time.AfterFunc(min(retryFirst<<max(il.mu.tries-1, 0), retryMax), il.cutNow)
 	}
 }
 

@@ -232,3 +232,76 @@ func redelivered(r *storeRecv, from, to uint64, n int) bool {
 	}
 	return true
 }
+
+// Records that arrive while a failed batch waits to be sent again are
+// not handed over before it: they come again after it, so that what the
+// broker stores of a lane is in the order it was sent.
+func TestRecordsWaitForAFailedBatch(t *testing.T) {
+	ca, cb := testConfig("a"), testConfig("b")
+	ca.Lanes, cb.Lanes = 1, 1
+	ra, rb := newRecorder(), newStoreRecv()
+	a := startNode(t, ca, ra)
+	cb.Join = []string{"gossip=" + a.ml.LocalNode().Address()}
+	startNode(t, cb, rb)
+	waitUp(t, ra, "b")
+	select {
+	case <-rb.up:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no link from b to a")
+	}
+	waitFor(t, func() bool { return a.Members()[1].LanesUp == 1 })
+
+	const g = 50
+	sendGroup := func(group int) {
+		t.Helper()
+		for i := group * g; i < (group+1)*g; i++ {
+			if err := a.Send("b", 0, 3, body(i), true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	inGroup1 := func(v uint64) bool { return v >= g && v < 2*g }
+	none := func(uint64) bool { return false }
+	settled := 0
+	sendGroup(0)
+	rb.waitHanded(t, 0, g, 1)
+	rb.settle(none, &settled)
+	// Group 1 fails twice: the second time b waits before asking for it
+	// again, and group 2 is sent meanwhile.
+	sendGroup(1)
+	rb.waitHanded(t, g, 2*g, 1)
+	rb.settle(inGroup1, &settled)
+	rb.waitHanded(t, g, 2*g, 2)
+	rb.settle(inGroup1, &settled)
+	sendGroup(2)
+	rb.waitHanded(t, g, 2*g, 3)
+	rb.waitHanded(t, 2*g, 3*g, 1)
+	rb.settle(none, &settled)
+	waitFor(t, func() bool { return a.Members()[1].Queued == 0 })
+
+	// Where each record was first handed over, and group 1 the third
+	// time (the attempt that was stored).
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	first := map[uint64]int{}
+	seen := map[uint64]int{}
+	stored1 := -1
+	for i, bt := range rb.batches {
+		for _, v := range bt.vals {
+			if _, ok := first[v]; !ok {
+				first[v] = i
+			}
+			if seen[v]++; inGroup1(v) && seen[v] == 3 && stored1 < i {
+				stored1 = i
+			}
+		}
+	}
+	for v := uint64(2 * g); v < 3*g; v++ {
+		if first[v] < stored1 {
+			t.Fatalf("record %d handed over in batch %d, before group 1 was stored in batch %d", v, first[v], stored1)
+		}
+		if rb.times[v] != 1 {
+			t.Fatalf("record %d handed over %d times", v, rb.times[v])
+		}
+	}
+}
