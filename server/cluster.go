@@ -44,6 +44,7 @@ type cluster struct {
 		m map[string]*peerRouteSet
 	}
 	retainSync retainSync // retainsync.go
+	origins    *origins   // identities of the messages published here (origin.go)
 	waits      peerWaits  // forwarded records the peers' acknowledgements stand in for (peerack.go)
 	// drop, when a test sets it, is the kind of the next broadcast record
 	// to lose, as a full control lane would.
@@ -65,7 +66,7 @@ const takeoverTimeout = 3 * time.Second
 const routeChunk = 256 << 10
 
 func newCluster(s *Server) (*cluster, error) {
-	cl := &cluster{s: s, routes: trie.New[string, bool](), held: newHeld()}
+	cl := &cluster{s: s, routes: trie.New[string, bool](), held: newHeld(), origins: newOrigins()}
 	cl.ann.local = make(map[string]int)
 	cl.ann.durable = make(map[string]int)
 	cl.peerRoutes.m = make(map[string]*peerRouteSet)
@@ -193,6 +194,9 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	refused := s.storeUnhealthy()
 	now := s.now()
 	resync := false
+	if s.store != nil {
+		ob.seen = []seenAt{} // not nil: noted (firstLocked)
+	}
 	for _, r := range recs {
 		if refused != nil && r.Reliable {
 			continue
@@ -265,6 +269,17 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 		// back a position stored past records that could not be stored.
 		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
 	}
+	if seen := ob.seen; len(seen) > 0 {
+		// Not stored, the batch comes again: what it gave is not seen.
+		inner := done
+		done = func(err error) {
+			if err != nil {
+				forgetSeen(seen)
+			}
+			inner(err)
+		}
+	}
+	ob.seen = nil
 	if refused != nil {
 		done(refused)
 	} else {

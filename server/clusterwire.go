@@ -149,7 +149,13 @@ func appendMessage(dst []byte, m *message, now int64) []byte {
 	if m.expiresAt != 0 {
 		bits |= 8
 	}
+	if m.origin != 0 {
+		bits |= 16
+	}
 	dst = append(dst, bits)
+	if m.origin != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, m.origin)
+	}
 	if m.expiresAt != 0 {
 		left := max(m.expiresAt-now, 0) / int64(time.Millisecond)
 		dst = binary.AppendUvarint(dst, uint64(left))
@@ -193,11 +199,17 @@ func appendMessage(dst []byte, m *message, now int64) []byte {
 // alias r's input: call own to keep it.
 func readMessage(r *wireReader, now int64, m *message) bool {
 	bits := r.byte1("message flags")
-	if bits&^0x0F != 0 || bits&3 == 3 {
+	if bits&^0x1F != 0 || bits&3 == 3 {
 		r.fail("message flags")
 		return false
 	}
 	*m = message{qos: bits & 3, retain: bits&4 != 0}
+	if bits&16 != 0 {
+		if m.origin = r.u64("origin"); m.origin == 0 {
+			r.fail("origin")
+			return false
+		}
+	}
 	if bits&8 != 0 {
 		left := r.uvarint("expiry")
 		if left > 1<<42 {

@@ -24,6 +24,7 @@ func testMessage() *message {
 // The bodies peers exchange decode to what was encoded.
 func TestClusterWireRoundTrip(t *testing.T) {
 	m := testMessage()
+	m.origin = 7<<32 | 99
 	f := &forward{plain: true, groups: []string{"$share/g/plant/+/temp"}}
 	b := appendForward(nil, f, appendMessage(nil, m, 1_000))
 	gf, gm := &forward{}, &message{}
@@ -43,7 +44,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 	clear(b)
 	if own.from != "pub-1" || string(own.topic) != "plant/7/temp" || string(own.payload) != `{"t":21.5}` ||
 		string(own.props.ContentType) != "application/json" || string(own.props.User[0].Value) != "v" ||
-		own.expiresAt != gm.expiresAt || own.qos != 1 || !own.retain {
+		own.expiresAt != gm.expiresAt || own.qos != 1 || !own.retain || own.origin != m.origin {
 		t.Fatalf("owned copy %+v", own)
 	}
 	// Expiry travels as the milliseconds left (60 s, sent at 1,000 ns)
@@ -67,7 +68,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.id != "dev1" || got.since != 77 || !got.online || got.expiry != time.Hour || got.subs["a/+"] != mv.subs["a/+"] ||
-		len(got.msgs) != 2 || got.msgs[0].pid != 5 || got.msgs[0].subIDs[0] != 9 || got.msgs[1].qos != 2 || len(got.rx) != 2 {
+		len(got.msgs) != 2 || got.msgs[0].msg.origin != m.origin || got.msgs[0].pid != 5 || got.msgs[0].subIDs[0] != 9 || got.msgs[1].qos != 2 || len(got.rx) != 2 {
 		t.Fatalf("moved session %+v", got)
 	}
 }
@@ -79,6 +80,8 @@ func FuzzClusterRecords(f *testing.F) {
 	m := testMessage()
 	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
 	f.Add(appendRetained(nil, m, 0))
+	m.origin = 1 << 32
+	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
 	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
 	f.Add(appendConnected(nil, "dev", 5))
 	f.Add(appendRouteDelta(nil, 7, routeEntry{"a/+/#", true}))

@@ -354,7 +354,7 @@ func (s *Server) attach(ob *outbox, c *client, id string, cleanStart bool, expir
 		sess.unstoreLocked(ob)
 	}
 	sess.mu.expiry = expiry
-	sess.mu.window = window
+	sess.mu.window = uint16(window)
 	sess.mu.since = s.stamp()
 	sess.mu.restored = false // this node owns it now
 	since := sess.mu.since

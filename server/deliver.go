@@ -35,6 +35,10 @@ type outbox struct {
 	scratch      message
 	scratchProps codec.Properties
 
+	// seen is, while the outbox takes a peer's batch, the origins
+	// sessions remembered from it (origin.go); nil otherwise.
+	seen []seenAt
+
 	// cluster forwarding scratch (cluster.go)
 	fw      forward
 	targets []target
@@ -204,6 +208,9 @@ func (s *Server) route(ob *outbox, m *message) (int, bool) {
 func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	ob.matches = ob.matches[:0]
 	clustered := s.cl != nil && fw == nil
+	if clustered {
+		s.cl.origins.stamp(m)
+	}
 	if clustered && !ob.matched {
 		s.cl.matchRoutes(ob, m)
 	}
@@ -340,6 +347,9 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
+	if !ss.firstLocked(ob, m, now) {
+		return
+	}
 	cl := ss.mu.cl
 	if qos == 0 {
 		if cl == nil {
@@ -357,7 +367,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
-	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
+	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
 		om := ss.newOutMsgLocked(m, qos, retain, subIDs)
 		om.share = share
 		ss.enqueueLocked(ob, om)

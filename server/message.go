@@ -30,6 +30,9 @@ type message struct {
 	// stamp orders versions of a retained topic across the cluster: the
 	// broker clock when it was published; the newest wins.
 	stamp int64
+	// origin identifies the message across the cluster (origin.go); 0
+	// for none.
+	origin uint64
 
 	// id is the message's body id in the store, set (once, by the one
 	// goroutine that routes the message) when a persistent session first
@@ -129,6 +132,7 @@ func (m *message) own() *message {
 	p := codec.Publish{Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain, Props: *m.prop()}
 	c := build(&p, m.from, true)
 	c.expiresAt = m.expiresAt
+	c.origin = m.origin
 	return c
 }
 

@@ -169,7 +169,7 @@ func (s *Server) resumeRetained() {
 func (ss *session) windowOpen() bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	return ss.mu.queue.len() == 0 && len(ss.mu.inflight) < ss.mu.window
+	return ss.mu.queue.len() == 0 && len(ss.mu.inflight) < int(ss.mu.window)
 }
 
 // holds reports whether m is still the retained message of its topic.

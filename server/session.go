@@ -31,7 +31,6 @@ type session struct {
 		gen      uint64  // bumped at every attach; stale timers compare it
 		expiry   time.Duration
 		expTimer *time.Timer
-		window   int // outbound inflight limit for the attached connection
 
 		// The maps are nil until their first entry (newSession).
 		subs     map[string]fanout.Options // filter as subscribed -> options
@@ -50,7 +49,8 @@ type session struct {
 		movedTo     string
 		restoredSeq uint64 // see restored
 		nextID      uint16
-		ended       bool // removed from the server; late deliveries are dropped
+		window      uint16 // outbound inflight limit for the attached connection (MaxInflight <= 65535)
+		ended       bool   // removed from the server; late deliveries are dropped
 		// restored marks a session loaded from the store that no client
 		// has attached to since: in a cluster its client may have moved
 		// to another node while this one was down (stale.go). Entries
@@ -58,6 +58,9 @@ type session struct {
 		restored bool
 		// routeSet says that routeDurable is decided (routeDurable).
 		routeSet, routeDurable bool
+		// recent is what the session was given in its first
+		// recentWindow, in a cluster (origin.go); nil after.
+		recent *recent
 	}
 }
 
@@ -156,6 +159,7 @@ func (q *msgQueue) filter(keep func(*outMsg) bool) {
 func newSession(srv *Server, id string) *session {
 	s := &session{srv: srv, id: id}
 	s.mu.queue.total = &srv.queuedBytes
+	s.newRecentLocked(srv.now())
 	return s
 }
 
@@ -292,7 +296,7 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 	if cl == nil || cl.slow.Load() {
 		return
 	}
-	for s.mu.queue.len() > 0 && len(s.mu.inflight) < s.mu.window {
+	for s.mu.queue.len() > 0 && len(s.mu.inflight) < int(s.mu.window) {
 		m := s.mu.queue.pop()
 		if m.msg.expired(now) {
 			s.srv.stats.droppedExpired.Add(1)

@@ -28,10 +28,14 @@ import (
 //     those past PUBREC are dropped.
 //
 // A message that reached the stale copy after the restart (marked late)
-// also reached the owner's session when one of the owner's plain
-// subscriptions matches it: the owner drops those, so that QoS 2 is not
-// delivered twice. Messages that were in the stale copy before the
-// restart cannot have reached the owner: they are merged.
+// may have reached the owner's session too. A session the client started
+// recently remembers what it was given (origin.go) and drops those it
+// has; an older one had its subscriptions when the message was routed,
+// so it drops the late messages its plain subscriptions match. So QoS 2
+// is not delivered twice, and nothing routed to the copy before the
+// owner's session subscribed is lost. Messages that were in the stale
+// copy before the restart cannot have reached the owner: they are
+// merged.
 //
 // Claims, answers and the stale session are reliable records; the stale
 // session is also kept in this node's store until the owner acknowledges

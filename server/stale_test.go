@@ -42,6 +42,8 @@ func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
+	// Routed to n2 alone: the client has no session on n1 yet.
+	pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 2, Payload: []byte("m2b")})
 	dev, ack := persistent(n1)
 	if ack.SessionPresent {
 		t.Fatal("session present on n1 while n2, which holds it, is down")
@@ -57,7 +59,7 @@ func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
 		c.DataDir = dir
 	})
 	got := map[string]int{}
-	for range 2 {
+	for range 3 {
 		got[string(dev.expect(t).Payload)]++
 	}
 	waitFor(t, "n2 to give the session up", func() bool {
@@ -72,8 +74,8 @@ func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
 			break
 		}
 	}
-	if got["m1"] != 1 || got["m2"] != 1 || got["m3"] != 0 || got["end"] != 1 {
-		t.Fatalf("after n2 returned the client got %v; want m1, m2 and end once each", got)
+	if got["m1"] != 1 || got["m2"] != 1 || got["m2b"] != 1 || got["m3"] != 0 || got["end"] != 1 {
+		t.Fatalf("after n2 returned the client got %v; want m1, m2, m2b and end once each", got)
 	}
 }
 

@@ -82,6 +82,9 @@ type stats struct {
 	// (reshare.go).
 	reshared        *metrics.Counter
 	droppedNoMember *metrics.Counter
+	// droppedSeen counts messages a session was given a second time, by
+	// another way through the cluster, and took once (origin.go).
+	droppedSeen *metrics.Counter
 	// storeHeld counts the times a client's QoS 1/2 PUBLISH waited in
 	// its input because its acknowledgements were all waiting for the
 	// disk (decode, maxHeldAcks).
@@ -114,6 +117,7 @@ func newStats(s *Server) *stats {
 		storeHeld:         set.NewCounter("gannet_publishes_held_for_store_total"),
 		reshared:          set.NewCounter("gannet_shared_messages_redelivered_total"),
 		droppedNoMember:   set.NewCounter(`gannet_messages_dropped_total{reason="no_share_member"}`),
+		droppedSeen:       set.NewCounter("gannet_cluster_duplicates_dropped_total"),
 		rateDisconnects:   set.NewCounter(`gannet_rate_limited_disconnects_total`),
 		keepaliveTimeouts: set.NewCounter("gannet_keepalive_timeouts_total"),
 		slowClosed:        set.NewCounter("gannet_slow_receivers_closed_total"),

@@ -134,12 +134,20 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 		return
 	}
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
+	now := s.now()
+	young := cur.mu.recent != nil && now <= cur.mu.recent.until
 	for _, mm := range mv.msgs {
 		if mm.released {
 			continue
 		}
-		if mm.late {
-			// It reached cur too, when cur's subscriptions match it.
+		if young || !mm.late {
+			// cur remembers what it was given (origin.go).
+			if !cur.firstLocked(ob, mm.msg, now) {
+				continue
+			}
+		} else {
+			// An older cur had its subscriptions when the late message
+			// was routed: it reached cur too when they match it.
 			if seen == nil {
 				seen = trie.New[struct{}, struct{}]()
 				for f := range cur.mu.subs {
@@ -211,8 +219,10 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	for _, pid := range mv.rx {
 		sess.addRxQoS2Locked(pid)
 	}
-	sess.saveLocked(ob, s.now())
+	now := s.now()
+	sess.saveLocked(ob, now)
 	for _, mm := range mv.msgs {
+		sess.firstLocked(ob, mm.msg, now) // remembered: it may come again by another way
 		om := sess.newOutMsgLocked(mm.msg, mm.qos, mm.retain, mm.subIDs)
 		if mm.pid != 0 {
 			om.pid, om.released = mm.pid, mm.released
@@ -384,7 +394,7 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	cl := ss.mu.cl
-	if ss.mu.ended || (qos == 0 && cl == nil) {
+	if ss.mu.ended || (qos == 0 && cl == nil) || !ss.firstLocked(ob, m, now) {
 		return
 	}
 	if qos == 0 {
@@ -395,7 +405,7 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 		return
 	}
 	om := ss.newOutMsgLocked(m, qos, retain, subIDs)
-	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= ss.mu.window {
+	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
 		ss.enqueueLocked(ob, om)
 		return
 	}

@@ -1,0 +1,119 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"sync/atomic"
+)
+
+// A message published in a cluster has an identity, its origin: the
+// publishing node's run (32 random bits drawn at start) and a count of
+// that run's messages. It travels with the message wherever it goes on
+// from there (forwarded, sent on by the node a session left, inside a
+// moved or stale session), so that a session that may be given one
+// message twice can tell:
+//
+//   - a session that moved to this node gets, for a while, what the
+//     publishers' nodes send it here and what its old node sends on
+//     (redirect, for movedGrace);
+//   - a session a client started here while a copy of it lived on a node
+//     that was away gets, when that copy is merged in (stale.go), what
+//     the copy collected meanwhile, some of which reached it directly.
+//
+// So every session remembers the origins of the messages given to it in
+// its first recentWindow (after it was created here, or arrived from a
+// peer), and takes each origin once; a merged message is checked against
+// that memory and otherwise kept (at least once). Messages loaded from
+// the store have no origin and are never dropped as seen.
+
+// recentWindow is how long a new session remembers what it was given:
+// more than movedGrace, with room for the records under way then.
+const recentWindow = 30 * movedGrace / 10
+
+// recentMax bounds the origins one session remembers; past it, it
+// remembers no more (a later duplicate is delivered, at least once).
+const recentMax = 1 << 16
+
+// origins hands out this node's message identities.
+type origins struct {
+	run  uint64
+	next atomic.Uint64
+}
+
+func newOrigins() *origins {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	o := &origins{run: uint64(binary.BigEndian.Uint32(b[:])) << 32}
+	if o.run == 0 {
+		o.run = 1 << 32 // 0 is no origin
+	}
+	return o
+}
+
+// stamp gives m an origin unless it has one.
+func (o *origins) stamp(m *message) {
+	if m.origin == 0 {
+		m.origin = o.run | o.next.Add(1)&(1<<32-1)
+	}
+}
+
+// recent is what a session remembers of the origins given to it.
+type recent struct {
+	until int64 // broker clock; past it the session remembers nothing
+	seen  map[uint64]struct{}
+}
+
+// newRecent starts a session's memory at now, in a cluster.
+func (ss *session) newRecentLocked(now int64) {
+	if ss.srv.cl != nil {
+		ss.mu.recent = &recent{until: now + int64(recentWindow)}
+	}
+}
+
+// firstLocked reports whether m is given to the session for the first
+// time, and remembers it. When ob takes a peer's batch (ob.seen not nil)
+// it notes what it remembered: if the batch cannot be stored, the peer
+// sends it again, and it is not seen then (forgetSeen).
+// REQUIRES: ss.mu held.
+func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
+	r := ss.mu.recent
+	if r == nil || m.origin == 0 {
+		return true
+	}
+	if now > r.until {
+		ss.mu.recent = nil
+		return true
+	}
+	if _, dup := r.seen[m.origin]; dup {
+		ss.srv.stats.droppedSeen.Inc()
+		return false
+	}
+	if r.seen == nil {
+		r.seen = make(map[uint64]struct{})
+	}
+	if len(r.seen) < recentMax {
+		r.seen[m.origin] = struct{}{}
+		if ob != nil && ob.seen != nil {
+			ob.seen = append(ob.seen, seenAt{ss, m.origin})
+		}
+	}
+	return true
+}
+
+// seenAt is an origin a session remembered.
+type seenAt struct {
+	ss     *session
+	origin uint64
+}
+
+// forgetSeen has sessions forget origins they remembered from a peer's
+// batch that could not be stored.
+func forgetSeen(seen []seenAt) {
+	for _, a := range seen {
+		a.ss.mu.Lock()
+		if r := a.ss.mu.recent; r != nil {
+			delete(r.seen, a.origin)
+		}
+		a.ss.mu.Unlock()
+	}
+}
