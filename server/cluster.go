@@ -53,6 +53,9 @@ type cluster struct {
 		sync.Mutex
 		next uint64
 		m    map[uint64]*takeoverReq
+		// byClient is the request of each client id whose moved session
+		// is not installed yet, for deliveries sent on early (early).
+		byClient map[string]*takeoverReq
 	}
 	obs  sync.Pool // outboxes for receiving batches
 	held *held     // connections whose input waits for the lanes (pace.go)
@@ -71,6 +74,7 @@ func newCluster(s *Server) (*cluster, error) {
 	cl.ann.durable = make(map[string]int)
 	cl.peerRoutes.m = make(map[string]*peerRouteSet)
 	cl.reqs.m = make(map[uint64]*takeoverReq)
+	cl.reqs.byClient = make(map[string]*takeoverReq)
 	cl.obs.New = func() any { return newOutbox(s, nil) }
 	ic := *s.cfg.Cluster
 	ic.Logger = s.log

@@ -172,7 +172,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 			add = append(add, sub{f, o})
 		}
 	}
-	cur.pumpLocked(ob, s.now())
+	cur.pumpLocked(ob, now)
 	cur.mu.Unlock()
 	for _, a := range add {
 		if _, err := s.subscribe(a.filter, cur, a.opts); err != nil {
@@ -458,6 +458,18 @@ type takeoverReq struct {
 	moved   *movedSession
 	timer   *time.Timer
 	refused bool // a peer holds the session for another user
+	// early is what the node the session left sent on (redirect) before
+	// the session was installed here: delivered right after.
+	early []earlyMsg
+}
+
+// earlyMsg is a delivery sent on by a session's old node before the
+// session arrived.
+type earlyMsg struct {
+	m      *message
+	qos    byte
+	retain bool
+	subIDs []uint32
 }
 
 // takeover asks every linked peer to hand over c's session. It reports
@@ -499,6 +511,7 @@ func (cl *cluster) takeover(c *client, req *connectReq) bool {
 		return false
 	}
 	cl.reqs.m[t.id] = t
+	cl.reqs.byClient[string(req.id)] = t
 	wait := takeoverTimeout
 	if d := cl.takeoverWait.Load(); d > 0 {
 		wait = time.Duration(d) // a test's
@@ -626,11 +639,12 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 	c := t.c
 	err := c.loop.el.Execute(context.Background(), runFunc(func() {
 		ob := c.loop.ob
+		defer ob.flush()
+		defer cl.deliverEarly(ob, t)
 		if c.closed {
 			if t.moved != nil {
 				cl.s.keepMoved(ob, t.moved)
 			}
-			ob.flush()
 			return
 		}
 		c.parked = false
@@ -641,17 +655,56 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 			c.srv.stats.connRefusedOwner.Inc()
 			c.refuseConnect(ob, codec.ClientIdentifierNotValid, codec.V3IdentifierRejected,
 				"client id belongs to another user on a peer")
-			ob.flush()
 			return
 		}
 		c.finishConnect(ob, t.req, t.moved)
-		ob.flush()
 		_ = c.gc.Wake(nil)
 	}))
-	if err != nil && t.moved != nil {
+	if err != nil {
 		ob := newOutbox(cl.s, nil)
-		cl.s.install(ob, t.moved)
+		if t.moved != nil {
+			cl.s.install(ob, t.moved)
+		}
+		cl.deliverEarly(ob, t)
 		ob.flush()
+	}
+}
+
+// early keeps a delivery sent on by the node a session left when the
+// session is not here yet but a takeover of it waits: it reports false
+// when none does.
+func (cl *cluster) early(client string, e earlyMsg) bool {
+	cl.reqs.Lock()
+	defer cl.reqs.Unlock()
+	t := cl.reqs.byClient[client]
+	if t == nil {
+		return false
+	}
+	t.early = append(t.early, e)
+	return true
+}
+
+// deliverEarly delivers what was kept for t's client (early) to the
+// session now installed, and stops keeping.
+func (cl *cluster) deliverEarly(ob *outbox, t *takeoverReq) {
+	id := string(t.req.id)
+	cl.reqs.Lock()
+	early := t.early
+	t.early = nil
+	if cl.reqs.byClient[id] == t {
+		delete(cl.reqs.byClient, id)
+	}
+	cl.reqs.Unlock()
+	if len(early) == 0 {
+		return
+	}
+	sess := cl.s.lookupSession(id)
+	if sess == nil {
+		return // the client started clean and left: nothing to deliver to
+	}
+	now := cl.s.now()
+	for _, e := range early {
+		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now)
 	}
 }
 
@@ -701,8 +754,12 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 	s.sessions.Lock()
 	sess := s.sessions.m[string(client)]
 	s.sessions.Unlock()
-	if sess != nil {
-		sess.deliverMoved(ob, m.own(), fl&3, fl&4 != 0, subIDs, now)
+	e := earlyMsg{m: m.own(), qos: fl & 3, retain: fl&4 != 0, subIDs: subIDs}
+	switch {
+	case cl.early(string(client), e):
+		// The session is on its way here: delivered once it is in.
+	case sess != nil:
+		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now)
 	}
 	return nil
 }

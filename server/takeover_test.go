@@ -186,3 +186,36 @@ func TestPeerUpDoesNotStallConnects(t *testing.T) {
 		t.Fatalf("got %v, want CONNACK success", p)
 	}
 }
+
+// A delivery the old node sends on before the session is installed on
+// the new one (its CONNECT still waits for another peer's answer) is
+// kept and delivered once the session is in, not dropped.
+func TestClusterDeliverySentOnBeforeTheSessionArrives(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	p := &stalledPeer{block: make(chan struct{}), want: -1, all: make(chan struct{})}
+	startStalledPeer(t, b, p) // never answers the takeover: b waits takeoverTimeout
+	sub, _ := persistentV5(t, a, "s")
+	sub.subscribe("t", 1)
+	waitRoutes(t, b, 2)
+	sub.send(&codec.Disconnect{})
+	sub.expectClosed()
+
+	again := dialRaw(t, b, codec.V5)
+	conn := &codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 30, ClientID: []byte("s")}
+	conn.Props.SessionExpiry = 3600
+	conn.Props.Set(codec.PropSessionExpiry)
+	again.send(conn)
+	waitFor(t, "a to hand the session over", func() bool { return a.lookupSession("s") == nil })
+	pub := dialRaw(t, a, codec.V5)
+	pub.connect("p", nil)
+	pub.publishAcked("t", "early", 1, false)
+
+	ca, ok := again.expect().(*codec.Connack)
+	if !ok || !ca.SessionPresent {
+		t.Fatalf("expected CONNACK with the session present, got %+v", ca)
+	}
+	if m, ok := again.expect().(*codec.Publish); !ok || string(m.Payload) != "early" {
+		t.Fatalf("expected the message sent on early, got %+v", m)
+	}
+}
