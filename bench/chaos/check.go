@@ -239,8 +239,10 @@ func (r *Report) checkSubscriber(ops []Op, spec Spec, sub string, dels []Op, msg
 // its session (or the second delivery came on a later connection of the
 // same session); it is counted as allowed when the publisher reconnected
 // between them (its resends and the old node's forwards may then pass
-// each other), when the subscriber's session was lost in between, or
-// when the earlier message arrived only with the final collection.
+// each other), when the subscriber's session was lost in between or
+// after the message delivered late was acknowledged (the lost session
+// held it), or when the earlier message arrived only with the final
+// collection.
 func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map[msgKey]*msgInfo) {
 	type stream struct {
 		top  int64
@@ -271,7 +273,10 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 			reason = "unacknowledged message"
 		case late.ack.Conn != early.ack.Conn:
 			reason = "publisher reconnected between them"
-		case lost(s.last.T, d.T):
+		case lost(s.last.T, d.T) || lost(late.ack.T, d.T):
+			// Lost between the deliveries, or after the later-delivered
+			// message was acknowledged: the lost session held it, and it
+			// came with the merge.
 			reason = "subscriber's session lost between them"
 		case spec.Collect > 0 && d.T >= spec.Collect:
 			reason = "stranded until the final reconnect"

@@ -103,6 +103,17 @@ func TestCheckerVerdicts(t *testing.T) {
 			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
 			h.deliver("s1", 2, "p1", 1, 2)
 		}, nil, ""},
+		{"what a lost session held may come after newer messages", 2, func(h *hist) {
+			// 1 was held by the session lost with its node; 2 reached the
+			// connection that found no session; 1 came with the merge.
+			h.send("p1", 1, 1, 2)
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
+			h.send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
+		}, nil, ""},
+		{"order kept for what was published after the session was lost", 2, func(h *hist) {
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
+			h.send("p1", 1, 1, 2).send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
+		}, nil, GuaranteeOrder},
 		{"order may break across a publisher's reconnect", 2, func(h *hist) {
 			h.send("p1", 2, 1, 2).send("p1", 1, 2, 2).deliver("s1", 1, "p1", 2, 2).deliver("s1", 1, "p1", 1, 2)
 		}, nil, ""},
