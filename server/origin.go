@@ -4,6 +4,9 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"sync/atomic"
+
+	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/trie"
 )
 
 // A message published in a cluster has an identity, its origin: the
@@ -98,6 +101,26 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 		}
 	}
 	return true
+}
+
+// reachedDirectly reports whether a message another node sent on to ss
+// (redirect) reached ss directly too, as far as can be told without its
+// memory: ss is no longer young, so it has had its subscriptions since
+// before the message was routed, and one of its plain subscriptions
+// matches it. (Sent on from a stale copy of the session on a node that
+// came back, stale.go; a session that moved here is young while its old
+// node sends on.)
+func (s *Server) reachedDirectly(ss *session, topic []byte, now int64) bool {
+	ss.mu.Lock()
+	young := ss.mu.recent != nil && now <= ss.mu.recent.until
+	ss.mu.Unlock()
+	if young {
+		return false
+	}
+	hit := false
+	s.subs.Match(topic, func(o *session, _ fanout.Options) { hit = hit || o == ss },
+		func(*trie.Group[*session, fanout.Options]) {})
+	return hit
 }
 
 // seenAt is an origin a session remembered.

@@ -22,7 +22,8 @@ import (
 //     itself restored (recOwned);
 //   - for each, this node ends its copy and sends what it held to the
 //     owner (recStale): queued and inflight messages, inbound QoS 2 ids
-//     and the subscriptions. The owner merges them into its session as a
+//     and the subscriptions; what still reaches the copy is sent on to
+//     the owner for movedGrace, as after a takeover (redirect). The owner merges them into its session as a
 //     takeover that arrived late does (keepMoved): the client was told no
 //     session was present, so inflight messages are sent again as new and
 //     those past PUBREC are dropped.
@@ -139,7 +140,10 @@ func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
 		if !stale {
 			return // a client attached here meanwhile: the takeover decides
 		}
-		s.handOverTo(ob, sess, "", func(mv *movedSession) bool {
+		// Handed over as a takeover is: what is still on its way to the
+		// copy (a peer's queue sent after the restart) goes on to the
+		// owner for movedGrace.
+		s.handOverTo(ob, sess, peer, func(mv *movedSession) bool {
 			if mv == nil {
 				return true
 			}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/gannetmq/gannet/codec"
 )
 
 // A node that was down while its client reconnected elsewhere comes back
@@ -90,4 +92,47 @@ func queuedFor(s *Server, id string) int {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.mu.queue.len() + len(ss.mu.inflight)
+}
+
+// What reaches the stale copy after it was handed over (a peer's forward
+// that was on its way) goes on to the owner, and is not lost.
+func TestClusterStaleCopySendsOnToTheOwner(t *testing.T) {
+	dir := t.TempDir()
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 1 {
+			c.DataDir = dir
+		}
+	})
+	n1, n2 := nodes[0], nodes[1]
+	persistent := func(s *Server) (*v5client, *paho.Connack) {
+		return dialV5(t, s, &paho.Connect{ClientID: "dev", CleanStart: false, KeepAlive: 30,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
+	}
+	dev, _ := persistent(n2)
+	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 1})
+	_ = dev.Disconnect(&paho.Disconnect{})
+	waitRoutes(t, n1, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n2.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
+	dev, _ = persistent(n1)
+	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 1})
+
+	n2 = startBroker(t, func(c *Config) {
+		clusterMember(c, "n2", n1)
+		c.DataDir = dir
+	})
+	waitFor(t, "n2 to give the session up", func() bool { return n2.lookupSession("dev") == nil })
+	// A peer's forward to the copy arrives now.
+	ob := newOutbox(n2, nil)
+	n2.routeFrom(ob, newMessage(&codec.Publish{Topic: []byte("st/x"), QoS: 1, Payload: []byte("late")}, "pub", n2.now()),
+		&forward{plain: true})
+	ob.flush()
+	if p := dev.expect(t); string(p.Payload) != "late" {
+		t.Fatalf("got %q, want late", p.Payload)
+	}
 }

@@ -136,6 +136,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	now := s.now()
 	young := cur.mu.recent != nil && now <= cur.mu.recent.until
+	kept := 0
 	for _, mm := range mv.msgs {
 		if mm.released {
 			continue
@@ -161,6 +162,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 		om := cur.newOutMsgLocked(mm.msg, mm.qos, mm.retain, mm.subIDs)
 		cur.mu.queue.push(om)
 		cur.storeEntryLocked(ob, om)
+		kept++
 	}
 	type sub struct {
 		filter string
@@ -180,7 +182,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 		}
 	}
 	s.log.Info("merged a session that arrived late into the client's current one", "client", mv.id,
-		"messages", len(mv.msgs), "subscriptions", len(add))
+		"messages", len(mv.msgs), "kept", kept, "subscriptions", len(add))
 }
 
 // install makes a moved session this node's, offline, replacing any local
@@ -758,7 +760,7 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 	switch {
 	case cl.early(string(client), e):
 		// The session is on its way here: delivered once it is in.
-	case sess != nil:
+	case sess != nil && !s.reachedDirectly(sess, e.m.topic, now):
 		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now)
 	}
 	return nil
