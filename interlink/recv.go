@@ -232,11 +232,13 @@ func (n *Node) serveConn(raw net.Conn) {
 			var taken []seqRange
 			var mark uint64
 			var st *stream
+			il.order.Lock()
 			if err == nil {
 				st = n.stream(streamKey{h.node, hdr.epoch, h.lane})
 				recs, taken, mark, err = n.accept1(st, hdr, data, recs[:0], pst)
 			}
 			if err != nil {
+				il.order.Unlock()
 				n.stats.badFrames.Inc()
 				n.log.Warn("closing link: bad frame", "peer", h.node, "lane", h.lane, "err", err)
 				return
@@ -251,6 +253,7 @@ func (n *Node) serveConn(raw net.Conn) {
 					n.settle(st, h.node, h.lane, taken, err, pst)
 				})
 			}
+			il.order.Unlock()
 			clear(recs)
 		case framePing:
 			if len(p) == 8 {

@@ -204,6 +204,11 @@ type inLane struct {
 	node   string
 	lane   uint8
 	notify chan struct{}
+	// order is held from accepting a batch until it is handed to the
+	// broker: when a connection of the lane is replaced while the old one
+	// still delivers (a link cut and healed), batches accepted in order
+	// are handed over in that order.
+	order sync.Mutex
 
 	mu struct {
 		sync.Mutex
