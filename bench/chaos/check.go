@@ -241,8 +241,10 @@ func (r *Report) checkSubscriber(ops []Op, spec Spec, sub string, dels []Op, msg
 // between them (its resends and the old node's forwards may then pass
 // each other), when the subscriber's session was lost in between or
 // after the message delivered late was acknowledged (the lost session
-// held it), or when the earlier message arrived only with the final
-// collection.
+// held it), when the session moved off a node a fault hit after that
+// acknowledgement (what was on its way to the old node is sent on after
+// newer messages), or when the earlier message arrived only with the
+// final collection.
 func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map[msgKey]*msgInfo) {
 	type stream struct {
 		top  int64
@@ -251,6 +253,7 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 	streams := map[string]*stream{} // pub + topic
 	seen := map[msgKey]bool{}
 	lost := lostSessions(ops, sub)
+	movedOff := movedOffFailed(ops, sub)
 	for _, d := range dels {
 		k := msgKey{d.Pub, d.Seq}
 		if seen[k] {
@@ -278,6 +281,8 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 			// message was acknowledged: the lost session held it, and it
 			// came with the merge.
 			reason = "subscriber's session lost between them"
+		case movedOff(late.ack.T, d.T):
+			reason = "session moved off a failed node; what was on its way there came later"
 		case spec.Collect > 0 && d.T >= spec.Collect:
 			reason = "stranded until the final reconnect"
 		}
@@ -309,6 +314,46 @@ func lostSessions(ops []Op, sub string) func(from, to time.Duration) bool {
 		}
 		return false
 	}
+}
+
+// movedOffFailed returns a test of whether sub's session moved, between
+// two moments, to another node from one that a fault (not a drain) hit
+// while sub was on it: what was routed to the old node while it was away
+// reaches the session later, sent on after the move, behind newer
+// messages that went to the new node directly.
+func movedOffFailed(ops []Op, sub string) func(from, to time.Duration) bool {
+	var at []time.Duration
+	var prev *Op
+	for i := range ops {
+		o := &ops[i]
+		if o.Kind != OpConnect || o.Client != sub {
+			continue
+		}
+		if prev != nil && o.Node != prev.Node && o.Present && faulted(ops, prev.Node, prev.T, o.T) {
+			at = append(at, o.T)
+		}
+		prev = o
+	}
+	return func(from, to time.Duration) bool {
+		for _, t := range at {
+			if t > from && t <= to {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// faulted reports whether a fault other than a drain hit node between
+// two moments.
+func faulted(ops []Op, node string, from, to time.Duration) bool {
+	for _, o := range ops {
+		if o.Kind == OpFault && o.T >= from && o.T <= to && !strings.HasPrefix(o.Note, "drain") &&
+			(o.Node == node || strings.Contains(o.Note, node)) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkRetained checks that every node holds, for each publisher's

@@ -114,6 +114,20 @@ func TestCheckerVerdicts(t *testing.T) {
 			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
 			h.send("p1", 1, 1, 2).send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
 		}, nil, GuaranteeOrder},
+		{"what was on its way to a failed node may come after newer messages", 2, func(h *hist) {
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 1})
+			h.add(Op{Kind: OpFault, Node: "n1", Note: "kill -9, down 1s"})
+			h.send("p1", 1, 1, 2)
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n2", Conn: 2, Present: true})
+			h.send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
+		}, nil, ""},
+		{"order kept across a move off a drained node", 2, func(h *hist) {
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 1})
+			h.add(Op{Kind: OpFault, Node: "n1", Note: "drain (1 clients connected: s1)"})
+			h.send("p1", 1, 1, 2)
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n2", Conn: 2, Present: true})
+			h.send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
+		}, nil, GuaranteeOrder},
 		{"order may break across a publisher's reconnect", 2, func(h *hist) {
 			h.send("p1", 2, 1, 2).send("p1", 1, 2, 2).deliver("s1", 1, "p1", 2, 2).deliver("s1", 1, "p1", 1, 2)
 		}, nil, ""},

@@ -55,8 +55,10 @@
 //     connections of the publisher (its resends and the old node's
 //     forwards may pass each other), order across a subscriber connection
 //     that found no session (the session was lost with its node, and what
-//     the old one held arrives later), and order of deliveries that came
-//     only with the final reconnect;
+//     the old one held arrives later), order across a move off a node that
+//     a fault hit (what was on its way to that node while it was away is
+//     sent on after the move, behind newer messages), and order of
+//     deliveries that came only with the final reconnect;
 //   - retained converge: every node holds, on each publisher's retained
 //     topic, the same message, which is its last acknowledged retained
 //     message or one it sent later without an answer;
