@@ -104,17 +104,17 @@ func (r *storeRecv) settle(fail func(v uint64) bool, settled *int) []heldBatch {
 
 var errTestDiskFull = errors.New("test: disk full")
 
-// A batch whose effects could not be stored is not acknowledged, nor is
-// anything after it, however well the later batches were stored: the
-// sender keeps its records and sends them again until they are stored,
-// and the records after it that were stored are not handed over twice.
-func TestUnstoredBatchIsSentAgain(t *testing.T) {
+// startStorePair starts node a and node b, one lane each, b's broker a
+// storeRecv, and waits until a's lane to b is up.
+func startStorePair(t *testing.T) (a, b *Node, rb *storeRecv) {
+	t.Helper()
 	ca, cb := testConfig("a"), testConfig("b")
 	ca.Lanes, cb.Lanes = 1, 1
-	ra, rb := newRecorder(), newStoreRecv()
-	a := startNode(t, ca, ra)
+	ra := newRecorder()
+	rb = newStoreRecv()
+	a = startNode(t, ca, ra)
 	cb.Join = []string{"gossip=" + a.ml.LocalNode().Address()}
-	b := startNode(t, cb, rb)
+	b = startNode(t, cb, rb)
 	waitUp(t, ra, "b")
 	select {
 	case <-rb.up:
@@ -122,6 +122,15 @@ func TestUnstoredBatchIsSentAgain(t *testing.T) {
 		t.Fatal("no link from b to a")
 	}
 	waitFor(t, func() bool { return a.Members()[1].LanesUp == 1 })
+	return a, b, rb
+}
+
+// A batch whose effects could not be stored is not acknowledged, nor is
+// anything after it, however well the later batches were stored: the
+// sender keeps its records and sends them again until they are stored,
+// and the records after it that were stored are not handed over twice.
+func TestUnstoredBatchIsSentAgain(t *testing.T) {
+	a, b, rb := startStorePair(t)
 
 	const g = 50 // records per group
 	send := func(group int) {
@@ -237,19 +246,7 @@ func redelivered(r *storeRecv, from, to uint64, n int) bool {
 // not handed over before it: they come again after it, so that what the
 // broker stores of a lane is in the order it was sent.
 func TestRecordsWaitForAFailedBatch(t *testing.T) {
-	ca, cb := testConfig("a"), testConfig("b")
-	ca.Lanes, cb.Lanes = 1, 1
-	ra, rb := newRecorder(), newStoreRecv()
-	a := startNode(t, ca, ra)
-	cb.Join = []string{"gossip=" + a.ml.LocalNode().Address()}
-	startNode(t, cb, rb)
-	waitUp(t, ra, "b")
-	select {
-	case <-rb.up:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no link from b to a")
-	}
-	waitFor(t, func() bool { return a.Members()[1].LanesUp == 1 })
+	a, _, rb := startStorePair(t)
 
 	const g = 50
 	sendGroup := func(group int) {

@@ -17,6 +17,49 @@ func commitErr(s *Store, b *Batch) error {
 	return <-done
 }
 
+// onFullDisks runs test twice, on a store directory ("/d" in o) whose disk
+// full(true) fills: once by its free space (under the 64 MiB floor), once
+// by failing writes with ENOSPC; full(false) gives the room back.
+func onFullDisks(t *testing.T, test func(t *testing.T, fs vfs.FS, o Options, full func(bool))) {
+	for _, how := range []string{"free space", "ENOSPC"} {
+		t.Run(how, func(t *testing.T) {
+			disk := &diskFS{FS: vfs.NewMem()}
+			disk.free.Store(1 << 30)
+			fs := &faultFS{FS: disk}
+			full := func(on bool) {
+				switch {
+				case how == "ENOSPC" && on:
+					fs.failWith(syscall.ENOSPC)
+				case how == "ENOSPC":
+					fs.failWith(nil)
+				case on:
+					disk.free.Store(1 << 20)
+				default:
+					disk.free.Store(1 << 30)
+				}
+			}
+			test(t, fs, Options{Dir: "/d", FS: fs}, full)
+		})
+	}
+}
+
+// healedReopen waits until s takes writes again, writes key, closes s and
+// opens the store anew (closed when the test ends), and returns what the
+// new one loads.
+func healedReopen(t *testing.T, s *Store, o Options, key, val string) *loaded {
+	t.Helper()
+	waitHealthy(t, s)
+	var b Batch
+	b.PutMeta(key, []byte(val))
+	commitWait(t, s, &b)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, o)
+	t.Cleanup(func() { _ = s.Close() })
+	return loadAll(t, s, time.Now())
+}
+
 // waitHealthy waits until the store takes writes again.
 func waitHealthy(t *testing.T, s *Store) {
 	t.Helper()
@@ -108,80 +151,61 @@ func TestLogWriteFailureIsSurvived(t *testing.T) {
 // fail with ErrDiskFull, and it takes writes once there is room. Load's
 // purge waits for that too. A new store is not created on such a disk.
 func TestOpenOnAFullDisk(t *testing.T) {
-	for _, how := range []string{"free space", "ENOSPC"} {
-		t.Run(how, func(t *testing.T) {
-			disk := &diskFS{FS: vfs.NewMem()}
-			disk.free.Store(1 << 30)
-			fs := &faultFS{FS: disk}
-			o := Options{Dir: "/d", FS: fs}
-			full := func(on bool) {
-				switch {
-				case how == "ENOSPC" && on:
-					fs.failWith(syscall.ENOSPC)
-				case how == "ENOSPC":
-					fs.failWith(nil)
-				case on:
-					disk.free.Store(1 << 20)
-				default:
-					disk.free.Store(1 << 30)
-				}
-			}
+	onFullDisks(t, func(t *testing.T, fs vfs.FS, o Options, full func(bool)) {
+		full(true)
+		if _, err := Open(Options{Dir: "/new", FS: fs}); !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("created a store on a full disk: %v", err)
+		}
+		full(false)
 
-			full(true)
-			if _, err := Open(Options{Dir: "/new", FS: fs}); !errors.Is(err, ErrDiskFull) {
-				t.Fatalf("created a store on a full disk: %v", err)
-			}
-			full(false)
+		s := openT(t, o)
+		id := s.NextID()
+		var b Batch
+		b.PutMeta("kept", []byte("v"))
+		old := sampleMessage(0)
+		old.Topic = []byte("old")
+		old.ExpiresAt = time.Now().Add(-time.Second).UnixNano()
+		b.PutRetained(old)
+		commitWait(t, s, &b)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
 
-			s := openT(t, o)
-			id := s.NextID()
-			var b Batch
-			b.PutMeta("kept", []byte("v"))
-			old := sampleMessage(0)
-			old.Topic = []byte("old")
-			old.ExpiresAt = time.Now().Add(-time.Second).UnixNano()
-			b.PutRetained(old)
-			commitWait(t, s, &b)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+		full(true)
+		s = openT(t, o)
+		defer func() { _ = s.Close() }()
+		if !errors.Is(s.Healthy(), ErrDiskFull) {
+			t.Fatalf("Healthy %v on a full disk", s.Healthy())
+		}
+		l := loadAll(t, s, time.Now())
+		if l.meta["kept"] != "v" || l.retained["old"] != nil || l.stats.Purged != 1 {
+			t.Fatalf("read-only load: meta %v, retained %v, purged %d", l.meta, l.retained, l.stats.Purged)
+		}
+		b.Reset()
+		b.PutMeta("refused", []byte("v"))
+		if err := commitErr(s, &b); !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("commit on a full disk: %v", err)
+		}
 
-			full(true)
-			s = openT(t, o)
-			defer func() { _ = s.Close() }()
-			if !errors.Is(s.Healthy(), ErrDiskFull) {
-				t.Fatalf("Healthy %v on a full disk", s.Healthy())
-			}
-			l := loadAll(t, s, time.Now())
-			if l.meta["kept"] != "v" || l.retained["old"] != nil || l.stats.Purged != 1 {
-				t.Fatalf("read-only load: meta %v, retained %v, purged %d", l.meta, l.retained, l.stats.Purged)
-			}
-			b.Reset()
-			b.PutMeta("refused", []byte("v"))
-			if err := commitErr(s, &b); !errors.Is(err, ErrDiskFull) {
-				t.Fatalf("commit on a full disk: %v", err)
-			}
-
-			full(false)
-			waitHealthy(t, s)
-			if next := s.NextID(); next <= id {
-				t.Fatalf("NextID %d after a read-only start, not above %d", next, id)
-			}
-			b.Reset()
-			b.PutMeta("after", []byte("v"))
-			commitWait(t, s, &b)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			s = openT(t, o)
-			if l := loadAll(t, s, time.Now()); l.meta["kept"] != "v" || l.meta["after"] != "v" || l.meta["refused"] != "" || l.stats.Purged != 0 {
-				t.Fatalf("after space returned: meta %v, purged %d (the held purge not written)", l.meta, l.stats.Purged)
-			}
-			if next := s.NextID(); next>>40 <= id>>40+1 {
-				t.Fatalf("run counter %d not past the read-only run's %d", next>>40, id>>40+1)
-			}
-		})
-	}
+		full(false)
+		waitHealthy(t, s)
+		if next := s.NextID(); next <= id {
+			t.Fatalf("NextID %d after a read-only start, not above %d", next, id)
+		}
+		b.Reset()
+		b.PutMeta("after", []byte("v"))
+		commitWait(t, s, &b)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = openT(t, o)
+		if l := loadAll(t, s, time.Now()); l.meta["kept"] != "v" || l.meta["after"] != "v" || l.meta["refused"] != "" || l.stats.Purged != 0 {
+			t.Fatalf("after space returned: meta %v, purged %d (the held purge not written)", l.meta, l.stats.Purged)
+		}
+		if next := s.NextID(); next>>40 <= id>>40+1 {
+			t.Fatalf("run counter %d not past the read-only run's %d", next>>40, id>>40+1)
+		}
+	})
 }
 
 // A manifest write that fails in one of Pebble's flushes stops Pebble with
@@ -211,16 +235,7 @@ func TestManifestWriteFailureIsSurvived(t *testing.T) {
 	}
 
 	fs.failWith(nil)
-	waitHealthy(t, s)
-	b.Reset()
-	b.PutMeta("after", []byte("v"))
-	commitWait(t, s, &b)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = openT(t, o)
-	defer s.Close()
-	if l := loadAll(t, s, time.Now()); l.meta["before"] != "v" || l.meta["after"] != "v" || l.meta["refused"] != "" {
+	if l := healedReopen(t, s, o, "after", "v"); l.meta["before"] != "v" || l.meta["after"] != "v" || l.meta["refused"] != "" {
 		t.Fatalf("meta after the failure and a reopen: %v", l.meta)
 	}
 }
@@ -261,56 +276,35 @@ func TestFlushOnAFullDiskIsSurvived(t *testing.T) {
 // restart does not bring the record back; a key written again after the
 // disk healed keeps its new value.
 func TestRefusedDeletionsAreWrittenLater(t *testing.T) {
-	for _, how := range []string{"free space", "ENOSPC"} {
-		t.Run(how, func(t *testing.T) {
-			disk := &diskFS{FS: vfs.NewMem()}
-			disk.free.Store(1 << 30)
-			fs := &faultFS{FS: disk}
-			o := Options{Dir: "/d", FS: fs}
-			s := openT(t, o)
-			var b Batch
-			b.PutMeta("gone", []byte("v"))
-			b.PutMeta("again", []byte("v1"))
-			commitWait(t, s, &b)
+	onFullDisks(t, func(t *testing.T, _ vfs.FS, o Options, full func(bool)) {
+		s := openT(t, o)
+		var b Batch
+		b.PutMeta("gone", []byte("v"))
+		b.PutMeta("again", []byte("v1"))
+		commitWait(t, s, &b)
 
-			if how == "ENOSPC" {
-				fs.failWith(syscall.ENOSPC)
-			} else {
-				disk.free.Store(1 << 20)
-			}
-			// Writes go on until the store notices, then the deletions.
-			var failed error
-			for deadline := time.Now().Add(10 * time.Second); failed == nil && time.Now().Before(deadline); {
-				b.Reset()
-				b.PutMeta("pad", []byte("v"))
-				failed = commitErr(s, &b)
-			}
-			if failed == nil {
-				t.Fatal("the store took writes on a full disk for 10s")
-			}
-			for _, k := range []string{"gone", "again"} {
-				b.Reset()
-				b.DeleteMeta(k)
-				if err := commitErr(s, &b); err == nil {
-					t.Fatalf("deleting %s: taken on a full disk", k)
-				}
-			}
-
-			fs.failWith(nil)
-			disk.free.Store(1 << 30)
-			waitHealthy(t, s)
+		full(true)
+		// Writes go on until the store notices, then the deletions.
+		var failed error
+		for deadline := time.Now().Add(10 * time.Second); failed == nil && time.Now().Before(deadline); {
 			b.Reset()
-			b.PutMeta("again", []byte("v2"))
-			commitWait(t, s, &b)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
+			b.PutMeta("pad", []byte("v"))
+			failed = commitErr(s, &b)
+		}
+		if failed == nil {
+			t.Fatal("the store took writes on a full disk for 10s")
+		}
+		for _, k := range []string{"gone", "again"} {
+			b.Reset()
+			b.DeleteMeta(k)
+			if err := commitErr(s, &b); err == nil {
+				t.Fatalf("deleting %s: taken on a full disk", k)
 			}
-			s = openT(t, o)
-			defer func() { _ = s.Close() }()
-			l := loadAll(t, s, time.Now())
-			if l.meta["gone"] != "" || l.meta["again"] != "v2" {
-				t.Fatalf("after a restart: gone %q (want deleted), again %q (want v2)", l.meta["gone"], l.meta["again"])
-			}
-		})
-	}
+		}
+
+		full(false)
+		if l := healedReopen(t, s, o, "again", "v2"); l.meta["gone"] != "" || l.meta["again"] != "v2" {
+			t.Fatalf("after a restart: gone %q (want deleted), again %q (want v2)", l.meta["gone"], l.meta["again"])
+		}
+	})
 }

@@ -17,21 +17,7 @@ import (
 // once, and nothing the client got there already comes again. The node
 // keeps no copy of the session.
 func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
-	dir := t.TempDir()
-	nodes := startCluster(t, 2, func(i int, c *Config) {
-		if i == 1 {
-			c.DataDir = dir
-		}
-	})
-	n1, n2 := nodes[0], nodes[1]
-	persistent := func(s *Server) (*v5client, *paho.Connack) {
-		return dialV5(t, s, &paho.Connect{ClientID: "dev", CleanStart: false, KeepAlive: 30,
-			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
-	}
-	dev, _ := persistent(n2)
-	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 2})
-	_ = dev.Disconnect(&paho.Disconnect{})
-	waitRoutes(t, n1, 1)
+	dir, n1, n2, persistent := staleSetup(t, 2)
 	pub, _ := dialV5(t, n1, &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
 	for i := 1; i <= 2; i++ {
 		pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
@@ -81,6 +67,28 @@ func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
 	}
 }
 
+// staleSetup starts two nodes, n2 on a data directory (dir), where the
+// client "dev" leaves a session of an hour subscribed to st/# at qos. It
+// returns what connects dev with that session.
+func staleSetup(t *testing.T, qos byte) (dir string, n1, n2 *Server, persistent func(*Server) (*v5client, *paho.Connack)) {
+	t.Helper()
+	dir = t.TempDir()
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 1 {
+			c.DataDir = dir
+		}
+	})
+	persistent = func(s *Server) (*v5client, *paho.Connack) {
+		return dialV5(t, s, &paho.Connect{ClientID: "dev", CleanStart: false, KeepAlive: 30,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
+	}
+	dev, _ := persistent(nodes[1])
+	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: qos})
+	_ = dev.Disconnect(&paho.Disconnect{})
+	waitRoutes(t, nodes[0], 1)
+	return dir, nodes[0], nodes[1], persistent
+}
+
 // queuedFor counts the messages queued and inflight in s for a session.
 func queuedFor(s *Server, id string) int {
 	s.sessions.Lock()
@@ -97,21 +105,7 @@ func queuedFor(s *Server, id string) int {
 // What reaches the stale copy after it was handed over (a peer's forward
 // that was on its way) goes on to the owner, and is not lost.
 func TestClusterStaleCopySendsOnToTheOwner(t *testing.T) {
-	dir := t.TempDir()
-	nodes := startCluster(t, 2, func(i int, c *Config) {
-		if i == 1 {
-			c.DataDir = dir
-		}
-	})
-	n1, n2 := nodes[0], nodes[1]
-	persistent := func(s *Server) (*v5client, *paho.Connack) {
-		return dialV5(t, s, &paho.Connect{ClientID: "dev", CleanStart: false, KeepAlive: 30,
-			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
-	}
-	dev, _ := persistent(n2)
-	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 1})
-	_ = dev.Disconnect(&paho.Disconnect{})
-	waitRoutes(t, n1, 1)
+	dir, n1, n2, persistent := staleSetup(t, 1)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -119,7 +113,7 @@ func TestClusterStaleCopySendsOnToTheOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
-	dev, _ = persistent(n1)
+	dev, _ := persistent(n1)
 	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 1})
 
 	n2 = startBroker(t, func(c *Config) {
