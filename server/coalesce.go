@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,8 +36,10 @@ func monotime() int64 { return int64(time.Since(epoch)) }
 
 // inbox holds bytes other goroutines leave for a loop's clients.
 type inbox struct {
-	mu     sync.Mutex
-	x      *xfer
+	mu sync.Mutex
+	x  *xfer
+	// held mirrors x != nil, for a look without the lock (takeFirst).
+	held   atomic.Bool
 	posted bool // a drain is queued on the loop
 	timed  bool // the write timer is armed and will take the inbox
 }
@@ -67,6 +70,7 @@ func (l *loop) initCoalesce(delay time.Duration) {
 		l.in.mu.Lock()
 		x := l.in.x
 		l.in.x, l.in.posted = nil, false
+		l.in.held.Store(false)
 		l.in.mu.Unlock()
 		if x != nil {
 			x.run(monotime())
@@ -156,6 +160,7 @@ func (l *loop) flushLater() {
 		l.in.mu.Lock()
 		x := l.in.x
 		l.in.x = nil
+		l.in.held.Store(false)
 		if x == nil {
 			l.in.timed = false
 		}
@@ -167,11 +172,23 @@ func (l *loop) flushLater() {
 	}
 }
 
+// takeFirst runs what waits in the inbox before the loop writes bytes of
+// its own to a client: the inbox's came first (a delivery another
+// goroutine made while the client's window had room), and a message the
+// loop sends now (the queue's next, pumped by an acknowledgement) must
+// not pass them. It runs on the loop.
+func (l *loop) takeFirst() {
+	if l.in.held.Load() {
+		l.takeInbox(monotime())
+	}
+}
+
 // takeInbox runs the bytes waiting in the inbox. It runs on the loop.
 func (l *loop) takeInbox(now int64) {
 	l.in.mu.Lock()
 	x := l.in.x
 	l.in.x = nil
+	l.in.held.Store(false)
 	l.in.mu.Unlock()
 	if x != nil {
 		x.run(now)
@@ -185,6 +202,7 @@ func (l *loop) post(x *xfer, now int64) {
 	l.in.mu.Lock()
 	if l.in.x == nil {
 		l.in.x, x = x, nil
+		l.in.held.Store(true)
 	} else {
 		l.in.x.merge(x)
 	}
@@ -201,6 +219,7 @@ func (l *loop) post(x *xfer, now int64) {
 			// The engine is shutting down; the bytes have nowhere to go.
 			l.in.mu.Lock()
 			x, l.in.x = l.in.x, nil
+			l.in.held.Store(false)
 			l.in.mu.Unlock()
 			if x != nil {
 				x.release()

@@ -201,3 +201,51 @@ func quietSubscriber(t *testing.T, s *Server, v codec.Version, id, filter string
 	time.Sleep(delay) // the rule is a time: nothing else to wait on
 	return rc
 }
+
+// A message another loop delivered while the subscriber's window had room
+// waits in the loop's inbox when the subscriber is held by the delay; a
+// queued message that the subscriber's acknowledgement lets out on its
+// own loop must not pass it.
+func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
+	t.Parallel()
+	const delay = time.Second
+	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("wo-sub", func(p *codec.Connect) {
+		p.Props.ReceiveMaximum = 3
+		p.Props.Set(codec.PropReceiveMaximum)
+	})
+	opsSubscribe(t, sub, 1, "wo/#")
+	loopOf := func(id string) *loop {
+		ss := s.lookupSession(id)
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return ss.mu.cl.loop
+	}
+	var pub *rawConn
+	for i := 0; pub == nil; i++ {
+		rc := dialRaw(t, s, codec.V5)
+		rc.connect(fmt.Sprintf("wo-pub%d", i), nil)
+		if loopOf(fmt.Sprintf("wo-pub%d", i)) != loopOf("wo-sub") {
+			pub = rc
+		}
+	}
+	time.Sleep(delay) // quiet: the rule is a time, nothing else to wait on
+
+	// m1 is written at once, m2 is held for the delay, m3 waits in the
+	// inbox, m4 is queued (the window of 3 is full).
+	for i := 1; i <= 4; i++ {
+		pub.publishAcked("wo/t", fmt.Sprintf("m%d", i), 1, false)
+	}
+	p, ok := sub.expect().(*codec.Publish)
+	if !ok || string(p.Payload) != "m1" {
+		t.Fatalf("got %+v, want m1", p)
+	}
+	sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	for i := 2; i <= 4; i++ {
+		p, ok := sub.expect().(*codec.Publish)
+		if !ok || string(p.Payload) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("got %+v, want m%d", p, i)
+		}
+	}
+}

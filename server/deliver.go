@@ -115,6 +115,7 @@ func (ob *outbox) addParts(cl *client, fr fanout.Frame, id, alias []byte) {
 
 func (ob *outbox) addSlices(cl *client, parts [][]byte) {
 	if cl.loop == ob.home {
+		cl.loop.takeFirst()
 		cl.pend = append(cl.pend, parts...)
 		if !cl.dirty {
 			cl.dirty = true
