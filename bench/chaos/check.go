@@ -97,6 +97,7 @@ type msgInfo struct {
 	topic   string
 	retain  bool
 	sent    bool
+	sentAt  time.Duration // the first send
 	acked   bool
 	ack     Op // the first acknowledgement
 	refused bool
@@ -121,6 +122,9 @@ func Check(ops []Op, spec Spec) *Report {
 		switch o.Kind {
 		case OpSend:
 			m := info(msgKey{o.Pub, o.Seq})
+			if !m.sent {
+				m.sentAt = o.T
+			}
 			m.topic, m.retain, m.sent = o.Topic, o.Retain, true
 		case OpAck:
 			if m := info(msgKey{o.Pub, o.Seq}); !m.acked {
@@ -240,11 +244,11 @@ func (r *Report) checkSubscriber(ops []Op, spec Spec, sub string, dels []Op, msg
 // same session); it is counted as allowed when the publisher reconnected
 // between them (its resends and the old node's forwards may then pass
 // each other), when the subscriber's session was lost in between or
-// after the message delivered late was acknowledged (the lost session
-// held it), when the session moved off a node a fault hit after that
-// acknowledgement (what was on its way to the old node is sent on after
-// newer messages), or when the earlier message arrived only with the
-// final collection.
+// after the message delivered late was sent (routed then, the lost
+// session may have held it), when the session moved off a node a fault
+// hit after that send (what was on its way to the old node is sent on
+// after newer messages), or when the earlier message arrived only with
+// the final collection.
 func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map[msgKey]*msgInfo) {
 	type stream struct {
 		top  int64
@@ -276,12 +280,12 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 			reason = "unacknowledged message"
 		case late.ack.Conn != early.ack.Conn:
 			reason = "publisher reconnected between them"
-		case lost(s.last.T, d.T) || lost(late.ack.T, d.T):
+		case lost(s.last.T, d.T) || lost(late.sentAt, d.T):
 			// Lost between the deliveries, or after the later-delivered
-			// message was acknowledged: the lost session held it, and it
+			// message was sent: the lost session may have held it, and it
 			// came with the merge.
 			reason = "subscriber's session lost between them"
-		case movedOff(late.ack.T, d.T):
+		case movedOff(late.sentAt, d.T):
 			reason = "session moved off a failed node; what was on its way there came later"
 		case spec.Collect > 0 && d.T >= spec.Collect:
 			reason = "stranded until the final reconnect"

@@ -110,6 +110,13 @@ func TestCheckerVerdicts(t *testing.T) {
 			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
 			h.send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
 		}, nil, ""},
+		{"what was sent before a lost session's end may come late, even if acknowledged after", 2, func(h *hist) {
+			t := dataTopic("p1", 0)
+			h.add(Op{Kind: OpSend, Client: "p1", Node: "n1", Conn: 1, Pub: "p1", Seq: 1, Topic: t, QoS: 2})
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
+			h.add(Op{Kind: OpAck, Client: "p1", Node: "n1", Conn: 1, Pub: "p1", Seq: 1, Topic: t, QoS: 2})
+			h.send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
+		}, nil, ""},
 		{"order kept for what was published after the session was lost", 2, func(h *hist) {
 			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
 			h.send("p1", 1, 1, 2).send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
