@@ -244,11 +244,11 @@ func (r *Report) checkSubscriber(ops []Op, spec Spec, sub string, dels []Op, msg
 // same session); it is counted as allowed when the publisher reconnected
 // between them (its resends and the old node's forwards may then pass
 // each other), when the subscriber's session was lost in between or
-// after the message delivered late was sent (routed then, the lost
-// session may have held it), when the session moved off a node a fault
-// hit after that send (what was on its way to the old node is sent on
-// after newer messages), or when the earlier message arrived only with
-// the final collection.
+// after the message delivered late was sent, or up to routeGrace before
+// (routed then, the lost session may have held it), when the session
+// moved off a node a fault hit in that span (what was on its way to the
+// old node is sent on after newer messages), or when the earlier message
+// arrived only with the final collection.
 func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map[msgKey]*msgInfo) {
 	type stream struct {
 		top  int64
@@ -280,12 +280,13 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 			reason = "unacknowledged message"
 		case late.ack.Conn != early.ack.Conn:
 			reason = "publisher reconnected between them"
-		case lost(s.last.T, d.T) || lost(late.sentAt, d.T):
+		case lost(s.last.T, d.T) || lost(late.sentAt-routeGrace, d.T):
 			// Lost between the deliveries, or after the later-delivered
-			// message was sent: the lost session may have held it, and it
-			// came with the merge.
+			// message was sent (or just before: the new subscriptions
+			// take a moment to reach every node): the lost session may
+			// have held it, and it came with the merge.
 			reason = "subscriber's session lost between them"
-		case movedOff(late.sentAt, d.T):
+		case movedOff(late.sentAt-routeGrace, d.T):
 			reason = "session moved off a failed node; what was on its way there came later"
 		case spec.Collect > 0 && d.T >= spec.Collect:
 			reason = "stranded until the final reconnect"
@@ -300,6 +301,11 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 				k.pub, late.ack.Conn))
 	}
 }
+
+// routeGrace is how long after a subscriber's new connection a message
+// may still be routed to where its session was: the new subscriptions
+// reach the other nodes within it (the nodes' failure timeout).
+const routeGrace = time.Second
 
 // lostSessions returns a test of whether sub connected without finding
 // its session between two moments.

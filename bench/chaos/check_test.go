@@ -117,8 +117,9 @@ func TestCheckerVerdicts(t *testing.T) {
 			h.add(Op{Kind: OpAck, Client: "p1", Node: "n1", Conn: 1, Pub: "p1", Seq: 1, Topic: t, QoS: 2})
 			h.send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
 		}, nil, ""},
-		{"order kept for what was published after the session was lost", 2, func(h *hist) {
+		{"order kept for what was published well after the session was lost", 2, func(h *hist) {
 			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
+			h.ops[len(h.ops)-1].T = -2 * routeGrace // long before the sends
 			h.send("p1", 1, 1, 2).send("p1", 1, 2, 2).deliver("s1", 2, "p1", 2, 2).deliver("s1", 2, "p1", 1, 2)
 		}, nil, GuaranteeOrder},
 		{"what was on its way to a failed node may come after newer messages", 2, func(h *hist) {
