@@ -43,6 +43,21 @@ func onFullDisks(t *testing.T, test func(t *testing.T, fs vfs.FS, o Options, ful
 	}
 }
 
+// untilRefused writes until the store refuses a write (it looks at the
+// disk at most every 250ms).
+func untilRefused(t *testing.T, s *Store) {
+	t.Helper()
+	var b Batch
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		b.Reset()
+		b.PutMeta("pad", []byte("v"))
+		if commitErr(s, &b) != nil {
+			return
+		}
+	}
+	t.Fatal("the store took writes on a full disk for 10s")
+}
+
 // healedReopen waits until s takes writes again, writes key, closes s and
 // opens the store anew (closed when the test ends), and returns what the
 // new one loads.
@@ -284,16 +299,7 @@ func TestRefusedDeletionsAreWrittenLater(t *testing.T) {
 		commitWait(t, s, &b)
 
 		full(true)
-		// Writes go on until the store notices, then the deletions.
-		var failed error
-		for deadline := time.Now().Add(10 * time.Second); failed == nil && time.Now().Before(deadline); {
-			b.Reset()
-			b.PutMeta("pad", []byte("v"))
-			failed = commitErr(s, &b)
-		}
-		if failed == nil {
-			t.Fatal("the store took writes on a full disk for 10s")
-		}
+		untilRefused(t, s) // then the deletions
 		for _, k := range []string{"gone", "again"} {
 			b.Reset()
 			b.DeleteMeta(k)
@@ -305,6 +311,73 @@ func TestRefusedDeletionsAreWrittenLater(t *testing.T) {
 		full(false)
 		if l := healedReopen(t, s, o, "again", "v2"); l.meta["gone"] != "" || l.meta["again"] != "v2" {
 			t.Fatalf("after a restart: gone %q (want deleted), again %q (want v2)", l.meta["gone"], l.meta["again"])
+		}
+	})
+}
+
+// Writes whose effects the caller cannot take back (CommitKept) wait out a
+// full disk or a failed store: refused, they are written once the store
+// takes writes, in order with what was refused after them, and done runs
+// then.
+func TestKeptWritesWaitForTheDisk(t *testing.T) {
+	onFullDisks(t, func(t *testing.T, _ vfs.FS, o Options, full func(bool)) {
+		s := openT(t, o)
+		var b Batch
+		b.PutMeta("gone", []byte("v"))
+		b.PutMeta("over", []byte("v0"))
+		commitWait(t, s, &b)
+		full(true)
+		untilRefused(t, s)
+
+		kept := make(chan error, 1)
+		b.Reset()
+		b.PutMeta("kept", []byte("v"))
+		b.PutMeta("over", []byte("v1"))
+		s.CommitKept(&b, func(err error) { kept <- err }, true)
+		b.Reset()
+		b.DeleteMeta("gone")
+		b.DeleteMeta("over") // after the kept write: it stays deleted
+		if err := commitErr(s, &b); err == nil {
+			t.Fatal("a deletion was taken on a full disk")
+		}
+		select {
+		case err := <-kept:
+			t.Fatalf("the kept write was done (%v) while the disk was full", err)
+		default:
+		}
+
+		full(false)
+		select {
+		case err := <-kept:
+			if err != nil {
+				t.Fatalf("the kept write failed once the disk took writes: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the kept write not done 10s after the disk took writes")
+		}
+		l := healedReopen(t, s, o, "after", "v")
+		if l.meta["kept"] != "v" || l.meta["gone"] != "" || l.meta["over"] != "" {
+			t.Fatalf("after a restart: kept %q (want v), gone %q and over %q (want deleted)", l.meta["kept"], l.meta["gone"], l.meta["over"])
+		}
+	})
+}
+
+// A kept write still waiting when the store closes is told so.
+func TestKeptWriteToldOfClose(t *testing.T) {
+	onFullDisks(t, func(t *testing.T, _ vfs.FS, o Options, full func(bool)) {
+		s := openT(t, o)
+		full(true)
+		untilRefused(t, s)
+		kept := make(chan error, 1)
+		var b Batch
+		b.PutMeta("kept", []byte("v"))
+		s.CommitKept(&b, func(err error) { kept <- err }, true)
+		_ = commitErr(s, &Batch{}) // the kept write was refused before this
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-kept; !errors.Is(err, ErrClosed) {
+			t.Fatalf("kept write at close: %v, want ErrClosed", err)
 		}
 	})
 }

@@ -2,6 +2,7 @@ package persist
 
 import (
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -166,50 +167,63 @@ func (s *Store) commitPurge(b *Batch) error {
 	return nil
 }
 
-// maxHeld bounds the refused deletions held (bytes of keys).
+// maxHeld bounds what the store keeps to write again (hold).
 const maxHeld = 64 << 20
 
-// hold keeps the deletions of a group that was refused, to be written
-// ahead of the first group written once the store takes writes again.
-// The broker's memory went on without what they delete (an acknowledged
-// delivery, an ended session, a completed QoS 2 exchange): left on disk
-// it would come back at the next start. Nothing written after the refusal
-// precedes them (every group fails until the store takes writes), so they
-// cannot delete a newer record. Beyond maxHeld they are dropped, and
-// counted.
-func (s *Store) hold(group []pendingCommit) {
+// hold keeps what a refused group must still write, to be written ahead
+// of the first group written once the store takes writes again, in order:
+//   - the deletions of each part: the broker's memory went on without what
+//     they delete (an acknowledged delivery, an ended session, a completed
+//     QoS 2 exchange), and left on disk it would come back at the next
+//     start;
+//   - the whole of each kept part (CommitKept), whose done waits for it.
+//
+// Nothing written after the refusal precedes them (every group fails
+// until the store takes writes), so they cannot undo a newer record.
+// Beyond maxHeld, deletions are dropped and counted, and kept parts fail.
+// It returns group with the done of the kept parts taken out (they run
+// later), for write to call the others' with err.
+func (s *Store) hold(group []pendingCommit, err error) []pendingCommit {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	h := s.mu.held
-	if h == nil {
-		h = &pendingCommit{done: func(error) {}}
-	}
 	dropped := 0
-	for _, pc := range group {
+	for i := range group {
+		pc := &group[i]
+		if pc.keep && s.mu.redoBytes+len(pc.buf) <= maxHeld {
+			s.mu.redo = append(s.mu.redo, pendingCommit{buf: pc.buf, ops: slices.Clone(pc.orig), orig: pc.orig,
+				done: pc.done, keep: true})
+			s.mu.redoBytes += len(pc.buf)
+			s.mu.redoKept++
+			pc.done = nil
+			continue
+		}
+		var d pendingCommit
 		for _, o := range pc.ops {
 			if o.kind != opDelete && o.kind != opDeleteRange {
 				continue
 			}
-			if len(h.buf) >= maxHeld {
+			if s.mu.redoBytes >= maxHeld {
 				dropped++
 				continue
 			}
-			k0 := len(h.buf)
-			h.buf = append(h.buf, pc.buf[o.k0:o.k1]...)
-			held := op{kind: o.kind, k0: k0, k1: len(h.buf)}
+			k0 := len(d.buf)
+			d.buf = append(d.buf, pc.buf[o.k0:o.k1]...)
+			held := op{kind: o.kind, k0: k0, k1: len(d.buf)}
 			if o.kind == opDeleteRange {
-				h.buf = append(h.buf, pc.buf[o.v0:o.v1]...)
-				held.v0, held.v1 = held.k1, len(h.buf)
+				d.buf = append(d.buf, pc.buf[o.v0:o.v1]...)
+				held.v0, held.v1 = held.k1, len(d.buf)
 			}
-			h.ops = append(h.ops, held)
+			d.ops = append(d.ops, held)
+			s.mu.redoBytes += o.k1 - o.k0 + o.v1 - o.v0
 		}
-	}
-	if len(h.ops) > 0 {
-		s.mu.held = h
+		if len(d.ops) > 0 {
+			s.mu.redo = append(s.mu.redo, d)
+		}
 	}
 	if dropped > 0 {
 		s.stats.heldDropped.Add(uint64(dropped))
 		s.log.Error("persist: too many refused deletions held; records deleted while the disk refused writes may come back after a restart",
-			"dir", s.opts.Dir, "dropped", dropped, "held_bytes", len(h.buf))
+			"dir", s.opts.Dir, "dropped", dropped, "held_bytes", s.mu.redoBytes, "err", err)
 	}
+	return group
 }

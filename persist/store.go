@@ -130,10 +130,14 @@ type Store struct {
 		pending      []pendingCommit
 		pendingBytes int
 		closed       bool
-		// held is the deletions the store refused (Load's purge among
-		// them), written ahead of the first group written afterwards
-		// (hold).
-		held *pendingCommit
+		// redo is what the store refused and must still write, in the
+		// order it came: the deletions of refused groups (Load's purge
+		// among them) and kept groups whole (CommitKept). It goes ahead
+		// of the first group written afterwards, or alone once the
+		// store takes writes when a kept group waits (hold).
+		redo      []pendingCommit
+		redoBytes int
+		redoKept  int
 	}
 	wake     chan struct{} // a commit is pending
 	room     *sync.Cond    // on mu: pending bytes fell below MaxPending
@@ -175,6 +179,10 @@ type pendingCommit struct {
 	buf  []byte
 	ops  []op
 	done func(error)
+	// keep: written again after a refusal rather than failed
+	// (CommitKept); orig is ops as handed in, which elide changes.
+	keep bool
+	orig []op
 }
 
 // memTableSize is Pebble's memtable: 32 MiB rather than its 4 MiB default.
@@ -445,11 +453,26 @@ func (s *Store) Commit(b *Batch, done func(error)) { s.commit(b, done, true) }
 // themselves, such as by waiting for done before taking on more work.
 func (s *Store) CommitNoWait(b *Batch, done func(error)) { s.commit(b, done, false) }
 
-func (s *Store) commit(b *Batch, done func(error), wait bool) {
-	pc := pendingCommit{done: done}
+// CommitKept is Commit (wait) or CommitNoWait for writes whose effects the
+// caller has made already and cannot take back (a peer's messages handed
+// to clients): when the store refuses them for a full disk or a failed
+// store, they are kept and written, in the order they came, once it takes
+// writes again, and done runs then. Past 64 MiB kept, or when the store
+// closes first, done gets the error.
+func (s *Store) CommitKept(b *Batch, done func(error), wait bool) {
+	s.commitPC(b, done, wait, true)
+}
+
+func (s *Store) commit(b *Batch, done func(error), wait bool) { s.commitPC(b, done, wait, false) }
+
+func (s *Store) commitPC(b *Batch, done func(error), wait, keep bool) {
+	pc := pendingCommit{done: done, keep: keep}
 	if len(b.ops) > 0 {
 		pc.buf = append([]byte(nil), b.buf...)
 		pc.ops = append([]op(nil), b.ops...)
+		if keep {
+			pc.orig = slices.Clone(pc.ops)
+		}
 	}
 	s.mu.Lock()
 	for wait && s.mu.pendingBytes > s.opts.MaxPending && !s.mu.closed {
@@ -506,11 +529,15 @@ func (s *Store) committer() {
 		s.noticeDeath()
 		s.mu.Lock()
 		group = group[:0]
-		if h := s.mu.held; h != nil && len(s.mu.pending) > 0 {
-			// Refused deletions go first. elide marks ops in place: the
-			// group gets a copy, so that hold finds them whole if it fails.
-			s.mu.held = nil
-			group = append(group, pendingCommit{buf: h.buf, ops: slices.Clone(h.ops), done: h.done})
+		if len(s.mu.redo) > 0 && (len(s.mu.pending) > 0 || s.mu.redoKept > 0 && s.writable()) {
+			// What was refused goes first. elide marks ops in place: the
+			// group gets copies, so that hold finds them whole if it fails.
+			for _, r := range s.mu.redo {
+				r.ops = slices.Clone(r.ops)
+				group = append(group, r)
+			}
+			clear(s.mu.redo)
+			s.mu.redo, s.mu.redoBytes, s.mu.redoKept = s.mu.redo[:0], 0, 0
 		}
 		group = append(group, s.mu.pending...)
 		clear(s.mu.pending)
@@ -536,6 +563,15 @@ func (s *Store) committer() {
 				s.install(<-s.reopened)
 			}
 			s.syncNow()
+			s.mu.Lock()
+			redo := s.mu.redo
+			s.mu.redo = nil
+			s.mu.Unlock()
+			for _, r := range redo {
+				if r.keep {
+					r.done(ErrClosed)
+				}
+			}
 			return
 		}
 		select {
@@ -570,14 +606,16 @@ func (s *Store) write(group []pendingCommit) {
 	}
 	if err != nil {
 		s.stats.failures.Add(1)
-		s.hold(group)
 		s.noticeDeath()
+		group = s.hold(group, err)
 		s.unhealthy.Store(&err)
 	} else if n > 0 && s.Healthy() != nil && !s.disk.full && !s.inst.isDead() {
 		s.unhealthy.Store(nil)
 	}
 	for _, pc := range group {
-		pc.done(err)
+		if pc.done != nil {
+			pc.done(err)
+		}
 	}
 	s.stats.commits.Add(uint64(len(group)))
 }
@@ -733,6 +771,12 @@ func (s *Store) syncNow() {
 
 // checkDisk fails a group while the volume is short of space. It asks the
 // file system at most every 250ms or 4 MiB.
+// writable reports whether the store looks able to take writes: not
+// failed and the disk not known full. It runs on the committer.
+func (s *Store) writable() bool {
+	return s.down.err == nil && !s.disk.full && s.inst != nil && !s.inst.isDead()
+}
+
 func (s *Store) checkDisk(size int) error {
 	d := &s.disk
 	d.written += size
