@@ -287,7 +287,10 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	if refused != nil {
 		done(refused)
 	} else {
-		ob.after = done
+		// Its effects are out (clients got the messages): refused by a
+		// disk that fills now, it is written once the disk takes writes
+		// rather than sent again by the peer and delivered twice.
+		ob.after, ob.keep = done, true
 	}
 	ob.flush()
 	cl.obs.Put(ob)

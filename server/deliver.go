@@ -38,6 +38,9 @@ type outbox struct {
 	// seen is, while the outbox takes a peer's batch, the origins
 	// sessions remembered from it (origin.go); nil otherwise.
 	seen []seenAt
+	// keep has the next commit kept when the store refuses it
+	// (storeGate.commitKept): a peer's batch that clients were given.
+	keep bool
 
 	// cluster forwarding scratch (cluster.go)
 	fw      forward

@@ -63,15 +63,26 @@ type storeGate struct {
 // every other client of the loop, and each of its clients is bounded by
 // the acknowledgements it may have waiting (maxHeldAcks).
 func (g *storeGate) commit(b *persist.Batch, done func(error), wait bool) {
+	g.commitAs(b, done, wait, false)
+}
+
+// commitKept is commit for writes whose effects the broker made already
+// and cannot take back (persist.Store.CommitKept).
+func (g *storeGate) commitKept(b *persist.Batch, done func(error), wait bool) {
+	g.commitAs(b, done, wait, true)
+}
+
+func (g *storeGate) commitAs(b *persist.Batch, done func(error), wait, keep bool) {
 	g.RLock()
 	defer g.RUnlock()
-	if g.closed {
+	switch {
+	case g.closed:
 		done(errStoreClosed)
-		return
-	}
-	if wait {
+	case keep:
+		g.st.CommitKept(b, done, wait)
+	case wait:
 		g.st.Commit(b, done)
-	} else {
+	default:
 		g.st.CommitNoWait(b, done)
 	}
 }
@@ -407,8 +418,8 @@ func (ob *outbox) hold(h heldAck) {
 // commit hands the batch, with the acknowledgements waiting for it, to the
 // store. It never waits.
 func (ob *outbox) commit() {
-	after := ob.after
-	ob.after = nil
+	after, keep := ob.after, ob.keep
+	ob.after, ob.keep = nil, false
 	g := ob.srv.store
 	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0 && after == nil && len(ob.peerWaits) == 0) {
 		if after != nil {
@@ -425,7 +436,11 @@ func (ob *outbox) commit() {
 	}
 	// An empty batch still goes through the committer: it completes after
 	// every earlier commit, so after never runs ahead of them.
-	g.commit(&ob.batch, func(err error) {
+	commit := g.commit
+	if keep {
+		commit = g.commitKept
+	}
+	commit(&ob.batch, func(err error) {
 		if gated != nil {
 			gated(err)
 		} else {
