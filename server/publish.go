@@ -56,6 +56,13 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		return c.ackPublish(ob, p, -1, codec.PayloadFormatInvalid)
 	}
 
+	if p.QoS > 0 && c.superseded() {
+		// Read after the session went to another connection (a takeover
+		// here or by a peer, the kick still on its way): the client sends
+		// it again there, and taken here too it would be delivered twice.
+		c.logger().Info("closing connection", "reason", "its session was taken over; dropping a publish read after")
+		return errClose
+	}
 	if p.QoS > 0 {
 		if err := c.srv.storeUnhealthy(); err != nil {
 			// Nothing is accepted that could not be kept.
@@ -112,6 +119,14 @@ func (c *client) handlePublish(ob *outbox, h codec.FixedHeader, body []byte) err
 		}
 		return c.ackPublish(ob, p, -1, codec.Success)
 	}
+}
+
+// superseded reports whether c's session belongs to another connection
+// now, or to none (it moved to a peer).
+func (c *client) superseded() bool {
+	c.sess.mu.Lock()
+	defer c.sess.mu.Unlock()
+	return c.sess.mu.cl != c
 }
 
 // publish copies p into a message, stores it when retained and routes it.

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -217,5 +219,44 @@ func TestClusterDeliverySentOnBeforeTheSessionArrives(t *testing.T) {
 	}
 	if m, ok := again.expect().(*codec.Publish); !ok || string(m.Payload) != "early" {
 		t.Fatalf("expected the message sent on early, got %+v", m)
+	}
+}
+
+// A QoS 1/2 PUBLISH read from a connection after its session went to
+// another one (the kick still on its way, as when a paused node resumes
+// with the input buffered) is not taken: the client sends it again on its
+// new connection, and taken twice it would be delivered twice.
+func TestPublishAfterTakeoverIsNotTaken(t *testing.T) {
+	s := startBroker(t, nil)
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("sub", nil)
+	opsSubscribe(t, sub, 2, "tk/#")
+	old, _ := connectPersistent(t, s, "pub", false)
+	c := func() *client {
+		ss := s.lookupSession("pub")
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return ss.mu.cl
+	}()
+	frame := (&codec.Publish{Topic: []byte("tk/x"), QoS: 2, PacketID: 7, Payload: []byte("stale")}).Append(nil, codec.V5)
+	h, n, err := codec.DecodeFixedHeader(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	// On the connection's loop: the session leaves (as to a peer), then
+	// the PUBLISH the connection sent before is read.
+	_ = c.loop.el.Execute(context.Background(), runFunc(func() {
+		ob := c.loop.ob
+		s.handOverTo(ob, c.sess, "elsewhere", nil)
+		got <- c.handle(ob, h, frame[n:])
+		ob.flush()
+	}))
+	if err := <-got; !errors.Is(err, errClose) {
+		t.Fatalf("PUBLISH after the takeover: %v, want the connection closed", err)
+	}
+	old.expectClosed()
+	if extra := sub.ping(); len(extra) != 0 {
+		t.Fatalf("the subscriber got %d packets from the superseded connection: %v", len(extra), extra)
 	}
 }
