@@ -71,6 +71,10 @@ type Report struct {
 	Checked    int // (acknowledged message, subscriber) pairs checked for delivery
 	Deliveries int // deliveries recorded (resends of a QoS 2 id excluded)
 	Duplicates int // QoS 1 deliveries beyond the first (allowed)
+	// Unreleased counts QoS 2 messages delivered again after a lost
+	// session whose first delivery the broker never had the PUBREC of
+	// (allowed: it cannot know the client got it).
+	Unreleased int
 	// Stranded counts deliveries that came only after the final
 	// reconnect: they had waited in a session on a node the subscriber had
 	// left (not lost, but late without a reconnect).
@@ -180,6 +184,8 @@ func sortedKeys[V any](m map[string]V) []string {
 // message at least once, QoS 2 at most once, and the order.
 func (r *Report) checkSubscriber(ops []Op, spec Spec, sub string, dels []Op, msgs map[msgKey]*msgInfo) {
 	subQoS := spec.Subs[sub]
+	lost := lostSessions(ops, sub)
+	released := releasedDeliveries(ops, sub)
 	count := map[msgKey]int{}
 	first := map[msgKey]Op{}
 	for _, d := range dels {
@@ -220,7 +226,12 @@ func (r *Report) checkSubscriber(ops []Op, spec Spec, sub string, dels []Op, msg
 			}
 		}
 		exactly := min(spec.Pubs[k.pub], subQoS) == 2
-		if n > 1 && exactly {
+		if n == 2 && exactly && !released[deliveryKey{first[k].Conn, first[k].PID, first[k].T}] &&
+			lost(first[k].T, lastDelivery(dels, k).T) {
+			// The broker never had the first delivery's PUBREC and the
+			// session was lost: it cannot know the client got it.
+			r.Unreleased++
+		} else if n > 1 && exactly {
 			var at []string
 			for _, d := range dels {
 				if d.Pub == k.pub && d.Seq == k.seq {
@@ -306,6 +317,49 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 // may still be routed to where its session was: the new subscriptions
 // reach the other nodes within it (the nodes' failure timeout).
 const routeGrace = time.Second
+
+// deliveryKey names a delivery by its connection, packet id and time.
+type deliveryKey struct {
+	conn int
+	pid  uint16
+	t    time.Duration
+}
+
+// releasedDeliveries returns sub's QoS 2 deliveries whose PUBREL came on
+// their connection before that packet id was used again.
+func releasedDeliveries(ops []Op, sub string) map[deliveryKey]bool {
+	out := map[deliveryKey]bool{}
+	open := map[[2]int]deliveryKey{} // conn, pid -> the delivery awaiting PUBREL
+	for _, o := range ops {
+		if o.Client != sub {
+			continue
+		}
+		k := [2]int{o.Conn, int(o.PID)}
+		switch o.Kind {
+		case OpDeliver:
+			if o.QoS == 2 {
+				open[k] = deliveryKey{o.Conn, o.PID, o.T}
+			}
+		case OpReleased:
+			if d, ok := open[k]; ok {
+				out[d] = true
+				delete(open, k)
+			}
+		}
+	}
+	return out
+}
+
+// lastDelivery returns the last of dels that delivered k.
+func lastDelivery(dels []Op, k msgKey) Op {
+	var last Op
+	for _, d := range dels {
+		if d.Pub == k.pub && d.Seq == k.seq {
+			last = d
+		}
+	}
+	return last
+}
 
 // lostSessions returns a test of whether sub connected without finding
 // its session between two moments.

@@ -87,6 +87,17 @@ func TestCheckerVerdicts(t *testing.T) {
 		{"QoS 2 delivered twice", 2, func(h *hist) {
 			h.send("p1", 1, 1, 2).deliver("s1", 1, "p1", 1, 2).deliver("s1", 1, "p1", 1, 2)
 		}, nil, GuaranteeExactlyOne},
+		{"QoS 2 may come again after a lost session when the broker never had its PUBREC", 2, func(h *hist) {
+			h.send("p1", 1, 1, 2).deliver("s1", 1, "p1", 1, 2)
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
+			h.deliver("s1", 2, "p1", 1, 2)
+		}, nil, ""},
+		{"QoS 2 released is not delivered again, even after a lost session", 2, func(h *hist) {
+			h.send("p1", 1, 1, 2).deliver("s1", 1, "p1", 1, 2)
+			h.add(Op{Kind: OpReleased, Client: "s1", Conn: 1}) // the delivery's packet id (0 here)
+			h.add(Op{Kind: OpConnect, Client: "s1", Node: "n1", Conn: 2})
+			h.deliver("s1", 2, "p1", 1, 2)
+		}, nil, GuaranteeExactlyOne},
 		{"QoS 1 subscription may get a QoS 2 message twice", 1, func(h *hist) {
 			h.send("p1", 1, 1, 2).deliver("s1", 1, "p1", 1, 1).deliver("s1", 2, "p1", 1, 1)
 		}, nil, ""},

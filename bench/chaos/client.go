@@ -440,6 +440,7 @@ func (s *subscriber) serve(c *mqttConn, present bool, t target) error {
 			s.mu.Lock()
 			delete(s.rx, ack.PacketID)
 			s.mu.Unlock()
+			s.h.Add(Op{Kind: OpReleased, Client: s.id, Node: t.name, Conn: s.conns, PID: ack.PacketID})
 			if err := c.send(&codec.Ack{Kind: codec.PUBCOMP, PacketID: ack.PacketID}); err != nil {
 				return err
 			}

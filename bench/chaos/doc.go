@@ -45,7 +45,8 @@
 //   - no loss: every QoS 1/2 message acknowledged to its publisher
 //     (PUBACK, or PUBREC with a success code) reaches every subscriber;
 //   - QoS 2 exactly once: a message published and subscribed at QoS 2
-//     reaches each subscriber once;
+//     reaches each subscriber once, but a delivery whose PUBREC the broker
+//     never had may come again after the subscriber found no session;
 //   - order: for one subscriber, the first deliveries of the messages one
 //     publisher sent to one topic and that were acknowledged on one of its
 //     connections come in the order they were sent, within a subscriber's

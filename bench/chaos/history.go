@@ -27,6 +27,7 @@ const (
 	OpInDoubt     Kind = "in-doubt"     // a QoS 2 message sent but never PUBRECed, whose session was lost: not resent
 	OpDeliver     Kind = "deliver"      // a PUBLISH reached a subscriber (QoS 2: new packet id, not a resend of one awaiting PUBREL)
 	OpRedeliver   Kind = "redeliver"    // a QoS 2 PUBLISH whose packet id still awaits PUBREL: not handed on
+	OpReleased    Kind = "released"     // a subscriber got PUBREL: the broker has its PUBREC
 	OpProbe       Kind = "probe"        // a route probe reached a subscriber
 	OpFault       Kind = "fault"        // a fault starts; Note describes it
 	OpHeal        Kind = "heal"         // a fault ends

@@ -14,8 +14,8 @@ func (r *Report) Summary() string {
 	if !r.Pass() {
 		verdict = fmt.Sprintf("FAIL (%d violations)", len(r.Violations))
 	}
-	return fmt.Sprintf("%s: %d messages sent, %d acknowledged, %d refused, %d in doubt; %d deliveries checked, %d received, %d QoS 1 duplicates, %d stranded, %s",
-		verdict, r.Messages, r.Acked, r.Refused, r.InDoubt, r.Checked, r.Deliveries, r.Duplicates, r.Stranded, r.reorderSummary())
+	return fmt.Sprintf("%s: %d messages sent, %d acknowledged, %d refused, %d in doubt; %d deliveries checked, %d received, %d QoS 1 duplicates, %d QoS 2 again after a lost session, %d stranded, %s",
+		verdict, r.Messages, r.Acked, r.Refused, r.InDoubt, r.Checked, r.Deliveries, r.Duplicates, r.Unreleased, r.Stranded, r.reorderSummary())
 }
 
 func (r *Report) reorderSummary() string {
