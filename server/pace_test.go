@@ -66,6 +66,9 @@ func startStalledPeer(t *testing.T, s *Server, p *stalledPeer) (release func()) 
 	t.Cleanup(node.Stop)
 	t.Cleanup(release)
 	waitRoutes(t, s, 1)
+	// p's route came on p's lanes; s's own lanes to p may still be
+	// dialing, and a record for an unlinked peer goes another way.
+	waitFor(t, "s's lanes to p", func() bool { return s.cl.node.Linked("p") })
 	return release
 }
 
