@@ -596,7 +596,7 @@ func (r *Report) violate(ops []Op, guarantee string, at time.Duration, client st
 		near := func(d time.Duration) bool { return o.T >= at-d && o.T <= at+d }
 		switch {
 		case k.pub != "" && o.Pub == k.pub && o.Seq == k.seq && (o.Client == client || o.Client == k.pub):
-		case client != "" && o.Client == client && o.Kind != OpDeliver && o.Kind != OpProbe && near(2*time.Second):
+		case client != "" && o.Client == client && o.Kind != OpDeliver && o.Kind != OpProbe && o.Kind != OpReleased && near(2*time.Second):
 		case (o.Kind == OpFault || o.Kind == OpHeal || o.Kind == OpNode) && near(5*time.Second):
 		default:
 			continue
