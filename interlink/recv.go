@@ -72,8 +72,8 @@ func (n *Node) accept() {
 		// peers at a time: past that a new connection is closed at
 		// once.
 		if int(n.pending.Load()) >= n.cfg.PendingHandshakes {
+			n.shed() // counted before the close the peer sees
 			c.Close()
-			n.shed()
 			continue
 		}
 		n.mu.Lock()
