@@ -530,12 +530,9 @@ func (s *Store) committer() {
 		s.mu.Lock()
 		group = group[:0]
 		if len(s.mu.redo) > 0 && (len(s.mu.pending) > 0 || s.mu.redoKept > 0 && s.writable()) {
-			// What was refused goes first. elide marks ops in place: the
-			// group gets copies, so that hold finds them whole if it fails.
-			for _, r := range s.mu.redo {
-				r.ops = slices.Clone(r.ops)
-				group = append(group, r)
-			}
+			// What was refused goes first. elide marks ops in place; a
+			// kept part keeps its ops as handed in (orig) for hold.
+			group = append(group, s.mu.redo...)
 			clear(s.mu.redo)
 			s.mu.redo, s.mu.redoBytes, s.mu.redoKept = s.mu.redo[:0], 0, 0
 		}
@@ -769,14 +766,14 @@ func (s *Store) syncNow() {
 	s.stats.syncs.Add(1)
 }
 
-// checkDisk fails a group while the volume is short of space. It asks the
-// file system at most every 250ms or 4 MiB.
 // writable reports whether the store looks able to take writes: not
 // failed and the disk not known full. It runs on the committer.
 func (s *Store) writable() bool {
 	return s.down.err == nil && !s.disk.full && s.inst != nil && !s.inst.isDead()
 }
 
+// checkDisk fails a group while the volume is short of space. It asks the
+// file system at most every 250ms or 4 MiB.
 func (s *Store) checkDisk(size int) error {
 	d := &s.disk
 	d.written += size
