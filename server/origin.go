@@ -66,11 +66,18 @@ type recent struct {
 	seen  map[uint64]struct{}
 }
 
-// newRecent starts a session's memory at now, in a cluster.
+// newRecentLocked starts a session's memory at now, in a cluster.
 func (ss *session) newRecentLocked(now int64) {
 	if ss.srv.cl != nil {
 		ss.mu.recent = &recent{until: now + int64(recentWindow)}
 	}
+}
+
+// youngLocked reports whether the session still remembers what it is
+// given (its first recentWindow).
+// REQUIRES: ss.mu held.
+func (ss *session) youngLocked(now int64) bool {
+	return ss.mu.recent != nil && now <= ss.mu.recent.until
 }
 
 // firstLocked reports whether m is given to the session for the first
@@ -112,7 +119,7 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 // node sends on.)
 func (s *Server) reachedDirectly(ss *session, topic []byte, now int64) bool {
 	ss.mu.Lock()
-	young := ss.mu.recent != nil && now <= ss.mu.recent.until
+	young := ss.youngLocked(now)
 	ss.mu.Unlock()
 	if young {
 		return false

@@ -135,7 +135,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	}
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	now := s.now()
-	young := cur.mu.recent != nil && now <= cur.mu.recent.until
+	young := cur.youngLocked(now)
 	kept := 0
 	for _, mm := range mv.msgs {
 		if mm.released {
@@ -752,15 +752,11 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 	if r.err != nil {
 		return r.err
 	}
-	s := cl.s
-	s.sessions.Lock()
-	sess := s.sessions.m[string(client)]
-	s.sessions.Unlock()
 	e := earlyMsg{m: m.own(), qos: fl & 3, retain: fl&4 != 0, subIDs: subIDs}
-	switch {
-	case cl.early(string(client), e):
-		// The session is on its way here: delivered once it is in.
-	case sess != nil && !s.reachedDirectly(sess, e.m.topic, now):
+	if cl.early(string(client), e) {
+		return nil // the session is on its way here: delivered once it is in
+	}
+	if sess := cl.s.lookupSession(string(client)); sess != nil && !cl.s.reachedDirectly(sess, e.m.topic, now) {
 		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now)
 	}
 	return nil
