@@ -169,17 +169,18 @@
 // are dropped too, not handed over: the replay brings them after it, so
 // the broker stores a lane's records in the order they were sent (only
 // records handed over before the failure was known, while the broker
-// still took them, may be stored ahead of it). It asks at once the first time; while the broker keeps failing,
-// after 50ms, then twice as long each time up to 2s, and at once again
-// when the broker has stored a batch of the lane meanwhile. The broker
-// sees the records that failed a second time: it applied them once
-// already, unless it refused them without applying them (as the broker
-// does while its store refuses writes). The position the broker stores
-// with a batch never reaches past a record known to have failed, and one
-// stored with a batch handed over before an earlier one failed is taken
-// back (stored lower) before the replay is asked for, so that a restart
-// takes the failed records again rather than acknowledging them. Only a
-// crash between that batch's write and the lower position's loses them.
+// still took them, may be stored ahead of it). It asks at once the first
+// time; while the broker keeps failing, after 50ms, then twice as long
+// each time up to 2s, and at once again when the broker has stored a
+// batch of the lane meanwhile. The broker sees the records that failed a
+// second time: it applied them once already, unless it refused them
+// without applying them (as the broker does while its store refuses
+// writes). The position the broker stores with a batch never reaches past
+// a record known to have failed, and one stored with a batch handed over
+// before an earlier one failed is taken back (stored lower) before the
+// replay is asked for, so that a restart takes the failed records again
+// rather than acknowledging them. Only a crash between that batch's write
+// and the lower position's loses them.
 //
 // # Backpressure
 //

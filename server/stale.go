@@ -23,10 +23,11 @@ import (
 //   - for each, this node ends its copy and sends what it held to the
 //     owner (recStale): queued and inflight messages, inbound QoS 2 ids
 //     and the subscriptions; what still reaches the copy is sent on to
-//     the owner for movedGrace, as after a takeover (redirect). The owner merges them into its session as a
-//     takeover that arrived late does (keepMoved): the client was told no
-//     session was present, so inflight messages are sent again as new and
-//     those past PUBREC are dropped.
+//     the owner for movedGrace, as after a takeover (redirect). The owner
+//     merges them into its session as a takeover that arrived late does
+//     (keepMoved): the client was told no session was present, so
+//     inflight messages are sent again as new and those past PUBREC are
+//     dropped.
 //
 // A message that reached the stale copy after the restart (marked late)
 // may have reached the owner's session too. A session the client started
