@@ -43,6 +43,21 @@ func onFullDisks(t *testing.T, test func(t *testing.T, fs vfs.FS, o Options, ful
 	}
 }
 
+// refusingStore opens the store, writes the meta keys kv (key, value,
+// ...), fills the disk and writes until the store refuses.
+func refusingStore(t *testing.T, o Options, full func(bool), kv ...string) *Store {
+	t.Helper()
+	s := openT(t, o)
+	var b Batch
+	for i := 0; i+1 < len(kv); i += 2 {
+		b.PutMeta(kv[i], []byte(kv[i+1]))
+	}
+	commitWait(t, s, &b)
+	full(true)
+	untilRefused(t, s)
+	return s
+}
+
 // untilRefused writes until the store refuses a write (it looks at the
 // disk at most every 250ms).
 func untilRefused(t *testing.T, s *Store) {
@@ -292,14 +307,8 @@ func TestFlushOnAFullDiskIsSurvived(t *testing.T) {
 // disk healed keeps its new value.
 func TestRefusedDeletionsAreWrittenLater(t *testing.T) {
 	onFullDisks(t, func(t *testing.T, _ vfs.FS, o Options, full func(bool)) {
-		s := openT(t, o)
+		s := refusingStore(t, o, full, "gone", "v", "again", "v1")
 		var b Batch
-		b.PutMeta("gone", []byte("v"))
-		b.PutMeta("again", []byte("v1"))
-		commitWait(t, s, &b)
-
-		full(true)
-		untilRefused(t, s) // then the deletions
 		for _, k := range []string{"gone", "again"} {
 			b.Reset()
 			b.DeleteMeta(k)
@@ -321,13 +330,8 @@ func TestRefusedDeletionsAreWrittenLater(t *testing.T) {
 // then.
 func TestKeptWritesWaitForTheDisk(t *testing.T) {
 	onFullDisks(t, func(t *testing.T, _ vfs.FS, o Options, full func(bool)) {
-		s := openT(t, o)
+		s := refusingStore(t, o, full, "gone", "v", "over", "v0")
 		var b Batch
-		b.PutMeta("gone", []byte("v"))
-		b.PutMeta("over", []byte("v0"))
-		commitWait(t, s, &b)
-		full(true)
-		untilRefused(t, s)
 
 		kept := make(chan error, 1)
 		b.Reset()
@@ -365,9 +369,7 @@ func TestKeptWritesWaitForTheDisk(t *testing.T) {
 // A kept write still waiting when the store closes is told so.
 func TestKeptWriteToldOfClose(t *testing.T) {
 	onFullDisks(t, func(t *testing.T, _ vfs.FS, o Options, full func(bool)) {
-		s := openT(t, o)
-		full(true)
-		untilRefused(t, s)
+		s := refusingStore(t, o, full)
 		kept := make(chan error, 1)
 		var b Batch
 		b.PutMeta("kept", []byte("v"))
