@@ -157,10 +157,14 @@ func (p *Connack) Decode(h FixedHeader, body []byte, v Version) error {
 	p.Props.reset()
 	r := reader{b: body, pkt: "CONNACK"}
 	flags := r.u8("flags")
-	if flags&0xfe != 0 {
+	switch {
+	case v == V31:
+		// MQTT 3.1 has no session present flag: the byte is not used.
+	case flags&0xfe != 0:
 		return malformed("MQTT-3.2.2-1", "CONNACK reserved flags are set")
+	default:
+		p.SessionPresent = flags&1 != 0
 	}
-	p.SessionPresent = flags&1 != 0
 	p.Code = ReasonCode(r.u8("code"))
 	if r.err != nil {
 		return r.err
