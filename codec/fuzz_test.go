@@ -83,10 +83,33 @@ func decodeAll(t *testing.T, data []byte, v Version) decoded {
 		if again := q.Append(nil, v); !bytes.Equal(again, enc) {
 			t.Fatalf("%s: encoding is not stable", p.Type())
 		}
+		if sp, ok := p.(*Subscribe); ok {
+			checkSubscribeBound(t, sp, data[off:off+n], v)
+		}
 		d.pkts = append(d.pkts, p)
 		off += n
 	}
 	return d
+}
+
+// checkSubscribeBound decodes raw, a SUBSCRIBE that decoded to sp, again
+// with a bound on its filters: at their number it decodes the same; one
+// below it fails with QuotaExceeded.
+func checkSubscribeBound(t *testing.T, sp *Subscribe, raw []byte, v Version) {
+	h, hn, err := DecodeFixedHeader(raw)
+	if err != nil {
+		t.Fatalf("fixed header of a decoded SUBSCRIBE: %v", err)
+	}
+	var q Subscribe
+	if err := q.DecodeAtMost(h, raw[hn:], v, len(sp.Subs)); err != nil || !equalPackets(sp, &q) {
+		t.Fatalf("DecodeAtMost(%d) of %d filters: %v, %+v", len(sp.Subs), len(sp.Subs), err, q)
+	}
+	if len(sp.Subs) > 1 {
+		err := q.DecodeAtMost(h, raw[hn:], v, len(sp.Subs)-1)
+		if CodeOf(err) != QuotaExceeded {
+			t.Fatalf("DecodeAtMost(%d) of %d filters: %v, want quota exceeded", len(sp.Subs)-1, len(sp.Subs), err)
+		}
+	}
 }
 
 // FuzzTopicFilter checks filter and name validation against each other: a

@@ -4,6 +4,14 @@ package codec
 // filter with misplaced wildcards is refused per filter in the SUBACK (see
 // ValidateTopicFilter), not by failing the whole packet.
 func (p *Subscribe) Decode(h FixedHeader, body []byte, v Version) error {
+	return p.DecodeAtMost(h, body, v, 0)
+}
+
+// DecodeAtMost decodes a SUBSCRIBE as Decode does, but fails with
+// QuotaExceeded, before decoding further, at the first topic filter past
+// max (0: no bound): a receiver that bounds what one client may hold need
+// not decode, nor keep the slice of, a packet listing far more.
+func (p *Subscribe) DecodeAtMost(h FixedHeader, body []byte, v Version, max int) error {
 	*p = Subscribe{Props: p.Props, Subs: p.Subs[:0]}
 	p.Props.reset()
 	r := reader{b: body, pkt: "SUBSCRIBE"}
@@ -18,6 +26,9 @@ func (p *Subscribe) Decode(h FixedHeader, body []byte, v Version) error {
 		return protocolErr("MQTT-3.8.3-3", "SUBSCRIBE without a topic filter")
 	}
 	for len(r.b) > 0 {
+		if max > 0 && len(p.Subs) == max {
+			return &Error{Code: QuotaExceeded, Msg: "SUBSCRIBE lists more than " + itoa(max) + " topic filters"}
+		}
 		var s Subscription
 		s.Filter = r.str("topic filter")
 		o := r.u8("options")

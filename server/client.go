@@ -741,8 +741,14 @@ func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
 		}
 		return c.handleAck(ob, &sc.ack)
 	case codec.SUBSCRIBE:
+		// A SUBSCRIBE listing more filters than a session may hold is
+		// not decoded further: 100,000 listings would hold the loop
+		// for milliseconds whatever they are.
 		sc := &c.loop.scratch
-		if err := sc.sub.Decode(h, body, c.version); err != nil {
+		if err := sc.sub.DecodeAtMost(h, body, c.version, c.srv.limits().MaxSubscriptions); err != nil {
+			if codec.CodeOf(err) == codec.QuotaExceeded {
+				c.srv.adm.subLongRefused.Inc()
+			}
 			return err
 		}
 		return c.handleSubscribe(ob, &sc.sub)

@@ -91,6 +91,7 @@ type admission struct {
 	pubTopicRefused *metrics.Counter
 	subTopicRefused *metrics.Counter
 	subMaxRefused   *metrics.Counter
+	subLongRefused  *metrics.Counter
 	clientIDRefused *metrics.Counter
 }
 
@@ -103,6 +104,7 @@ func newAdmission(s *Server) *admission {
 	a.pubTopicRefused = s.stats.set.NewCounter(`gannet_publishes_refused_total{reason="topic_limit"}`)
 	a.subTopicRefused = s.stats.set.NewCounter(`gannet_subscriptions_refused_total{reason="topic_limit"}`)
 	a.subMaxRefused = s.stats.set.NewCounter(`gannet_subscriptions_refused_total{reason="max_subscriptions"}`)
+	a.subLongRefused = s.stats.set.NewCounter(`gannet_subscriptions_refused_total{reason="filters_per_subscribe"}`)
 	a.clientIDRefused = s.stats.set.NewCounter(`gannet_connections_refused_total{reason="client_id_length"}`)
 	s.stats.set.NewGauge("gannet_open_file_limit", func() float64 { return float64(a.fdLimit.Load()) })
 	return a

@@ -283,8 +283,8 @@ func TestSlowReceiver(t *testing.T) {
 
 // A filter listed several times in one SUBSCRIBE is one subscription with
 // its last listing's options, and every listing gets the code it would
-// have got alone; a SUBSCRIBE of 100,000 copies of # makes one
-// subscription.
+// have got alone; a SUBSCRIBE of as many copies of # as --max-subscriptions
+// makes one subscription.
 func TestSubscribeRepeatedFilter(t *testing.T) {
 	s := startBroker(t, nil)
 	pub := dialRaw(t, s, codec.V5)
@@ -305,7 +305,7 @@ func TestSubscribeRepeatedFilter(t *testing.T) {
 	}
 	sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: got[0].(*codec.Publish).PacketID})
 
-	bomb := make([]codec.Subscription, 100000)
+	bomb := make([]codec.Subscription, s.cfg.MaxSubscriptions)
 	for i := range bomb {
 		bomb[i] = codec.Subscription{Filter: []byte("#")}
 	}
@@ -313,6 +313,9 @@ func TestSubscribeRepeatedFilter(t *testing.T) {
 	sa, ok = sub.expect().(*codec.Suback)
 	if !ok || len(sa.Codes) != len(bomb) || sa.Codes[0] != 0 || sa.Codes[len(bomb)-1] != 0 {
 		t.Fatalf("SUBACK of %d codes for %d copies of #", len(sa.Codes), len(bomb))
+	}
+	if len(bomb) < 1000 {
+		t.Fatalf("only %d copies: --max-subscriptions defaults to %d", len(bomb), s.cfg.MaxSubscriptions)
 	}
 	s.sessions.Lock()
 	ss := s.sessions.m["sub"]
@@ -322,5 +325,53 @@ func TestSubscribeRepeatedFilter(t *testing.T) {
 	ss.mu.Unlock()
 	if n != 3 {
 		t.Fatalf("session holds %d subscriptions, want a, b and #", n)
+	}
+}
+
+// A SUBSCRIBE that lists more filters than --max-subscriptions, copies of
+// one filter included, ends the connection (MQTT 5: DISCONNECT 0x97; MQTT
+// 3: a close) without a subscription or a SUBACK, and is counted; another
+// client on the same loops keeps its service.
+func TestSubscribeListingTooManyFilters(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.MaxSubscriptions = 10 })
+	other := dialRaw(t, s, codec.V311)
+	other.connect("other", nil)
+	if got := subscribeCodes(other, "ok/#"); !slices.Equal(got, []codec.ReasonCode{codec.GrantedQoS1}) {
+		t.Fatalf("other's SUBACK %v", got)
+	}
+	for i, v := range []codec.Version{codec.V5, codec.V311} {
+		bomb := dialRaw(t, s, v)
+		bomb.connect("bomb-"+v.String(), nil)
+		subs := make([]codec.Subscription, 11)
+		for i := range subs {
+			subs[i] = codec.Subscription{Filter: []byte("#")}
+		}
+		bomb.send(&codec.Subscribe{PacketID: 1, Subs: subs})
+		pkts := bomb.expectClosed()
+		if v == codec.V5 && (len(pkts) != 1 || pkts[0].(*codec.Disconnect).Code != codec.QuotaExceeded) {
+			t.Fatalf("MQTT 5: got %v, want DISCONNECT 0x97", pkts)
+		}
+		if v == codec.V311 && len(pkts) != 0 {
+			t.Fatalf("MQTT 3: got %v, want a close", pkts)
+		}
+		if n := s.adm.subLongRefused.Get(); n != uint64(i+1) {
+			t.Fatalf("refusals counted: %d, want %d", n, i+1)
+		}
+		s.sessions.Lock()
+		ss := s.sessions.m["bomb-"+v.String()]
+		s.sessions.Unlock()
+		if ss != nil {
+			ss.mu.Lock()
+			n := len(ss.mu.subs)
+			ss.mu.Unlock()
+			if n != 0 {
+				t.Fatalf("%s: session holds %d subscriptions after the refused SUBSCRIBE", v, n)
+			}
+		}
+	}
+	other.publishAcked("ok/1", "still here", 0, false)
+	got := other.ping()
+	if len(got) != 1 || string(got[0].(*codec.Publish).Payload) != "still here" {
+		t.Fatalf("other client after the refusals: %v", got)
 	}
 }

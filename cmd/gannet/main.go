@@ -187,7 +187,7 @@ Flags:
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "client connections at most, all listeners together; past it a CONNECT is answered 0x97 quota exceeded (3 for MQTT 3); 0: bounded only by the open-file limit (less 1024 kept free)")
 	fs.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", cfg.MaxConnectionsPerIP, "client connections at most from one source address (the PROXY header's where one is trusted); past it as --max-connections; 0: no bound")
 	fs.DurationVar(&cfg.TCPKeepAlive, "tcp-keepalive", cfg.TCPKeepAlive, "idle time after which the kernel probes a client's TCP connection, so that one whose peer vanished without a word is closed; 0: no probes")
-	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session; past it SUBACK says 0x97 quota exceeded (0x80 for MQTT 3); 0: no bound")
+	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session; past it SUBACK says 0x97 quota exceeded (0x80 for MQTT 3), and a SUBSCRIBE listing more filters than this ends the connection (DISCONNECT 0x97; MQTT 3: a close); 0: no bound")
 	fs.IntVar(&cfg.MaxTopicLevels, "max-topic-levels", cfg.MaxTopicLevels, "levels ('/'-separated) of a topic a client publishes to or a filter it subscribes to; past it PUBACK/PUBREC 0x90 (MQTT 5 QoS 1/2; otherwise dropped, acknowledged for MQTT 3) or SUBACK 0x8F/0x80; 0: no bound")
 	fs.IntVar(&cfg.MaxTopicLength, "max-topic-length", cfg.MaxTopicLength, "`bytes` of a topic or filter, refused as for --max-topic-levels; 0: the protocol's 65535")
 	fs.IntVar(&cfg.MaxClientIDLength, "max-client-id-length", cfg.MaxClientIDLength, "`bytes` of a client id; past it CONNACK 0x85 (2 for MQTT 3)")
