@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -341,5 +342,42 @@ func TestTCPKeepAlive(t *testing.T) {
 	}
 	if o := <-got; o != (opts{1, 90, 18}) {
 		t.Fatalf("keepalive %+v, want on, idle 90 s, interval 18 s", o)
+	}
+}
+
+// Connections that reach their deadline together are ended a bounded
+// number per pass of the sweep, the rest in passes of their own queued
+// behind the loop's I/O, and every one of them is ended.
+func TestSweepEndsABoundedNumberAPass(t *testing.T) {
+	var mu sync.Mutex
+	most, passes := 0, 0
+	f := func(ended int) {
+		mu.Lock()
+		most, passes = max(most, ended), passes+1
+		mu.Unlock()
+	}
+	testSweepPass.Store(&f)
+	t.Cleanup(func() { testSweepPass.Store(nil) })
+	s := startBroker(t, func(c *Config) { c.ConnectTimeout = time.Nanosecond })
+	const n = 400
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		nc, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+		conns[i] = nc
+	}
+	for i, nc := range conns {
+		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := nc.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("connection %d: %v, want EOF (closed for its connect timeout)", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most != sweepCloses {
+		t.Fatalf("a pass of the sweep ended up to %d connections, want at most and at some point %d (%d passes)", most, sweepCloses, passes)
 	}
 }
