@@ -209,9 +209,9 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 	cfg := c.srv.limits()
 	grace := int64(c.keepAlive) * int64(time.Second) * 3 / 2
 	switch {
-	case !c.connected && now-c.lastRead > int64(cfg.ConnectTimeout):
+	case !c.connected && now-c.lastRead > connectDeadline(cfg.ConnectTimeout, c.gc.Fd()):
 		c.logger().Info("closing connection", "reason", "no CONNECT within "+cfg.ConnectTimeout.String())
-		c.close()
+		c.closeNow() // nothing was said to it: no reason to linger
 		return
 	case grace > 0 && now-c.lastRead > grace:
 		c.logger().Info("closing connection", "reason", "keepalive timeout",
@@ -240,6 +240,17 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 		}
 		c.sess.mu.Unlock()
 	}
+}
+
+// connectDeadline is how long the connection on descriptor fd may take
+// to send its CONNECT: the timeout, and up to a quarter more, spread over
+// the connections by their descriptors. Connections that opened together
+// (a reconnect storm) and never send CONNECT would otherwise all reach the
+// timeout in one sweep and be closed, and dial again, in one burst,
+// holding their loops for tens of milliseconds.
+func connectDeadline(timeout time.Duration, fd int) int64 {
+	spread := uint64(fd) * 0x9e3779b97f4a7c15 >> 56 // 0 to 255
+	return int64(timeout) + int64(timeout)/4*int64(spread)/255
 }
 
 // idle gives back the buffers of a connection that has nothing waiting to

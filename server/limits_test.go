@@ -381,3 +381,23 @@ func TestSweepEndsABoundedNumberAPass(t *testing.T) {
 		t.Fatalf("a pass of the sweep ended up to %d connections, want at most and at some point %d (%d passes)", most, sweepCloses, passes)
 	}
 }
+
+// The connect timeout is spread over a quarter more than configured, by
+// descriptor, evenly enough that connections opened together do not all
+// reach it together.
+func TestConnectDeadlineIsSpread(t *testing.T) {
+	const timeout = 10 * time.Second
+	var bins [5]int
+	for fd := range 10000 {
+		d := connectDeadline(timeout, fd)
+		if d < int64(timeout) || d > int64(timeout)*5/4 {
+			t.Fatalf("descriptor %d: deadline %v, want between %v and %v", fd, time.Duration(d), timeout, timeout*5/4)
+		}
+		bins[min(int((d-int64(timeout))*5/(int64(timeout)/4)), 4)]++
+	}
+	for i, n := range bins {
+		if n < 1500 || n > 2500 {
+			t.Fatalf("deadlines per fifth of the spread %v: fifth %d holds %d of 10,000", bins, i, n)
+		}
+	}
+}

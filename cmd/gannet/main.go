@@ -183,7 +183,7 @@ Flags:
 	fs.DurationVar(&cfg.MinKeepAlive, "min-keepalive", cfg.MinKeepAlive, "shortest keepalive an MQTT 5 client may use (raised to this and announced); 0: no bound")
 	fs.DurationVar(&cfg.MaxKeepAlive, "max-keepalive", cfg.MaxKeepAlive, "longest keepalive a client may use: an MQTT 5 client's is lowered to this and announced, an MQTT 3 client (keepalive 0 included) is closed after 1.5 times this without a packet; 0: no bound")
 	fs.DurationVar(&cfg.ServerKeepAlive, "server-keepalive", cfg.ServerKeepAlive, "keepalive imposed on every MQTT 5 client, announced in CONNACK; 0: the client's own")
-	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "time a new connection has to send CONNECT")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "time a new connection has to send CONNECT; each gets up to a quarter more, spread over the connections, so that a storm of silent ones is not closed in one burst")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "client connections at most, all listeners together; past it a CONNECT is answered 0x97 quota exceeded (3 for MQTT 3); 0: bounded only by the open-file limit (less 1024 kept free)")
 	fs.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", cfg.MaxConnectionsPerIP, "client connections at most from one source address (the PROXY header's where one is trusted); past it as --max-connections; 0: no bound")
 	fs.DurationVar(&cfg.TCPKeepAlive, "tcp-keepalive", cfg.TCPKeepAlive, "idle time after which the kernel probes a client's TCP connection, so that one whose peer vanished without a word is closed; 0: no probes")
