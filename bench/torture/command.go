@@ -41,6 +41,7 @@ Scenarios:
 	fs.StringVar(&opts.Broker, "broker", Gannet, "broker under test: gannet or mosquitto (configured with the nearest equivalents of Gannet's limits)")
 	fs.BoolVar(&opts.Full, "full", false, "run the full sizes (10,000 clients, up to a few minutes a scenario) instead of the short form")
 	fs.StringVar(&opts.Bin, "bin", "", "the broker's `binary` (default: bin/gannet, or gannet on PATH; mosquitto on PATH, or /usr/sbin/mosquitto)")
+	abusers := fs.String("abusers", strings.Join(Abusers, ","), "the hostile scenario's kinds of hostile client, comma-separated: a subset of "+strings.Join(Abusers, ", "))
 	fs.StringVar(&opts.TempDir, "tmp", "", "`directory` for the brokers' data (default: the system's temporary directory)")
 	fs.BoolVar(&asJSON, "json", false, "print the results as JSON instead of tables")
 	fs.BoolVar(&quiet, "q", false, "no progress lines on stderr")
@@ -53,6 +54,13 @@ Scenarios:
 	if opts.Broker != Gannet && opts.Broker != Mosquitto {
 		fmt.Fprintf(stderr, "gannet-bench torture: -broker must be gannet or mosquitto, got %q\n", opts.Broker)
 		return 2
+	}
+	for _, a := range strings.Split(*abusers, ",") {
+		if !slices.Contains(Abusers, a) {
+			fmt.Fprintf(stderr, "gannet-bench torture: unknown hostile client %q in -abusers: want some of %s\n", a, strings.Join(Abusers, ", "))
+			return 2
+		}
+		opts.Abusers = append(opts.Abusers, a)
 	}
 	names := fs.Args()
 	if len(names) == 0 {

@@ -49,7 +49,8 @@ func hostileClients(ctx context.Context, e *env) error {
 		return err
 	}
 	r.fig("well-behaved", "%d pairs, QoS 1, %d messages/s in all, %v measured per run", pairs, rate, window)
-	r.fig("hostile", "SUBSCRIBE of %d x #; %d B PUBLISHes; %d silent and %d half-CONNECT connections; a flooder", copies, maxPacket, idle, idle)
+	r.fig("hostile", "SUBSCRIBE of %d x #; %d B PUBLISHes; %d silent and %d half-CONNECT connections; a flooder (running: %s)",
+		copies, maxPacket, idle, idle, running(e.opts.Abusers))
 	watch := watchRSS(b, 50*time.Millisecond)
 	defer watch.stopOnce()
 	p2p := func() (*bench.Result, time.Time, time.Time, error) {
@@ -65,7 +66,7 @@ func hostileClients(ctx context.Context, e *env) error {
 	}
 	quietPeak := watch.peakBetween(q0, q1)
 
-	h := &hostiles{addr: b.Addr, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	h := &hostiles{addr: b.Addr, abusers: e.opts.Abusers, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	defer h.end()
 	e.logf("hostile clients arrive")
 	if err := h.start(ctx, idle, copies, maxPacket); err != nil {
@@ -112,10 +113,11 @@ func hostileClients(ctx context.Context, e *env) error {
 // hostiles are the abusive clients, each on goroutines of its own until
 // end.
 type hostiles struct {
-	addr string
-	stop chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	addr    string
+	abusers []string // the kinds that run (Options.Abusers)
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // silent and half-CONNECT connections open
@@ -137,9 +139,20 @@ type hostiles struct {
 // answered.
 func (h *hostiles) start(ctx context.Context, idle, copies, maxPacket int) error {
 	h.answered = make(chan struct{})
-	h.loop(func() error { return h.bomb(ctx, copies) }, &h.bombDrops)
-	h.loop(func() error { return h.big(ctx, maxPacket) }, &h.bigDrops)
-	h.loop(func() error { return h.flood(ctx) }, &h.floodDrops)
+	if h.runs("subscribe") {
+		h.loop(func() error { return h.bomb(ctx, copies) }, &h.bombDrops)
+	} else {
+		close(h.answered)
+	}
+	if h.runs("big") {
+		h.loop(func() error { return h.big(ctx, maxPacket) }, &h.bigDrops)
+	}
+	if h.runs("flood") {
+		h.loop(func() error { return h.flood(ctx) }, &h.floodDrops)
+	}
+	if !h.runs("idle") {
+		idle = 0
+	}
 	half := (&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, CleanStart: true,
 		KeepAlive: 60, ClientID: []byte("half-connect-client")}).Append(nil, codec.V5)
 	half = half[:len(half)/2]
@@ -203,6 +216,19 @@ func (h *hostiles) start(ctx context.Context, idle, copies, maxPacket int) error
 		return ctx.Err()
 	}
 	return nil
+}
+
+// running names the kinds of hostile client that run.
+func running(abusers []string) string {
+	if abusers == nil {
+		abusers = Abusers
+	}
+	return strings.Join(abusers, ", ")
+}
+
+// runs says whether the hostile client of this kind (Abusers) runs.
+func (h *hostiles) runs(kind string) bool {
+	return h.abusers == nil || slices.Contains(h.abusers, kind)
 }
 
 func (h *hostiles) running() bool {

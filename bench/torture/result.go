@@ -20,7 +20,15 @@ type Options struct {
 	TempDir string
 	// Log gets a line at each step; nil: none.
 	Log io.Writer
+	// Abusers names the hostile scenario's kinds of hostile client to
+	// run, a subset of Abusers; nil: all of them.
+	Abusers []string
 }
+
+// Abusers are the kinds of hostile client of the hostile scenario: the
+// huge SUBSCRIBE, the maximum-size PUBLISHes, the flooder, and the silent
+// and half-CONNECT connections.
+var Abusers = []string{"subscribe", "big", "flood", "idle"}
 
 // Result is what one scenario measured and whether the broker passed.
 type Result struct {

@@ -75,6 +75,7 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"-bin", gannetBin, "reconnect", "stampede"}, `unknown scenario "stampede"`},
 		{[]string{"-bin", filepath.Join(t.TempDir(), "nothing"), "all"}, "no gannet binary at"},
 		{[]string{"-no-such-flag"}, "flag provided but not defined"},
+		{[]string{"-bin", gannetBin, "-abusers", "idle,worm", "hostile"}, `unknown hostile client "worm" in -abusers`},
 	} {
 		var stdout, stderr strings.Builder
 		if code := Command(context.Background(), c.args, &stdout, &stderr); code != 2 {
