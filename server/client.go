@@ -72,9 +72,13 @@ type client struct {
 	// held counts slots in pend waiting for a store commit; output pauses
 	// while it is non-zero (durable.go).
 	held int32
-	// slow is set while the outbound buffer is above the high-water mark.
-	// Written on the loop, read by deliveries from any goroutine.
-	slow atomic.Bool
+	// flow is, in one word that deliveries from any goroutine read: whether
+	// the outbound buffer is above the high-water mark (flowSlow, written
+	// on the loop), how many deliveries in the client's inflight window
+	// other goroutines sent towards its loop that have not reached it
+	// (flowTransit each), and whether the loop waits for them to pump the
+	// session's queue (flowPump).
+	flow atomic.Int32
 	// waitSeq stamps c's entry in loop.later (coalesce.go). An entry
 	// lives for one write delay, so a wrapping counter does.
 	waitSeq uint16
@@ -666,13 +670,36 @@ func (c *client) flush() {
 	if c.gc.OutboundBuffered() > c.srv.outboundHighWater() {
 		if r := c.rareState(); r.slowSince == 0 {
 			r.slowSince = c.srv.now()
-			c.slow.Store(true)
+			c.setSlow(true)
 		}
 	} else if c.rare != nil && c.rare.slowSince != 0 {
 		c.rare.slowSince = 0
-		c.slow.Store(false)
+		c.setSlow(false)
 	}
 }
+
+// The bits of client.flow.
+const (
+	flowSlow    = 1
+	flowPump    = 2
+	flowTransit = 4 // the count's unit
+)
+
+// slow reports whether c's outbound buffer is above the high-water mark.
+func (c *client) slow() bool { return c.flow.Load()&flowSlow != 0 }
+
+// setSlow records whether it is. It runs on c's loop.
+func (c *client) setSlow(on bool) {
+	if on {
+		c.flow.Or(flowSlow)
+	} else {
+		c.flow.And(^flowSlow)
+	}
+}
+
+// inTransit reports whether deliveries in c's window are on their way to
+// its loop from other goroutines.
+func (c *client) inTransit() bool { return c.flow.Load() >= flowTransit }
 
 // maxHeldAcks is how many acknowledgements may wait for the disk for one
 // client before its QoS 1/2 publishes wait in its input: the receive
@@ -715,7 +742,7 @@ func (c *client) writeParts(p [][]byte) {
 
 // handle dispatches one packet.
 func (c *client) handle(ob *outbox, h codec.FixedHeader, body []byte) error {
-	if f := testPanic.Load(); f != nil {
+	if f := testBeforePacket.Load(); f != nil {
 		(*f)(c, h)
 	}
 	if h.Type != codec.PUBACK && h.Type != codec.PUBCOMP {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,20 +217,7 @@ func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
 		p.Props.Set(codec.PropReceiveMaximum)
 	})
 	opsSubscribe(t, sub, 1, "wo/#")
-	loopOf := func(id string) *loop {
-		ss := s.lookupSession(id)
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		return ss.mu.cl.loop
-	}
-	var pub *rawConn
-	for i := 0; pub == nil; i++ {
-		rc := dialRaw(t, s, codec.V5)
-		rc.connect(fmt.Sprintf("wo-pub%d", i), nil)
-		if loopOf(fmt.Sprintf("wo-pub%d", i)) != loopOf("wo-sub") {
-			pub = rc
-		}
-	}
+	pub := publisherElsewhere(t, s, "wo-sub", "wo-pub")
 	time.Sleep(delay) // quiet: the rule is a time, nothing else to wait on
 
 	// m1 is written at once, m2 is held for the delay, m3 waits in the
@@ -247,5 +235,99 @@ func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
 		if !ok || string(p.Payload) != fmt.Sprintf("m%d", i) {
 			t.Fatalf("got %+v, want m%d", p, i)
 		}
+	}
+}
+
+// publisherElsewhere connects MQTT 5 clients named prefix0, prefix1, ...
+// until one is on another event loop than the client sub, and returns it.
+func publisherElsewhere(t *testing.T, s *Server, sub, prefix string) *rawConn {
+	t.Helper()
+	loopOf := func(id string) *loop {
+		ss := s.lookupSession(id)
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return ss.mu.cl.loop
+	}
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("%s%d", prefix, i)
+		rc := dialRaw(t, s, codec.V5)
+		rc.connect(id, nil)
+		if loopOf(id) != loopOf(sub) {
+			return rc
+		}
+	}
+}
+
+// A delivery another loop made in a subscriber's inflight window, still on
+// its way when the subscriber's acknowledgement lets out the session's
+// queue, is written before what the queue lets out: a publisher's
+// messages arrive in order. (The publisher's loop posts its deliveries at
+// the end of its read; the subscriber's loop let out the queued message at
+// once.)
+func TestWindowDeliveryInTransitKeepsOrder(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.WriteDelay = 0 })
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("tr-sub", func(p *codec.Connect) {
+		p.Props.ReceiveMaximum = 2
+		p.Props.Set(codec.PropReceiveMaximum)
+	})
+	opsSubscribe(t, sub, 1, "tr/#")
+	pub := publisherElsewhere(t, s, "tr-sub", "tr-pub")
+	pub.publishAcked("tr/t", "m0", 1, false)
+	p0, ok := sub.expect().(*codec.Publish)
+	if !ok || string(p0.Payload) != "m0" {
+		t.Fatalf("got %+v, want m0", p0)
+	}
+	// The publisher sends m1, m2 and m3 in one write: m1 takes the
+	// window's last slot, m2 and m3 are queued. Before its loop handles
+	// m3 (m1 still in its outbox), the subscriber acknowledges m0 and the
+	// hook waits until the subscriber's loop has taken that
+	// acknowledgement.
+	ss := s.lookupSession("tr-sub")
+	hookErr := make(chan error, 1)
+	publishes := 0
+	f := func(c *client, h codec.FixedHeader) {
+		if h.Type != codec.PUBLISH || !strings.HasPrefix(c.id, "tr-pub") {
+			return
+		}
+		if publishes++; publishes != 3 { // m3
+			return
+		}
+		sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p0.PacketID})
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			ss.mu.Lock()
+			_, held := ss.mu.inflight[p0.PacketID]
+			ss.mu.Unlock()
+			if !held {
+				hookErr <- nil
+				return
+			}
+			if time.Now().After(deadline) {
+				hookErr <- fmt.Errorf("the subscriber's PUBACK of m0 not taken within 5s")
+				return
+			}
+		}
+	}
+	testBeforePacket.Store(&f)
+	t.Cleanup(func() { testBeforePacket.Store(nil) })
+	var burst []byte
+	for i := 1; i <= 3; i++ {
+		burst = (&codec.Publish{QoS: 1, PacketID: uint16(100 + i), Topic: []byte("tr/t"), Payload: fmt.Appendf(nil, "m%d", i)}).Append(burst, codec.V5)
+	}
+	pub.write(burst)
+	for i := 1; i <= 3; i++ {
+		p, ok := sub.expect().(*codec.Publish)
+		if !ok || string(p.Payload) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("got %+v, want m%d", p, i)
+		}
+		sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	}
+	select {
+	case err := <-hookErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publisher's loop never handled m3")
 	}
 }

@@ -95,6 +95,9 @@ type xfer struct {
 type xitem struct {
 	cl *client
 	n  int // number of parts
+	// transit: a delivery in cl's inflight window, counted in cl.flow
+	// until it arrives
+	transit bool
 }
 
 var xferPool = sync.Pool{New: func() any { return new(xfer) }}
@@ -110,10 +113,19 @@ func (ob *outbox) add(cl *client, pkt []byte) {
 }
 
 // addParts queues a shared frame for cl with its packet id and topic
-// alias bytes.
+// alias bytes. A frame with a packet id is in cl's inflight window: sent
+// towards another loop, it counts as in transit (client.flow) until it
+// arrives, and the client's loop does not let out the session's queue
+// meanwhile (pumpLocked), which would pass it.
+// REQUIRES: cl's session.mu held when id is not nil.
 func (ob *outbox) addParts(cl *client, fr fanout.Frame, id, alias []byte) {
 	ob.parts = fr.Parts(ob.parts[:0], id, alias)
 	ob.addSlices(cl, ob.parts)
+	if id != nil && cl.loop != ob.home {
+		x := ob.remote[cl.loop]
+		x.items[len(x.items)-1].transit = true
+		cl.flow.Add(flowTransit)
+	}
 }
 
 func (ob *outbox) addSlices(cl *client, parts [][]byte) {
@@ -164,6 +176,12 @@ func (x *xfer) run(now int64) {
 	p := 0
 	for _, it := range x.items {
 		cl := it.cl
+		if it.transit {
+			if f := cl.flow.Add(-flowTransit); f < flowTransit && f&flowPump != 0 {
+				cl.flow.And(^flowPump)
+				cl.pumpArrived()
+			}
+		}
 		if !cl.closed {
 			cl.pend = append(cl.pend, x.parts[p:p+it.n]...)
 			if !cl.dirty {
@@ -359,7 +377,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		if cl == nil {
 			return
 		}
-		if cl.slow.Load() {
+		if cl.slow() {
 			ss.srv.stats.droppedSlow.Add(1)
 			return
 		}
@@ -371,7 +389,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
-	if cl == nil || cl.slow.Load() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
+	if cl == nil || cl.slow() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
 		om := ss.newOutMsgLocked(m, qos, retain, subIDs)
 		om.share = share
 		ss.enqueueLocked(ob, om)

@@ -139,8 +139,8 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	return act
 }
 
-// testPanic, when a test sets it, runs before each packet is handled.
-var testPanic atomic.Pointer[func(*client, codec.FixedHeader)]
+// testBeforePacket, when a test sets it, runs before each packet is handled.
+var testBeforePacket atomic.Pointer[func(*client, codec.FixedHeader)]
 
 // recoverPanic ends a connection whose processing panicked, so that one
 // client's bad input (a bug it found) costs that client its connection
@@ -224,7 +224,7 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 	if r := c.rare; r != nil && r.slowSince != 0 {
 		if c.gc.OutboundBuffered() <= c.srv.outboundHighWater() {
 			r.slowSince = 0
-			c.slow.Store(false)
+			c.setSlow(false)
 		} else if cfg.SlowTimeout > 0 && now-r.slowSince > int64(cfg.SlowTimeout) {
 			c.logger().Warn("closing connection", "reason", "slow receiver",
 				"outbound_bytes", c.gc.OutboundBuffered(), "for", cfg.SlowTimeout.String())
@@ -233,7 +233,7 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 			return
 		}
 	}
-	if c.connected && !c.slow.Load() {
+	if c.connected && !c.slow() {
 		c.sess.mu.Lock()
 		if c.sess.mu.cl == c && c.sess.mu.queue.len() > 0 {
 			c.sess.pumpLocked(ob, now)

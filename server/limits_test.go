@@ -258,8 +258,8 @@ func TestPanicClosesOnlyThatConnection(t *testing.T) {
 			panic("test panic")
 		}
 	}
-	testPanic.Store(&f)
-	t.Cleanup(func() { testPanic.Store(nil) })
+	testBeforePacket.Store(&f)
+	t.Cleanup(func() { testBeforePacket.Store(nil) })
 	s := startBroker(t, nil)
 	other := dialRaw(t, s, codec.V311)
 	other.connect("other", nil)

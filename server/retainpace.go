@@ -86,7 +86,7 @@ func (c *client) pumpRetained(ob *outbox) {
 	for _, p := range c.pend {
 		room -= len(p) // not written yet: coalesced (coalesce.go) or waiting for a commit
 	}
-	if room <= 0 || c.slow.Load() {
+	if room <= 0 || c.slow() {
 		c.waitRetained()
 		return
 	}

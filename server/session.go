@@ -2,6 +2,7 @@ package server
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"slices"
 	"sync"
@@ -293,7 +294,14 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 // REQUIRES: s.mu held.
 func (s *session) pumpLocked(ob *outbox, now int64) {
 	cl := s.mu.cl
-	if cl == nil || cl.slow.Load() {
+	if cl == nil || cl.slow() {
+		return
+	}
+	if cl.loop == ob.home && cl.inTransit() {
+		// Deliveries other goroutines made in the window are on their
+		// way to this loop: what the queue lets out now would pass
+		// them. The loop pumps once they arrive (xfer.run).
+		cl.flow.Or(flowPump)
 		return
 	}
 	for s.mu.queue.len() > 0 && len(s.mu.inflight) < int(s.mu.window) {
@@ -305,6 +313,25 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 		}
 		s.sendLocked(ob, m, now)
 	}
+}
+
+// pumpArrived lets out c's session queue once the deliveries in transit to
+// c's loop, which held it back, have arrived: in a task of its own, after
+// the loop has appended them, since xfer.run may run in the middle of
+// other work on the loop's outbox. It runs on c's loop.
+func (c *client) pumpArrived() {
+	_ = c.loop.el.Execute(context.Background(), runFunc(func() {
+		if c.closed {
+			return
+		}
+		ob := c.loop.ob
+		c.sess.mu.Lock()
+		if c.sess.mu.cl == c {
+			c.sess.pumpLocked(ob, c.srv.now())
+		}
+		c.sess.mu.Unlock()
+		ob.flush()
+	}))
 }
 
 // inflightLocked returns the inflight window in delivery order.
