@@ -12,8 +12,9 @@ import (
 // each of a hundred publishers would otherwise be written a hundred times.
 // A connection written less than Config.WriteDelay ago keeps what comes for
 // it until the delay has passed since that write, then gets it all in one
-// writev. Light traffic sees no added latency, busy traffic at most the
-// delay.
+// writev, but only while its loop is busy: while the loop has been asked
+// for more than Config.WriteDelayBusy writes within the last delay. Light
+// traffic sees no added latency, busy traffic at most the delay.
 //
 // A connection that may be waiting for an answer is written at once: one
 // that sent, within the delay, anything but an acknowledgement of our
@@ -46,9 +47,16 @@ type inbox struct {
 
 // coalesce is a loop's write-delay state; it belongs to the loop.
 type coalesce struct {
-	delay int64    // Config.WriteDelay
-	later []waiter // clients whose bytes wait for the delay
-	spare []waiter
+	delay int64 // Config.WriteDelay
+	// The loop's business (busy): how many writes it may be asked for
+	// within one delay and still write each at once (0: none), those
+	// asked for since busyFrom, and whether it holds bytes back now.
+	busyAt   int32
+	pushes   int32
+	busyFrom int64
+	hot      bool
+	later    []waiter // clients whose bytes wait for the delay
+	spare    []waiter
 	// laterAt is when the timer fires; 0 when it is not armed.
 	laterAt int64
 	timer   *time.Timer
@@ -62,8 +70,8 @@ type waiter struct {
 	seq uint16
 }
 
-func (l *loop) initCoalesce(delay time.Duration) {
-	l.delay = int64(delay)
+func (l *loop) initCoalesce(delay time.Duration, busyAt int) {
+	l.delay, l.busyAt = int64(delay), int32(busyAt)
 	l.timer = time.AfterFunc(time.Hour, func() { _ = l.el.Execute(context.Background(), runFunc(l.flushLater)) })
 	l.timer.Stop()
 	l.drain = func() {
@@ -109,7 +117,7 @@ func (c *client) push(now int64) {
 	if c.asked {
 		c.asked, c.askedAt = false, now
 	}
-	if l.delay == 0 || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay {
+	if l.delay == 0 || !l.busy(now) || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay {
 		c.write(now)
 		return
 	}
@@ -121,12 +129,27 @@ func (c *client) push(now int64) {
 	}
 }
 
+// busy counts a write asked of the loop and reports whether the loop
+// holds bytes back: it was asked for more than busyAt writes in the delay
+// before, or is in this one. It runs on the loop.
+func (l *loop) busy(now int64) bool {
+	if since := now - l.busyFrom; since >= l.delay {
+		l.hot = since < 2*l.delay && l.pushes > l.busyAt
+		l.busyFrom, l.pushes = now, 0
+	}
+	l.pushes++
+	if l.pushes > l.busyAt {
+		l.hot = true
+	}
+	return l.hot
+}
+
 // write flushes c and records when, for the write delay.
 func (c *client) write(now int64) {
 	c.flush()
 	c.wroteAt = now
 	c.waiting = false
-	if d := c.loop.delay; d != 0 && !c.asked && now-c.askedAt >= d {
+	if d := c.loop.delay; d != 0 && c.loop.hot && !c.asked && now-c.askedAt >= d {
 		c.calmUntil.Store(now + d)
 	}
 }

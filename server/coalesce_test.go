@@ -132,7 +132,7 @@ func TestWriteDelayAnswersAtOnce(t *testing.T) {
 func TestWriteDelayShutdownFlushes(t *testing.T) {
 	t.Parallel()
 	const delay = 500 * time.Millisecond
-	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
+	s := startBroker(t, func(c *Config) { c.WriteDelay, c.WriteDelayBusy = delay, 0 })
 	sub := quietSubscriber(t, s, codec.V5, "sd-sub", "sd/#", delay)
 	// The first message is written at once, the next ones are held.
 	pubs := make([]*rawConn, 4) // on both loops
@@ -169,7 +169,7 @@ func TestWriteDelayHeldClientAsks(t *testing.T) {
 	const delay = time.Second
 	// One event loop, so that the feeder's PINGRESP says the message is
 	// already held for x, not still on its way from another loop.
-	s := startBroker(t, func(c *Config) { c.WriteDelay, c.EventLoops = delay, 1 })
+	s := startBroker(t, func(c *Config) { c.WriteDelay, c.EventLoops, c.WriteDelayBusy = delay, 1, 0 })
 	x := quietSubscriber(t, s, codec.V311, "ha-x", "ha/#", delay)
 	feed := dialRaw(t, s, codec.V311)
 	feed.connect("ha-feed", nil)
@@ -188,6 +188,35 @@ func TestWriteDelayHeldClientAsks(t *testing.T) {
 	}
 	if len(got) != 1 || string(got[0].(*codec.Publish).Payload) != "1" {
 		t.Errorf("got %+v before the PINGRESP, want the held message", got)
+	}
+}
+
+// A loop asked for few writes holds nothing: a quiet subscriber's second
+// message, routed right after its first, is written at once, where a
+// busy loop would hold it for the delay (TestWriteDelayHeldClientAsks).
+func TestWriteDelayOnlyWhileBusy(t *testing.T) {
+	t.Parallel()
+	const delay = time.Second
+	s := startBroker(t, func(c *Config) { c.WriteDelay, c.EventLoops = delay, 1 })
+	x := quietSubscriber(t, s, codec.V311, "ob-x", "ob/#", delay)
+	feed := dialRaw(t, s, codec.V311)
+	feed.connect("ob-feed", nil)
+	for n := range 2 {
+		feed.send(&codec.Publish{Topic: []byte("ob/t"), Payload: fmt.Appendf(nil, "%d", n)})
+		feed.ping() // routed: one loop, so x's bytes are pushed
+	}
+	l := s.loopList()[0]
+	held := make(chan int, 1)
+	if err := l.el.Execute(context.Background(), runFunc(func() { held <- len(l.later) })); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-held; n != 0 {
+		t.Fatalf("%d clients held on a loop asked for %d writes or fewer", n, s.cfg.WriteDelayBusy)
+	}
+	for n := range 2 {
+		if p, ok := x.expect().(*codec.Publish); !ok || string(p.Payload) != fmt.Sprint(n) {
+			t.Fatalf("got %+v, want message %d", p, n)
+		}
 	}
 }
 
@@ -210,7 +239,7 @@ func quietSubscriber(t *testing.T, s *Server, v codec.Version, id, filter string
 func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
 	t.Parallel()
 	const delay = time.Second
-	s := startBroker(t, func(c *Config) { c.WriteDelay = delay })
+	s := startBroker(t, func(c *Config) { c.WriteDelay, c.WriteDelayBusy = delay, 0 })
 	sub := dialRaw(t, s, codec.V5)
 	sub.connect("wo-sub", func(p *codec.Connect) {
 		p.Props.ReceiveMaximum = 3

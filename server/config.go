@@ -194,12 +194,17 @@ type Config struct {
 	// SlowTimeout closes a connection that stays above OutboundHighWater for
 	// this long. Zero never closes.
 	SlowTimeout time.Duration
-	// WriteDelay coalesces writes to busy connections: a connection written
-	// less than this long ago gets its next bytes when that much time has
-	// passed, with everything else that came for it meanwhile, in one
-	// write. A connection that was quiet is written at once. Zero writes
-	// every unit of work's bytes at once.
+	// WriteDelay coalesces writes to busy connections on busy loops: a
+	// connection written less than this long ago gets its next bytes when
+	// that much time has passed, with everything else that came for it
+	// meanwhile, in one write. A connection that was quiet, or on a loop
+	// with less traffic, is written at once. Zero writes every unit of
+	// work's bytes at once.
 	WriteDelay time.Duration
+	// WriteDelayBusy is when a loop is busy: asked for more than this many
+	// writes within one WriteDelay (and for the next WriteDelay). Zero:
+	// always.
+	WriteDelayBusy int
 
 	// SharedPolicy picks the receiver in a shared subscription group.
 	SharedPolicy SharedPolicy
@@ -281,6 +286,7 @@ func DefaultConfig() Config {
 		OutboundHighWater:   4 << 20,
 		SlowTimeout:         30 * time.Second,
 		WriteDelay:          time.Millisecond,
+		WriteDelayBusy:      32,
 		SharedPolicy:        SharedRoundRobin,
 		SysInterval:         10 * time.Second,
 		DrainLBGrace:        5 * time.Second,
@@ -361,6 +367,7 @@ func (c *Config) Validate() error {
 	check(c.ConnectTimeout > 0, "--connect-timeout must be positive, got %s", c.ConnectTimeout)
 	check(c.OutboundHighWater >= 1024, "--outbound-high-water must be at least 1024 bytes, got %d", c.OutboundHighWater)
 	check(c.WriteDelay >= 0 && c.WriteDelay <= time.Second, "--write-delay must be between 0 and 1s, got %s", c.WriteDelay)
+	check(c.WriteDelayBusy >= 0 && c.WriteDelayBusy <= 1<<20, "--write-delay-busy must be between 0 and 1048576 writes, got %d", c.WriteDelayBusy)
 	check(c.SlowTimeout >= 0, "--slow-timeout must be >= 0, got %s", c.SlowTimeout)
 	switch c.SharedPolicy {
 	case SharedRoundRobin, SharedRandom, SharedHash:

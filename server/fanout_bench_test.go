@@ -53,7 +53,7 @@ func benchFanout(b *testing.B, subscribers int) {
 	}
 	l := &loop{}
 	l.ob = newOutbox(s, l)
-	l.initCoalesce(0)
+	l.initCoalesce(0, 0)
 	connect := func(id string) *client {
 		c := &client{srv: s, gc: &benchConn{}, loop: l, id: id, version: codec.V5, connected: true}
 		c.sess = newSession(s, id)

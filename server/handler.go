@@ -45,7 +45,7 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	if l == nil {
 		l = &loop{el: el}
 		l.ob = newOutbox(s, l)
-		l.initCoalesce(s.cfg.WriteDelay)
+		l.initCoalesce(s.cfg.WriteDelay, s.cfg.WriteDelayBusy)
 		s.loops.m[el] = l
 	}
 	return l

@@ -130,6 +130,7 @@ func TestBadFlagExitsTwo(t *testing.T) {
 		{[]string{"--topic-alias-maximum=70000"}, []string{"--topic-alias-maximum"}},
 		{[]string{"--write-delay=2s"}, []string{"--write-delay", "2s"}},
 		{[]string{"--write-delay=-1ms"}, []string{"--write-delay"}},
+		{[]string{"--write-delay-busy=-1"}, []string{"--write-delay-busy"}},
 		{[]string{"--auth-jwt-from=cookie"}, []string{"--auth-jwt-from", "cookie"}},
 		{[]string{"--auth-cert=serial"}, []string{"--auth-cert", "serial"}},
 		{[]string{"--auth-cache-ttl=-1s"}, []string{"auth"}},
