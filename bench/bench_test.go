@@ -123,4 +123,23 @@ func TestReport(t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}
+
+	// bench/latency.sh's runs: a broker name per setting, a key per
+	// scenario and rate; a curve per scenario that has runs.
+	dir = t.TempDir()
+	write("gannet1ms-fanin-load-2500.json", Result{P99: 2 * time.Millisecond})
+	write("gannet1ms-fanin-load-10000.json", Result{P99: time.Millisecond})
+	write("mosquitto-fanin-load-2500.json", Result{P99: 500 * time.Microsecond})
+	if rs, err = LoadResults(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Plot(dir); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "latency-fanin.png")); err != nil || st.Size() == 0 {
+		t.Fatalf("latency-fanin.png: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "latency-p2p.png")); !os.IsNotExist(err) {
+		t.Fatalf("latency-p2p.png drawn without p2p runs: %v", err)
+	}
 }

@@ -134,8 +134,11 @@ func (rs Results) Table(w io.Writer, keys []string) {
 
 // Plot draws the comparison's curves as PNG files in out:
 // throughput.png (received/s against clients, from runs "clients-<n>"),
-// latency.png (p99 against offered load, from runs "load-<rate>") and
-// memory.png (RSS against connections, from run "conn").
+// latency.png (p99 against offered load, from runs "load-<rate>"),
+// memory.png (RSS against connections, from run "conn"), and
+// latency-<scenario>.png (p99, log scale, against offered load, from runs
+// "<scenario>-load-<rate>", as bench/latency.sh names them) for p2p, fanin
+// and fanout.
 func (rs Results) Plot(out string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
@@ -167,15 +170,24 @@ func (rs Results) Plot(out string) error {
 			}
 		}
 	}
-	charts := []struct {
+	type chart struct {
 		file, title, x, y string
 		lines             map[string]plotter.XYs
-	}{
+		log               bool
+	}
+	charts := []chart{
 		{"throughput.png", "p2p, QoS 1, 64 B: throughput against clients", "client pairs", "messages received per second",
-			curve("clients-", func(r *Result) float64 { return r.RecvRate })},
+			curve("clients-", func(r *Result) float64 { return r.RecvRate }), false},
 		{"latency.png", "fan-in, QoS 1, 64 B: p99 latency against offered load", "offered messages per second", "p99 latency (ms)",
-			curve("load-", func(r *Result) float64 { return float64(r.P99) / 1e6 })},
-		{"memory.png", "idle connections: broker RSS", "connections", "RSS (MiB)", mem},
+			curve("load-", func(r *Result) float64 { return float64(r.P99) / 1e6 }), false},
+		{"memory.png", "idle connections: broker RSS", "connections", "RSS (MiB)", mem, false},
+	}
+	for _, sc := range []struct{ name, title string }{
+		{"p2p", "p2p (100 pairs)"}, {"fanin", "fan-in (100 publishers, 1 subscriber)"}, {"fanout", "fan-out (1 publisher, 100 subscribers)"},
+	} {
+		charts = append(charts, chart{"latency-" + sc.name + ".png", sc.title + ", QoS 1, 64 B: p99 latency against offered load",
+			"offered messages per second (deliveries)", "p99 latency (ms, log scale)",
+			curve(sc.name+"-load-", func(r *Result) float64 { return float64(r.P99) / 1e6 }), true})
 	}
 	for _, c := range charts {
 		if len(c.lines) == 0 {
@@ -183,6 +195,9 @@ func (rs Results) Plot(out string) error {
 		}
 		p := plot.New()
 		p.Title.Text, p.X.Label.Text, p.Y.Label.Text = c.title, c.x, c.y
+		if c.log {
+			p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+		}
 		var args []any
 		for _, b := range rs.brokers() {
 			if xys, ok := c.lines[b]; ok {
