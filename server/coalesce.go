@@ -12,9 +12,10 @@ import (
 // each of a hundred publishers would otherwise be written a hundred times.
 // A connection written less than Config.WriteDelay ago keeps what comes for
 // it until the delay has passed since that write, then gets it all in one
-// writev, but only while its loop is busy: while the loop has been asked
-// for more than Config.WriteDelayBusy writes within the last delay. Light
-// traffic sees no added latency, busy traffic at most the delay.
+// writev, but only while its loop is busy: while more than
+// Config.WriteDelayBusy of its writes within the last delay went to
+// receivers written less than the delay before. Light traffic sees no
+// added latency, busy traffic at most the delay.
 //
 // A connection that may be waiting for an answer is written at once: one
 // that sent, within the delay, anything but an acknowledgement of our
@@ -117,7 +118,7 @@ func (c *client) push(now int64) {
 	if c.asked {
 		c.asked, c.askedAt = false, now
 	}
-	if l.delay == 0 || !l.busy(now) || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay {
+	if l.delay == 0 || c.closed || c.held > 0 || now-c.wroteAt >= l.delay || now-c.askedAt < l.delay || !l.busy(now) {
 		c.write(now)
 		return
 	}
@@ -129,9 +130,10 @@ func (c *client) push(now int64) {
 	}
 }
 
-// busy counts a write asked of the loop and reports whether the loop
-// holds bytes back: it was asked for more than busyAt writes in the delay
-// before, or is in this one. It runs on the loop.
+// busy counts a write the delay could merge with the next (to a receiver
+// written less than the delay ago) and reports whether the loop holds
+// bytes back: it had more than busyAt such writes in the delay before, or
+// has in this one. It runs on the loop.
 func (l *loop) busy(now int64) bool {
 	if since := now - l.busyFrom; since >= l.delay {
 		l.hot = since < 2*l.delay && l.pushes > l.busyAt

@@ -201,9 +201,9 @@ type Config struct {
 	// with less traffic, is written at once. Zero writes every unit of
 	// work's bytes at once.
 	WriteDelay time.Duration
-	// WriteDelayBusy is when a loop is busy: asked for more than this many
-	// writes within one WriteDelay (and for the next WriteDelay). Zero:
-	// always.
+	// WriteDelayBusy is when a loop is busy: more than this many of its
+	// writes within one WriteDelay (and for the next WriteDelay) went to
+	// receivers written less than WriteDelay before. Zero: always.
 	WriteDelayBusy int
 
 	// SharedPolicy picks the receiver in a shared subscription group.
@@ -286,7 +286,7 @@ func DefaultConfig() Config {
 		OutboundHighWater:   4 << 20,
 		SlowTimeout:         30 * time.Second,
 		WriteDelay:          time.Millisecond,
-		WriteDelayBusy:      32,
+		WriteDelayBusy:      20,
 		SharedPolicy:        SharedRoundRobin,
 		SysInterval:         10 * time.Second,
 		DrainLBGrace:        5 * time.Second,
