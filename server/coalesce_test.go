@@ -240,13 +240,7 @@ func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
 	t.Parallel()
 	const delay = time.Second
 	s := startBroker(t, func(c *Config) { c.WriteDelay, c.WriteDelayBusy = delay, 0 })
-	sub := dialRaw(t, s, codec.V5)
-	sub.connect("wo-sub", func(p *codec.Connect) {
-		p.Props.ReceiveMaximum = 3
-		p.Props.Set(codec.PropReceiveMaximum)
-	})
-	opsSubscribe(t, sub, 1, "wo/#")
-	pub := publisherElsewhere(t, s, "wo-sub", "wo-pub")
+	sub, pub := windowedPair(t, s, "wo", 3)
 	time.Sleep(delay) // quiet: the rule is a time, nothing else to wait on
 
 	// m1 is written at once, m2 is held for the delay, m3 waits in the
@@ -265,6 +259,20 @@ func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
 			t.Fatalf("got %+v, want m%d", p, i)
 		}
 	}
+}
+
+// windowedPair connects an MQTT 5 subscriber name-sub to name/# at QoS 1
+// with a receive maximum of window, and a publisher on another event loop
+// (publisherElsewhere).
+func windowedPair(t *testing.T, s *Server, name string, window uint16) (sub, pub *rawConn) {
+	t.Helper()
+	sub = dialRaw(t, s, codec.V5)
+	sub.connect(name+"-sub", func(p *codec.Connect) {
+		p.Props.ReceiveMaximum = window
+		p.Props.Set(codec.PropReceiveMaximum)
+	})
+	opsSubscribe(t, sub, 1, name+"/#")
+	return sub, publisherElsewhere(t, s, name+"-sub", name+"-pub")
 }
 
 // publisherElsewhere connects MQTT 5 clients named prefix0, prefix1, ...
@@ -295,13 +303,7 @@ func publisherElsewhere(t *testing.T, s *Server, sub, prefix string) *rawConn {
 // once.)
 func TestWindowDeliveryInTransitKeepsOrder(t *testing.T) {
 	s := startBroker(t, func(c *Config) { c.WriteDelay = 0 })
-	sub := dialRaw(t, s, codec.V5)
-	sub.connect("tr-sub", func(p *codec.Connect) {
-		p.Props.ReceiveMaximum = 2
-		p.Props.Set(codec.PropReceiveMaximum)
-	})
-	opsSubscribe(t, sub, 1, "tr/#")
-	pub := publisherElsewhere(t, s, "tr-sub", "tr-pub")
+	sub, pub := windowedPair(t, s, "tr", 2)
 	pub.publishAcked("tr/t", "m0", 1, false)
 	p0, ok := sub.expect().(*codec.Publish)
 	if !ok || string(p0.Payload) != "m0" {
