@@ -109,7 +109,7 @@ func newOutbox(srv *Server, home *loop) *outbox {
 // add queues one whole packet for cl.
 func (ob *outbox) add(cl *client, pkt []byte) {
 	ob.parts = append(ob.parts[:0], pkt)
-	ob.addSlices(cl, ob.parts)
+	ob.addSlices(cl, ob.parts, false)
 }
 
 // addParts queues a shared frame for cl with its packet id and topic
@@ -120,15 +120,12 @@ func (ob *outbox) add(cl *client, pkt []byte) {
 // REQUIRES: cl's session.mu held when id is not nil.
 func (ob *outbox) addParts(cl *client, fr fanout.Frame, id, alias []byte) {
 	ob.parts = fr.Parts(ob.parts[:0], id, alias)
-	ob.addSlices(cl, ob.parts)
-	if id != nil && cl.loop != ob.home {
-		x := ob.remote[cl.loop]
-		x.items[len(x.items)-1].transit = true
-		cl.flow.Add(flowTransit)
-	}
+	ob.addSlices(cl, ob.parts, id != nil)
 }
 
-func (ob *outbox) addSlices(cl *client, parts [][]byte) {
+// addSlices queues parts for cl; windowed: they are a delivery in cl's
+// inflight window, counted in transit when they go to another loop.
+func (ob *outbox) addSlices(cl *client, parts [][]byte, windowed bool) {
 	if cl.loop == ob.home {
 		cl.loop.takeFirst()
 		cl.pend = append(cl.pend, parts...)
@@ -143,7 +140,10 @@ func (ob *outbox) addSlices(cl *client, parts [][]byte) {
 		x = xferPool.Get().(*xfer)
 		ob.remote[cl.loop] = x
 	}
-	x.items = append(x.items, xitem{cl: cl, n: len(parts)})
+	x.items = append(x.items, xitem{cl: cl, n: len(parts), transit: windowed})
+	if windowed {
+		cl.flow.Add(flowTransit)
+	}
 	x.parts = append(x.parts, parts...)
 }
 
@@ -389,7 +389,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
-	if cl == nil || cl.slow() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
+	if ss.mustQueueLocked() {
 		om := ss.newOutMsgLocked(m, qos, retain, subIDs)
 		om.share = share
 		ss.enqueueLocked(ob, om)
