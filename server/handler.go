@@ -234,11 +234,7 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 		}
 	}
 	if c.connected && !c.slow() {
-		c.sess.mu.Lock()
-		if c.sess.mu.cl == c && c.sess.mu.queue.len() > 0 {
-			c.sess.pumpLocked(ob, now)
-		}
-		c.sess.mu.Unlock()
+		c.pumpQueue(ob, now)
 	}
 }
 

@@ -289,6 +289,15 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 	ob.addParts(cl, fr, m.idb[:], nil)
 }
 
+// mustQueueLocked reports whether a QoS 1/2 message for s waits in its
+// queue rather than going into the inflight window now: no connection, a
+// slow one, messages queued ahead of it, or the window full.
+// REQUIRES: s.mu held.
+func (s *session) mustQueueLocked() bool {
+	cl := s.mu.cl
+	return cl == nil || cl.slow() || s.mu.queue.len() > 0 || len(s.mu.inflight) >= int(s.mu.window)
+}
+
 // pumpLocked moves queued messages into the inflight window while there is
 // room and the connection is not slow.
 // REQUIRES: s.mu held.
@@ -315,6 +324,16 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 	}
 }
 
+// pumpQueue lets out what c's session queue holds while c holds the
+// session.
+func (c *client) pumpQueue(ob *outbox, now int64) {
+	c.sess.mu.Lock()
+	if c.sess.mu.cl == c && c.sess.mu.queue.len() > 0 {
+		c.sess.pumpLocked(ob, now)
+	}
+	c.sess.mu.Unlock()
+}
+
 // pumpArrived lets out c's session queue once the deliveries in transit to
 // c's loop, which held it back, have arrived: in a task of its own, after
 // the loop has appended them, since xfer.run may run in the middle of
@@ -324,13 +343,8 @@ func (c *client) pumpArrived() {
 		if c.closed {
 			return
 		}
-		ob := c.loop.ob
-		c.sess.mu.Lock()
-		if c.sess.mu.cl == c {
-			c.sess.pumpLocked(ob, c.srv.now())
-		}
-		c.sess.mu.Unlock()
-		ob.flush()
+		c.pumpQueue(c.loop.ob, c.srv.now())
+		c.loop.ob.flush()
 	}))
 }
 

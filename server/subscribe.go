@@ -340,7 +340,7 @@ func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, 
 	// any loop; a persistent queue needs a body of its own, so it gets a
 	// message of its own (the bytes stay shared).
 	om := ss.newOutMsgLocked(m.clone(), qos, retain, subIDs)
-	if cl.slow() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
+	if ss.mustQueueLocked() {
 		ss.enqueueLocked(ob, om)
 		return
 	}

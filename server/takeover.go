@@ -407,7 +407,7 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 		return
 	}
 	om := ss.newOutMsgLocked(m, qos, retain, subIDs)
-	if cl == nil || cl.slow() || ss.mu.queue.len() > 0 || len(ss.mu.inflight) >= int(ss.mu.window) {
+	if ss.mustQueueLocked() {
 		ss.enqueueLocked(ob, om)
 		return
 	}
