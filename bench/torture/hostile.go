@@ -49,8 +49,12 @@ func hostileClients(ctx context.Context, e *env) error {
 		return err
 	}
 	r.fig("well-behaved", "%d pairs, QoS 1, %d messages/s in all, %v measured per run", pairs, rate, window)
+	abusers := e.opts.Abusers
+	if abusers == nil {
+		abusers = Abusers
+	}
 	r.fig("hostile", "SUBSCRIBE of %d x #; %d B PUBLISHes; %d silent and %d half-CONNECT connections; a flooder (running: %s)",
-		copies, maxPacket, idle, idle, running(e.opts.Abusers))
+		copies, maxPacket, idle, idle, strings.Join(abusers, ", "))
 	watch := watchRSS(b, 50*time.Millisecond)
 	defer watch.stopOnce()
 	p2p := func() (*bench.Result, time.Time, time.Time, error) {
@@ -66,7 +70,7 @@ func hostileClients(ctx context.Context, e *env) error {
 	}
 	quietPeak := watch.peakBetween(q0, q1)
 
-	h := &hostiles{addr: b.Addr, abusers: e.opts.Abusers, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	h := &hostiles{addr: b.Addr, abusers: abusers, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	defer h.end()
 	e.logf("hostile clients arrive")
 	if err := h.start(ctx, idle, copies, maxPacket); err != nil {
@@ -114,7 +118,7 @@ func hostileClients(ctx context.Context, e *env) error {
 // end.
 type hostiles struct {
 	addr    string
-	abusers []string // the kinds that run (Options.Abusers)
+	abusers []string // the kinds that run (of Abusers)
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	once    sync.Once
@@ -218,18 +222,8 @@ func (h *hostiles) start(ctx context.Context, idle, copies, maxPacket int) error
 	return nil
 }
 
-// running names the kinds of hostile client that run.
-func running(abusers []string) string {
-	if abusers == nil {
-		abusers = Abusers
-	}
-	return strings.Join(abusers, ", ")
-}
-
 // runs says whether the hostile client of this kind (Abusers) runs.
-func (h *hostiles) runs(kind string) bool {
-	return h.abusers == nil || slices.Contains(h.abusers, kind)
-}
+func (h *hostiles) runs(kind string) bool { return slices.Contains(h.abusers, kind) }
 
 func (h *hostiles) running() bool {
 	select {
