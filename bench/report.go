@@ -82,7 +82,7 @@ func (rs Results) Table(w io.Writer, keys []string) {
 	}{
 		{"Broker CPU per delivered message (µs); ratio Gannet/other", func(r *Result) float64 { return r.BrokerUsPer }, "%.2f"},
 		{"Messages received per second; ratio Gannet/other", func(r *Result) float64 { return r.RecvRate }, "%.0f"},
-		{"p99 latency (ms); ratio Gannet/other", func(r *Result) float64 { return float64(r.P99) / 1e6 }, "%.2f"},
+		{"p99 latency (ms); ratio Gannet/other", p99ms, "%.2f"},
 		{"Messages lost (QoS 0: dropped by the broker)", func(r *Result) float64 { return float64(r.Lost) }, "%.0f"},
 	}
 	for _, f := range figures {
@@ -132,6 +132,9 @@ func (rs Results) Table(w io.Writer, keys []string) {
 	}
 }
 
+// p99ms is a result's p99 latency in milliseconds.
+func p99ms(r *Result) float64 { return float64(r.P99) / 1e6 }
+
 // Plot draws the comparison's curves as PNG files in out:
 // throughput.png (received/s against clients, from runs "clients-<n>"),
 // latency.png (p99 against offered load, from runs "load-<rate>"),
@@ -179,7 +182,7 @@ func (rs Results) Plot(out string) error {
 		{"throughput.png", "p2p, QoS 1, 64 B: throughput against clients", "client pairs", "messages received per second",
 			curve("clients-", func(r *Result) float64 { return r.RecvRate }), false},
 		{"latency.png", "fan-in, QoS 1, 64 B: p99 latency against offered load", "offered messages per second", "p99 latency (ms)",
-			curve("load-", func(r *Result) float64 { return float64(r.P99) / 1e6 }), false},
+			curve("load-", p99ms), false},
 		{"memory.png", "idle connections: broker RSS", "connections", "RSS (MiB)", mem, false},
 	}
 	for _, sc := range []struct{ name, title string }{
@@ -187,7 +190,7 @@ func (rs Results) Plot(out string) error {
 	} {
 		charts = append(charts, chart{"latency-" + sc.name + ".png", sc.title + ", QoS 1, 64 B: p99 latency against offered load",
 			"offered messages per second (deliveries)", "p99 latency (ms, log scale)",
-			curve(sc.name+"-load-", func(r *Result) float64 { return float64(r.P99) / 1e6 }), true})
+			curve(sc.name+"-load-", p99ms), true})
 	}
 	for _, c := range charts {
 		if len(c.lines) == 0 {
