@@ -317,13 +317,7 @@ func TestSubscribeRepeatedFilter(t *testing.T) {
 	if len(bomb) < 1000 {
 		t.Fatalf("only %d copies: --max-subscriptions defaults to %d", len(bomb), s.cfg.MaxSubscriptions)
 	}
-	s.sessions.Lock()
-	ss := s.sessions.m["sub"]
-	s.sessions.Unlock()
-	ss.mu.Lock()
-	n := len(ss.mu.subs)
-	ss.mu.Unlock()
-	if n != 3 {
+	if n := heldSubscriptions(s, "sub"); n != 3 {
 		t.Fatalf("session holds %d subscriptions, want a, b and #", n)
 	}
 }
@@ -357,16 +351,8 @@ func TestSubscribeListingTooManyFilters(t *testing.T) {
 		if n := s.adm.subLongRefused.Get(); n != uint64(i+1) {
 			t.Fatalf("refusals counted: %d, want %d", n, i+1)
 		}
-		s.sessions.Lock()
-		ss := s.sessions.m["bomb-"+v.String()]
-		s.sessions.Unlock()
-		if ss != nil {
-			ss.mu.Lock()
-			n := len(ss.mu.subs)
-			ss.mu.Unlock()
-			if n != 0 {
-				t.Fatalf("%s: session holds %d subscriptions after the refused SUBSCRIBE", v, n)
-			}
+		if n := heldSubscriptions(s, "bomb-"+v.String()); n != 0 {
+			t.Fatalf("%s: session holds %d subscriptions after the refused SUBSCRIBE", v, n)
 		}
 	}
 	other.publishAcked("ok/1", "still here", 0, false)
@@ -374,4 +360,16 @@ func TestSubscribeListingTooManyFilters(t *testing.T) {
 	if len(got) != 1 || string(got[0].(*codec.Publish).Payload) != "still here" {
 		t.Fatalf("other client after the refusals: %v", got)
 	}
+}
+
+// heldSubscriptions is how many subscriptions the session of client id
+// holds; 0 without a session.
+func heldSubscriptions(s *Server, id string) int {
+	ss := s.lookupSession(id)
+	if ss == nil {
+		return 0
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return len(ss.mu.subs)
 }
