@@ -697,10 +697,6 @@ func (c *client) setSlow(on bool) {
 	}
 }
 
-// inTransit reports whether deliveries in c's window are on their way to
-// its loop from other goroutines.
-func (c *client) inTransit() bool { return c.flow.Load() >= flowTransit }
-
 // maxHeldAcks is how many acknowledgements may wait for the disk for one
 // client before its QoS 1/2 publishes wait in its input: the receive
 // maximum, which is as many as an MQTT 5 client may have unacknowledged.

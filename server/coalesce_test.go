@@ -362,3 +362,38 @@ func TestWindowDeliveryInTransitKeepsOrder(t *testing.T) {
 		t.Fatal("the publisher's loop never handled m3")
 	}
 }
+
+// Two goroutines that deliver to one subscriber off its loop (two peers'
+// lanes) give packet ids in one order and may post their bytes in the
+// other: the later delivery waits in the session's queue until the earlier
+// one has arrived, so the subscriber gets them in packet-id order.
+func TestDeliveriesOfTwoGoroutinesKeepOrder(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.WriteDelay = 0 })
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("two-sub", nil)
+	opsSubscribe(t, sub, 1, "two/#")
+	first, second := newOutbox(s, nil), newOutbox(s, nil)
+	for i, ob := range []*outbox{first, second} {
+		m := newMessage(&codec.Publish{Topic: []byte("two/t"), QoS: 1, Payload: fmt.Appendf(nil, "m%d", i+1)}, "pub", s.now())
+		if n, ok := s.route(ob, m); n != 1 || !ok {
+			t.Fatalf("m%d routed to %d (ok %v), want 1", i+1, n, ok)
+		}
+	}
+	second.flush()
+	first.flush()
+	var ids []uint16
+	for i := 1; i <= 2; i++ {
+		pkt := sub.expect()
+		p, ok := pkt.(*codec.Publish)
+		if !ok {
+			t.Fatalf("delivery %d: got %T, want a PUBLISH", i, pkt)
+		}
+		if string(p.Payload) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("delivery %d: got %s, want m%d", i, p.Payload, i)
+		}
+		ids = append(ids, p.PacketID)
+	}
+	if ids[0] == ids[1] {
+		t.Fatalf("both deliveries have packet id %d", ids[0])
+	}
+}

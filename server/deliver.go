@@ -31,6 +31,11 @@ type outbox struct {
 	index   map[*session]int
 	parts   [][]byte
 
+	// transit counts, per client of another loop, the deliveries in its
+	// inflight window this outbox holds until flush (client.flow counts
+	// every goroutine's); nil until the first.
+	transit map[*client]int32
+
 	// a QoS 0 message being routed that no one keeps (borrow)
 	scratch      message
 	scratchProps codec.Properties
@@ -115,8 +120,9 @@ func (ob *outbox) add(cl *client, pkt []byte) {
 // addParts queues a shared frame for cl with its packet id and topic
 // alias bytes. A frame with a packet id is in cl's inflight window: sent
 // towards another loop, it counts as in transit (client.flow) until it
-// arrives, and the client's loop does not let out the session's queue
-// meanwhile (pumpLocked), which would pass it.
+// arrives, and neither the client's loop nor another goroutine lets out
+// the session's queue or delivers into the window meanwhile
+// (othersInTransit), which would pass it.
 // REQUIRES: cl's session.mu held when id is not nil.
 func (ob *outbox) addParts(cl *client, fr fanout.Frame, id, alias []byte) {
 	ob.parts = fr.Parts(ob.parts[:0], id, alias)
@@ -143,8 +149,39 @@ func (ob *outbox) addSlices(cl *client, parts [][]byte, windowed bool) {
 	x.items = append(x.items, xitem{cl: cl, n: len(parts), transit: windowed})
 	if windowed {
 		cl.flow.Add(flowTransit)
+		if ob.transit == nil {
+			ob.transit = make(map[*client]int32)
+		}
+		ob.transit[cl]++
 	}
 	x.parts = append(x.parts, parts...)
+}
+
+// othersInTransit reports whether deliveries in cl's inflight window that
+// other goroutines made are on their way to cl's loop. Whatever this
+// outbox gives cl meanwhile, straight into the window or out of the
+// session's queue, would pass them: it waits in the queue instead
+// (session.mustQueueLocked, pumpLocked). This outbox's own deliveries do
+// not hold it back: its bytes for cl go in the order it made them.
+// REQUIRES: cl's session.mu held.
+func (ob *outbox) othersInTransit(cl *client) bool {
+	f := cl.flow.Load()
+	if f < flowTransit {
+		return false
+	}
+	return cl.loop == ob.home || f/flowTransit > ob.transit[cl]
+}
+
+// awaitTransit has cl's loop let out its session's queue once the
+// deliveries in transit have arrived (xfer.run). Off cl's loop they may
+// have arrived since othersInTransit looked, without a pump asked for:
+// then it asks for one itself.
+// REQUIRES: cl's session.mu held.
+func (ob *outbox) awaitTransit(cl *client) {
+	if old := cl.flow.Or(flowPump); old < flowTransit && cl.loop != ob.home {
+		cl.flow.And(^flowPump)
+		cl.pumpArrived()
+	}
 }
 
 // flush commits the store writes collected, then writes everything
@@ -163,6 +200,7 @@ func (ob *outbox) flush() {
 		delete(ob.remote, l)
 		l.post(x, now)
 	}
+	clear(ob.transit)
 	for i, cl := range ob.local {
 		cl.push(now)
 		ob.local[i] = nil
@@ -389,7 +427,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
-	if ss.mustQueueLocked() {
+	if ss.mustQueueLocked(ob) {
 		om := ss.newOutMsgLocked(m, qos, retain, subIDs)
 		om.share = share
 		ss.enqueueLocked(ob, om)

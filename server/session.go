@@ -289,13 +289,23 @@ func (s *session) sendLocked(ob *outbox, m *outMsg, now int64) {
 	ob.addParts(cl, fr, m.idb[:], nil)
 }
 
-// mustQueueLocked reports whether a QoS 1/2 message for s waits in its
-// queue rather than going into the inflight window now: no connection, a
-// slow one, messages queued ahead of it, or the window full.
+// mustQueueLocked reports whether a QoS 1/2 message for s that ob
+// delivers waits in its queue rather than going into the inflight window
+// now: no connection, a slow one, messages queued ahead of it, the window
+// full, or other goroutines' deliveries in the window still on their way
+// to the connection's loop (then the loop lets the queue out once they
+// arrive).
 // REQUIRES: s.mu held.
-func (s *session) mustQueueLocked() bool {
+func (s *session) mustQueueLocked(ob *outbox) bool {
 	cl := s.mu.cl
-	return cl == nil || cl.slow() || s.mu.queue.len() > 0 || len(s.mu.inflight) >= int(s.mu.window)
+	if cl == nil || cl.slow() || s.mu.queue.len() > 0 || len(s.mu.inflight) >= int(s.mu.window) {
+		return true
+	}
+	if ob.othersInTransit(cl) {
+		ob.awaitTransit(cl)
+		return true
+	}
+	return false
 }
 
 // pumpLocked moves queued messages into the inflight window while there is
@@ -306,11 +316,10 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 	if cl == nil || cl.slow() {
 		return
 	}
-	if cl.loop == ob.home && cl.inTransit() {
-		// Deliveries other goroutines made in the window are on their
-		// way to this loop: what the queue lets out now would pass
-		// them. The loop pumps once they arrive (xfer.run).
-		cl.flow.Or(flowPump)
+	if ob.othersInTransit(cl) {
+		// What the queue lets out now would pass them. The loop pumps
+		// once they arrive (xfer.run).
+		ob.awaitTransit(cl)
 		return
 	}
 	for s.mu.queue.len() > 0 && len(s.mu.inflight) < int(s.mu.window) {

@@ -340,7 +340,7 @@ func (ss *session) deliverStored(ob *outbox, m *message, qos byte, retain bool, 
 	// any loop; a persistent queue needs a body of its own, so it gets a
 	// message of its own (the bytes stay shared).
 	om := ss.newOutMsgLocked(m.clone(), qos, retain, subIDs)
-	if ss.mustQueueLocked() {
+	if ss.mustQueueLocked(ob) {
 		ss.enqueueLocked(ob, om)
 		return
 	}

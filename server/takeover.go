@@ -407,7 +407,7 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 		return
 	}
 	om := ss.newOutMsgLocked(m, qos, retain, subIDs)
-	if ss.mustQueueLocked() {
+	if ss.mustQueueLocked(ob) {
 		ss.enqueueLocked(ob, om)
 		return
 	}
