@@ -43,7 +43,6 @@ const (
 	opCreate        // a set of a key that has never been written
 	opDelete
 	opDeleteRange
-	opSkip // dropped by the committer (store.go: elide)
 )
 
 // op is one write; key and val (the range end for opDeleteRange) are

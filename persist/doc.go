@@ -70,7 +70,11 @@
 // deliveries, ended sessions, Load's purge) are held and written ahead of
 // the first group once writes resume, so that what the broker dropped
 // does not come back at the next start (up to 64 MiB of keys; beyond,
-// they are counted in Stats.HeldDropped).
+// they are counted in Stats.HeldDropped). A deletion is held even when a
+// creation of its key in the same group made it moot, and a kept
+// creation (CommitKept) written again counts as possibly on disk already
+// (its first write may have reached the log): so that key is deleted,
+// whichever of the two writes survived.
 //
 // An abandoned opening keeps its memory (memtables, caches) and goroutines
 // until the process exits; after 8 of them the store stays failed until the

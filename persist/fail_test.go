@@ -3,6 +3,7 @@ package persist
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -382,4 +383,43 @@ func TestKeptWriteToldOfClose(t *testing.T) {
 			t.Fatalf("kept write at close: %v, want ErrClosed", err)
 		}
 	})
+}
+
+// A group that fails after the committer looked at it (elide) is held as
+// it was handed in: a deletion that a kept creation of the same key made
+// moot in that group is still written, and so is the creation's undoing
+// when the failed write reached the log after all (a failed write may be
+// applied at the reopen, doc.go), so that the key does not come back.
+func TestFailedGroupHeldAsHandedIn(t *testing.T) {
+	s := openT(t, Options{})
+	t.Cleanup(func() { _ = s.Close() })
+	// The failed write reached the disk: the key is there.
+	var b Batch
+	b.CreateMeta("k", []byte("v"))
+	commitWait(t, s, &b)
+
+	// The same creation, kept, and its deletion fail in one group.
+	var del Batch
+	del.DeleteMeta("k")
+	kept := make(chan error, 1)
+	group := []pendingCommit{
+		{buf: slices.Clone(b.buf), ops: slices.Clone(b.ops), keep: true, done: func(err error) { kept <- err }},
+		{buf: slices.Clone(del.buf), ops: slices.Clone(del.ops), done: func(error) {}},
+	}
+	s.elide(group, 2)
+	for _, pc := range s.hold(group, errors.New("the write failed")) {
+		if pc.done != nil {
+			pc.done(errors.New("the write failed"))
+		}
+	}
+
+	b.Reset()
+	b.PutMeta("after", []byte("v")) // the held writes go ahead of it
+	commitWait(t, s, &b)
+	if err := <-kept; err != nil {
+		t.Fatalf("the kept creation: %v", err)
+	}
+	if l := loadAll(t, s, time.Now()); l.meta["k"] != "" || l.meta["after"] != "v" {
+		t.Fatalf("k %q (want deleted), after %q (want v)", l.meta["k"], l.meta["after"])
+	}
 }

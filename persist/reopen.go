@@ -190,8 +190,16 @@ func (s *Store) hold(group []pendingCommit, err error) []pendingCommit {
 	for i := range group {
 		pc := &group[i]
 		if pc.keep && s.mu.redoBytes+len(pc.buf) <= maxHeld {
-			s.mu.redo = append(s.mu.redo, pendingCommit{buf: pc.buf, ops: slices.Clone(pc.orig), orig: pc.orig,
-				done: pc.done, keep: true})
+			// The refused write may have reached the log all the same
+			// and be applied at the reopen: its creations are sets now,
+			// so that a deletion after them is written, not elided.
+			ops := slices.Clone(pc.ops)
+			for i := range ops {
+				if ops[i].kind == opCreate {
+					ops[i].kind = opSet
+				}
+			}
+			s.mu.redo = append(s.mu.redo, pendingCommit{buf: pc.buf, ops: ops, done: pc.done, keep: true})
 			s.mu.redoBytes += len(pc.buf)
 			s.mu.redoKept++
 			pc.done = nil

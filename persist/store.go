@@ -151,6 +151,7 @@ type Store struct {
 
 	// committer-only scratch for elide
 	elideMap map[uint64]elideAt
+	skip     []bool  // per write of the group: dropped by elide
 	order    []opRef // committer scratch: the writes of a group in the order applied
 
 	unhealthy atomic.Pointer[error]
@@ -168,11 +169,12 @@ type Store struct {
 // opRef is one write of a group: group[pc].ops[op].
 type opRef struct{ pc, op int32 }
 
-// elideAt is the place in a group of a key's last write, and whether the
-// key was created in the group.
+// elideAt is the place in a group of a key's last write (group[pc].ops[op],
+// the at'th write of the group), and whether the key was created in the
+// group.
 type elideAt struct {
-	pc, op  int
-	created bool
+	pc, op, at int
+	created    bool
 }
 
 type pendingCommit struct {
@@ -180,9 +182,8 @@ type pendingCommit struct {
 	ops  []op
 	done func(error)
 	// keep: written again after a refusal rather than failed
-	// (CommitKept); orig is ops as handed in, which elide changes.
+	// (CommitKept).
 	keep bool
-	orig []op
 }
 
 // memTableSize is Pebble's memtable: 32 MiB rather than its 4 MiB default.
@@ -470,9 +471,6 @@ func (s *Store) commitPC(b *Batch, done func(error), wait, keep bool) {
 	if len(b.ops) > 0 {
 		pc.buf = append([]byte(nil), b.buf...)
 		pc.ops = append([]op(nil), b.ops...)
-		if keep {
-			pc.orig = slices.Clone(pc.ops)
-		}
 	}
 	s.mu.Lock()
 	for wait && s.mu.pendingBytes > s.opts.MaxPending && !s.mu.closed {
@@ -530,8 +528,7 @@ func (s *Store) committer() {
 		s.mu.Lock()
 		group = group[:0]
 		if len(s.mu.redo) > 0 && (len(s.mu.pending) > 0 || s.mu.redoKept > 0 && s.writable()) {
-			// What was refused goes first. elide marks ops in place; a
-			// kept part keeps its ops as handed in (orig) for hold.
+			// What was refused goes first.
 			group = append(group, s.mu.redo...)
 			clear(s.mu.redo)
 			s.mu.redo, s.mu.redoBytes, s.mu.redoKept = s.mu.redo[:0], 0, 0
@@ -633,13 +630,15 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 	// one key after another, and each insert starting where the last one
 	// ended is several times cheaper than a search from the top for keys
 	// in arrival order, which interleave every client's.
-	sorted := s.elide(group)
+	sorted := s.elide(group, n)
 	order := s.order[:0]
+	at := 0
 	for i := range group {
-		for j, o := range group[i].ops {
-			if o.kind != opSkip {
+		for j := range group[i].ops {
+			if !s.skip[at] {
 				order = append(order, opRef{pc: int32(i), op: int32(j)})
 			}
+			at++
 		}
 	}
 	if sorted {
@@ -703,9 +702,14 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 // makes moot: only the last write of a key counts, and a key created and
 // deleted within the group is never written at all. On a busy broker a
 // subscriber acknowledges a message while its entry still waits for the
-// disk, so most bodies and entries cost no write. A group with a range
-// deletion is written as it is, and elide reports false for it.
-func (s *Store) elide(group []pendingCommit) bool {
+// disk, so most bodies and entries cost no write. It marks the dropped
+// writes in s.skip (indexed as the group's writes in order) and leaves
+// the group as handed in, which hold needs if the write fails. A group
+// with a range deletion is written as it is, and elide reports false for
+// it.
+func (s *Store) elide(group []pendingCommit, n int) bool {
+	s.skip = slices.Grow(s.skip[:0], n)[:n]
+	clear(s.skip)
 	for _, pc := range group {
 		for _, o := range pc.ops {
 			if o.kind == opDeleteRange {
@@ -722,6 +726,7 @@ func (s *Store) elide(group []pendingCommit) bool {
 		s.elideMap = last
 	}
 	defer clear(last)
+	at := 0
 	for i := range group {
 		pc := &group[i]
 		for j := range pc.ops {
@@ -733,14 +738,16 @@ func (s *Store) elide(group []pendingCommit) bool {
 				p := &group[prev.pc]
 				po := &p.ops[prev.op]
 				if !bytes.Equal(p.buf[po.k0:po.k1], k) {
+					at++
 					continue // a hash collision: keep both writes
 				}
-				po.kind = opSkip
+				s.skip[prev.at] = true
 				if o.kind == opDelete && prev.created {
-					o.kind = opSkip // never on disk: nothing to delete
+					s.skip[at] = true // never on disk: nothing to delete
 				}
 			}
-			last[h] = elideAt{pc: i, op: j, created: o.kind == opCreate || seen && prev.created}
+			last[h] = elideAt{pc: i, op: j, at: at, created: o.kind == opCreate || seen && prev.created}
+			at++
 		}
 	}
 	return true
