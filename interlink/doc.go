@@ -140,7 +140,10 @@
 // records in its store (SendTracked) queues them again after a restart
 // under their first identity (Preload), and a receiver that stores its
 // positions (Receive's pos, Restore) recognises them across its own
-// restart too. A queue is bounded (Config.QueueLimit); Send refuses past
+// restart too. The broker sees each reliable record's sequence number
+// (Record.Seq), and the sender can ask how far its stream to a peer has
+// got (SentTo): records it queued before asking have numbers at or below
+// the answer. A queue is bounded (Config.QueueLimit); Send refuses past
 // it. Unreliable records (QoS 0, route deltas, retained updates) to a peer
 // that is not connected are dropped and counted.
 //

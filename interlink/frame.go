@@ -277,7 +277,10 @@ func appendRecord(dst []byte, kind byte, reliable bool, body []byte) []byte {
 type Record struct {
 	Kind     byte
 	Reliable bool
-	Body     []byte // valid until the handler's Receive returns
+	// Seq is a reliable record's sequence number in its sender's stream
+	// (the Position's epoch and lane); 0 for an unreliable one.
+	Seq  uint64
+	Body []byte // valid until the handler's Receive returns
 }
 
 // compressor compresses batches for one lane.

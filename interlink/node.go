@@ -348,6 +348,28 @@ func (n *Node) Send(peerName string, lane int, kind byte, body []byte, reliable 
 	return p.lanes[lane].send(kind, body, reliable)
 }
 
+// SentTo returns this run's epoch and, per lane, the sequence number of
+// the last reliable record queued for peer in this run (0: none yet).
+// A record a later call to Send queues for peer gets a higher one: the
+// broker marks with it what it sent before a moment, such as a session
+// leaving this node, so that peer can tell those records apart when they
+// arrive (Record.Seq). It returns a nil slice for an unknown peer.
+func (n *Node) SentTo(peerName string) (epoch uint64, seqs []uint64) {
+	n.mu.Lock()
+	p := n.peers[peerName]
+	n.mu.Unlock()
+	if p == nil {
+		return n.epoch, nil
+	}
+	seqs = make([]uint64, len(p.lanes))
+	for i, l := range p.lanes {
+		l.mu.Lock()
+		seqs[i] = l.mu.nextSeq
+		l.mu.Unlock()
+	}
+	return n.epoch, seqs
+}
+
 // SendTracked queues a reliable record that the broker also keeps (in its
 // store) under token, until Handler.Settled reports the token. It returns
 // the record's identity on the link, for Preload after a restart.

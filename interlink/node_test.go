@@ -321,3 +321,44 @@ func TestAckOnReconnectBeforeReplay(t *testing.T) {
 	}
 	_ = b
 }
+
+// A reliable record arrives with its sequence number in the sender's
+// stream of its lane, and SentTo tells the sender how far each lane's
+// stream has got: the records it names have numbers at or below it, any
+// sent after have higher ones.
+func TestRecordSeqAndSentTo(t *testing.T) {
+	ca, cb := testConfig("a"), testConfig("b")
+	a, _, _, rb := pair(t, ca, cb)
+	const lane = 1
+	for i := range 3 {
+		if err := a.Send("b", lane, 9, body(i), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Send("b", lane, 9, body(3), false); err != nil {
+		t.Fatal(err)
+	}
+	epoch, seqs := a.SentTo("b")
+	if len(seqs) != ca.Lanes || seqs[lane] != 3 || seqs[0] != 0 {
+		t.Fatalf("SentTo: %v, want 3 on lane %d and 0 on lane 0 of %d", seqs, lane, ca.Lanes)
+	}
+	if err := a.Send("b", lane, 9, body(4), true); err != nil {
+		t.Fatal(err)
+	}
+	rb.waitCount(t, "a", 5)
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	want := map[uint64]uint64{0: 1, 1: 2, 2: 3, 3: 0, 4: 4} // body -> Seq
+	for _, r := range rb.got["a"] {
+		v, _ := binary.Uvarint(r.Body)
+		if r.Seq != want[v] {
+			t.Fatalf("record %d: Seq %d, want %d", v, r.Seq, want[v])
+		}
+	}
+	if e2, _ := a.SentTo("b"); e2 != epoch {
+		t.Fatalf("epoch changed from %d to %d", epoch, e2)
+	}
+	if _, none := a.SentTo("nobody"); none != nil {
+		t.Fatalf("SentTo an unknown peer: %v, want nil", none)
+	}
+}

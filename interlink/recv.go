@@ -306,6 +306,7 @@ func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, 
 			} else {
 				kept = append(kept, seqRange{s, s})
 			}
+			r.Seq = s
 		}
 		recs = append(recs, r)
 	})
