@@ -186,6 +186,10 @@ func (cl *cluster) PeerForget(peer string) {
 	cl.forgetRetainPeer(peer)
 }
 
+// testBeforeReceive, when a test sets it, runs before each batch of a
+// peer's records is taken.
+var testBeforeReceive atomic.Pointer[func(peer string, recs []interlink.Record)]
+
 // Receive applies one batch from a peer; done is called once its effects
 // are as durable as this node's own publishes, or with the error that kept
 // them from the disk (the peer sends the reliable records again). While
@@ -193,6 +197,9 @@ func (cl *cluster) PeerForget(peer string) {
 // a publisher's QoS 1/2 are, rather than delivered once now and again
 // when the peer resends them.
 func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink.Record, done func(error)) {
+	if f := testBeforeReceive.Load(); f != nil {
+		(*f)(peer, recs)
+	}
 	s := cl.s
 	ob := cl.obs.Get().(*outbox)
 	refused := s.storeUnhealthy()
@@ -215,7 +222,9 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 					m = m.own() // queues and inflight windows keep it
 				}
 				s.stats.forwardedIn.Add(1)
+				ob.src = recSource{peer: peer, epoch: pos.Epoch, lane: pos.Lane, seq: r.Seq}
 				s.routeFrom(ob, m, &ob.fw)
+				ob.src = recSource{}
 			}
 		case recRouteAdd, recRouteDel:
 			ask, err = cl.routeDelta(peer, r.Kind == recRouteAdd, r.Body)

@@ -2,6 +2,8 @@ package server
 
 import (
 	"bytes"
+	"encoding/binary"
+	"slices"
 	"testing"
 	"time"
 
@@ -71,6 +73,18 @@ func TestClusterWireRoundTrip(t *testing.T) {
 		len(got.msgs) != 2 || got.msgs[0].msg.origin != m.origin || got.msgs[0].pid != 5 || got.msgs[0].subIDs[0] != 9 || got.msgs[1].qos != 2 || len(got.rx) != 2 {
 		t.Fatalf("moved session %+v", got)
 	}
+
+	// A takeover answer carries the send marks after the session.
+	ans := appendSentMarks(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000), 99, []uint64{0, 7, 300})
+	id, present, got, err := decodeSessionAnswer(ans, "n2", 1_000)
+	if err != nil || id != 12 || present != 1 || got.id != "dev1" || got.before == nil ||
+		got.before.from != "n2" || got.before.epoch != 99 || !slices.Equal(got.before.seqs, []uint64{0, 7, 300}) {
+		t.Fatalf("takeover answer: id %d present %d %+v %v", id, present, got, err)
+	}
+	// One without (a node that does not send them) has none.
+	if _, _, got, err := decodeSessionAnswer(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000), "n2", 1_000); err != nil || got.before != nil {
+		t.Fatalf("takeover answer without marks: %+v %v", got, err)
+	}
 }
 
 // FuzzClusterRecords feeds arbitrary bodies to every decoder of what peers
@@ -83,6 +97,7 @@ func FuzzClusterRecords(f *testing.F) {
 	m.origin = 1 << 32
 	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
 	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
+	f.Add(appendSentMarks(appendMoved([]byte{1, 1}, &movedSession{id: "x"}, 0), 5, []uint64{1, 2, 3}))
 	f.Add(appendConnected(nil, "dev", 5))
 	f.Add(appendRouteDelta(nil, 7, routeEntry{"a/+/#", true}))
 	f.Add(appendRouteEntry(appendRouteSetHeader(nil, routeSetHeader{first: true, last: true, seq: 3, digest: 9}), routeEntry{"a/#", false}))
@@ -94,6 +109,9 @@ func FuzzClusterRecords(f *testing.F) {
 		}
 		_, _ = decodeRetained(b, 0)
 		_, _ = decodeMoved(&wireReader{b: b}, 0)
+		if _, present, mv, err := decodeSessionAnswer(b, "p", 0); err == nil && present == 1 && mv.before != nil && len(mv.before.seqs) > maxLanes {
+			t.Fatalf("%d lanes of send marks", len(mv.before.seqs))
+		}
 		_, _, _ = decodeRouteDelta(b)
 		_, _, _ = decodeRouteSet(b)
 		_, _, _ = decodeRouteDigest(b)

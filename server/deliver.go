@@ -40,6 +40,9 @@ type outbox struct {
 	scratch      message
 	scratchProps codec.Properties
 
+	// src is the peer record being taken (sentMarks), while it is.
+	src recSource
+
 	// seen is, while the outbox takes a peer's batch, the origins
 	// sessions remembered from it (origin.go); nil otherwise.
 	seen []seenAt
@@ -405,6 +408,10 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		if ss.mu.movedTo != "" {
 			ss.srv.cl.redirect(ob, ss.id, ss.mu.movedTo, m, qos, retain, subIDs)
 		}
+		return
+	}
+	if share == nil && ss.routedBeforeLocked(ob, now) {
+		ss.srv.stats.droppedSeen.Inc() // given on the node it moved from
 		return
 	}
 	if !ss.firstLocked(ob, m, now) {

@@ -64,6 +64,88 @@ func (o *origins) stamp(m *message) {
 type recent struct {
 	until int64 // broker clock; past it the session remembers nothing
 	seen  map[uint64]struct{}
+	// before marks what the node the session moved from had queued for
+	// this node when it handed the session over (sentMarks); nil: it did
+	// not say.
+	before *sentMarks
+}
+
+// A session that moved here may still be given, for a while, a message
+// that it was given on the node it left: one routed there, while the
+// session was there, and forwarded here too for this node's other
+// subscribers, that arrives after the session (the forward waited in a
+// slower lane, or this node refused it while its disk was full and took
+// it when the peer sent it again). Its memory of origins started here
+// and does not know it. So the node it left says, with the session, how
+// far its stream of records to this node had got (interlink.Node.SentTo):
+// it routes a message's forwards before its local deliveries, so a
+// forward at or before that mark was routed while the session was still
+// there, and the session got the message there (or gets it sent on,
+// redirect). Such forwards are not delivered to it here. Forwards from a
+// third node routed before the move are not told apart this way: the
+// session's memory covers those that come here while it is young, as
+// before.
+
+// sentMarks is how far a peer's records to this node had got when it
+// handed a session over: per lane, the last sequence number it had
+// queued in its run epoch.
+type sentMarks struct {
+	from  string
+	epoch uint64
+	seqs  []uint64
+}
+
+// recSource is the peer record a unit of work is taking, for sentMarks:
+// its sender, the sender's run, the lane and the sequence number (0: not
+// a reliable record of a peer).
+type recSource struct {
+	peer  string
+	epoch uint64
+	lane  uint8
+	seq   uint64
+}
+
+// routedBeforeLocked reports whether the forward ob is taking was routed
+// by the node ss moved from while ss was still there (sentMarks).
+// REQUIRES: ss.mu held.
+func (ss *session) routedBeforeLocked(ob *outbox, now int64) bool {
+	r, src := ss.mu.recent, &ob.src
+	if r == nil || r.before == nil || src.seq == 0 || now > r.until {
+		return false
+	}
+	mk := r.before
+	return src.peer == mk.from && src.epoch == mk.epoch && int(src.lane) < len(mk.seqs) && src.seq <= mk.seqs[src.lane]
+}
+
+// appendSentMarks appends the takeover answer's trailing marks:
+//
+//	epoch uvarint | lanes uvarint | lanes × seq uvarint
+func appendSentMarks(dst []byte, epoch uint64, seqs []uint64) []byte {
+	dst = binary.AppendUvarint(dst, epoch)
+	dst = binary.AppendUvarint(dst, uint64(len(seqs)))
+	for _, q := range seqs {
+		dst = binary.AppendUvarint(dst, q)
+	}
+	return dst
+}
+
+// maxLanes bounds the lanes a peer's sentMarks may list.
+const maxLanes = 256
+
+func decodeSentMarks(r *wireReader, from string) *sentMarks {
+	mk := &sentMarks{from: from, epoch: r.uvarint("marks epoch")}
+	n := r.uvarint("marks lanes")
+	if n > maxLanes {
+		r.fail("marks lanes")
+		return nil
+	}
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		mk.seqs = append(mk.seqs, r.uvarint("marks seq"))
+	}
+	if r.err != nil {
+		return nil
+	}
+	return mk
 }
 
 // newRecentLocked starts a session's memory at now, in a cluster.

@@ -2,9 +2,12 @@ package server
 
 import (
 	"strconv"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/interlink"
 )
 
 // After a session moves, its old node sends on for a while what is still
@@ -46,5 +49,72 @@ func TestClusterMovedSessionTakesEachMessageOnce(t *testing.T) {
 	waitFor(t, "the copies sent back to be dropped", func() bool { return nodes[1].stats.droppedSeen.Get() == n })
 	if extra := again.ping(); len(extra) != 0 {
 		t.Fatalf("%d packets after the messages: %v", len(extra), extra)
+	}
+}
+
+// A forward that the node a session left routed while the session was
+// still there, and that reaches the session's new node only after the
+// session (held back here; in production a slower lane, or a full disk
+// there), is not delivered to the session again: it got the message on
+// the node it left. The new node's other subscribers get it.
+func TestClusterMovedSessionSkipsForwardsRoutedBeforeTheMove(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	other := dialRaw(t, n2, codec.V5)
+	other.connect("other", nil)
+	other.subscribe("t", 1)
+	waitRoutes(t, n1, 1)
+	dev, _ := persistentV5(t, n1, "dev")
+	dev.subscribe("t", 1)
+	waitRoutes(t, n2, 1)
+
+	// n2 holds the first batch with a forward until the session is there.
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(peer string, recs []interlink.Record) {
+		for _, r := range recs {
+			if r.Kind == recForward {
+				once.Do(func() {
+					close(held)
+					<-release
+				})
+				return
+			}
+		}
+	}
+	testBeforeReceive.Store(&hook)
+	t.Cleanup(func() { testBeforeReceive.Store(nil) })
+	var freed sync.Once
+	free := func() { freed.Do(func() { close(release) }) }
+	t.Cleanup(free)
+
+	pub := dialRaw(t, n1, codec.V5)
+	pub.connect("pub", nil)
+	pub.send(&codec.Publish{Topic: []byte("t"), Payload: []byte("m"), QoS: 1, PacketID: 1})
+	p, ok := dev.expect().(*codec.Publish)
+	if !ok || string(p.Payload) != "m" {
+		t.Fatalf("dev on n1: got %+v, want m", p)
+	}
+	dev.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("n1's forward of m never reached n2")
+	}
+	dev.ping() // the PUBACK is taken
+	dev.send(&codec.Disconnect{})
+	dev.expectClosed()
+	again, ack := persistentV5(t, n2, "dev")
+	if !ack.SessionPresent {
+		t.Fatal("CONNACK without session present: the session did not move")
+	}
+	free()
+
+	if p, ok := other.expect().(*codec.Publish); !ok || string(p.Payload) != "m" {
+		t.Fatalf("other on n2: got %+v, want m", p)
+	}
+	waitFor(t, "n2 to drop the forward for dev, which had m on n1", func() bool { return n2.stats.droppedSeen.Get() == 1 })
+	if extra := again.ping(); len(extra) != 0 {
+		t.Fatalf("dev on n2 got %d packets after the move: %v", len(extra), extra)
 	}
 }

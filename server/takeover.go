@@ -21,6 +21,9 @@ type movedSession struct {
 	msgs   []movedMsg // inflight first, then queued, in delivery order
 	rx     []uint16   // inbound QoS 2 ids awaiting PUBREL
 	owner  string     // the user the session belongs to (auth.go)
+	// before is how far the node it left had sent to this one (origin.go);
+	// nil: not said.
+	before *sentMarks
 }
 
 type movedMsg struct {
@@ -136,6 +139,9 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	now := s.now()
 	young := cur.youngLocked(now)
+	if young && mv.before != nil {
+		cur.mu.recent.before = mv.before
+	}
 	kept := 0
 	for _, mm := range mv.msgs {
 		if mm.released {
@@ -217,6 +223,9 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	sess.mu.expiry = mv.expiry
 	sess.mu.since = mv.since
 	sess.mu.owner = mv.owner
+	if r := sess.mu.recent; r != nil {
+		r.before = mv.before
+	}
 	s.observe(mv.since)
 	for _, pid := range mv.rx {
 		sess.addRxQoS2Locked(pid)
@@ -321,6 +330,15 @@ func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
 }
 
 func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
+	mv := decodeMovedPart(r, now)
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
+	return mv, r.err
+}
+
+// decodeMovedPart reads a moved session and leaves what follows in r.
+func decodeMovedPart(r *wireReader, now int64) *movedSession {
 	mv := &movedSession{subs: make(map[string]fanout.Options)}
 	mv.id = string(r.str("client id"))
 	mv.since = int64(r.uvarint("since"))
@@ -373,10 +391,7 @@ func decodeMoved(r *wireReader, now int64) (*movedSession, error) {
 		mv.rx = append(mv.rx, r.u16("inbound id"))
 	}
 	mv.owner = string(r.str("owner"))
-	if r.err == nil && len(r.b) != 0 {
-		r.fail("trailing bytes")
-	}
-	return mv, r.err
+	return mv
 }
 
 // u16 reads a big-endian uint16.
@@ -489,10 +504,12 @@ func (cl *cluster) takeover(c *client, req *connectReq) bool {
 	}
 	body = append(body, clean)
 	// Who asks: a peer hands the session only to its owner (auth.go).
-	var who byte
+	// Bit 4: the answer may carry the peer's send marks (origin.go); a
+	// node that does not know the bit answers without them.
+	who := byte(4)
 	var user string
 	if c.ident != nil {
-		who, user = 1, c.ident.user
+		who, user = who|1, c.ident.user
 		if c.ident.superuser {
 			who |= 2
 		}
@@ -557,6 +574,13 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 		if mv != nil && clean == 0 && mv.expiry > 0 {
 			r = append(r, 1)
 			r = appendMoved(r, mv, s.now())
+			if who&4 != 0 {
+				// Taken while the session is still here (handOverTo
+				// holds its lock): every forward this node routed while
+				// it was here is queued for peer by now (origin.go).
+				epoch, seqs := cl.node.SentTo(peer)
+				r = appendSentMarks(r, epoch, seqs)
+			}
 		} else {
 			r = append(r, 0)
 		}
@@ -584,18 +608,9 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 
 // sessionArrived takes a peer's answer to a takeover request.
 func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
-	r := &wireReader{b: b}
-	id := r.uvarint("request id")
-	present := r.byte1("present")
-	if r.err != nil {
-		return r.err
-	}
-	var mv *movedSession
-	if present == 1 {
-		var err error
-		if mv, err = decodeMoved(r, now); err != nil {
-			return err
-		}
+	id, present, mv, err := decodeSessionAnswer(b, peer, now)
+	if err != nil {
+		return err
 	}
 	cl.reqs.Lock()
 	t := cl.reqs.m[id]
@@ -622,6 +637,32 @@ func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
 		cl.finishTakeover(id, false)
 	}
 	return nil
+}
+
+// decodeSessionAnswer reads peer's answer to a takeover request:
+//
+//	request id uvarint | present u8 (0 no, 1 yes, 2 refused) |
+//	[moved session | [send marks (appendSentMarks)]]
+//
+// The moved session comes when present is 1, and the send marks after it
+// when the request asked for them (who bit 4).
+func decodeSessionAnswer(b []byte, peer string, now int64) (id uint64, present byte, mv *movedSession, err error) {
+	r := &wireReader{b: b}
+	id = r.uvarint("request id")
+	present = r.byte1("present")
+	if r.err == nil && present == 1 {
+		mv = decodeMovedPart(r, now)
+		if r.err == nil && len(r.b) > 0 {
+			mv.before = decodeSentMarks(r, peer)
+		}
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
+	if r.err != nil {
+		return 0, 0, nil, r.err
+	}
+	return id, present, mv, nil
 }
 
 // finishTakeover resumes the parked CONNECT on its loop.
