@@ -62,9 +62,11 @@ type outbox struct {
 	matched bool
 
 	// store writes of this unit of work, and the acknowledgements that wait
-	// for them (durable.go)
-	batch persist.Batch
-	held  []heldAck
+	// for them (durable.go); created lists the queued messages whose
+	// entries batch creates (track).
+	batch   persist.Batch
+	created []createdEntry
+	held    []heldAck
 	// forwarded records whose peers' acknowledgements the held ones wait
 	// for too (peerack.go)
 	peerWaits []*peerWait

@@ -360,11 +360,67 @@ func (ss *session) forgetLocked(ob *outbox, om *outMsg) {
 	if !om.stored {
 		return
 	}
+	if om.creator != nil && om.creator != ob {
+		om.forgot = true // deleted by the creator, after its creation (track)
+		return
+	}
 	om.stored = false
 	ob.batch.DeleteEntry(ss.id, om.seq)
 	if om.msg.refs.Add(-1) == 0 {
 		ob.batch.DeleteBody(om.msg.id)
 	}
+}
+
+// createdEntry is a queued message whose entry an outbox creates.
+type createdEntry struct {
+	ss *session
+	om *outMsg
+}
+
+// track notes that ob's batch creates the entry of om, a message queued
+// in ss, which another goroutine may take out of the queue before ob
+// commits: the subscriber's loop sending it, whose acknowledgement's
+// deletion would then reach the store before the creation, and the entry
+// come back at the next start (a completed QoS 2 delivery made again).
+// Until ob has handed its batch to the store (releaseCreated), others
+// leave om in the queue (pumpLocked) and leave its deletion to ob
+// (forgetLocked).
+// REQUIRES: ss.mu held.
+func (ob *outbox) track(ss *session, om *outMsg) {
+	if !om.stored || om.creator != nil {
+		return
+	}
+	om.creator = ob
+	ob.created = append(ob.created, createdEntry{ss, om})
+}
+
+// releaseCreated runs once ob's batch is with the store: the entries it
+// created may be sent and deleted by anyone now. Deletions asked for
+// meanwhile go into ob's batch (after the creations), and a session whose
+// pump stopped at one of them is pumped on its client's loop.
+func (ob *outbox) releaseCreated() {
+	for i, c := range ob.created {
+		ob.created[i] = createdEntry{}
+		ss, om := c.ss, c.om
+		var pump *client
+		ss.mu.Lock()
+		if om.creator == ob {
+			om.creator = nil
+			if om.forgot {
+				om.forgot = false
+				ss.forgetLocked(ob, om)
+			}
+			if om.blocked {
+				om.blocked = false
+				pump = ss.mu.cl
+			}
+		}
+		ss.mu.Unlock()
+		if pump != nil {
+			pump.pumpArrived()
+		}
+	}
+	ob.created = ob.created[:0]
 }
 
 // unstoreLocked removes the whole session from the store and releases the
@@ -375,6 +431,10 @@ func (ss *session) unstoreLocked(ob *outbox) {
 		return
 	}
 	release := func(om *outMsg) {
+		if om.stored && om.creator != nil && om.creator != ob {
+			om.forgot = true // its creator deletes it after the creation (track)
+			return
+		}
 		if om.stored {
 			om.stored = false
 			if om.msg.refs.Add(-1) == 0 {
@@ -425,6 +485,7 @@ func (ob *outbox) commit() {
 		if after != nil {
 			after(nil)
 		}
+		ob.releaseCreated()
 		return
 	}
 	held := ob.held
@@ -451,6 +512,14 @@ func (ob *outbox) commit() {
 		}
 	}, ob.home == nil)
 	ob.batch.Reset()
+	if len(ob.created) > 0 {
+		ob.releaseCreated()
+		if ob.batch.Len() > 0 {
+			// Deletions that waited for the creations above.
+			g.commit(&ob.batch, func(error) {}, ob.home == nil)
+			ob.batch.Reset()
+		}
+	}
 }
 
 // release fills the slots of acknowledgements whose commit completed, on

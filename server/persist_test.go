@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -415,5 +416,111 @@ func TestCorruptDataDirFailsStart(t *testing.T) {
 	}
 	if !errors.Is(err, persist.ErrForeign) {
 		t.Fatalf("error %v does not say the directory is foreign", err)
+	}
+}
+
+// A message queued by one loop (its publisher's) and let out by another
+// (its subscriber's, on an acknowledgement) before the first has handed
+// its writes to the store waits for them: were it sent at once, its
+// acknowledgement's deletion could reach the store before its creation,
+// and a completed delivery would come back after a restart.
+func TestQueuedEntryCreatedBeforeItsDeletion(t *testing.T) {
+	r := newRestartable(t, func(c *Config) { c.WriteDelay = 0 })
+	s := r.s
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("pq-sub", func(p *codec.Connect) {
+		p.CleanStart = false
+		p.Props.SessionExpiry = 3600
+		p.Props.ReceiveMaximum = 1
+		p.Props.Set(codec.PropSessionExpiry)
+		p.Props.Set(codec.PropReceiveMaximum)
+	})
+	sub.subscribe("pq/t", 1)
+	pub := publisherElsewhere(t, s, "pq-sub", "pq-pub")
+	pub.publishAcked("pq/t", "m1", 1, false)
+	p1, ok := sub.expect().(*codec.Publish)
+	if !ok || string(p1.Payload) != "m1" {
+		t.Fatalf("got %+v, want m1", p1)
+	}
+
+	// m2 is queued (the window of 1 is full) by the publisher's loop,
+	// which then takes the PINGREQ behind it: before its writes go to
+	// the store, the subscriber acknowledges m1 and, should m2 come out
+	// of the queue now, m2 too.
+	ss := s.lookupSession("pq-sub")
+	inflight := func(pid uint16) bool {
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		_, ok := ss.mu.inflight[pid]
+		return ok
+	}
+	hookErr := make(chan error, 1)
+	tookM2 := false // in the hook, before it reports
+	f := func(c *client, h codec.FixedHeader) {
+		if h.Type != codec.PINGREQ || !strings.HasPrefix(c.id, "pq-pub") {
+			return
+		}
+		hookErr <- func() error {
+			sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p1.PacketID})
+			for deadline := time.Now().Add(5 * time.Second); inflight(p1.PacketID); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("the PUBACK of m1 not taken within 5s")
+				}
+			}
+			ss.mu.Lock()
+			var sent *outMsg
+			for _, om := range ss.mu.inflight {
+				sent = om
+			}
+			ss.mu.Unlock()
+			if sent == nil {
+				return nil // m2 waits in the queue
+			}
+			p2, ok := sub.expect().(*codec.Publish)
+			if !ok || string(p2.Payload) != "m2" {
+				return fmt.Errorf("got %+v, want m2", p2)
+			}
+			tookM2 = true
+			sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p2.PacketID})
+			for deadline := time.Now().Add(5 * time.Second); inflight(p2.PacketID); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("the PUBACK of m2 not taken within 5s")
+				}
+			}
+			return nil
+		}()
+	}
+	testBeforePacket.Store(&f)
+	t.Cleanup(func() { testBeforePacket.Store(nil) })
+	b := (&codec.Publish{QoS: 1, PacketID: 200, Topic: []byte("pq/t"), Payload: []byte("m2")}).Append(nil, codec.V5)
+	pub.write((&codec.Pingreq{}).Append(b, codec.V5))
+	select {
+	case err := <-hookErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the publisher's loop never took the PINGREQ")
+	}
+	testBeforePacket.Store(nil)
+	if !tookM2 {
+		// m2 comes once the publisher's loop has committed; acknowledged,
+		// it is done.
+		p2, ok := sub.expect().(*codec.Publish)
+		if !ok || string(p2.Payload) != "m2" {
+			t.Fatalf("got %+v, want m2", p2)
+		}
+		sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p2.PacketID})
+	}
+	sub.ping()
+	pub.ping()
+
+	s = r.restart()
+	again, ca := persistentV5(t, s, "pq-sub")
+	if !ca.SessionPresent {
+		t.Fatal("session not present after the restart")
+	}
+	if got := again.ping(); len(got) != 0 {
+		t.Fatalf("after the restart the subscriber got %d packets, want none (m2 was done): %+v", len(got), got)
 	}
 }

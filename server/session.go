@@ -77,6 +77,12 @@ type outMsg struct {
 	released bool    // QoS 2: PUBREC received and PUBREL sent
 	seq      uint64  // delivery order within the session; its store key
 	stored   bool    // has an entry in the store (persistent session)
+	// forgot and blocked wait for creator (outbox.track): the entry was
+	// to be deleted, or a pump stopped at the message.
+	forgot, blocked bool
+	// creator is the outbox whose batch creates the entry, until it has
+	// handed the batch to the store (outbox.track); nil after.
+	creator *outbox
 	// share is the shared subscription group the message came through;
 	// nil for a plain subscription. What the session leaves unfinished
 	// of such a message goes to another member (reshare.go).
@@ -123,6 +129,9 @@ func (q *msgQueue) push(m *outMsg) {
 func (q *msgQueue) release() {
 	q.add(-q.bytes)
 }
+
+// peek returns the oldest queued message. REQUIRES: q.len() > 0.
+func (q *msgQueue) peek() *outMsg { return q.items[q.head] }
 
 func (q *msgQueue) pop() *outMsg {
 	m := q.items[q.head]
@@ -248,6 +257,7 @@ func (s *session) enqueueLocked(ob *outbox, m *outMsg) {
 	}
 	q.push(m)
 	s.storeEntryLocked(ob, m)
+	ob.track(s, m)
 }
 
 // allocIDLocked returns a packet id not in use by the inflight window.
@@ -323,6 +333,13 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 		return
 	}
 	for s.mu.queue.len() > 0 && len(s.mu.inflight) < int(s.mu.window) {
+		if m := s.mu.queue.peek(); m.creator != nil && m.creator != ob {
+			// Its entry is not with the store yet: sent now, its
+			// acknowledgement's deletion could be written before the
+			// creation. The creator pumps once it has committed.
+			m.blocked = true
+			return
+		}
 		m := s.mu.queue.pop()
 		if m.msg.expired(now) {
 			s.srv.stats.droppedExpired.Add(1)

@@ -168,6 +168,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 		om := cur.newOutMsgLocked(mm.msg, mm.qos, mm.retain, mm.subIDs)
 		cur.mu.queue.push(om)
 		cur.storeEntryLocked(ob, om)
+		ob.track(cur, om)
 		kept++
 	}
 	type sub struct {
@@ -244,6 +245,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 			sess.mu.queue.push(om)
 		}
 		sess.storeEntryLocked(ob, om)
+		ob.track(sess, om)
 	}
 	if sess.persistentLocked() {
 		for _, pid := range mv.rx {
