@@ -263,13 +263,10 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 	case codec.PUBREC:
 		sess.mu.Lock()
 		m := sess.mu.inflight[a.PacketID]
-		var rel []byte
+		rel, code := false, codec.Success
 		switch {
 		case m == nil:
-			if c.version == codec.V5 {
-				out := codec.Ack{Kind: codec.PUBREL, PacketID: a.PacketID, Code: codec.PacketIdentifierNotFound}
-				rel = out.Append(nil, codec.V5)
-			}
+			rel, code = c.version == codec.V5, codec.PacketIdentifierNotFound
 		case m.qos != 2:
 			sess.mu.Unlock()
 			return &codec.Error{Code: codec.ProtocolError, Msg: "PUBREC for a QoS 1 message"}
@@ -285,11 +282,14 @@ func (c *client) handleAck(ob *outbox, a *codec.Ack) error {
 					sess.storeEntryLocked(ob, m)
 				}
 			}
-			rel = c.encodeAck(codec.PUBREL, a.PacketID)
+			rel = true
 		}
 		sess.mu.Unlock()
-		if rel != nil {
-			ob.add(c, rel)
+		if rel {
+			// Held until the record of the PUBREC is written: sent
+			// before, a crash would have the restarted broker send the
+			// PUBLISH again to a client that completed the exchange.
+			c.queueAck(ob, -1, codec.PUBREL, a.PacketID, code)
 		}
 		return nil
 	}

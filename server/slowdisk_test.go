@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"strconv"
 	"sync"
 	"testing"
@@ -212,5 +213,49 @@ func TestStalledDiskDoesNotBlockTheLoop(t *testing.T) {
 	}
 	if got := sub.ping(); len(got) != 0 {
 		t.Fatalf("%d more packets after the %d messages", len(got), len(seen))
+	}
+}
+
+// The PUBREL of a QoS 2 delivery to a persistent session waits until the
+// record that the delivery was received (PUBREC) is written: sent before,
+// a crash would leave the store saying the message was not received, the
+// restarted broker would send the PUBLISH again, and the client, which
+// completed the exchange when it got the PUBREL, would take it as new.
+func TestPubrelWaitsForItsRecord(t *testing.T) {
+	fs := &stallFS{FS: vfs.NewMem()}
+	s := startBroker(t, func(c *Config) { c.storeFS, c.DataDir = fs, "/data" })
+	t.Cleanup(fs.resume) // before the broker shuts down
+	sub, _ := persistentV5(t, s, "sub")
+	sub.subscribe("r", 2)
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	pub.publishAcked("r", "m", 2, false)
+	p, ok := sub.expect().(*codec.Publish)
+	if !ok || p.QoS != 2 {
+		t.Fatalf("got %+v, want the QoS 2 PUBLISH", p)
+	}
+
+	fs.stall()
+	sub.send(&codec.Ack{Kind: codec.PUBREC, PacketID: p.PacketID})
+	ss := s.lookupSession("sub")
+	waitFor(t, "the PUBREC to be taken", func() bool {
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		m := ss.mu.inflight[p.PacketID]
+		return m != nil && m.released
+	})
+	ss.mu.Lock()
+	cl := ss.mu.cl
+	ss.mu.Unlock()
+	held := make(chan int32, 1)
+	if err := cl.loop.el.Execute(context.Background(), runFunc(func() { held <- cl.held })); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-held; n != 1 {
+		t.Fatalf("%d packets wait for the disk, want the PUBREL", n)
+	}
+	fs.resume()
+	if rel, ok := sub.expect().(*codec.Ack); !ok || rel.Kind != codec.PUBREL || rel.PacketID != p.PacketID {
+		t.Fatalf("got %+v, want PUBREL %d", rel, p.PacketID)
 	}
 }
