@@ -370,6 +370,40 @@ func (n *Node) SentTo(peerName string) (epoch uint64, seqs []uint64) {
 	return n.epoch, seqs
 }
 
+// Heard is a sender's stream (its run and lane) with reliable records
+// this node has received but not yet stored: up to Seq, all of them were
+// sent before Heard returned. The broker may be handed some of them later
+// (the sender's resend of records it could not store, or of those held
+// back behind them).
+type Heard struct {
+	Peer string
+	Position
+}
+
+// Heard appends to dst the streams with reliable records received and not
+// yet stored, each with the last one received.
+func (n *Node) Heard(dst []Heard) []Heard {
+	type keyed struct {
+		k  streamKey
+		st *stream
+	}
+	n.mu.Lock()
+	all := make([]keyed, 0, len(n.streams))
+	for k, st := range n.streams {
+		all = append(all, keyed{k, st})
+	}
+	n.mu.Unlock()
+	for _, e := range all {
+		e.st.mu.Lock()
+		seen, done := e.st.seen, e.st.done
+		e.st.mu.Unlock()
+		if seen > done {
+			dst = append(dst, Heard{Peer: e.k.node, Position: Position{Epoch: e.k.epoch, Lane: e.k.lane, Seq: seen}})
+		}
+	}
+	return dst
+}
+
 // SendTracked queues a reliable record that the broker also keeps (in its
 // store) under token, until Handler.Settled reports the token. It returns
 // the record's identity on the link, for Preload after a restart.

@@ -362,3 +362,32 @@ func TestRecordSeqAndSentTo(t *testing.T) {
 		t.Fatalf("SentTo an unknown peer: %v, want nil", none)
 	}
 }
+
+// Heard lists a sender's stream while records received from it are not
+// yet stored, with the last one received, and drops it once they are.
+func TestHeardUntilStored(t *testing.T) {
+	ca, cb := testConfig("a"), testConfig("b")
+	a, _, b, rb := pair(t, ca, cb)
+	rb.mu.Lock()
+	rb.hold = true
+	rb.mu.Unlock()
+	for i := range 3 {
+		if err := a.Send("b", 1, 9, body(i), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb.waitCount(t, "a", 3)
+	epoch, _ := a.SentTo("b")
+	hs := b.Heard(nil)
+	if len(hs) != 1 || hs[0].Peer != "a" || hs[0].Epoch != epoch || hs[0].Lane != 1 || hs[0].Seq != 3 {
+		t.Fatalf("Heard: %+v, want a's lane 1 up to 3", hs)
+	}
+	rb.mu.Lock()
+	dones := rb.dones
+	rb.dones, rb.hold = nil, false
+	rb.mu.Unlock()
+	for _, d := range dones {
+		d(nil)
+	}
+	waitFor(t, func() bool { return len(b.Heard(nil)) == 0 })
+}

@@ -291,6 +291,7 @@ func (n *Node) accept1(st *stream, hdr batchHeader, data []byte, recs []Record, 
 		if r.Reliable {
 			s := seq
 			seq++
+			st.seen = max(st.seen, s)
 			if !st.wantLocked(s, &at) {
 				dups++
 				return

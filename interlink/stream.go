@@ -57,6 +57,8 @@ type stream struct {
 	// marked is the highest position handed to the broker to store
 	// (Position.Seq) since the last one taken back (Node.takeBack).
 	marked uint64
+	// seen is the highest reliable seq received, taken or not (Heard).
+	seen uint64
 }
 
 // wantLocked reports whether the reliable record seq is to be handed to
