@@ -64,38 +64,60 @@ func (o *origins) stamp(m *message) {
 type recent struct {
 	until int64 // broker clock; past it the session remembers nothing
 	seen  map[uint64]struct{}
-	// before marks what the node the session moved from had queued for
-	// this node when it handed the session over (sentMarks); nil: it did
-	// not say.
-	before *sentMarks
+	// before marks the peers' records that were routed before the
+	// session was here (streamMark).
+	before []streamMark
 }
 
-// A session that moved here may still be given, for a while, a message
-// that it was given on the node it left: one routed there, while the
-// session was there, and forwarded here too for this node's other
-// subscribers, that arrives after the session (the forward waited in a
-// slower lane, or this node refused it while its disk was full and took
-// it when the peer sent it again). Its memory of origins started here
-// and does not know it. So the node it left says, with the session, how
-// far its stream of records to this node had got (interlink.Node.SentTo):
-// it routes a message's forwards before its local deliveries, so a
-// forward at or before that mark was routed while the session was still
-// there, and the session got the message there (or gets it sent on,
-// redirect). Such forwards are not delivered to it here. Forwards from a
-// third node routed before the move are not told apart this way: the
-// session's memory covers those that come here while it is young, as
-// before.
+// A session may be given, for a while after it came to be here, a message
+// routed before that: a forward this node received and could not take
+// yet (it refused it while its disk was full, or held it back behind
+// one it refused) and takes from the peer's resend later, or one still
+// on its way from the node a session moved from. A session that moved
+// got such a message where it was (or gets it sent on, redirect); one
+// that started here because its client found no session had it in the
+// session that was lost. Either way its memory of origins, which starts
+// here, does not know it. So a session remembers how far each peer's
+// stream of records had got when it came to be here:
+//
+//   - what this node had received (interlink.Node.Heard), when the
+//     session is made;
+//   - for a session that moved, what the node it left had queued for
+//     this one when it handed the session over (interlink.Node.SentTo,
+//     in the takeover answer): that node routes a message's forwards
+//     before its local deliveries, so a forward at or before the mark
+//     was routed while the session was still there.
+//
+// Such forwards are not delivered to the session here, while it is
+// young. A forward from a third node to this one, routed before a move
+// and still on its way when the session arrived, is not told apart this
+// way: the session's memory of origins covers it only if the message
+// reached it here first.
 
-// sentMarks is how far a peer's records to this node had got when it
-// handed a session over: per lane, the last sequence number it had
-// queued in its run epoch.
-type sentMarks struct {
-	from  string
+// streamMark is how far one peer's stream (its run epoch, lane) had got:
+// records up to seq were routed before the session was here.
+type streamMark struct {
+	peer  string
 	epoch uint64
-	seqs  []uint64
+	lane  uint8
+	seq   uint64
 }
 
-// recSource is the peer record a unit of work is taking, for sentMarks:
+// heardMarks is what this node has received of its peers' streams and
+// not yet stored (interlink.Node.Heard).
+func (cl *cluster) heardMarks() []streamMark {
+	hs := cl.node.Heard(nil)
+	if len(hs) == 0 {
+		return nil
+	}
+	marks := make([]streamMark, len(hs))
+	for i, h := range hs {
+		marks[i] = streamMark{peer: h.Peer, epoch: h.Epoch, lane: h.Lane, seq: h.Seq}
+	}
+	return marks
+}
+
+// recSource is the peer record a unit of work is taking, for streamMark:
 // its sender, the sender's run, the lane and the sequence number (0: not
 // a reliable record of a peer).
 type recSource struct {
@@ -106,15 +128,19 @@ type recSource struct {
 }
 
 // routedBeforeLocked reports whether the forward ob is taking was routed
-// by the node ss moved from while ss was still there (sentMarks).
+// before ss was here (streamMark).
 // REQUIRES: ss.mu held.
 func (ss *session) routedBeforeLocked(ob *outbox, now int64) bool {
 	r, src := ss.mu.recent, &ob.src
-	if r == nil || r.before == nil || src.seq == 0 || now > r.until {
+	if r == nil || len(r.before) == 0 || src.seq == 0 || now > r.until {
 		return false
 	}
-	mk := r.before
-	return src.peer == mk.from && src.epoch == mk.epoch && int(src.lane) < len(mk.seqs) && src.seq <= mk.seqs[src.lane]
+	for _, mk := range r.before {
+		if src.seq <= mk.seq && src.lane == mk.lane && src.epoch == mk.epoch && src.peer == mk.peer {
+			return true
+		}
+	}
+	return false
 }
 
 // appendSentMarks appends the takeover answer's trailing marks:
@@ -129,29 +155,34 @@ func appendSentMarks(dst []byte, epoch uint64, seqs []uint64) []byte {
 	return dst
 }
 
-// maxLanes bounds the lanes a peer's sentMarks may list.
+// maxLanes bounds the lanes a peer's marks may list.
 const maxLanes = 256
 
-func decodeSentMarks(r *wireReader, from string) *sentMarks {
-	mk := &sentMarks{from: from, epoch: r.uvarint("marks epoch")}
+// decodeSentMarks reads from's marks (appendSentMarks); lanes with
+// nothing sent are left out.
+func decodeSentMarks(r *wireReader, from string) []streamMark {
+	epoch := r.uvarint("marks epoch")
 	n := r.uvarint("marks lanes")
 	if n > maxLanes {
 		r.fail("marks lanes")
 		return nil
 	}
+	var marks []streamMark
 	for i := uint64(0); i < n && r.err == nil; i++ {
-		mk.seqs = append(mk.seqs, r.uvarint("marks seq"))
+		if q := r.uvarint("marks seq"); q > 0 {
+			marks = append(marks, streamMark{peer: from, epoch: epoch, lane: uint8(i), seq: q})
+		}
 	}
 	if r.err != nil {
 		return nil
 	}
-	return mk
+	return marks
 }
 
 // newRecentLocked starts a session's memory at now, in a cluster.
 func (ss *session) newRecentLocked(now int64) {
 	if ss.srv.cl != nil {
-		ss.mu.recent = &recent{until: now + int64(recentWindow)}
+		ss.mu.recent = &recent{until: now + int64(recentWindow), before: ss.srv.cl.heardMarks()}
 	}
 }
 

@@ -118,3 +118,57 @@ func TestClusterMovedSessionSkipsForwardsRoutedBeforeTheMove(t *testing.T) {
 		t.Fatalf("dev on n2 got %d packets after the move: %v", len(extra), extra)
 	}
 }
+
+// A session made here after this node received a peer's forward it has
+// not taken yet (held back here; in production refused while the disk was
+// full, or held behind such a one) is not given that forward when it is
+// taken: it was routed before the session was here. This node's other
+// subscribers get it.
+func TestClusterNewSessionSkipsForwardsHeardBeforeIt(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	other := dialRaw(t, n2, codec.V5)
+	other.connect("other", nil)
+	other.subscribe("t", 1)
+	waitRoutes(t, n1, 1)
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(peer string, recs []interlink.Record) {
+		for _, r := range recs {
+			if r.Kind == recForward {
+				once.Do(func() {
+					close(held)
+					<-release
+				})
+				return
+			}
+		}
+	}
+	testBeforeReceive.Store(&hook)
+	t.Cleanup(func() { testBeforeReceive.Store(nil) })
+	var freed sync.Once
+	free := func() { freed.Do(func() { close(release) }) }
+	t.Cleanup(free)
+
+	pub := dialRaw(t, n1, codec.V5)
+	pub.connect("pub", nil)
+	pub.send(&codec.Publish{Topic: []byte("t"), Payload: []byte("m"), QoS: 1, PacketID: 1})
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("n1's forward of m never reached n2")
+	}
+	fresh := dialRaw(t, n2, codec.V5)
+	fresh.connect("fresh", nil)
+	fresh.subscribe("t", 1)
+	free()
+
+	if p, ok := other.expect().(*codec.Publish); !ok || string(p.Payload) != "m" {
+		t.Fatalf("other on n2: got %+v, want m", p)
+	}
+	waitFor(t, "n2 to drop the forward for fresh, routed before it connected", func() bool { return n2.stats.droppedSeen.Get() == 1 })
+	if extra := fresh.ping(); len(extra) != 0 {
+		t.Fatalf("fresh got %d packets: %v", len(extra), extra)
+	}
+}

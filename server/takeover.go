@@ -21,9 +21,9 @@ type movedSession struct {
 	msgs   []movedMsg // inflight first, then queued, in delivery order
 	rx     []uint16   // inbound QoS 2 ids awaiting PUBREL
 	owner  string     // the user the session belongs to (auth.go)
-	// before is how far the node it left had sent to this one (origin.go);
-	// nil: not said.
-	before *sentMarks
+	// before is how far the node it left had sent to this one
+	// (origin.go); nil: not said.
+	before []streamMark
 }
 
 type movedMsg struct {
@@ -140,7 +140,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	now := s.now()
 	young := cur.youngLocked(now)
 	if young && mv.before != nil {
-		cur.mu.recent.before = mv.before
+		cur.mu.recent.before = append(cur.mu.recent.before, mv.before...)
 	}
 	kept := 0
 	for _, mm := range mv.msgs {
@@ -225,7 +225,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	sess.mu.since = mv.since
 	sess.mu.owner = mv.owner
 	if r := sess.mu.recent; r != nil {
-		r.before = mv.before
+		r.before = append(r.before, mv.before...)
 	}
 	s.observe(mv.since)
 	for _, pid := range mv.rx {
