@@ -52,6 +52,39 @@ func TestClusterMovedSessionTakesEachMessageOnce(t *testing.T) {
 	}
 }
 
+// holdFirstForward has the receiving node hold the first peer batch with a
+// forward in it: held waits until one has arrived (failing the test after
+// 5s), and free lets it be taken (also when the test ends).
+func holdFirstForward(t *testing.T) (held, free func()) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(peer string, recs []interlink.Record) {
+		for _, r := range recs {
+			if r.Kind == recForward {
+				once.Do(func() {
+					close(arrived)
+					<-release
+				})
+				return
+			}
+		}
+	}
+	testBeforeReceive.Store(&hook)
+	t.Cleanup(func() { testBeforeReceive.Store(nil) })
+	var freed sync.Once
+	free = func() { freed.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	held = func() {
+		t.Helper()
+		select {
+		case <-arrived:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no forward reached the node")
+		}
+	}
+	return held, free
+}
+
 // A forward that the node a session left routed while the session was
 // still there, and that reaches the session's new node only after the
 // session (held back here; in production a slower lane, or a full disk
@@ -69,25 +102,7 @@ func TestClusterMovedSessionSkipsForwardsRoutedBeforeTheMove(t *testing.T) {
 	waitRoutes(t, n2, 1)
 
 	// n2 holds the first batch with a forward until the session is there.
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	hook := func(peer string, recs []interlink.Record) {
-		for _, r := range recs {
-			if r.Kind == recForward {
-				once.Do(func() {
-					close(held)
-					<-release
-				})
-				return
-			}
-		}
-	}
-	testBeforeReceive.Store(&hook)
-	t.Cleanup(func() { testBeforeReceive.Store(nil) })
-	var freed sync.Once
-	free := func() { freed.Do(func() { close(release) }) }
-	t.Cleanup(free)
-
+	held, free := holdFirstForward(t)
 	pub := dialRaw(t, n1, codec.V5)
 	pub.connect("pub", nil)
 	pub.send(&codec.Publish{Topic: []byte("t"), Payload: []byte("m"), QoS: 1, PacketID: 1})
@@ -96,11 +111,7 @@ func TestClusterMovedSessionSkipsForwardsRoutedBeforeTheMove(t *testing.T) {
 		t.Fatalf("dev on n1: got %+v, want m", p)
 	}
 	dev.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
-	select {
-	case <-held:
-	case <-time.After(5 * time.Second):
-		t.Fatal("n1's forward of m never reached n2")
-	}
+	held()
 	dev.ping() // the PUBACK is taken
 	dev.send(&codec.Disconnect{})
 	dev.expectClosed()
@@ -132,33 +143,11 @@ func TestClusterNewSessionSkipsForwardsHeardBeforeIt(t *testing.T) {
 	other.subscribe("t", 1)
 	waitRoutes(t, n1, 1)
 
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	hook := func(peer string, recs []interlink.Record) {
-		for _, r := range recs {
-			if r.Kind == recForward {
-				once.Do(func() {
-					close(held)
-					<-release
-				})
-				return
-			}
-		}
-	}
-	testBeforeReceive.Store(&hook)
-	t.Cleanup(func() { testBeforeReceive.Store(nil) })
-	var freed sync.Once
-	free := func() { freed.Do(func() { close(release) }) }
-	t.Cleanup(free)
-
+	held, free := holdFirstForward(t)
 	pub := dialRaw(t, n1, codec.V5)
 	pub.connect("pub", nil)
 	pub.send(&codec.Publish{Topic: []byte("t"), Payload: []byte("m"), QoS: 1, PacketID: 1})
-	select {
-	case <-held:
-	case <-time.After(5 * time.Second):
-		t.Fatal("n1's forward of m never reached n2")
-	}
+	held()
 	fresh := dialRaw(t, n2, codec.V5)
 	fresh.connect("fresh", nil)
 	fresh.subscribe("t", 1)
