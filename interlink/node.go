@@ -370,19 +370,19 @@ func (n *Node) SentTo(peerName string) (epoch uint64, seqs []uint64) {
 	return n.epoch, seqs
 }
 
-// Heard is a sender's stream (its run and lane) with reliable records
-// this node has received but not yet stored: up to Seq, all of them were
-// sent before Heard returned. The broker may be handed some of them later
-// (the sender's resend of records it could not store, or of those held
-// back behind them).
-type Heard struct {
+// PeerPosition is a place in one peer's stream of records (its run and
+// lane).
+type PeerPosition struct {
 	Peer string
 	Position
 }
 
-// Heard appends to dst the streams with reliable records received and not
-// yet stored, each with the last one received.
-func (n *Node) Heard(dst []Heard) []Heard {
+// Heard appends to dst the senders' streams with reliable records this
+// node has received but not yet stored, each at the last one received:
+// up to it, all were sent before Heard returned. The broker may be handed
+// some of them later (the sender's resend of records it could not store,
+// or of those held back behind them).
+func (n *Node) Heard(dst []PeerPosition) []PeerPosition {
 	type keyed struct {
 		k  streamKey
 		st *stream
@@ -398,7 +398,7 @@ func (n *Node) Heard(dst []Heard) []Heard {
 		seen, done := e.st.seen, e.st.done
 		e.st.mu.Unlock()
 		if seen > done {
-			dst = append(dst, Heard{Peer: e.k.node, Position: Position{Epoch: e.k.epoch, Lane: e.k.lane, Seq: seen}})
+			dst = append(dst, PeerPosition{Peer: e.k.node, Position: Position{Epoch: e.k.epoch, Lane: e.k.lane, Seq: seen}})
 		}
 	}
 	return dst

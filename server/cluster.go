@@ -222,9 +222,9 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 					m = m.own() // queues and inflight windows keep it
 				}
 				s.stats.forwardedIn.Add(1)
-				ob.src = recSource{peer: peer, epoch: pos.Epoch, lane: pos.Lane, seq: r.Seq}
+				ob.src = interlink.PeerPosition{Peer: peer, Position: interlink.Position{Epoch: pos.Epoch, Lane: pos.Lane, Seq: r.Seq}}
 				s.routeFrom(ob, m, &ob.fw)
-				ob.src = recSource{}
+				ob.src = interlink.PeerPosition{}
 			}
 		case recRouteAdd, recRouteDel:
 			ask, err = cl.routeDelta(peer, r.Kind == recRouteAdd, r.Body)

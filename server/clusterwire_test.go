@@ -9,6 +9,7 @@ import (
 
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/interlink"
 )
 
 func testMessage() *message {
@@ -77,7 +78,8 @@ func TestClusterWireRoundTrip(t *testing.T) {
 	// A takeover answer carries the send marks after the session.
 	ans := appendSentMarks(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000), 99, []uint64{0, 7, 300})
 	id, present, got, err := decodeSessionAnswer(ans, "n2", 1_000)
-	want := []streamMark{{peer: "n2", epoch: 99, lane: 1, seq: 7}, {peer: "n2", epoch: 99, lane: 2, seq: 300}}
+	want := []interlink.PeerPosition{{Peer: "n2", Position: interlink.Position{Epoch: 99, Lane: 1, Seq: 7}},
+		{Peer: "n2", Position: interlink.Position{Epoch: 99, Lane: 2, Seq: 300}}}
 	if err != nil || id != 12 || present != 1 || got.id != "dev1" || !slices.Equal(got.before, want) {
 		t.Fatalf("takeover answer: id %d present %d %+v %v", id, present, got, err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/persist"
 	"github.com/gannetmq/gannet/trie"
 )
@@ -40,8 +41,9 @@ type outbox struct {
 	scratch      message
 	scratchProps codec.Properties
 
-	// src is the peer record being taken (sentMarks), while it is.
-	src recSource
+	// src is, while the outbox takes a peer's reliable record, where that
+	// record is in the peer's stream (origin.go); zero otherwise.
+	src interlink.PeerPosition
 
 	// seen is, while the outbox takes a peer's batch, the origins
 	// sessions remembered from it (origin.go); nil otherwise.

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/trie"
 )
 
@@ -64,9 +65,9 @@ func (o *origins) stamp(m *message) {
 type recent struct {
 	until int64 // broker clock; past it the session remembers nothing
 	seen  map[uint64]struct{}
-	// before marks the peers' records that were routed before the
-	// session was here (streamMark).
-	before []streamMark
+	// before marks, per peer stream, the records that were routed before
+	// the session was here: up to each position.
+	before []interlink.PeerPosition
 }
 
 // A session may be given, for a while after it came to be here, a message
@@ -94,49 +95,16 @@ type recent struct {
 // way: the session's memory of origins covers it only if the message
 // reached it here first.
 
-// streamMark is how far one peer's stream (its run epoch, lane) had got:
-// records up to seq were routed before the session was here.
-type streamMark struct {
-	peer  string
-	epoch uint64
-	lane  uint8
-	seq   uint64
-}
-
-// heardMarks is what this node has received of its peers' streams and
-// not yet stored (interlink.Node.Heard).
-func (cl *cluster) heardMarks() []streamMark {
-	hs := cl.node.Heard(nil)
-	if len(hs) == 0 {
-		return nil
-	}
-	marks := make([]streamMark, len(hs))
-	for i, h := range hs {
-		marks[i] = streamMark{peer: h.Peer, epoch: h.Epoch, lane: h.Lane, seq: h.Seq}
-	}
-	return marks
-}
-
-// recSource is the peer record a unit of work is taking, for streamMark:
-// its sender, the sender's run, the lane and the sequence number (0: not
-// a reliable record of a peer).
-type recSource struct {
-	peer  string
-	epoch uint64
-	lane  uint8
-	seq   uint64
-}
-
-// routedBeforeLocked reports whether the forward ob is taking was routed
-// before ss was here (streamMark).
+// routedBeforeLocked reports whether the forward ob is taking (ob.src)
+// was routed before ss was here (recent.before).
 // REQUIRES: ss.mu held.
 func (ss *session) routedBeforeLocked(ob *outbox, now int64) bool {
 	r, src := ss.mu.recent, &ob.src
-	if r == nil || len(r.before) == 0 || src.seq == 0 || now > r.until {
+	if r == nil || len(r.before) == 0 || src.Seq == 0 || now > r.until {
 		return false
 	}
 	for _, mk := range r.before {
-		if src.seq <= mk.seq && src.lane == mk.lane && src.epoch == mk.epoch && src.peer == mk.peer {
+		if src.Seq <= mk.Seq && src.Lane == mk.Lane && src.Epoch == mk.Epoch && src.Peer == mk.Peer {
 			return true
 		}
 	}
@@ -160,17 +128,18 @@ const maxLanes = 256
 
 // decodeSentMarks reads from's marks (appendSentMarks); lanes with
 // nothing sent are left out.
-func decodeSentMarks(r *wireReader, from string) []streamMark {
+func decodeSentMarks(r *wireReader, from string) []interlink.PeerPosition {
 	epoch := r.uvarint("marks epoch")
 	n := r.uvarint("marks lanes")
 	if n > maxLanes {
 		r.fail("marks lanes")
 		return nil
 	}
-	var marks []streamMark
+	var marks []interlink.PeerPosition
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		if q := r.uvarint("marks seq"); q > 0 {
-			marks = append(marks, streamMark{peer: from, epoch: epoch, lane: uint8(i), seq: q})
+			marks = append(marks, interlink.PeerPosition{Peer: from,
+				Position: interlink.Position{Epoch: epoch, Lane: uint8(i), Seq: q}})
 		}
 	}
 	if r.err != nil {
@@ -182,7 +151,7 @@ func decodeSentMarks(r *wireReader, from string) []streamMark {
 // newRecentLocked starts a session's memory at now, in a cluster.
 func (ss *session) newRecentLocked(now int64) {
 	if ss.srv.cl != nil {
-		ss.mu.recent = &recent{until: now + int64(recentWindow), before: ss.srv.cl.heardMarks()}
+		ss.mu.recent = &recent{until: now + int64(recentWindow), before: ss.srv.cl.node.Heard(nil)}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gannetmq/gannet/codec"
 	"github.com/gannetmq/gannet/fanout"
+	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/trie"
 )
 
@@ -23,7 +24,7 @@ type movedSession struct {
 	owner  string     // the user the session belongs to (auth.go)
 	// before is how far the node it left had sent to this one
 	// (origin.go); nil: not said.
-	before []streamMark
+	before []interlink.PeerPosition
 }
 
 type movedMsg struct {
