@@ -360,7 +360,7 @@ func (ss *session) forgetLocked(ob *outbox, om *outMsg) {
 	if !om.stored {
 		return
 	}
-	if om.creator != nil && om.creator != ob {
+	if om.createdElsewhere(ob) {
 		om.forgot = true // deleted by the creator, after its creation (track)
 		return
 	}
@@ -393,6 +393,11 @@ func (ob *outbox) track(ss *session, om *outMsg) {
 	om.creator = ob
 	ob.created = append(ob.created, createdEntry{ss, om})
 }
+
+// createdElsewhere reports whether om's entry is created by another
+// outbox than ob that has not handed it to the store yet (track).
+// REQUIRES: the session's mu held.
+func (om *outMsg) createdElsewhere(ob *outbox) bool { return om.creator != nil && om.creator != ob }
 
 // releaseCreated runs once ob's batch is with the store: the entries it
 // created may be sent and deleted by anyone now. Deletions asked for
@@ -431,7 +436,7 @@ func (ss *session) unstoreLocked(ob *outbox) {
 		return
 	}
 	release := func(om *outMsg) {
-		if om.stored && om.creator != nil && om.creator != ob {
+		if om.stored && om.createdElsewhere(ob) {
 			om.forgot = true // its creator deletes it after the creation (track)
 			return
 		}

@@ -333,7 +333,7 @@ func (s *session) pumpLocked(ob *outbox, now int64) {
 		return
 	}
 	for s.mu.queue.len() > 0 && len(s.mu.inflight) < int(s.mu.window) {
-		if m := s.mu.queue.peek(); m.creator != nil && m.creator != ob {
+		if m := s.mu.queue.peek(); m.createdElsewhere(ob) {
 			// Its entry is not with the store yet: sent now, its
 			// acknowledgement's deletion could be written before the
 			// creation. The creator pumps once it has committed.
