@@ -261,6 +261,24 @@ func TestWriteDelayKeepsOrderWhenTheWindowOpens(t *testing.T) {
 	}
 }
 
+// ackTaken sends sub's PUBACK of pid and waits until ss has taken it
+// (what names the message). It returns an error rather than failing the
+// test: it runs in hooks on an event loop.
+func ackTaken(sub *rawConn, ss *session, pid uint16, what string) error {
+	sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: pid})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		ss.mu.Lock()
+		_, held := ss.mu.inflight[pid]
+		ss.mu.Unlock()
+		if !held {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the PUBACK of %s not taken within 5s", what)
+		}
+	}
+}
+
 // windowedPair connects an MQTT 5 subscriber name-sub to name/# at QoS 1
 // with a receive maximum of window, and a publisher on another event loop
 // (publisherElsewhere).
@@ -324,20 +342,7 @@ func TestWindowDeliveryInTransitKeepsOrder(t *testing.T) {
 		if publishes++; publishes != 3 { // m3
 			return
 		}
-		sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p0.PacketID})
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			ss.mu.Lock()
-			_, held := ss.mu.inflight[p0.PacketID]
-			ss.mu.Unlock()
-			if !held {
-				hookErr <- nil
-				return
-			}
-			if time.Now().After(deadline) {
-				hookErr <- fmt.Errorf("the subscriber's PUBACK of m0 not taken within 5s")
-				return
-			}
-		}
+		hookErr <- ackTaken(sub, ss, p0.PacketID, "m0")
 	}
 	testBeforePacket.Store(&f)
 	t.Cleanup(func() { testBeforePacket.Store(nil) })

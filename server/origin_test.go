@@ -85,6 +85,19 @@ func holdFirstForward(t *testing.T) (held, free func()) {
 	return held, free
 }
 
+// expectSkipped checks that the node n, once it takes the held forward of
+// m, gives it to other and not to skipped (who says why).
+func expectSkipped(t *testing.T, n *Server, other, skipped *rawConn, who string) {
+	t.Helper()
+	if p, ok := other.expect().(*codec.Publish); !ok || string(p.Payload) != "m" {
+		t.Fatalf("other: got %+v, want m", p)
+	}
+	waitFor(t, "the forward to be dropped for "+who, func() bool { return n.stats.droppedSeen.Get() == 1 })
+	if extra := skipped.ping(); len(extra) != 0 {
+		t.Fatalf("%s got %d packets: %v", who, len(extra), extra)
+	}
+}
+
 // A forward that the node a session left routed while the session was
 // still there, and that reaches the session's new node only after the
 // session (held back here; in production a slower lane, or a full disk
@@ -121,13 +134,7 @@ func TestClusterMovedSessionSkipsForwardsRoutedBeforeTheMove(t *testing.T) {
 	}
 	free()
 
-	if p, ok := other.expect().(*codec.Publish); !ok || string(p.Payload) != "m" {
-		t.Fatalf("other on n2: got %+v, want m", p)
-	}
-	waitFor(t, "n2 to drop the forward for dev, which had m on n1", func() bool { return n2.stats.droppedSeen.Get() == 1 })
-	if extra := again.ping(); len(extra) != 0 {
-		t.Fatalf("dev on n2 got %d packets after the move: %v", len(extra), extra)
-	}
+	expectSkipped(t, n2, other, again, "dev, which had m on n1")
 }
 
 // A session made here after this node received a peer's forward it has
@@ -153,11 +160,5 @@ func TestClusterNewSessionSkipsForwardsHeardBeforeIt(t *testing.T) {
 	fresh.subscribe("t", 1)
 	free()
 
-	if p, ok := other.expect().(*codec.Publish); !ok || string(p.Payload) != "m" {
-		t.Fatalf("other on n2: got %+v, want m", p)
-	}
-	waitFor(t, "n2 to drop the forward for fresh, routed before it connected", func() bool { return n2.stats.droppedSeen.Get() == 1 })
-	if extra := fresh.ping(); len(extra) != 0 {
-		t.Fatalf("fresh got %d packets: %v", len(extra), extra)
-	}
+	expectSkipped(t, n2, other, fresh, "fresh, which connected after it")
 }

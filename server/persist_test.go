@@ -448,12 +448,6 @@ func TestQueuedEntryCreatedBeforeItsDeletion(t *testing.T) {
 	// the store, the subscriber acknowledges m1 and, should m2 come out
 	// of the queue now, m2 too.
 	ss := s.lookupSession("pq-sub")
-	inflight := func(pid uint16) bool {
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		_, ok := ss.mu.inflight[pid]
-		return ok
-	}
 	hookErr := make(chan error, 1)
 	tookM2 := false // in the hook, before it reports
 	f := func(c *client, h codec.FixedHeader) {
@@ -461,11 +455,8 @@ func TestQueuedEntryCreatedBeforeItsDeletion(t *testing.T) {
 			return
 		}
 		hookErr <- func() error {
-			sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p1.PacketID})
-			for deadline := time.Now().Add(5 * time.Second); inflight(p1.PacketID); time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					return fmt.Errorf("the PUBACK of m1 not taken within 5s")
-				}
+			if err := ackTaken(sub, ss, p1.PacketID, "m1"); err != nil {
+				return err
 			}
 			ss.mu.Lock()
 			var sent *outMsg
@@ -481,13 +472,7 @@ func TestQueuedEntryCreatedBeforeItsDeletion(t *testing.T) {
 				return fmt.Errorf("got %+v, want m2", p2)
 			}
 			tookM2 = true
-			sub.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p2.PacketID})
-			for deadline := time.Now().Add(5 * time.Second); inflight(p2.PacketID); time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					return fmt.Errorf("the PUBACK of m2 not taken within 5s")
-				}
-			}
-			return nil
+			return ackTaken(sub, ss, p2.PacketID, "m2")
 		}()
 	}
 	testBeforePacket.Store(&f)
