@@ -42,6 +42,7 @@ Scenarios:
 	fs.BoolVar(&opts.Full, "full", false, "run the full sizes (10,000 clients, up to a few minutes a scenario) instead of the short form")
 	fs.StringVar(&opts.Bin, "bin", "", "the broker's `binary` (default: bin/gannet, or gannet on PATH; mosquitto on PATH, or /usr/sbin/mosquitto)")
 	abusers := fs.String("abusers", strings.Join(Abusers, ","), "the hostile scenario's kinds of hostile client, comma-separated: a subset of "+strings.Join(Abusers, ", "))
+	fs.IntVar(&opts.AbuserNice, "abusers-nice", 0, "run the hostile scenario's hostile clients (a process of their own) at this CPU priority, 1 to 19: the nearest this host comes to running them on other machines")
 	fs.StringVar(&opts.TempDir, "tmp", "", "`directory` for the brokers' data (default: the system's temporary directory)")
 	fs.BoolVar(&asJSON, "json", false, "print the results as JSON instead of tables")
 	fs.BoolVar(&quiet, "q", false, "no progress lines on stderr")
@@ -53,6 +54,10 @@ Scenarios:
 	}
 	if opts.Broker != Gannet && opts.Broker != Mosquitto {
 		fmt.Fprintf(stderr, "gannet-bench torture: -broker must be gannet or mosquitto, got %q\n", opts.Broker)
+		return 2
+	}
+	if opts.AbuserNice < 0 || opts.AbuserNice > 19 {
+		fmt.Fprintf(stderr, "gannet-bench torture: -abusers-nice must be 0 to 19, got %d\n", opts.AbuserNice)
 		return 2
 	}
 	for _, a := range strings.Split(*abusers, ",") {

@@ -29,7 +29,8 @@ import (
 //   - one publishes small messages as fast as TCP allows, with a
 //     per-client publish rate limit configured.
 //
-// Each hostile client reconnects when the broker disconnects it.
+// Each hostile client reconnects when the broker disconnects it. They run
+// in a process of their own (abusers.go).
 //
 // Pass: memory within the configured limit; the well-behaved clients lose
 // nothing; their p99 latency at most twice the quiet figure (full form
@@ -70,31 +71,36 @@ func hostileClients(ctx context.Context, e *env) error {
 	}
 	quietPeak := watch.peakBetween(q0, q1)
 
-	h := &hostiles{addr: b.Addr, abusers: abusers, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
-	defer h.end()
+	cfg := abuserConfig{Addr: b.Addr, Abusers: abusers, Idle: idle, Copies: copies, MaxPacket: maxPacket}
 	e.logf("hostile clients arrive")
-	if err := h.start(ctx, idle, copies, maxPacket); err != nil {
+	h, err := startAbusers(ctx, cfg, e.opts.AbuserNice)
+	if err != nil {
 		return err
 	}
+	defer h.kill()
 	e.logf("well-behaved clients among them")
 	loaded, l0, l1, err := p2p()
 	if err != nil {
 		return fmt.Errorf("run among hostile clients: %w", err)
 	}
 	loadedPeak := watch.peakBetween(l0, l1)
-	h.end()
+	hr, err := h.end()
+	if err != nil {
+		return err
+	}
 	peak := watch.end()
 	m, _ := b.Metrics(ctx)
 
 	r.fig("well-behaved alone", "p50 %s, p99 %s, %.0f received/s, %d lost", ms(quiet.P50), ms(quiet.P99), quiet.RecvRate, quiet.Lost)
 	r.fig("well-behaved among hostile", "p50 %s, p99 %s, %.0f received/s, %d lost", ms(loaded.P50), ms(loaded.P99), loaded.RecvRate, loaded.Lost)
-	r.fig("CPU alone / among hostile", "broker %s / %s; %s %s",
-		cpuShare(quiet), cpuShare(loaded), "this process (well-behaved and hostile clients)", toolShare(quiet)+" / "+toolShare(loaded))
+	r.fig("CPU alone / among hostile", "broker %s / %s; well-behaved clients %s / %s; hostile clients %.0f%% (nice %d)",
+		cpuShare(quiet), cpuShare(loaded), toolShare(quiet), toolShare(loaded),
+		100*hr.CPU.Seconds()/max(hr.Took.Seconds(), 1e-9), e.opts.AbuserNice)
 	r.fig("RSS peak alone / among hostile", "%s / %s", mib(quietPeak), mib(loadedPeak))
-	r.fig("100,000 x # SUBSCRIBE", "%d SUBACKs (first: %s), %d disconnects", h.subacks.Load(), h.subackCodes(), h.bombDrops.Load())
-	r.fig("maximum-size PUBLISH", "%d sent, %d disconnects", h.bigSent.Load(), h.bigDrops.Load())
-	r.fig("flooder", "%d sent, %d disconnects", h.floodSent.Load(), h.floodDrops.Load())
-	r.fig("silent / half CONNECT", "%d / %d closed by the broker and dialled again", h.silentClosed.Load(), h.halfClosed.Load())
+	r.fig("100,000 x # SUBSCRIBE", "%d SUBACKs (first: %s), %d disconnects", hr.Subacks, hr.Codes, hr.BombDrops)
+	r.fig("maximum-size PUBLISH", "%d sent, %d disconnects", hr.BigSent, hr.BigDrops)
+	r.fig("flooder", "%d sent, %d disconnects", hr.FloodSent, hr.FloodDrops)
+	r.fig("silent / half CONNECT", "%d / %d closed by the broker and dialled again", hr.SilentClosed, hr.HalfClosed)
 	if e.gannet() {
 		refused := []string{}
 		for _, k := range slices.Sorted(maps.Keys(m)) {

@@ -23,6 +23,9 @@ type Options struct {
 	// Abusers names the hostile scenario's kinds of hostile client to
 	// run, a subset of Abusers; nil: all of them.
 	Abusers []string
+	// AbuserNice is the CPU priority (nice) of the hostile scenario's
+	// abuser process; 0 runs it at this process's (abusers.go).
+	AbuserNice int
 }
 
 // Abusers are the kinds of hostile client of the hostile scenario: the

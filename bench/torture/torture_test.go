@@ -15,6 +15,9 @@ import (
 var gannetBin string
 
 func TestMain(m *testing.M) {
+	if code, ok := AbuserProcess(); ok {
+		os.Exit(code)
+	}
 	dir, err := os.MkdirTemp("", "torture-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -76,6 +79,7 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"-bin", filepath.Join(t.TempDir(), "nothing"), "all"}, "no gannet binary at"},
 		{[]string{"-no-such-flag"}, "flag provided but not defined"},
 		{[]string{"-bin", gannetBin, "-abusers", "idle,worm", "hostile"}, `unknown hostile client "worm" in -abusers`},
+		{[]string{"-bin", gannetBin, "-abusers-nice", "20", "hostile"}, "-abusers-nice must be 0 to 19, got 20"},
 	} {
 		var stdout, stderr strings.Builder
 		if code := Command(context.Background(), c.args, &stdout, &stderr); code != 2 {
