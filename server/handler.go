@@ -211,7 +211,11 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 	switch {
 	case !c.connected && now-c.lastRead > connectDeadline(cfg.ConnectTimeout, c.gc.Fd()):
 		c.logger().Info("closing connection", "reason", "no CONNECT within "+cfg.ConnectTimeout.String())
-		c.closeNow() // nothing was said to it: no reason to linger
+		// Nothing was said to it: no reason to linger, and a reset
+		// rather than a FIN spares both ends the teardown (on loopback,
+		// the peer's half of it runs in this loop's close).
+		_ = c.gc.SetLinger(0)
+		c.closeNow()
 		return
 	case grace > 0 && now-c.lastRead > grace:
 		c.logger().Info("closing connection", "reason", "keepalive timeout",
