@@ -119,7 +119,7 @@ func (c *client) authDone(ob *outbox, ar *auth.Request, req *connectReq, r auth.
 // would cost the loop another round for a read of nothing, and bytes
 // that arrive later are read when they do.
 func (c *client) inputWaits() bool {
-	return c.gc.InboundBuffered() > 0 || (c.ws != nil && len(c.ws.in) > 0) ||
+	return c.gc.InboundBuffered() > 0 || c.hasPartial() || (c.ws != nil && len(c.ws.in) > 0) ||
 		(c.tls != nil && c.tls.rec != nil && len(c.tls.rec.in) > 0)
 }
 

@@ -168,6 +168,9 @@ type clientRare struct {
 	slowSince int64
 	// disconnect: a DISCONNECT was received, so no will [MQTT-3.1.2-10].
 	disconnect bool
+	// partial is the start of a packet that arrives over several reads
+	// (partial.go); empty: none.
+	partial []byte
 }
 
 // rareState returns c.rare, making it on first use. On c's loop.
@@ -313,6 +316,9 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		}
 		return gnet.None
 	}
+	if c.hasPartial() && !c.finishPartial(ob) {
+		return gnet.None
+	}
 	buf, partial := c.peekInput()
 	used := 0
 	var err error
@@ -333,6 +339,9 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		return c.onWSTraffic(ob, buf[used:])
 	}
 	used, err = c.decode(ob, buf, used)
+	if err == nil && !partial && !c.closed && used < len(buf) {
+		used += c.keepPartial(buf[used:])
+	}
 	if used > 0 {
 		_, _ = c.gc.Discard(used)
 	}

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/gannetmq/gannet/codec"
+)
+
+// visitClients runs f on every client, on the client's loop, one loop
+// after another, and returns once it has run everywhere.
+func visitClients(t *testing.T, s *Server, f func(c *client)) {
+	t.Helper()
+	for _, l := range s.loopList() {
+		done := make(chan struct{})
+		err := l.el.Execute(context.Background(), runFunc(func() {
+			for _, c := range l.conns {
+				f(c)
+			}
+			close(done)
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-done
+	}
+}
+
+// A connection stalled half-way through a packet holds the bytes it sent
+// in a buffer of its own, none of gnet's (whose pooled buffers keep what
+// they grew to for other connections), and the packet is handled once
+// the rest comes.
+func TestStalledPacketHoldsNoSharedBuffer(t *testing.T) {
+	s := startBroker(t, nil)
+	half := dialRaw(t, s, codec.V5)
+	connect := (&codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, CleanStart: true,
+		KeepAlive: 60, ClientID: []byte("half")}).Append(nil, codec.V5)
+	half.write(connect[:len(connect)/2])
+
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("pub", nil)
+	pub.subscribe("big", 0)
+	payload := bytes.Repeat([]byte("0123456789"), 20_000)
+	publish := (&codec.Publish{Topic: []byte("big"), Payload: payload}).Append(nil, codec.V5)
+	pub.write(publish[:1000])
+
+	type kept struct {
+		gnet, partial, capacity int
+	}
+	state := func() map[string]kept {
+		got := map[string]kept{}
+		visitClients(t, s, func(c *client) {
+			k := kept{gnet: c.gc.InboundBuffered()}
+			if c.rare != nil {
+				k.partial, k.capacity = len(c.rare.partial), cap(c.rare.partial)
+			}
+			name := c.id
+			if name == "" {
+				name = "half"
+			}
+			got[name] = k
+		})
+		return got
+	}
+	waitFor(t, "both connections' bytes read", func() bool {
+		st := state()
+		return st["half"].gnet+st["half"].partial == len(connect)/2 && st["pub"].gnet+st["pub"].partial == 1000
+	})
+	st := state()
+	if st["half"].gnet != 0 || st["half"].partial != len(connect)/2 {
+		t.Errorf("half a CONNECT: %+v, want the bytes kept by the client, none in gnet's buffer", st["half"])
+	}
+	if want := (kept{0, 1000, len(publish)}); st["pub"] != want {
+		t.Errorf("the start of a PUBLISH: %+v, want %+v (a buffer of the packet's size)", st["pub"], want)
+	}
+
+	half.write(connect[len(connect)/2:])
+	if ack, ok := half.expect().(*codec.Connack); !ok || ack.Code != codec.Success {
+		t.Fatalf("the completed CONNECT: got %v, want CONNACK success", ack)
+	}
+	pub.write(publish[1000:])
+	got, ok := pub.expect().(*codec.Publish)
+	if !ok || !bytes.Equal(got.Payload, payload) {
+		t.Fatal("the completed PUBLISH did not come back whole")
+	}
+	if k := state()["pub"]; k.partial != 0 || k.capacity != 0 {
+		t.Errorf("after the PUBLISH was handled the client still keeps %d bytes (capacity %d)", k.partial, k.capacity)
+	}
+}
+
+// Packets that arrive over many reads, large and small, back to back with
+// packet boundaries anywhere in a read, are handled in order and whole.
+func TestPacketsSplitAcrossReads(t *testing.T) {
+	s := startBroker(t, nil)
+	rc := dialRaw(t, s, codec.V311)
+	rc.connect("split", nil)
+	rc.subscribe("t/#", 0)
+	var stream []byte
+	var want [][]byte
+	for i, size := range []int{300_000, 5, 70_000, 1, 64 << 10, 200} {
+		payload := bytes.Repeat([]byte{byte('a' + i)}, size)
+		want = append(want, payload)
+		stream = (&codec.Publish{Topic: []byte(fmt.Sprintf("t/%d", i)), Payload: payload}).Append(stream, codec.V311)
+	}
+	for len(stream) > 0 { // odd-sized writes: boundaries fall anywhere
+		n := min(len(stream), 7919)
+		rc.write(stream[:n])
+		stream = stream[n:]
+	}
+	for i, w := range want {
+		p, ok := rc.expect().(*codec.Publish)
+		if !ok || string(p.Topic) != fmt.Sprintf("t/%d", i) || !bytes.Equal(p.Payload, w) {
+			t.Fatalf("message %d did not arrive whole and in order", i)
+		}
+	}
+}
