@@ -181,6 +181,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c.closed = true
 	if c.rare != nil {
 		c.rare.lingerUntil = 0 // over: the sweep lets go of c (loop.sweep)
+		c.dropPartial()
 	}
 	c.releaseAdmission()
 	h.srv.stats.connections.Add(-1)

@@ -1,6 +1,11 @@
 package server
 
-import "github.com/gannetmq/gannet/codec"
+import (
+	"math/bits"
+	"sync"
+
+	"github.com/gannetmq/gannet/codec"
+)
 
 // A packet that arrives over several reads is kept by the client, not in
 // gnet's input buffer. gnet's buffers come from one pool that every
@@ -40,7 +45,7 @@ func (c *client) keepPartial(rest []byte) int {
 	}
 	r := c.rareState()
 	if cap(r.partial) < size {
-		r.partial = make([]byte, 0, size)
+		r.partial = getPartial(size)
 	}
 	r.partial = append(r.partial[:0], rest...)
 	return len(rest)
@@ -88,12 +93,45 @@ func (c *client) finishPartial(ob *outbox) bool {
 		return false
 	}
 	if cap(r.partial) > partialKeep {
-		r.partial = nil // what the packet held is copied where it is kept
+		putPartial(r.partial) // what the packet held is copied where it is kept
+		r.partial = nil
 	} else {
 		r.partial = r.partial[:0]
 	}
 	return true
 }
 
+// dropPartial lets go of a packet begun, when the connection closed.
+func (c *client) dropPartial() {
+	putPartial(c.rare.partial)
+	c.rare.partial = nil
+}
+
 // hasPartial reports whether c keeps the start of a packet.
 func (c *client) hasPartial() bool { return c.rare != nil && len(c.rare.partial) > 0 }
+
+// Buffers for kept packets larger than partialKeep, by power-of-two size
+// class: a client that sends large packets one after another, or many
+// clients that do, reuse them rather than allocating each anew (a
+// megabyte a packet at the maximum size), and a class holds buffers only
+// of its size, so a small packet never holds a large one.
+var partialPools [bits.UintSize]sync.Pool
+
+// getPartial returns an empty buffer of at least size bytes.
+func getPartial(size int) []byte {
+	if size <= partialKeep {
+		return make([]byte, 0, size)
+	}
+	k := bits.Len(uint(size - 1))
+	if v, ok := partialPools[k].Get().(*[]byte); ok {
+		return (*v)[:0]
+	}
+	return make([]byte, 0, 1<<k)
+}
+
+// putPartial gives back a buffer from getPartial.
+func putPartial(b []byte) {
+	if c := cap(b); c > partialKeep && c&(c-1) == 0 {
+		partialPools[bits.Len(uint(c-1))].Put(&b)
+	}
+}
