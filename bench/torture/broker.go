@@ -49,6 +49,8 @@ type Limits struct {
 	// MaxPublishRate is --max-publish-rate (Gannet only: Mosquitto
 	// cannot limit a client's publish rate).
 	MaxPublishRate float64
+	// MaxPublishBytesRate is --max-publish-bytes-rate (Gannet only).
+	MaxPublishBytesRate int64
 	// MaxSubscriptions is --max-subscriptions (Gannet only).
 	MaxSubscriptions int
 	// MaxPacketSize is --max-packet-size and Mosquitto's max_packet_size.
@@ -80,6 +82,7 @@ func (l *Limits) gannetArgs() []string {
 	add(l.MaxConnections > 0, "max-connections", l.MaxConnections)
 	add(l.MaxSessions > 0, "max-sessions", l.MaxSessions)
 	add(l.MaxPublishRate > 0, "max-publish-rate", l.MaxPublishRate)
+	add(l.MaxPublishBytesRate > 0, "max-publish-bytes-rate", l.MaxPublishBytesRate)
 	add(l.MaxSubscriptions > 0, "max-subscriptions", l.MaxSubscriptions)
 	add(l.MaxPacketSize > 0, "max-packet-size", l.MaxPacketSize)
 	add(l.OutboundHighWater > 0, "outbound-high-water", l.OutboundHighWater)

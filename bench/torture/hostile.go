@@ -43,7 +43,7 @@ func hostileClients(ctx context.Context, e *env) error {
 	window := size(e, 3*time.Second, 20*time.Second)
 	copies := 100_000
 	maxPacket := 1 << 20
-	l := Limits{MaxPacketSize: maxPacket, MaxPublishRate: 100, MemoryLimit: size(e, int64(512<<20), int64(1<<30)),
+	l := Limits{MaxPacketSize: maxPacket, MaxPublishRate: 100, MaxPublishBytesRate: 1 << 20, MemoryLimit: size(e, int64(512<<20), int64(1<<30)),
 		MaxConnections: 2*idle + 2*pairs + 200}
 	b, err := e.start(ctx, l)
 	if err != nil {
@@ -58,11 +58,24 @@ func hostileClients(ctx context.Context, e *env) error {
 		copies, maxPacket, idle, idle, strings.Join(abusers, ", "))
 	watch := watchRSS(b, 50*time.Millisecond)
 	defer watch.stopOnce()
+	// The broker's own latency histograms (Gannet), read around each
+	// run: what the broker took, apart from how the host scheduled the
+	// clients.
+	var own []string
 	p2p := func() (*bench.Result, time.Time, time.Time, error) {
+		var m0 map[string]float64
+		if e.gannet() {
+			m0, _ = b.Metrics(ctx)
+		}
 		t0 := time.Now()
 		res, err := bench.Run(ctx, bench.Config{Scenario: "p2p", Addr: b.Addr, Clients: pairs, QoS: 1, Payload: 64,
 			Rate: rate, Duration: window, Warmup: time.Second, Drain: 10 * time.Second, BrokerPID: b.PID()})
-		return res, t0, time.Now(), err
+		t1 := time.Now()
+		if e.gannet() {
+			m1, _ := b.Metrics(ctx)
+			own = append(own, brokerLatency(m0, m1))
+		}
+		return res, t0, t1, err
 	}
 	e.logf("well-behaved clients alone")
 	quiet, q0, q1, err := p2p()
@@ -93,6 +106,10 @@ func hostileClients(ctx context.Context, e *env) error {
 
 	r.fig("well-behaved alone", "p50 %s, p99 %s, %.0f received/s, %d lost", ms(quiet.P50), ms(quiet.P99), quiet.RecvRate, quiet.Lost)
 	r.fig("well-behaved among hostile", "p50 %s, p99 %s, %.0f received/s, %d lost", ms(loaded.P50), ms(loaded.P99), loaded.RecvRate, loaded.Lost)
+	if len(own) == 2 {
+		r.fig("broker's own, alone", "%s", own[0])
+		r.fig("broker's own, among hostile", "%s", own[1])
+	}
 	r.fig("CPU alone / among hostile", "broker %s / %s; well-behaved clients %s / %s; hostile clients %.0f%% (nice %d)",
 		cpuShare(quiet), cpuShare(loaded), toolShare(quiet), toolShare(loaded),
 		100*hr.CPU.Seconds()/max(hr.Took.Seconds(), 1e-9), e.opts.AbuserNice)

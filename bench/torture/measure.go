@@ -1,8 +1,11 @@
 package torture
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -258,4 +261,54 @@ func cpuShare(r *bench.Result) string {
 // load generator and whatever else runs here meanwhile.
 func toolShare(r *bench.Result) string {
 	return fmt.Sprintf("%.0f%%", 100*r.ToolCPU.Seconds()/r.Window.Seconds())
+}
+
+// histQuantile is quantile q of the samples a Prometheus histogram of
+// Gannet's metrics (name, cumulative le buckets) took between two
+// readings, as the upper bound of the bucket it falls in; false when
+// there were none.
+func histQuantile(before, after map[string]float64, name string, q float64) (time.Duration, bool) {
+	type bucket struct{ le, n float64 }
+	var bs []bucket
+	prefix := name + `_bucket{le="`
+	for k, v := range after {
+		rest, ok := strings.CutPrefix(k, prefix)
+		if !ok {
+			continue
+		}
+		le, err := strconv.ParseFloat(strings.TrimSuffix(rest, `"}`), 64)
+		if err != nil {
+			continue
+		}
+		bs = append(bs, bucket{le, v - before[k]})
+	}
+	slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
+	if len(bs) == 0 || bs[len(bs)-1].n <= 0 {
+		return 0, false
+	}
+	want := q * bs[len(bs)-1].n
+	for _, b := range bs {
+		if b.n >= want && !math.IsInf(b.le, 1) {
+			return time.Duration(b.le * float64(time.Second)), true
+		}
+	}
+	return 0, false // past the last bound
+}
+
+// brokerLatency describes the p99s of Gannet's own latency histograms
+// between two readings of its metrics: a sampled publish to its
+// subscriber's write, and how late tasks handed to an event loop ran.
+func brokerLatency(before, after map[string]float64) string {
+	var parts []string
+	for _, h := range []struct{ name, what string }{
+		{"gannet_delivery_latency_seconds", "delivery"},
+		{"gannet_event_loop_lag_seconds", "event loop lag"},
+	} {
+		if d, ok := histQuantile(before, after, h.name, 0.99); ok {
+			parts = append(parts, fmt.Sprintf("%s p99 at most %s", h.what, ms(d)))
+		} else {
+			parts = append(parts, h.what+" p99 unknown")
+		}
+	}
+	return strings.Join(parts, ", ")
 }
