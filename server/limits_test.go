@@ -348,7 +348,10 @@ func TestTCPKeepAlive(t *testing.T) {
 
 // Connections that reach their deadline together are ended a bounded
 // number per pass of the sweep, the rest in passes of their own queued
-// behind the loop's I/O, and every one of them is ended.
+// behind the loop's I/O, and every one of them is ended. (The ticks sweep
+// a part of each loop's connections at a time; a part of more than
+// sweepCloses due connections, or a whole sweep as here, is bounded the
+// same way.)
 func TestSweepEndsABoundedNumberAPass(t *testing.T) {
 	var mu sync.Mutex
 	most, passes := 0, 0
@@ -359,7 +362,7 @@ func TestSweepEndsABoundedNumberAPass(t *testing.T) {
 	}
 	testSweepPass.Store(&f)
 	t.Cleanup(func() { testSweepPass.Store(nil) })
-	s := startBroker(t, func(c *Config) { c.ConnectTimeout = time.Nanosecond })
+	s := startBroker(t, func(c *Config) { c.ConnectTimeout = time.Hour })
 	const n = 400
 	conns := make([]net.Conn, n)
 	for i := range conns {
@@ -369,6 +372,18 @@ func TestSweepEndsABoundedNumberAPass(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = nc.Close() })
 		conns[i] = nc
+	}
+	waitFor(t, "every connection open", func() bool { return s.stats.connections.Load() == n })
+	// Every one of them is past its deadline at once.
+	cfg := *s.limits()
+	cfg.ConnectTimeout = time.Nanosecond
+	if _, err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range s.loopList() {
+		if err := l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) })); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for i, nc := range conns {
 		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))

@@ -96,9 +96,12 @@ type loop struct {
 	// checks closed), so OnClose need not find it. A slice rather than
 	// a set: 8 bytes a connection instead of a map entry's 30 to 50.
 	conns    []*client
-	sweepGen uint64 // sweeps begun (sweepFrom)
-	ob       *outbox
-	coalesce // write delay and inbox (coalesce.go)
+	sweepGen uint64 // sweeps begun (sweepRange)
+	// sweepNext is where in conns the next part of the sweep begins
+	// (sweepPart).
+	sweepNext int
+	ob        *outbox
+	coalesce  // write delay and inbox (coalesce.go)
 	// retainWait is the connections whose retained backlogs wait for
 	// their output to drain (retainpace.go).
 	retainWait []*client
@@ -445,9 +448,10 @@ func (s *Server) tick() {
 			if s.retainWaiting.Load() > 0 {
 				s.resumeRetained()
 			}
-			if n++; n%25 == 0 { // every 250 ms
-				s.sweep()
-			}
+			n++
+			// A part of each loop's connections each tick: every
+			// connection each 250 ms.
+			s.sweep()
 			if n%6000 == 0 && s.cl != nil { // every minute
 				s.forgetClearings(t) // clusterretained.go
 			}
@@ -468,6 +472,15 @@ func (s *Server) loopList() []*loop {
 	return loops
 }
 
+// sweepParts is how many parts a loop's connections are swept in, a
+// part each tick of the broker clock: each connection is looked at every
+// sweepParts ticks (250 ms). Swept whole every 250 ms, a loop with
+// thousands of connections was held for over a millisecond each time
+// (and more for the connections that reached their deadlines together),
+// and the clients on it waited.
+const sweepParts = 25
+
+// sweep has every loop sweep its next part.
 func (s *Server) sweep() {
 	loops := s.loopList()
 	// Execute outside the lock, as doc.go's lock order asks. How late
@@ -477,16 +490,27 @@ func (s *Server) sweep() {
 	for _, l := range loops {
 		_ = l.el.Execute(context.Background(), runFunc(func() {
 			since(s.stats.lat.loopLag, at, monotime())
-			l.sweep(s.now())
+			l.sweepPart(s.now())
 		}))
 	}
 }
 
-// sweep enforces deadlines on this loop's connections and drops the
-// closed ones that no longer linger from l.conns.
+// sweep enforces deadlines on all this loop's connections at once and
+// drops the closed ones that no longer linger from l.conns.
 func (l *loop) sweep(now int64) {
 	l.sweepGen++
-	l.sweepFrom(now, 0, l.sweepGen)
+	l.sweepRange(now, 0, len(l.conns), l.sweepGen)
+}
+
+// sweepPart is sweep for the loop's next sweepParts-th of its
+// connections.
+func (l *loop) sweepPart(now int64) {
+	if l.sweepNext >= len(l.conns) {
+		l.sweepNext = 0
+	}
+	size := (len(l.conns) + sweepParts - 1) / sweepParts
+	l.sweepGen++
+	l.sweepRange(now, l.sweepNext, l.sweepNext+size, l.sweepGen)
 }
 
 // sweepCloses bounds the connections one pass of a sweep ends (closes, or
@@ -502,15 +526,17 @@ const sweepCloses = 32
 // pass of a sweep ended.
 var testSweepPass atomic.Pointer[func(ended int)]
 
-// sweepFrom is a pass of sweep gen over l.conns[from:], unless a newer
-// sweep began meanwhile (it covers the whole list).
-func (l *loop) sweepFrom(now int64, from int, gen uint64) {
+// sweepRange is a pass of sweep (or part) gen over l.conns[from:to],
+// unless a newer one began meanwhile (what is left waits for the sweep to
+// come round again).
+func (l *loop) sweepRange(now int64, from, to int, gen uint64) {
 	if gen != l.sweepGen {
 		return
 	}
 	conns := l.conns
+	to = min(to, len(conns))
 	kept, ended, i := from, 0, from
-	for ; i < len(conns) && ended < sweepCloses; i++ {
+	for ; i < to && ended < sweepCloses; i++ {
 		c := conns[i]
 		if c.closed && !c.lingering() {
 			continue
@@ -526,20 +552,21 @@ func (l *loop) sweepFrom(now int64, from int, gen uint64) {
 	// The rest of the list, and those opened meanwhile, if any (nothing
 	// the sweep does opens one, but the list must not lose a connection
 	// if that ever changes).
-	rest := i < len(conns)
+	rest := to - i // of the range, left for a pass of its own
 	n := len(l.conns)
 	conns = append(conns[:kept], l.conns[i:]...)
 	clear(l.conns[len(conns):n])
-	if !rest && cap(conns) > 1024 && len(conns) < cap(conns)/4 {
+	if rest == 0 && cap(conns) > 1024 && len(conns) < cap(conns)/4 {
 		conns = slices.Clone(conns) // most connections went: give the room back
 	}
 	l.conns = conns
+	l.sweepNext = kept + rest
 	l.ob.flush()
 	if f := testSweepPass.Load(); f != nil {
 		(*f)(ended)
 	}
-	if rest {
-		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweepFrom(now, kept, gen) }))
+	if rest > 0 {
+		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweepRange(now, kept, kept+rest, gen) }))
 	}
 }
 
