@@ -25,7 +25,11 @@
 // goroutine per connection built on codec, which can resume a session
 // and keep a ledger across a broker kill, read at a set pace or not at
 // all, stop half-way through a packet, or send what no well-behaved
-// client sends.
+// client sends. The hostile scenario's abusers run in a second process
+// (this executable again, abusers.go), so that their goroutines and
+// buffers do not share a scheduler and a garbage collector with the
+// well-behaved clients whose latency it measures; -abusers-nice lowers
+// that process's CPU priority.
 //
 // Mosquitto's equivalents: max_queued_messages, max_queued_bytes,
 // memory_limit, max_connections, max_packet_size and
