@@ -26,7 +26,8 @@ import (
 // others pay one comparison. That is every publish of a quiet loop and
 // up to 100 a second of a busy one, enough for the 99th percentile of a
 // few minutes. The other histograms are updated once per group commit,
-// once per interlink ping and once per sweep of a loop.
+// once per interlink ping and once per part of a loop's sweep (each
+// tick).
 //
 //	gannet_delivery_latency_seconds       a sampled publish taken up to a local subscriber's write
 //	gannet_publish_ack_latency_seconds    a sampled QoS 1/2 publish taken up to its PUBACK or PUBREC, with a store
