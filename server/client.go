@@ -643,6 +643,9 @@ func (c *client) detach() {
 		return
 	}
 	c.srv.stats.clients.Add(-1)
+	if c.rare != nil && c.rare.limit != nil {
+		c.srv.rates.leave(c.id, c.rare.limit) // ratelimit.go
+	}
 	c.onClose()
 	c.connected = false
 }

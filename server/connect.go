@@ -125,7 +125,7 @@ func (c *client) handleConnect(ob *outbox, h codec.FixedHeader, body []byte) err
 	}
 	c.keepAlive = uint16(min((ka+time.Second-1)/time.Second, math.MaxUint16))
 
-	if l := c.srv.newPubLimit(); l != nil {
+	if l := c.srv.newPubLimit(c.id); l != nil {
 		c.rareState().limit = l
 	}
 	// Limits the client sets for us.

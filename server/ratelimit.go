@@ -1,6 +1,7 @@
 package server
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,21 +26,130 @@ type pubLimit struct {
 	waking atomic.Bool
 }
 
-// newPubLimit makes the buckets the configuration asks for, or nil.
-func (s *Server) newPubLimit() *pubLimit {
+// newPubLimit makes the buckets the configuration asks for, or nil. A
+// client that left this node with its buckets not yet full again takes
+// them up where it left them (rateMemo).
+func (s *Server) newPubLimit(id string) *pubLimit {
 	cfg := s.limits()
 	if cfg.MaxPublishRate <= 0 && cfg.MaxPublishBytesRate <= 0 {
 		return nil
 	}
+	msgs, bytes := pubBuckets(cfg)
+	if l := s.rates.take(id, msgs, bytes); l != nil {
+		return l
+	}
 	l := &pubLimit{}
+	if msgs.rate > 0 {
+		l.msgs = rate.NewLimiter(msgs.rate, msgs.burst)
+	}
+	if bytes.rate > 0 {
+		l.bytes = rate.NewLimiter(bytes.rate, bytes.burst)
+	}
+	return l
+}
+
+// bucket is the size of a rate.Limiter; rate 0: no bucket.
+type bucket struct {
+	rate  rate.Limit
+	burst int
+}
+
+// pubBuckets is the buckets cfg asks for: messages, bytes.
+func pubBuckets(cfg *Config) (msgs, bytes bucket) {
 	if r := cfg.MaxPublishRate; r > 0 {
-		l.msgs = rate.NewLimiter(rate.Limit(r), max(1, int(r)))
+		msgs = bucket{rate.Limit(r), max(1, int(r))}
 	}
 	if r := cfg.MaxPublishBytesRate; r > 0 {
 		// A packet never needs more than the bucket holds.
-		l.bytes = rate.NewLimiter(rate.Limit(r), max(int(r), cfg.MaxPacketSize))
+		bytes = bucket{rate.Limit(r), max(int(r), cfg.MaxPacketSize)}
 	}
-	return l
+	return msgs, bytes
+}
+
+// A client would escape its rate by connecting again: a new connection's
+// buckets start full, a second's worth, and a client cut off for its rate
+// (or one that just leaves) could spend that again at every reconnect.
+// (The hostile torture scenario's maximum-size publisher reconnected 60
+// times a second and was read a megabyte and more each time.) So the
+// buckets a connection leaves with, when not full, are kept by client id
+// until they would be full again, and the client's next connection to
+// this node takes them up. Buckets of a configuration changed since
+// (SIGHUP) are not taken up. At most rateMemoMax clients are remembered;
+// past it, ones whose buckets are full again are forgotten first, then
+// any.
+type rateMemo struct {
+	mu sync.Mutex
+	m  map[string]rateLeft
+}
+
+// rateLeft is buckets a client left with.
+type rateLeft struct {
+	msgs, bytes *rate.Limiter
+	full        time.Time // when both are full again
+}
+
+const rateMemoMax = 1 << 16
+
+// leave keeps the buckets of client id's connection, if not full.
+func (r *rateMemo) leave(id string, l *pubLimit) {
+	now := time.Now()
+	var full time.Time
+	for _, lim := range []*rate.Limiter{l.msgs, l.bytes} {
+		if lim == nil || lim.Limit() <= 0 {
+			continue
+		}
+		if missing := float64(lim.Burst()) - lim.TokensAt(now); missing > 0 {
+			t := now.Add(time.Duration(missing / float64(lim.Limit()) * float64(time.Second)))
+			if t.After(full) {
+				full = t
+			}
+		}
+	}
+	if full.IsZero() {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = make(map[string]rateLeft)
+	}
+	if len(r.m) >= rateMemoMax {
+		for k, v := range r.m {
+			if !v.full.After(now) {
+				delete(r.m, k)
+			}
+		}
+		for k := range r.m {
+			if len(r.m) < rateMemoMax {
+				break
+			}
+			delete(r.m, k)
+		}
+	}
+	r.m[id] = rateLeft{msgs: l.msgs, bytes: l.bytes, full: full}
+}
+
+// take returns client id's buckets as it left them, when they are not
+// full yet and are of the sizes asked for; nil otherwise.
+func (r *rateMemo) take(id string, msgs, bytes bucket) *pubLimit {
+	r.mu.Lock()
+	left, ok := r.m[id]
+	delete(r.m, id)
+	r.mu.Unlock()
+	if !ok || !left.full.After(time.Now()) || !sized(left.msgs, msgs) || !sized(left.bytes, bytes) {
+		return nil
+	}
+	// A new pubLimit: a wake-up timer of the old connection's may still
+	// be pending on the old one.
+	return &pubLimit{msgs: left.msgs, bytes: left.bytes}
+}
+
+// sized reports whether lim is the bucket b describes.
+func sized(lim *rate.Limiter, b bucket) bool {
+	if lim == nil {
+		return b.rate == 0
+	}
+	return lim.Limit() == b.rate && lim.Burst() == b.burst
 }
 
 // publishAllowed takes a PUBLISH of size bytes from c's buckets, or, when

@@ -69,3 +69,40 @@ func TestPublishRateFloodDisconnects(t *testing.T) {
 		t.Fatal("the disconnect was not counted")
 	}
 }
+
+// A client does not get full buckets back by connecting again: the
+// buckets its connection left with are taken up by its next one (on
+// this node), and another client id starts with full buckets.
+func TestPublishRateKeptAcrossReconnects(t *testing.T) {
+	s := startBroker(t, func(c *Config) { c.MaxPublishRate = 0.1 }) // a bucket of 1, refilled in 10 s
+	publish := func(id string) *rawConn {
+		rc := dialRaw(t, s, codec.V5)
+		rc.connect(id, nil)
+		rc.send(&codec.Publish{Topic: []byte("k"), Payload: []byte("m"), QoS: 1, PacketID: 1})
+		return rc
+	}
+	first := publish("again")
+	if a, ok := first.expect().(*codec.Ack); !ok || a.Code != codec.Success {
+		t.Fatalf("the first publish: %v, want PUBACK", a)
+	}
+	if n := s.stats.publishDelayed.Get(); n != 0 {
+		t.Fatalf("%d publishes delayed before the bucket was spent", n)
+	}
+	first.send(&codec.Disconnect{})
+	first.expectClosed()
+	waitFor(t, "the first connection gone", func() bool { return s.stats.clients.Load() == 0 })
+
+	// The same client, at once: its bucket is still empty, the publish
+	// waits.
+	publish("again")
+	waitFor(t, "the publish of the reconnected client delayed", func() bool { return s.stats.publishDelayed.Get() == 1 })
+
+	// Another client id is not held back.
+	other := publish("other")
+	if a, ok := other.expect().(*codec.Ack); !ok || a.Code != codec.Success {
+		t.Fatalf("another client's first publish: %v, want PUBACK", a)
+	}
+	if n := s.stats.publishDelayed.Get(); n != 1 {
+		t.Fatalf("%d publishes delayed, want only the reconnected client's", n)
+	}
+}

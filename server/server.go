@@ -84,6 +84,8 @@ type Server struct {
 	wg   sync.WaitGroup
 
 	live liveConfig // the reloadable limits (reload.go)
+	// rates keeps the publish buckets clients left with (ratelimit.go).
+	rates rateMemo
 }
 
 // loop is Gannet's state for one gnet event loop. Its fields are touched
