@@ -80,6 +80,11 @@ func (c *client) finishPartial(ob *outbox) bool {
 		if k == 0 {
 			return false
 		}
+		if want := len(r.partial) + need; cap(r.partial) < want && need > 1 {
+			// The header came whole only now: room for the packet at
+			// once, rather than growing as it arrives.
+			r.partial = append(getPartial(want), r.partial...)
+		}
 		b, _ := c.gc.Peek(k)
 		r.partial = append(r.partial, b...)
 		_, _ = c.gc.Discard(k)

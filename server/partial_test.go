@@ -117,3 +117,33 @@ func TestPacketsSplitAcrossReads(t *testing.T) {
 		}
 	}
 }
+
+// A packet whose fixed header itself arrives in pieces is kept too, and
+// once its size is known it gets a buffer of that size class at once.
+func TestPacketWithSplitHeader(t *testing.T) {
+	s := startBroker(t, nil)
+	rc := dialRaw(t, s, codec.V311)
+	rc.connect("hdr", nil)
+	rc.subscribe("h", 0)
+	payload := bytes.Repeat([]byte("z"), 100_000)
+	publish := (&codec.Publish{Topic: []byte("h"), Payload: payload}).Append(nil, codec.V311)
+	kept := func() (n, capacity int) {
+		visitClients(t, s, func(c *client) {
+			if c.id == "hdr" && c.rare != nil {
+				n, capacity = len(c.rare.partial), cap(c.rare.partial)
+			}
+		})
+		return n, capacity
+	}
+	rc.write(publish[:2]) // the type and the first byte of the remaining length
+	waitFor(t, "two bytes kept", func() bool { n, _ := kept(); return n == 2 })
+	rc.write(publish[2:10])
+	waitFor(t, "ten bytes kept", func() bool { n, _ := kept(); return n == 10 })
+	if _, capacity := kept(); capacity != 1<<bits.Len(uint(len(publish)-1)) {
+		t.Errorf("kept in a buffer of %d bytes, want the packet's size class %d", capacity, 1<<bits.Len(uint(len(publish)-1)))
+	}
+	rc.write(publish[10:])
+	if p, ok := rc.expect().(*codec.Publish); !ok || !bytes.Equal(p.Payload, payload) {
+		t.Fatal("the PUBLISH did not come back whole")
+	}
+}
