@@ -83,6 +83,8 @@ bench-tls:
 # scenario and broker. SCENARIOS picks some (default all); the results
 # stay in /tmp/gannet-torture. It fails when Gannet fails a scenario. It
 # needs the Debian package mosquitto. The short forms run with make test.
+# ABUSERS_NICE=19 runs the hostile scenario's hostile clients at the
+# lowest CPU priority (see bench/torture.sh).
 SCENARIOS ?= all
 torture:
 	bash bench/torture.sh $(SCENARIOS)

@@ -30,7 +30,9 @@
 # Environment: OUTPUT (/tmp/gannet-torture), BROKERS ("gannet mosquitto"),
 # FORM (-full; empty for the short form), GANNET and GBENCH
 # (binaries to use instead of building the tree), MOSQUITTO (default:
-# mosquitto on PATH).
+# mosquitto on PATH), ABUSERS_NICE (0: the hostile scenario's hostile
+# clients, a process of their own, at normal CPU priority; 19: the
+# lowest, the nearest this host comes to running them elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -eq 0 ]]; then set -- all; fi
@@ -51,7 +53,7 @@ for broker in ${BROKERS:-gannet mosquitto}; do
     bin=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
   fi
   echo "== $broker ($bin)"
-  "$bench" torture -broker "$broker" -bin "$bin" ${FORM--full} "$@" | tee "$out/$broker.txt" || status=$?
+  "$bench" torture -broker "$broker" -bin "$bin" -abusers-nice "${ABUSERS_NICE:-0}" ${FORM--full} "$@" | tee "$out/$broker.txt" || status=$?
   sed -n '/^| scenario /,$p' "$out/$broker.txt" >> "$out/summary.md"
 done
 echo "results in $out"
