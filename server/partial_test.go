@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/bits"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/gannetmq/gannet/codec"
@@ -100,13 +101,17 @@ func TestPacketsSplitAcrossReads(t *testing.T) {
 	rc.subscribe("t/#", 0)
 	var stream []byte
 	var want [][]byte
-	for i, size := range []int{300_000, 5, 70_000, 1, 64 << 10, 200} {
+	for i, size := range []int{300_000, 5, 70_000, 1, 64 << 10, 200, 0, 127, 128, 16_383, 16_384, 3} {
 		payload := bytes.Repeat([]byte{byte('a' + i)}, size)
 		want = append(want, payload)
 		stream = (&codec.Publish{Topic: []byte(fmt.Sprintf("t/%d", i)), Payload: payload}).Append(stream, codec.V311)
 	}
-	for len(stream) > 0 { // odd-sized writes: boundaries fall anywhere
-		n := min(len(stream), 7919)
+	// Writes of 1 to 9,000 bytes (a fixed seed): packet boundaries, and
+	// the boundaries of the reads that take them, fall anywhere, inside
+	// fixed headers too.
+	rng := rand.New(rand.NewPCG(1, 2))
+	for len(stream) > 0 {
+		n := min(len(stream), 1+rng.IntN(9000))
 		rc.write(stream[:n])
 		stream = stream[n:]
 	}
