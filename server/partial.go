@@ -29,22 +29,15 @@ const partialKeep = 1 << 10
 
 // keepPartial takes rest, the input's last bytes, when they are the start
 // of one packet not yet whole, and reports how many bytes it took (0 or
-// len(rest)).
+// len(rest)). Its buffer is of the packet's size class once the fixed
+// header is whole (finishPartial grows one begun before).
 func (c *client) keepPartial(rest []byte) int {
-	size := 8 // the fixed header is not whole yet: the buffer grows
-	h, n, err := codec.DecodeFixedHeader(rest)
-	switch {
-	case err == codec.ErrIncomplete:
-	case err != nil:
-		return 0 // decode reports it
-	default:
-		size = n + h.Remaining
-		if size <= len(rest) || size > c.srv.cfg.MaxPacketSize {
-			return 0
-		}
+	need := c.partialNeed(rest)
+	if need == 0 {
+		return 0 // whole, or decode reports why it cannot be
 	}
 	r := c.rareState()
-	if cap(r.partial) < size {
+	if size := len(rest) + need; cap(r.partial) < size {
 		r.partial = getPartial(size)
 	}
 	r.partial = append(r.partial[:0], rest...)
