@@ -202,7 +202,7 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 	}
 	wait := time.NewTimer(setupTimeout)
 	defer wait.Stop()
-	tool0 := selfCPU()
+	tool0 := SelfCPU()
 	start := time.Now()
 	for i := range cfg.Clients {
 		if slots != nil {
@@ -253,7 +253,7 @@ func (r *runner) conn(ctx context.Context) (*Result, error) {
 	el := time.Since(start)
 	res.Window = el
 	res.ConnectRate = float64(cfg.Clients) / el.Seconds()
-	res.ToolCPU = selfCPU() - tool0
+	res.ToolCPU = SelfCPU() - tool0
 	res.ToolUsPer = float64(res.ToolCPU.Microseconds()) / float64(cfg.Clients)
 	if cfg.BrokerPID > 0 {
 		after, err := SampleProc(cfg.BrokerPID)

@@ -58,8 +58,8 @@ func SampleProc(pid int) (ProcSample, error) {
 	return s, sc.Err()
 }
 
-// selfCPU is this process's user + system CPU time.
-func selfCPU() time.Duration {
+// SelfCPU is this process's user + system CPU time.
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())

@@ -547,7 +547,7 @@ func (r *runner) traffic(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	tool0 := selfCPU()
+	tool0 := SelfCPU()
 	start := time.Now()
 	r.measuring.Store(true)
 	if cfg.Duration > 0 {
@@ -557,7 +557,7 @@ func (r *runner) traffic(ctx context.Context) (*Result, error) {
 	}
 	r.measuring.Store(false)
 	window := time.Since(start)
-	toolCPU := selfCPU() - tool0
+	toolCPU := SelfCPU() - tool0
 	var after ProcSample
 	if cfg.BrokerPID > 0 {
 		if after, err = SampleProc(cfg.BrokerPID); err != nil {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/gannetmq/gannet/bench"
 )
 
 // The hostile scenario's abusers run in a process of their own, apart
@@ -97,7 +99,7 @@ func runAbusers(ctx context.Context, cfg abuserConfig, out io.Writer) int {
 		_ = enc.Encode(abuserReport{Error: err.Error()})
 		return 1
 	}
-	cpu0, t0 := processCPU(), time.Now()
+	cpu0, t0 := bench.SelfCPU(), time.Now()
 	if enc.Encode(abuserReport{Ready: true}) != nil {
 		return 1
 	}
@@ -108,21 +110,12 @@ func runAbusers(ctx context.Context, cfg abuserConfig, out io.Writer) int {
 		BigSent: h.bigSent.Load(), BigDrops: h.bigDrops.Load(),
 		FloodSent: h.floodSent.Load(), FloodDrops: h.floodDrops.Load(),
 		SilentClosed: h.silentClosed.Load(), HalfClosed: h.halfClosed.Load(),
-		CPU: processCPU() - cpu0, Took: time.Since(t0),
+		CPU: bench.SelfCPU() - cpu0, Took: time.Since(t0),
 	}
 	if enc.Encode(rep) != nil {
 		return 1
 	}
 	return 0
-}
-
-// processCPU is this process's user and system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // abuserProc is the abuser process, seen from the scenario.
