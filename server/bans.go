@@ -389,7 +389,7 @@ func (c *client) kickNow(code codec.ReasonCode) {
 	if c.closed {
 		return
 	}
-	c.loop.takeInbox(monotime()) // what other loops left for c goes first
+	c.loop.takeInbox(monotime(), nil) // what other loops left for c goes first
 	if c.closed {
 		return
 	}

@@ -82,7 +82,7 @@ func (l *loop) initCoalesce(delay time.Duration, busyAt int) {
 		l.in.held.Store(false)
 		l.in.mu.Unlock()
 		if x != nil {
-			x.run(monotime())
+			x.run(monotime(), nil)
 		}
 	}
 }
@@ -170,7 +170,7 @@ func (l *loop) arm(due, now int64) {
 func (l *loop) flushLater() {
 	now := monotime()
 	l.laterAt = 0
-	l.takeInbox(now)
+	l.takeInbox(now, nil)
 	list := l.later
 	l.later = l.spare[:0]
 	for _, w := range list {
@@ -193,7 +193,7 @@ func (l *loop) flushLater() {
 		if x == nil {
 			return
 		}
-		x.run(now)
+		x.run(now, nil)
 	}
 }
 
@@ -201,22 +201,24 @@ func (l *loop) flushLater() {
 // its own to a client: the inbox's came first (a delivery another
 // goroutine made while the client's window had room), and a message the
 // loop sends now (the queue's next, pumped by an acknowledgement) must
-// not pass them. It runs on the loop.
-func (l *loop) takeFirst() {
+// not pass them. The clients it gives bytes to are written with ob, the
+// unit of work under way (xfer.run). It runs on the loop.
+func (l *loop) takeFirst(ob *outbox) {
 	if l.in.held.Load() {
-		l.takeInbox(monotime())
+		l.takeInbox(monotime(), ob)
 	}
 }
 
-// takeInbox runs the bytes waiting in the inbox. It runs on the loop.
-func (l *loop) takeInbox(now int64) {
+// takeInbox runs the bytes waiting in the inbox, their clients written
+// now or with ob (xfer.run). It runs on the loop.
+func (l *loop) takeInbox(now int64, ob *outbox) {
 	l.in.mu.Lock()
 	x := l.in.x
 	l.in.x = nil
 	l.in.held.Store(false)
 	l.in.mu.Unlock()
 	if x != nil {
-		x.run(now)
+		x.run(now, ob)
 	}
 }
 

@@ -402,3 +402,50 @@ func TestDeliveriesOfTwoGoroutinesKeepOrder(t *testing.T) {
 		t.Fatalf("both deliveries have packet id %d", ids[0])
 	}
 }
+
+// Acknowledgements queued for a client while another loop's bytes for it
+// wait in the loop's inbox go out after those bytes, each as queued: the
+// inbox is taken first without writing the client in the middle of the
+// unit of work, whose acknowledgements are encoded into the client's
+// arena (a write there resets it, and the next acknowledgement overwrote
+// the one queued before: PUBREL 2 twice, no PUBREL 1).
+func TestAcksQueuedBehindTheInboxKeepTheirBytes(t *testing.T) {
+	s := startBroker(t, nil)
+	rc := dialRaw(t, s, codec.V5)
+	rc.connect("acks", nil)
+	ping := (&codec.Pingresp{}).Append(nil, codec.V5)
+	done := make(chan bool, 1)
+	for _, l := range s.loopList() {
+		err := l.el.Execute(context.Background(), runFunc(func() {
+			for _, c := range l.conns {
+				if c.id != "acks" {
+					continue
+				}
+				// Another loop's delivery for c waits in the inbox.
+				x := xferPool.Get().(*xfer)
+				x.items = append(x.items, xitem{cl: c, n: 1})
+				x.parts = append(x.parts, ping)
+				l.in.mu.Lock()
+				l.in.x = x
+				l.in.held.Store(true)
+				l.in.mu.Unlock()
+				c.queueAck(l.ob, -1, codec.PUBREL, 1, codec.Success)
+				c.queueAck(l.ob, -1, codec.PUBREL, 2, codec.Success)
+				l.ob.flush()
+				done <- true
+			}
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	if _, ok := rc.expect().(*codec.Pingresp); !ok {
+		t.Fatal("the inbox's bytes did not come first")
+	}
+	for want := uint16(1); want <= 2; want++ {
+		if a, ok := rc.expect().(*codec.Ack); !ok || a.Kind != codec.PUBREL || a.PacketID != want {
+			t.Fatalf("got %+v, want PUBREL %d", a, want)
+		}
+	}
+}

@@ -140,7 +140,7 @@ func (ob *outbox) addParts(cl *client, fr fanout.Frame, id, alias []byte) {
 // inflight window, counted in transit when they go to another loop.
 func (ob *outbox) addSlices(cl *client, parts [][]byte, windowed bool) {
 	if cl.loop == ob.home {
-		cl.loop.takeFirst()
+		cl.loop.takeFirst(ob)
 		cl.pend = append(cl.pend, parts...)
 		if !cl.dirty {
 			cl.dirty = true
@@ -215,8 +215,12 @@ func (ob *outbox) flush() {
 	ob.local = ob.local[:0]
 }
 
-// run delivers the bytes on the target loop.
-func (x *xfer) run(now int64) {
+// run delivers the bytes on the target loop. Their clients are written
+// now, or, with ob (a unit of work under way on the loop), when ob is
+// flushed: written in the middle of it, a client would have its reserved
+// slots and the acknowledgements encoded into its arena (queueAck) written
+// or reset before they were filled.
+func (x *xfer) run(now int64, ob *outbox) {
 	var dirty []*client
 	p := 0
 	for _, it := range x.items {
@@ -238,7 +242,11 @@ func (x *xfer) run(now int64) {
 	}
 	x.sampleArrived()
 	for _, cl := range dirty {
-		cl.push(now)
+		if ob != nil {
+			ob.local = append(ob.local, cl)
+		} else {
+			cl.push(now)
+		}
 	}
 	x.release()
 }

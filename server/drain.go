@@ -292,7 +292,7 @@ func (d *drainer) kick(c *client) {
 		if c.closed || !c.connected {
 			return
 		}
-		c.loop.takeInbox(monotime()) // what other loops left for c goes first
+		c.loop.takeInbox(monotime(), nil) // what other loops left for c goes first
 		if c.closed {
 			return
 		}

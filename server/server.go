@@ -422,7 +422,7 @@ func (s *Server) disconnectAll(ctx context.Context) {
 		wg.Add(1)
 		err := l.el.Execute(ctx, runFunc(func() {
 			defer wg.Done()
-			l.takeInbox(monotime()) // what other loops left for these clients goes first
+			l.takeInbox(monotime(), nil) // what other loops left for these clients goes first
 			for _, c := range l.conns {
 				c.shutdown()
 			}
