@@ -1,6 +1,7 @@
 package persist
 
 import (
+	"bytes"
 	"encoding/binary"
 )
 
@@ -97,6 +98,22 @@ func (b *Batch) delRange(start, end func([]byte) []byte) {
 func (b *Batch) PutSession(s *Session) {
 	b.set(opSet, func(d []byte) []byte { return append(appendClient(d, s.ClientID), subSession) },
 		func(d []byte) []byte { return appendSession(d, s) })
+}
+
+// OnlySession reports whether b holds writes of clientID's session record
+// and nothing else (Store.CommitLazy's condition for a new session).
+func (b *Batch) OnlySession(clientID string) bool {
+	if len(b.ops) == 0 {
+		return false
+	}
+	var kb [64]byte
+	k := append(appendClient(kb[:0], clientID), subSession)
+	for _, o := range b.ops {
+		if o.kind != opSet || !bytes.Equal(b.buf[o.k0:o.k1], k) {
+			return false
+		}
+	}
+	return true
 }
 
 // DeleteSession deletes a session with everything under it: entries,

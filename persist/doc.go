@@ -21,6 +21,14 @@
 //     SyncInterval. A process crash (kill -9) can lose what Pebble had not
 //     yet handed to the OS, and an OS crash or power loss up to
 //     SyncInterval of acknowledged writes.
+//   - Lazy (CommitLazy) with Sync: done(nil) runs after the write, and
+//     the write is fsynced by the next commit that is, or LazySync after
+//     it at the latest (with Batch it is a Batch commit). The broker uses it for a new persistent
+//     session's record alone: every later acknowledgement that depends on
+//     the session (SUBACK, a PUBACK for a message queued to it) waits for
+//     a synced commit, and Pebble's fsync covers the log up to it, so what
+//     a crash can lose is a session that nothing was promised to yet; its
+//     client finds no session present when it comes back.
 //   - none (the broker's --durability=none) opens no store at all: nothing
 //     survives a restart.
 //

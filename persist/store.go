@@ -142,9 +142,11 @@ type Store struct {
 	wake     chan struct{} // a commit is pending
 	room     *sync.Cond    // on mu: pending bytes fell below MaxPending
 	stopped  chan struct{} // committer exited
-	unsynced atomic.Bool   // Batch mode: writes since the last fsync
-	pending  atomic.Int64  // mu.pendingBytes, for PendingBytes
-	writing  atomic.Int64  // bytes of the group being written
+	unsynced atomic.Bool   // Batch mode or lazy commits: writes since the last fsync
+	// unsyncedAt is when unsynced was set (committer goroutine only).
+	unsyncedAt time.Time
+	pending    atomic.Int64 // mu.pendingBytes, for PendingBytes
+	writing    atomic.Int64 // bytes of the group being written
 	// writeStart is when the group being written was taken (unix
 	// nanoseconds); 0 between groups.
 	writeStart atomic.Int64
@@ -184,6 +186,8 @@ type pendingCommit struct {
 	// keep: written again after a refusal rather than failed
 	// (CommitKept).
 	keep bool
+	// lazy: needs no fsync of its own (CommitLazy).
+	lazy bool
 }
 
 // memTableSize is Pebble's memtable: 32 MiB rather than its 4 MiB default.
@@ -464,10 +468,26 @@ func (s *Store) CommitKept(b *Batch, done func(error), wait bool) {
 	s.commitPC(b, done, wait, true)
 }
 
+// CommitLazy is CommitNoWait for writes that need no fsync of their own:
+// done runs once they are written, and they are durable with the next
+// commit that is fsynced, or LazySync after they were written at the
+// latest. It is for a record whose loss in a crash the broker's promise
+// allows, because nothing acknowledged depends on it until a later,
+// synced commit (doc.go). In Batch mode it is CommitNoWait.
+func (s *Store) CommitLazy(b *Batch, done func(error)) {
+	s.enqueue(b, pendingCommit{done: done, lazy: true}, false)
+}
+
+// LazySync bounds how long a CommitLazy write waits for an fsync.
+const LazySync = 10 * time.Millisecond
+
 func (s *Store) commit(b *Batch, done func(error), wait bool) { s.commitPC(b, done, wait, false) }
 
 func (s *Store) commitPC(b *Batch, done func(error), wait, keep bool) {
-	pc := pendingCommit{done: done, keep: keep}
+	s.enqueue(b, pendingCommit{done: done, keep: keep}, wait)
+}
+
+func (s *Store) enqueue(b *Batch, pc pendingCommit, wait bool) {
 	if len(b.ops) > 0 {
 		pc.buf = append([]byte(nil), b.buf...)
 		pc.ops = append([]op(nil), b.ops...)
@@ -478,7 +498,7 @@ func (s *Store) commitPC(b *Batch, done func(error), wait, keep bool) {
 	}
 	if s.mu.closed {
 		s.mu.Unlock()
-		done(ErrClosed)
+		pc.done(ErrClosed)
 		return
 	}
 	s.mu.pending = append(s.mu.pending, pc)
@@ -522,6 +542,12 @@ func (s *Store) committer() {
 	// nothing else would.
 	recheck := time.NewTicker(250 * time.Millisecond)
 	defer recheck.Stop()
+	// Lazy writes are fsynced LazySync after the first of them at the
+	// latest, if no synced commit did it before.
+	lazy := time.NewTimer(time.Hour)
+	lazy.Stop()
+	defer lazy.Stop()
+	lazyArmed := false
 	var group []pendingCommit
 	for {
 		s.noticeDeath()
@@ -550,13 +576,21 @@ func (s *Store) committer() {
 			s.writing.Store(0)
 			s.writeStart.Store(0)
 			clear(group)
+			if s.opts.Durability == DurabilitySync && s.unsynced.Load() {
+				if d := LazySync - time.Since(s.unsyncedAt); d <= 0 {
+					_ = s.syncNow()
+				} else if !lazyArmed {
+					lazy.Reset(d)
+					lazyArmed = true
+				}
+			}
 			continue
 		}
 		if closed {
 			if s.down.busy {
 				s.install(<-s.reopened)
 			}
-			s.syncNow()
+			_ = s.syncNow()
 			s.mu.Lock()
 			redo := s.mu.redo
 			s.mu.redo = nil
@@ -571,7 +605,10 @@ func (s *Store) committer() {
 		select {
 		case <-s.wake:
 		case <-tick:
-			s.syncNow()
+			_ = s.syncNow()
+		case <-lazy.C:
+			lazyArmed = false
+			_ = s.syncNow()
 		case <-recheck.C:
 			if s.disk.full && s.down.err == nil {
 				_ = s.checkDisk(0)
@@ -597,6 +634,10 @@ func (s *Store) write(group []pendingCommit) {
 		if err == nil && s.opts.OnWrite != nil {
 			s.opts.OnWrite(time.Since(start))
 		}
+	} else if s.opts.Durability == DurabilitySync && !lazyGroup(group) {
+		// A commit without writes completes after every earlier one
+		// is durable, lazy ones included.
+		err = s.syncNow()
 	}
 	if err != nil {
 		s.stats.failures.Add(1)
@@ -671,7 +712,7 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 	s.stats.elided.Add(uint64(n - applied))
 	repr := len(b.Repr())
 	wo := pebble.Sync
-	if s.opts.Durability == DurabilityBatch {
+	if s.opts.Durability == DurabilityBatch || lazyGroup(group) {
 		wo = pebble.NoSync
 	}
 	// The batch is closed by the call: if the instance dies, the call
@@ -691,11 +732,24 @@ func (s *Store) apply(group []pendingCommit, n, size int) error {
 	s.stats.ops.Add(uint64(applied))
 	s.stats.bytes.Add(uint64(repr))
 	if wo == pebble.Sync {
+		// Pebble's fsync covers the log up to this batch: every write
+		// before it is durable too.
 		s.stats.syncs.Add(1)
-	} else {
-		s.unsynced.Store(true)
+		s.unsynced.Store(false)
+	} else if !s.unsynced.Swap(true) {
+		s.unsyncedAt = time.Now()
 	}
 	return nil
+}
+
+// lazyGroup reports whether every commit of group is lazy (CommitLazy).
+func lazyGroup(group []pendingCommit) bool {
+	for i := range group {
+		if !group[i].lazy {
+			return false
+		}
+	}
+	return true
 }
 
 // elide drops the writes of a group that a later write of the same group
@@ -755,22 +809,24 @@ func (s *Store) elide(group []pendingCommit, n int) bool {
 
 var elideSeed = maphash.MakeSeed()
 
-// syncNow fsyncs the WAL when Batch mode has written since the last one.
-func (s *Store) syncNow() {
+// syncNow fsyncs the WAL when it was written without an fsync (Batch mode,
+// lazy commits) since the last one.
+func (s *Store) syncNow() error {
 	if !s.unsynced.Swap(false) {
-		return
+		return nil
 	}
 	s.noticeDeath()
 	in := s.inst
 	if s.down.err != nil {
-		return // the instance that wrote is gone; see doc.go
+		return s.down.err // the instance that wrote is gone; see doc.go
 	}
 	if err := runErr(in, func() error { return in.db.LogData(nil, pebble.Sync) }); err != nil {
 		s.log.Error("persist: cannot sync the log", "err", err)
 		s.unhealthy.Store(&err)
-		return
+		return err
 	}
 	s.stats.syncs.Add(1)
+	return nil
 }
 
 // writable reports whether the store looks able to take writes: not

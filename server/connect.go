@@ -205,6 +205,7 @@ type connectReq struct {
 func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession) {
 	id := req.id
 	v5 := c.version == codec.V5
+	quiet := ob.batch.Len() == 0 // no writes of this unit yet
 	if moved != nil && !req.cleanStart {
 		c.srv.install(ob, moved)
 	}
@@ -227,6 +228,14 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	c.sess = sess
 	if c.ident != nil {
 		c.srv.adopt(ob, c, sess)
+	}
+	if quiet && !present && moved == nil && ob.batch.OnlySession(id) {
+		// A new session's record alone: until a later commit, fsynced,
+		// acknowledges something to it (a SUBACK, a message queued for
+		// it), a crash that loses the record loses nothing it was
+		// promised, and the client, finding no session present when it
+		// comes back, knows (persist.Store.CommitLazy).
+		ob.lazyOps = ob.batch.Len()
 	}
 	c.connected = true
 	c.lastRead = c.srv.now() // the keepalive counts from here

@@ -76,6 +76,10 @@ type outbox struct {
 	// without a store), or with the error that kept them from the disk:
 	// peers' batches are acknowledged from it, or asked for again.
 	after func(error)
+	// lazyOps, when batch still holds exactly that many writes at the
+	// commit, and nothing waits for them, says they are a new session's
+	// record that needs no fsync of its own (finishConnect).
+	lazyOps int
 
 	// Latency samples (latency.go): when the PUBLISH being handled was
 	// taken up, if it is timed (monotime; 0: not timed), the broker clock

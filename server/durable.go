@@ -72,6 +72,18 @@ func (g *storeGate) commitKept(b *persist.Batch, done func(error), wait bool) {
 	g.commitAs(b, done, wait, true)
 }
 
+// commitLazy is commit for writes that need no fsync of their own
+// (persist.Store.CommitLazy). It never waits.
+func (g *storeGate) commitLazy(b *persist.Batch, done func(error)) {
+	g.RLock()
+	defer g.RUnlock()
+	if g.closed {
+		done(errStoreClosed)
+		return
+	}
+	g.st.CommitLazy(b, done)
+}
+
 func (g *storeGate) commitAs(b *persist.Batch, done func(error), wait, keep bool) {
 	g.RLock()
 	defer g.RUnlock()
@@ -483,8 +495,8 @@ func (ob *outbox) hold(h heldAck) {
 // commit hands the batch, with the acknowledgements waiting for it, to the
 // store. It never waits.
 func (ob *outbox) commit() {
-	after, keep := ob.after, ob.keep
-	ob.after, ob.keep = nil, false
+	after, keep, lazy := ob.after, ob.keep, ob.lazyOps
+	ob.after, ob.keep, ob.lazyOps = nil, false, 0
 	g := ob.srv.store
 	if g == nil || (ob.batch.Len() == 0 && len(ob.held) == 0 && after == nil && len(ob.peerWaits) == 0) {
 		if after != nil {
@@ -499,6 +511,13 @@ func (ob *outbox) commit() {
 	if len(ob.peerWaits) > 0 {
 		// The acknowledgements wait for the peers too (peerack.go).
 		gated = ob.srv.cl.gate(ob, func(err error) { ob.srv.release(held, err) })
+	}
+	if lazy > 0 && lazy == ob.batch.Len() && len(held) == 0 && len(ob.peerWaits) == 0 && after == nil && !keep && len(ob.created) == 0 {
+		// Only a new session's record: nothing acknowledged depends on
+		// it before a later commit, which is fsynced (finishConnect).
+		g.commitLazy(&ob.batch, func(error) {})
+		ob.batch.Reset()
+		return
 	}
 	// An empty batch still goes through the committer: it completes after
 	// every earlier commit, so after never runs ahead of them.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -507,5 +508,39 @@ func TestQueuedEntryCreatedBeforeItsDeletion(t *testing.T) {
 	}
 	if got := again.ping(); len(got) != 0 {
 		t.Fatalf("after the restart the subscriber got %d packets, want none (m2 was done): %+v", len(got), got)
+	}
+}
+
+// A new persistent session's record needs no fsync of its own: sessions
+// connecting one after another share fsyncs, and the first commit that
+// is fsynced (here a SUBACK's) makes every record before it durable, so a
+// machine crash after it loses none of them.
+func TestNewSessionRecordNeedsNoFsyncOfItsOwn(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	s := startBroker(t, func(c *Config) { c.storeFS, c.DataDir = fs, "/data" })
+	st := s.store.st
+	const n = 50
+	before := st.Stats().Syncs
+	var last *rawConn
+	for i := range n {
+		rc, ca := persistentV5(t, s, fmt.Sprint("lazy-", i))
+		if ca.SessionPresent {
+			t.Fatalf("lazy-%d: session present on first connect", i)
+		}
+		last = rc
+	}
+	// Each CONNECT was answered before the next was sent: with an fsync
+	// per record there would be n.
+	if got := st.Stats().Syncs - before; got >= n {
+		t.Fatalf("%d fsyncs for %d new sessions", got, n)
+	}
+	last.subscribe("lazy/#", 1)
+
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0, RNG: rand.New(rand.NewPCG(1, 1))})
+	s2 := startBroker(t, func(c *Config) { c.storeFS, c.DataDir = crashed, "/data" })
+	for i := range n {
+		if _, ca := persistentV5(t, s2, fmt.Sprint("lazy-", i)); !ca.SessionPresent {
+			t.Fatalf("lazy-%d: session lost in a crash after a later fsync", i)
+		}
 	}
 }
