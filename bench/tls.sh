@@ -12,9 +12,10 @@
 #          generator keeps no session cache) with the ECDSA P-256
 #          certificate made below.
 #   p2p    PAIRS publisher/subscriber pairs at QoS 0, 64 B payloads, RATE
-#          messages per second in total, SECS seconds measured after a 1 s
-#          warm-up, on a freshly started broker: the broker's CPU time per
-#          delivered message.
+#          messages per second in total (RATE=0: closed loop, each
+#          publisher keeping its window full as in make compare's p2p),
+#          SECS seconds measured after a 1 s warm-up, on a freshly started
+#          broker: the broker's CPU time per delivered message.
 #
 # Every run starts its broker afresh. Each round runs every transport on
 # both brokers, the brokers' order alternating from round to round; the
@@ -63,7 +64,7 @@ groups=${TLS_GROUPS:-X25519}
 limit=${LIMIT:-3600}
 
 for v in rounds:"$rounds" CLIENTS:"$clients" WINDOW:"$window" PAIRS:"$pairs" RATE:"$rate" SECS:"$secs" LIMIT:"$limit"; do
-	case ${v#*:} in '' | *[!0-9]* | 0) echo "tls.sh: ${v%%:*} must be a positive whole number, not \"${v#*:}\"" >&2; exit 2 ;; esac
+	case ${v#*:} in '' | *[!0-9]* | 0) [ "$v" = RATE:0 ] || { echo "tls.sh: ${v%%:*} must be a positive whole number, not \"${v#*:}\"" >&2; exit 2; } ;; esac
 done
 for t in $transports; do
 	case $t in tcp | tls | ws | wss) ;; *) echo "tls.sh: TRANSPORTS: unknown transport \"$t\" (want tcp, tls, ws, wss)" >&2; exit 2 ;; esac
@@ -336,7 +337,8 @@ for t in transports:
           f"| {cell(row['tool'][0], '.0f')}, {cell(row['tool'][1], '.0f')} |")
 print()
 
-print(f"### Broker CPU per message (p2p, {pairs} pairs, QoS 0, 64 B, {int(rate):,} msg/s, {secs} s)\n")
+offered = f"{int(rate):,} msg/s" if int(rate) else "closed loop"
+print(f"### Broker CPU per message (p2p, {pairs} pairs, QoS 0, 64 B, {offered}, {secs} s)\n")
 print("Broker CPU µs per delivered message, messages received per second, lost (QoS 0: dropped), generator CPU µs "
       "per message. Medians of the rounds; the ratio is Gannet over Mosquitto.\n")
 print("| transport | Gannet µs/msg | Mosquitto µs/msg | ratio | Gannet recv/s | Mosquitto recv/s | lost (G, M) | generator µs/msg (G, M) |")
