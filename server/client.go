@@ -309,7 +309,7 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		// (ratelimit.go): what arrives meanwhile waits unread, rather
 		// than being viewed, and copied whenever gnet's ring buffer
 		// wraps, on every arrival.
-		if c.gc.InboundBuffered() >= holdLimit {
+		if c.gc.InboundBuffered()-l.held >= holdLimit {
 			c.srv.stats.rateDisconnects.Inc()
 			c.fail(ob, &codec.Error{Code: codec.MessageRateTooHigh,
 				Msg: "publishing past --max-publish-rate with more than the broker holds back"})
@@ -415,7 +415,10 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 			break
 		}
 		if h.Type == codec.PUBLISH && c.pubLimit() != nil && !c.publishAllowed(n+h.Remaining) {
-			if len(buf)-used >= holdLimit {
+			// The packet waiting for the bucket does not count: a
+			// client that sends one large packet and waits for its
+			// answer is slowed down, not cut off.
+			if len(buf)-used-(n+h.Remaining) >= holdLimit {
 				c.srv.stats.rateDisconnects.Inc()
 				err = &codec.Error{Code: codec.MessageRateTooHigh,
 					Msg: "publishing past --max-publish-rate with more than the broker holds back"}

@@ -13,9 +13,9 @@ import (
 // read buffer, with everything behind it, until the bucket has room, and
 // a timer wakes the connection then. The client meanwhile gets no
 // acknowledgement, and TCP slows it down as a slower broker would. Its
-// input is held up to holdLimit (as pace.go holds input for the cluster's
-// lanes); a client that sends more than that while held keeps exceeding
-// its rate on purpose: MQTT 5 clients get DISCONNECT 0x96 (message rate
+// input is held up to holdLimit beyond the packet that waits (as pace.go
+// holds input for the cluster's lanes); a client that sends more than
+// that while held keeps exceeding its rate on purpose: MQTT 5 clients get DISCONNECT 0x96 (message rate
 // too high), MQTT 3 ones are closed.
 
 // pubLimit is a client's publish buckets; nil fields are not limited.
@@ -24,6 +24,9 @@ type pubLimit struct {
 	bytes *rate.Limiter
 	// waking is set while a timer to wake the connection is pending.
 	waking atomic.Bool
+	// held is the size of the packet waiting for the buckets (on the
+	// client's loop).
+	held int
 }
 
 // newPubLimit makes the buckets the configuration asks for, or nil. A
@@ -179,6 +182,7 @@ func (c *client) publishAllowed(size int) bool {
 			r.CancelAt(now)
 		}
 	}
+	l.held = size
 	c.srv.stats.publishDelayed.Inc()
 	if l.waking.CompareAndSwap(false, true) {
 		gc := c.gc

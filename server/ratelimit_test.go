@@ -106,3 +106,30 @@ func TestPublishRateKeptAcrossReconnects(t *testing.T) {
 		t.Fatalf("%d publishes delayed, want only the reconnected client's", n)
 	}
 }
+
+// A packet larger than what the broker holds back, waiting for the bucket
+// alone, is held until the bucket has room, not taken as a flood: the
+// client sent one packet and waits for its answer.
+func TestByteRateHoldsOneLargePacket(t *testing.T) {
+	s := startBroker(t, func(c *Config) {
+		c.MaxPacketSize = 512 << 10 // the bucket holds 512 KiB
+		c.MaxPublishBytesRate = 300 << 10
+	})
+	pub := dialRaw(t, s, codec.V5)
+	pub.connect("large", nil)
+	payload := []byte(strings.Repeat("x", 400<<10)) // past holdLimit
+	for i := range 2 {                              // the second waits about a second
+		pub.send(&codec.Publish{Topic: []byte("l"), Payload: payload, QoS: 1, PacketID: uint16(i + 1)})
+	}
+	for i := range 2 {
+		if a, ok := pub.expect().(*codec.Ack); !ok || a.PacketID != uint16(i+1) || a.Code != codec.Success {
+			t.Fatalf("PUBACK %d: %+v", i+1, a)
+		}
+	}
+	if s.stats.publishDelayed.Get() == 0 {
+		t.Fatal("the second publish was not held")
+	}
+	if n := s.stats.rateDisconnects.Get(); n != 0 {
+		t.Fatalf("%d rate-limited disconnects", n)
+	}
+}
