@@ -312,7 +312,7 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		if c.gc.InboundBuffered()-l.held >= holdLimit {
 			c.srv.stats.rateDisconnects.Inc()
 			c.fail(ob, &codec.Error{Code: codec.MessageRateTooHigh,
-				Msg: "publishing past --max-publish-rate with more than the broker holds back"})
+				Msg: "sending past --max-publish-rate or --max-publish-bytes-rate with more than the broker holds back"})
 		}
 		return gnet.None
 	}
@@ -414,14 +414,14 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 		if len(buf)-used < n+h.Remaining {
 			break
 		}
-		if h.Type == codec.PUBLISH && c.pubLimit() != nil && !c.publishAllowed(n+h.Remaining) {
+		if rateCounted(h.Type) && c.pubLimit() != nil && !c.rateAllowed(h.Type, n+h.Remaining) {
 			// The packet waiting for the bucket does not count: a
 			// client that sends one large packet and waits for its
 			// answer is slowed down, not cut off.
 			if len(buf)-used-(n+h.Remaining) >= holdLimit {
 				c.srv.stats.rateDisconnects.Inc()
 				err = &codec.Error{Code: codec.MessageRateTooHigh,
-					Msg: "publishing past --max-publish-rate with more than the broker holds back"}
+					Msg: "sending past --max-publish-rate or --max-publish-bytes-rate with more than the broker holds back"}
 			}
 			break // the rest when the buckets have room (ratelimit.go)
 		}

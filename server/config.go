@@ -94,7 +94,8 @@ type Config struct {
 	// cmd/gannet also gives it to the Go runtime as its memory limit.
 	MemoryLimit int64
 	// MaxPublishRate and MaxPublishBytesRate bound each client's publishes
-	// per second, in messages and bytes (ratelimit.go). 0: none.
+	// per second, in messages and bytes, the bytes of its SUBSCRIBE and
+	// UNSUBSCRIBE packets counted too (ratelimit.go). 0: none.
 	MaxPublishRate      float64
 	MaxPublishBytesRate float64
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve

@@ -6,10 +6,17 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/gannetmq/gannet/codec"
 )
 
 // Per-client publish rates (--max-publish-rate, --max-publish-bytes-rate).
-// A client past its rate is not refused: its next PUBLISH waits in the
+// The byte rate counts SUBSCRIBE and UNSUBSCRIBE packets too: the work a
+// client makes the broker do grows with their size as with a PUBLISH's
+// (a SUBSCRIBE may list a hundred thousand filters, each to check and
+// answer), and a client that sends them again as soon as they are
+// answered would otherwise be read as fast as it writes.
+// A client past its rate is not refused: its next packet waits in the
 // read buffer, with everything behind it, until the bucket has room, and
 // a timer wakes the connection then. The client meanwhile gets no
 // acknowledgement, and TCP slows it down as a slower broker would. Its
@@ -155,16 +162,23 @@ func sized(lim *rate.Limiter, b bucket) bool {
 	return lim.Limit() == b.rate && lim.Burst() == b.burst
 }
 
-// publishAllowed takes a PUBLISH of size bytes from c's buckets, or, when
-// they have no room yet, takes nothing, arranges for the connection to be
-// woken when they will, and reports false. On c's loop.
-func (c *client) publishAllowed(size int) bool {
+// rateCounted reports whether packets of kind t take from a client's
+// buckets.
+func rateCounted(t codec.Type) bool {
+	return t == codec.PUBLISH || t == codec.SUBSCRIBE || t == codec.UNSUBSCRIBE
+}
+
+// rateAllowed takes a packet of kind t (rateCounted) and size bytes from
+// c's buckets (a PUBLISH from both, the others from the bytes bucket), or,
+// when they have no room yet, takes nothing, arranges for the connection
+// to be woken when they will, and reports false. On c's loop.
+func (c *client) rateAllowed(t codec.Type, size int) bool {
 	l := c.rare.limit
 	now := time.Now()
 	var delay time.Duration
 	var rs [2]*rate.Reservation
 	for i, lim := range []*rate.Limiter{l.msgs, l.bytes} {
-		if lim == nil {
+		if lim == nil || i == 0 && t != codec.PUBLISH {
 			continue
 		}
 		n := 1
@@ -183,7 +197,11 @@ func (c *client) publishAllowed(size int) bool {
 		}
 	}
 	l.held = size
-	c.srv.stats.publishDelayed.Inc()
+	if t == codec.PUBLISH {
+		c.srv.stats.publishDelayed.Inc()
+	} else {
+		c.srv.stats.subscribeDelayed.Inc()
+	}
 	if l.waking.CompareAndSwap(false, true) {
 		gc := c.gc
 		time.AfterFunc(delay, func() {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,49 @@ func TestPublishRateKeptAcrossReconnects(t *testing.T) {
 	}
 	if n := s.stats.publishDelayed.Get(); n != 1 {
 		t.Fatalf("%d publishes delayed, want only the reconnected client's", n)
+	}
+}
+
+// --max-publish-bytes-rate counts SUBSCRIBE and UNSUBSCRIBE bytes too: a
+// client sending large SUBSCRIBEs past it is read more slowly, not
+// refused, and every one is answered in order.
+func TestByteRateHoldsSubscribes(t *testing.T) {
+	s := startBroker(t, func(c *Config) {
+		c.MaxPacketSize = 4096 // the bucket holds 4,096 bytes
+		c.MaxPublishBytesRate = 1000
+	})
+	sub := dialRaw(t, s, codec.V5)
+	sub.connect("big-subscriber", nil)
+	var out []byte
+	filters := func(i int) []codec.Subscription {
+		var fs []codec.Subscription
+		for j := range 150 { // about 2 KB a packet
+			fs = append(fs, codec.Subscription{Filter: fmt.Appendf(nil, "s/%d/%03d", i, j), QoS: 1})
+		}
+		return fs
+	}
+	for i := range 3 { // 6 KB: the third waits for the bucket
+		out = append(out, (&codec.Subscribe{PacketID: uint16(i + 1), Subs: filters(i)}).Append(nil, codec.V5)...)
+	}
+	out = append(out, (&codec.Unsubscribe{PacketID: 4, Filters: [][]byte{[]byte("s/0/000")}}).Append(nil, codec.V5)...)
+	sub.write(out)
+	other := dialRaw(t, s, codec.V5)
+	other.connect("other", nil)
+	other.ping() // not held up by the limited client
+	for i := range 3 {
+		sa, ok := sub.expect().(*codec.Suback)
+		if !ok || sa.PacketID != uint16(i+1) || len(sa.Codes) != 150 || sa.Codes[0] != 1 {
+			t.Fatalf("SUBACK %d: %+v", i+1, sa)
+		}
+	}
+	if ua, ok := sub.expect().(*codec.Unsuback); !ok || ua.PacketID != 4 {
+		t.Fatalf("UNSUBACK: %+v", ua)
+	}
+	if s.stats.subscribeDelayed.Get() == 0 {
+		t.Fatal("no subscribe delay counted")
+	}
+	if s.stats.publishDelayed.Get() != 0 {
+		t.Fatal("a subscribe counted as a delayed publish")
 	}
 }
 

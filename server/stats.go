@@ -77,6 +77,9 @@ type stats struct {
 	// held (ratelimit.go).
 	publishDelayed  *metrics.Counter
 	rateDisconnects *metrics.Counter
+	// subscribeDelayed counts the SUBSCRIBE and UNSUBSCRIBE packets that
+	// waited for the byte rate.
+	subscribeDelayed *metrics.Counter
 	// reshared counts shared subscriptions' messages handed to another
 	// member when theirs left; droppedNoMember those that found none
 	// (reshare.go).
@@ -114,6 +117,7 @@ func newStats(s *Server) *stats {
 		refusedBudget:     set.NewCounter(`gannet_publishes_refused_total{reason="queue_budget"}`),
 		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="` + refusedMaxSessions + `"}`),
 		publishDelayed:    set.NewCounter("gannet_publishes_delayed_total"),
+		subscribeDelayed:  set.NewCounter("gannet_subscribes_delayed_total"),
 		storeHeld:         set.NewCounter("gannet_publishes_held_for_store_total"),
 		reshared:          set.NewCounter("gannet_shared_messages_redelivered_total"),
 		droppedNoMember:   set.NewCounter(`gannet_messages_dropped_total{reason="no_share_member"}`),
