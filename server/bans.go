@@ -414,13 +414,19 @@ func (c *client) refuseBanned(ob *outbox, b *ban) error {
 }
 
 // bannedLate refuses a CONNECT that a ban made while it was being
-// settled (authenticated, or its session fetched from peers) matches,
-// and reports whether it did. A ban takes effect before the loops are
+// settled (authenticated, or its session fetched from peers) matches, or,
+// with counted, one whose client id is flapping (flapping.go: counted
+// here, once the client has authenticated, so that no one can get
+// another's client id banned without its credentials), and reports
+// whether it did. A ban takes effect before the loops are
 // searched for the clients it matches (setBan), so a CONNECT finishing
 // on a loop either is refused here or is connected when that loop is
 // searched.
-func (c *client) bannedLate(ob *outbox) bool {
+func (c *client) bannedLate(ob *outbox, counted bool) bool {
 	b := c.srv.bans.check(c.id, c.user(), c.ipAddr())
+	if b == nil && counted {
+		b = c.srv.flapping(c.id)
+	}
 	if b == nil {
 		return false
 	}

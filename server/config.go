@@ -98,6 +98,11 @@ type Config struct {
 	// UNSUBSCRIBE packets counted too (ratelimit.go). 0: none.
 	MaxPublishRate      float64
 	MaxPublishBytesRate float64
+	// FlappingMaxCount bans for FlappingBan a client id that connects more
+	// than this many times within FlappingWindow (flapping.go). 0: off.
+	FlappingMaxCount int
+	FlappingWindow   time.Duration
+	FlappingBan      time.Duration
 	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener serve
 	// HTTPS only, with this certificate chain and key (PEM; reloaded by
 	// ReloadTLS). Both or neither.
@@ -284,6 +289,8 @@ func DefaultConfig() Config {
 		MinKeepAlive:        0,
 		MaxKeepAlive:        18 * time.Hour,
 		ConnectTimeout:      10 * time.Second,
+		FlappingWindow:      time.Minute,
+		FlappingBan:         5 * time.Minute,
 		OutboundHighWater:   4 << 20,
 		SlowTimeout:         30 * time.Second,
 		WriteDelay:          time.Millisecond,
@@ -331,6 +338,9 @@ func (c *Config) Validate() error {
 	check(c.MemoryLimit == 0 || c.MemoryLimit >= 64<<20, "--memory-limit must be 0 or at least 64 MiB, got %d", c.MemoryLimit)
 	check(c.MaxPublishRate >= 0, "--max-publish-rate must be >= 0, got %g", c.MaxPublishRate)
 	check(c.MaxPublishBytesRate >= 0, "--max-publish-bytes-rate must be >= 0, got %g", c.MaxPublishBytesRate)
+	check(c.FlappingMaxCount >= 0, "--flapping-max-count must be >= 0, got %d", c.FlappingMaxCount)
+	check(c.FlappingWindow > 0, "--flapping-window must be > 0, got %s", c.FlappingWindow)
+	check(c.FlappingBan > 0, "--flapping-ban must be > 0, got %s", c.FlappingBan)
 	check(c.MaxRetained >= 0, "--max-retained must be >= 0, got %d", c.MaxRetained)
 	check(c.MaxRetainedBytes >= 0, "--max-retained-bytes must be >= 0, got %d", c.MaxRetainedBytes)
 	check(c.MaxSessions >= 0, "--max-sessions must be >= 0, got %d", c.MaxSessions)

@@ -209,7 +209,7 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	if moved != nil && !req.cleanStart {
 		c.srv.install(ob, moved)
 	}
-	if c.bannedLate(ob) { // bans.go
+	if c.bannedLate(ob, !req.assigned) { // bans.go
 		return
 	}
 	if req.expiry > 0 {

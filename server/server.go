@@ -66,6 +66,7 @@ type Server struct {
 	apiKeys  *apikey.File // nil without --api-key-file (apiauth.go)
 	drain    *drainer     // drain.go
 	bans     banList      // bans.go
+	flaps    flapTable    // flapping.go
 	apiPeers adminPeers   // admincluster.go
 	adm      *admission
 	// queuedBytes is what every session queue holds (msgQueue).

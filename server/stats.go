@@ -80,6 +80,8 @@ type stats struct {
 	// subscribeDelayed counts the SUBSCRIBE and UNSUBSCRIBE packets that
 	// waited for the byte rate.
 	subscribeDelayed *metrics.Counter
+	// flappingBans counts the bans flapping clients got (flapping.go).
+	flappingBans *metrics.Counter
 	// reshared counts shared subscriptions' messages handed to another
 	// member when theirs left; droppedNoMember those that found none
 	// (reshare.go).
@@ -118,6 +120,7 @@ func newStats(s *Server) *stats {
 		sessionsRefused:   set.NewCounter(`gannet_connections_refused_total{reason="` + refusedMaxSessions + `"}`),
 		publishDelayed:    set.NewCounter("gannet_publishes_delayed_total"),
 		subscribeDelayed:  set.NewCounter("gannet_subscribes_delayed_total"),
+		flappingBans:      set.NewCounter("gannet_flapping_bans_total"),
 		storeHeld:         set.NewCounter("gannet_publishes_held_for_store_total"),
 		reshared:          set.NewCounter("gannet_shared_messages_redelivered_total"),
 		droppedNoMember:   set.NewCounter(`gannet_messages_dropped_total{reason="no_share_member"}`),
