@@ -51,6 +51,9 @@ type Limits struct {
 	MaxPublishRate float64
 	// MaxPublishBytesRate is --max-publish-bytes-rate (Gannet only).
 	MaxPublishBytesRate int64
+	// FlappingMaxCount is --flapping-max-count (Gannet only: Mosquitto
+	// has no flapping detection).
+	FlappingMaxCount int
 	// MaxSubscriptions is --max-subscriptions (Gannet only).
 	MaxSubscriptions int
 	// MaxPacketSize is --max-packet-size and Mosquitto's max_packet_size.
@@ -83,6 +86,7 @@ func (l *Limits) gannetArgs() []string {
 	add(l.MaxSessions > 0, "max-sessions", l.MaxSessions)
 	add(l.MaxPublishRate > 0, "max-publish-rate", l.MaxPublishRate)
 	add(l.MaxPublishBytesRate > 0, "max-publish-bytes-rate", l.MaxPublishBytesRate)
+	add(l.FlappingMaxCount > 0, "flapping-max-count", l.FlappingMaxCount)
 	add(l.MaxSubscriptions > 0, "max-subscriptions", l.MaxSubscriptions)
 	add(l.MaxPacketSize > 0, "max-packet-size", l.MaxPacketSize)
 	add(l.OutboundHighWater > 0, "outbound-high-water", l.OutboundHighWater)

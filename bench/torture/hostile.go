@@ -30,7 +30,11 @@ import (
 //     per-client publish rate limit configured.
 //
 // Each hostile client reconnects when the broker disconnects it. They run
-// in a process of their own (abusers.go).
+// in a process of their own (abusers.go). Gannet runs with the limits an
+// operator facing such clients would set: a publish rate in messages and
+// bytes, and flapping detection (a client id connecting more than 15
+// times a minute is banned for five, EMQX's figures), which the clients
+// cut off and connecting again soon meet.
 //
 // Pass: memory within the configured limit; the well-behaved clients lose
 // nothing; their p99 latency at most twice the quiet figure (full form
@@ -44,7 +48,7 @@ func hostileClients(ctx context.Context, e *env) error {
 	copies := 100_000
 	maxPacket := 1 << 20
 	l := Limits{MaxPacketSize: maxPacket, MaxPublishRate: 100, MaxPublishBytesRate: 1 << 20, MemoryLimit: size(e, int64(512<<20), int64(1<<30)),
-		MaxConnections: 2*idle + 2*pairs + 200}
+		MaxConnections: 2*idle + 2*pairs + 200, FlappingMaxCount: 15}
 	b, err := e.start(ctx, l)
 	if err != nil {
 		return err
