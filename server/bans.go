@@ -134,15 +134,27 @@ type banList struct {
 	// versions in the order they took effect. It is held while the store
 	// commits one (nothing else waits on it) and taken before mu.
 	write sync.Mutex
-	mu    struct {
+	// purged is when setBan last purged the list (under write).
+	purged time.Time
+	mu     struct {
 		sync.RWMutex
 		m map[string]*ban
+		// The bans in force by what they match, so that a CONNECT
+		// looks up its own client id and username rather than every
+		// ban (flapping detection can make many): client id and
+		// username bans by the name, address ranges by ban id.
+		byClient map[string][]*ban
+		byUser   map[string][]*ban
+		byCIDR   map[string]*ban
 	}
 }
 
 // init readies the list, for New.
 func (bl *banList) init(s *Server) {
 	bl.mu.m = make(map[string]*ban)
+	bl.mu.byClient = make(map[string][]*ban)
+	bl.mu.byUser = make(map[string][]*ban)
+	bl.mu.byCIDR = make(map[string]*ban)
 	bl.refused = s.stats.set.NewCounter(`gannet_connections_refused_total{reason="banned"}`)
 }
 
@@ -185,12 +197,48 @@ func (bl *banList) apply(b *ban) bool {
 	}
 	if old != nil && !old.Lifted {
 		bl.active.Add(-1)
+		bl.unindexLocked(old)
 	}
 	if !b.Lifted {
 		bl.active.Add(1)
+		bl.indexLocked(b)
 	}
 	bl.mu.m[b.ID] = b
 	return true
+}
+
+// indexLocked adds b, a ban in force, to the index of what it matches.
+// REQUIRES: bl.mu held for writing.
+func (bl *banList) indexLocked(b *ban) {
+	switch {
+	case b.ClientID != "":
+		bl.mu.byClient[b.ClientID] = append(bl.mu.byClient[b.ClientID], b)
+	case b.Username != "":
+		bl.mu.byUser[b.Username] = append(bl.mu.byUser[b.Username], b)
+	default:
+		bl.mu.byCIDR[b.ID] = b
+	}
+}
+
+// unindexLocked takes b out of the index.
+// REQUIRES: bl.mu held for writing.
+func (bl *banList) unindexLocked(b *ban) {
+	drop := func(idx map[string][]*ban, key string) {
+		l := slices.DeleteFunc(idx[key], func(x *ban) bool { return x == b })
+		if len(l) == 0 {
+			delete(idx, key)
+		} else {
+			idx[key] = l
+		}
+	}
+	switch {
+	case b.ClientID != "":
+		drop(bl.mu.byClient, b.ClientID)
+	case b.Username != "":
+		drop(bl.mu.byUser, b.Username)
+	default:
+		delete(bl.mu.byCIDR, b.ID)
+	}
 }
 
 // check returns the ban in force that matches a client, or nil.
@@ -201,8 +249,20 @@ func (bl *banList) check(id, user string, ip netip.Addr) *ban {
 	now := time.Now()
 	bl.mu.RLock()
 	defer bl.mu.RUnlock()
-	for _, b := range bl.mu.m {
-		if !b.Lifted && !b.expired(now) && b.matches(id, user, ip) {
+	for _, b := range bl.mu.byClient[id] {
+		if !b.expired(now) {
+			return b
+		}
+	}
+	if user != "" {
+		for _, b := range bl.mu.byUser[user] {
+			if !b.expired(now) {
+				return b
+			}
+		}
+	}
+	for _, b := range bl.mu.byCIDR {
+		if !b.expired(now) && b.matches(id, user, ip) {
 			return b
 		}
 	}
@@ -247,6 +307,7 @@ func (bl *banList) purge(now time.Time) []string {
 		if b.gone(now) {
 			if !b.Lifted {
 				bl.active.Add(-1)
+				bl.unindexLocked(b)
 			}
 			delete(bl.mu.m, id)
 			ids = append(ids, id)
@@ -295,9 +356,14 @@ func (s *Server) setBan(b *ban, from string) error {
 		return nil
 	}
 	ob := newOutbox(s, nil)
-	for _, id := range s.bans.purge(time.Now()) {
-		if id != b.ID {
-			ob.batch.DeleteMeta(banPrefix + id)
+	if now := time.Now(); now.Sub(s.bans.purged) >= time.Second {
+		// At most once a second: a purge looks at every ban, and
+		// flapping detection can make bans many a second.
+		s.bans.purged = now
+		for _, id := range s.bans.purge(now) {
+			if id != b.ID {
+				ob.batch.DeleteMeta(banPrefix + id)
+			}
 		}
 	}
 	if b.gone(time.Now()) {
