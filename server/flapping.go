@@ -92,18 +92,10 @@ func (s *Server) flapping(id string) *ban {
 }
 
 // evictLocked makes room: ids whose window and ban are over go, then
-// others, met in the map's order, until a quarter of the table is free.
+// others, until a quarter of the table is free.
 // REQUIRES: f.mu held.
 func (f *flapTable) evictLocked(now time.Time, window time.Duration) {
-	for id, e := range f.m {
-		if now.Sub(e.start) >= window && (e.ban == nil || e.ban.expired(now)) {
-			delete(f.m, id)
-		}
-	}
-	for id := range f.m {
-		if len(f.m) < flapMax*3/4 {
-			break
-		}
-		delete(f.m, id)
-	}
+	makeRoom(f.m, flapMax*3/4, func(e *flapEntry) bool {
+		return now.Sub(e.start) >= window && (e.ban == nil || e.ban.expired(now))
+	})
 }

@@ -306,6 +306,23 @@ func (c *client) refuseTopic(ob *outbox, p *codec.Publish, why string) error {
 	return c.ackPublish(ob, p, -1, codec.Success)
 }
 
+// makeRoom shrinks m, a table kept by client id that reached its bound:
+// the entries done reports true for go first, then others, met in the
+// map's order, until m holds fewer than keep.
+func makeRoom[V any](m map[string]V, keep int, done func(V) bool) {
+	for k, v := range m {
+		if done(v) {
+			delete(m, k)
+		}
+	}
+	for k := range m {
+		if len(m) < keep {
+			break
+		}
+		delete(m, k)
+	}
+}
+
 // clip returns at most the first 256 bytes of a client's string, for a
 // log line.
 func clip(b []byte) string {

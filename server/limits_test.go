@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
@@ -417,5 +418,27 @@ func TestConnectDeadlineIsSpread(t *testing.T) {
 		if n < 1500 || n > 2500 {
 			t.Fatalf("deadlines per fifth of the spread %v: fifth %d holds %d of 10,000", bins, i, n)
 		}
+	}
+}
+
+// makeRoom drops the finished entries first, and others only as far as
+// the bound needs.
+func TestMakeRoom(t *testing.T) {
+	m := map[string]int{}
+	for i := range 10 {
+		m[fmt.Sprint("c", i)] = i
+	}
+	makeRoom(m, 8, func(v int) bool { return v < 3 }) // 7 left: enough
+	if len(m) != 7 {
+		t.Fatalf("%d left, want 7", len(m))
+	}
+	for i := range 3 {
+		if _, ok := m[fmt.Sprint("c", i)]; ok {
+			t.Fatalf("finished entry c%d kept", i)
+		}
+	}
+	makeRoom(m, 4, func(int) bool { return false }) // none finished: 3 left
+	if len(m) != 3 {
+		t.Fatalf("%d left, want 3", len(m))
 	}
 }

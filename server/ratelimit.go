@@ -124,17 +124,7 @@ func (r *rateMemo) leave(id string, l *pubLimit) {
 		r.m = make(map[string]rateLeft)
 	}
 	if len(r.m) >= rateMemoMax {
-		for k, v := range r.m {
-			if !v.full.After(now) {
-				delete(r.m, k)
-			}
-		}
-		for k := range r.m {
-			if len(r.m) < rateMemoMax {
-				break
-			}
-			delete(r.m, k)
-		}
+		makeRoom(r.m, rateMemoMax, func(v rateLeft) bool { return !v.full.After(now) })
 	}
 	r.m[id] = rateLeft{msgs: l.msgs, bytes: l.bytes, full: full}
 }
