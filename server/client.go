@@ -310,9 +310,7 @@ func (c *client) onTraffic(ob *outbox) gnet.Action {
 		// than being viewed, and copied whenever gnet's ring buffer
 		// wraps, on every arrival.
 		if c.gc.InboundBuffered()-l.held >= holdLimit {
-			c.srv.stats.rateDisconnects.Inc()
-			c.fail(ob, &codec.Error{Code: codec.MessageRateTooHigh,
-				Msg: "sending past --max-publish-rate or --max-publish-bytes-rate with more than the broker holds back"})
+			c.fail(ob, c.rateFlood())
 		}
 		return gnet.None
 	}
@@ -419,9 +417,7 @@ func (c *client) decode(ob *outbox, buf []byte, used int) (int, error) {
 			// client that sends one large packet and waits for its
 			// answer is slowed down, not cut off.
 			if len(buf)-used-(n+h.Remaining) >= holdLimit {
-				c.srv.stats.rateDisconnects.Inc()
-				err = &codec.Error{Code: codec.MessageRateTooHigh,
-					Msg: "sending past --max-publish-rate or --max-publish-bytes-rate with more than the broker holds back"}
+				err = c.rateFlood()
 			}
 			break // the rest when the buckets have room (ratelimit.go)
 		}

@@ -22,8 +22,9 @@ import (
 // acknowledgement, and TCP slows it down as a slower broker would. Its
 // input is held up to holdLimit beyond the packet that waits (as pace.go
 // holds input for the cluster's lanes); a client that sends more than
-// that while held keeps exceeding its rate on purpose: MQTT 5 clients get DISCONNECT 0x96 (message rate
-// too high), MQTT 3 ones are closed.
+// that while held keeps exceeding its rate on purpose (rateFlood): MQTT 5
+// clients get DISCONNECT 0x96 (message rate too high), MQTT 3 ones are
+// closed.
 
 // pubLimit is a client's publish buckets; nil fields are not limited.
 type pubLimit struct {
@@ -150,6 +151,14 @@ func sized(lim *rate.Limiter, b bucket) bool {
 		return b.rate == 0
 	}
 	return lim.Limit() == b.rate && lim.Burst() == b.burst
+}
+
+// rateFlood counts and returns the refusal of a client that sent more than
+// holdLimit past the packet held for its rate.
+func (c *client) rateFlood() *codec.Error {
+	c.srv.stats.rateDisconnects.Inc()
+	return &codec.Error{Code: codec.MessageRateTooHigh,
+		Msg: "sending past --max-publish-rate or --max-publish-bytes-rate with more than the broker holds back"}
 }
 
 // rateCounted reports whether packets of kind t take from a client's
