@@ -149,13 +149,13 @@ type banList struct {
 	}
 }
 
-// init readies the list, for New.
-func (bl *banList) init(s *Server) {
+// init readies the list, its counter in set, for New.
+func (bl *banList) init(set *metrics.Set) {
 	bl.mu.m = make(map[string]*ban)
 	bl.mu.byClient = make(map[string][]*ban)
 	bl.mu.byUser = make(map[string][]*ban)
 	bl.mu.byCIDR = make(map[string]*ban)
-	bl.refused = s.stats.set.NewCounter(`gannet_connections_refused_total{reason="banned"}`)
+	bl.refused = set.NewCounter(`gannet_connections_refused_total{reason="banned"}`)
 }
 
 // parseBan checks r and parses its range.
@@ -207,15 +207,24 @@ func (bl *banList) apply(b *ban) bool {
 	return true
 }
 
+// byName returns the index of b's kind and b's key in it, or nil for an
+// address range (bl.mu.byCIDR).
+func (bl *banList) byName(b *ban) (map[string][]*ban, string) {
+	switch {
+	case b.ClientID != "":
+		return bl.mu.byClient, b.ClientID
+	case b.Username != "":
+		return bl.mu.byUser, b.Username
+	}
+	return nil, ""
+}
+
 // indexLocked adds b, a ban in force, to the index of what it matches.
 // REQUIRES: bl.mu held for writing.
 func (bl *banList) indexLocked(b *ban) {
-	switch {
-	case b.ClientID != "":
-		bl.mu.byClient[b.ClientID] = append(bl.mu.byClient[b.ClientID], b)
-	case b.Username != "":
-		bl.mu.byUser[b.Username] = append(bl.mu.byUser[b.Username], b)
-	default:
+	if idx, key := bl.byName(b); idx != nil {
+		idx[key] = append(idx[key], b)
+	} else {
 		bl.mu.byCIDR[b.ID] = b
 	}
 }
@@ -223,21 +232,15 @@ func (bl *banList) indexLocked(b *ban) {
 // unindexLocked takes b out of the index.
 // REQUIRES: bl.mu held for writing.
 func (bl *banList) unindexLocked(b *ban) {
-	drop := func(idx map[string][]*ban, key string) {
-		l := slices.DeleteFunc(idx[key], func(x *ban) bool { return x == b })
-		if len(l) == 0 {
-			delete(idx, key)
-		} else {
-			idx[key] = l
-		}
-	}
-	switch {
-	case b.ClientID != "":
-		drop(bl.mu.byClient, b.ClientID)
-	case b.Username != "":
-		drop(bl.mu.byUser, b.Username)
-	default:
+	idx, key := bl.byName(b)
+	if idx == nil {
 		delete(bl.mu.byCIDR, b.ID)
+		return
+	}
+	if l := slices.DeleteFunc(idx[key], func(x *ban) bool { return x == b }); len(l) > 0 {
+		idx[key] = l
+	} else {
+		delete(idx, key)
 	}
 }
 

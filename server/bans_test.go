@@ -11,11 +11,7 @@ import (
 
 func newTestBanList() *banList {
 	bl := &banList{}
-	bl.mu.m = make(map[string]*ban)
-	bl.mu.byClient = make(map[string][]*ban)
-	bl.mu.byUser = make(map[string][]*ban)
-	bl.mu.byCIDR = make(map[string]*ban)
-	bl.refused = metrics.NewSet().NewCounter("refused")
+	bl.init(metrics.NewSet())
 	return bl
 }
 

@@ -152,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 	s.connLog = slog.New(throttledHandler{log.Handler(), newLogThrottle(), burst})
 	s.adm = newAdmission(s)
 	s.drain = newDrainer(s)
-	s.bans.init(s)
+	s.bans.init(s.stats.set)
 	if err := s.loadAPIKeys(); err != nil {
 		return nil, err
 	}
