@@ -46,6 +46,7 @@ type cluster struct {
 	retainSync retainSync // retainsync.go
 	origins    *origins   // identities of the messages published here (origin.go)
 	waits      peerWaits  // forwarded records the peers' acknowledgements stand in for (peerack.go)
+	away       awaySet    // sessions made while a peer that may hold them was away (away.go)
 	// drop, when a test sets it, is the kind of the next broadcast record
 	// to lose, as a full control lane would.
 	drop atomic.Int32

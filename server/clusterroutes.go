@@ -429,6 +429,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 		t.durable = true
 	}
 	if len(ob.targets) == 0 {
+		ob.skip = ob.skip[:0]
 		return 0, true
 	}
 	ob.fwmsg = appendMessage(ob.fwmsg[:0], m, cl.s.now())
@@ -436,7 +437,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 	ok := true
 	for i := range ob.targets {
 		t := &ob.targets[i]
-		f := forward{plain: t.plain, groups: t.groups}
+		f := forward{plain: t.plain, groups: t.groups, skip: ob.skip}
 		ob.fwbuf = appendForward(ob.fwbuf[:0], &f, ob.fwmsg)
 		if err := cl.sendForward(ob, t.peer, lane, ob.fwbuf, m.qos > 0, t.durable); err != nil && m.qos > 0 {
 			ok = false
@@ -445,7 +446,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 		t.groups = t.groups[:0]
 	}
 	n := len(ob.targets)
-	ob.targets = ob.targets[:0]
+	ob.targets, ob.skip = ob.targets[:0], ob.skip[:0]
 	cl.s.stats.forwardedOut.Add(n)
 	return n, ok
 }

@@ -16,13 +16,16 @@ import (
 //
 // Forwarded message (recForward):
 //
-//	+---------+-------+------------------+--------------------+
-//	| version | flags | groups           | message            |
-//	| 1 byte  | 1     | uvarint n, n str | see appendMessage  |
-//	+---------+-------+------------------+--------------------+
-//	flags: bit 0 plain (deliver to plain subscriptions), others zero.
+//	+---------+-------+------------------+------------------+-------------------+
+//	| version | flags | groups           | skip (bit 1)     | message           |
+//	| 1 byte  | 1     | uvarint n, n str | uvarint n, n str | see appendMessage |
+//	+---------+-------+------------------+------------------+-------------------+
+//	flags: bit 0 plain (deliver to plain subscriptions), bit 1 a skip
+//	list follows the groups, others zero.
 //	groups: the shared groups ("$share/<name>/<filter>") this node picked
 //	the receiver for.
+//	skip: client ids whose plain subscriptions do not take the message:
+//	their live sessions are the sender's (away.go); at most maxSkip.
 //
 // Message:
 //
@@ -274,6 +277,7 @@ func readMessage(r *wireReader, now int64, m *message) bool {
 type forward struct {
 	plain  bool
 	groups []string
+	skip   []string
 }
 
 // appendForward encodes a forwarded message.
@@ -282,12 +286,37 @@ func appendForward(dst []byte, f *forward, msg []byte) []byte {
 	if f.plain {
 		flags |= 1
 	}
+	if len(f.skip) > 0 {
+		flags |= 2
+	}
 	dst = append(dst, wireVersion, flags)
-	dst = binary.AppendUvarint(dst, uint64(len(f.groups)))
-	for _, g := range f.groups {
-		dst = appendStr(dst, []byte(g))
+	dst = appendStrs(dst, f.groups)
+	if len(f.skip) > 0 {
+		dst = appendStrs(dst, f.skip)
 	}
 	return append(dst, msg...)
+}
+
+// appendStrs appends a uvarint count and that many str.
+func appendStrs(dst []byte, ss []string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(ss)))
+	for _, s := range ss {
+		dst = appendStr(dst, []byte(s))
+	}
+	return dst
+}
+
+// strs reads a uvarint count, at most max, and that many str, appended to
+// dst.
+func (r *wireReader) strs(dst []string, what string, max uint64) []string {
+	n := r.uvarint(what + " count")
+	if n > max || n > uint64(len(r.b)) {
+		r.fail(what + " count")
+	}
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		dst = append(dst, string(r.str(what)))
+	}
+	return dst
 }
 
 // decodeForward decodes a forwarded message into f and m; m's fields
@@ -298,16 +327,14 @@ func decodeForward(b []byte, now int64, f *forward, m *message) error {
 		return fmt.Errorf("%w: version %d, this node speaks %d", errWire, v, wireVersion)
 	}
 	flags := r.byte1("flags")
-	if flags&^1 != 0 {
+	if flags&^3 != 0 {
 		r.fail("flags")
 	}
-	f.plain, f.groups = flags&1 != 0, f.groups[:0]
-	n := r.uvarint("group count")
-	if n > uint64(len(r.b)) {
-		r.fail("group count")
-	}
-	for i := uint64(0); i < n && r.err == nil; i++ {
-		f.groups = append(f.groups, string(r.str("group")))
+	f.plain = flags&1 != 0
+	f.groups = r.strs(f.groups[:0], "group", uint64(len(r.b)))
+	f.skip = f.skip[:0]
+	if flags&2 != 0 {
+		f.skip = r.strs(f.skip, "skip", maxSkip)
 	}
 	readMessage(r, now, m)
 	if r.err == nil && len(r.b) != 0 {

@@ -28,14 +28,20 @@ func testMessage() *message {
 func TestClusterWireRoundTrip(t *testing.T) {
 	m := testMessage()
 	m.origin = 7<<32 | 99
-	f := &forward{plain: true, groups: []string{"$share/g/plant/+/temp"}}
+	f := &forward{plain: true, groups: []string{"$share/g/plant/+/temp"}, skip: []string{"dev-1", "dev-2"}}
 	b := appendForward(nil, f, appendMessage(nil, m, 1_000))
 	gf, gm := &forward{}, &message{}
 	if err := decodeForward(b, 2_000, gf, gm); err != nil {
 		t.Fatal(err)
 	}
-	if !gf.plain || len(gf.groups) != 1 || gf.groups[0] != f.groups[0] {
+	if !gf.plain || len(gf.groups) != 1 || gf.groups[0] != f.groups[0] || len(gf.skip) != 2 ||
+		!gf.skips("dev-2") || gf.skips("dev-3") {
 		t.Fatalf("forward header %+v", gf)
+	}
+	// Without a skip list none is read, and the one decoded before goes.
+	plain := appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 1_000))
+	if err := decodeForward(plain, 2_000, gf, &message{}); err != nil || len(gf.skip) != 0 || plain[1] != 1 {
+		t.Fatalf("forward without skip list: %+v, %v", gf, err)
 	}
 	if !bytes.Equal(gm.topic, m.topic) || !bytes.Equal(gm.payload, m.payload) || gm.qos != 1 || !gm.retain ||
 		gm.from != "pub-1" || !bytes.Equal(gm.props.ContentType, m.props.ContentType) ||
@@ -95,6 +101,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 func FuzzClusterRecords(f *testing.F) {
 	m := testMessage()
 	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
+	f.Add(appendForward(nil, &forward{skip: []string{"a", "b"}}, appendMessage(nil, m, 0)))
 	f.Add(appendRetained(nil, m, 0))
 	m.origin = 1 << 32
 	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
@@ -106,8 +113,9 @@ func FuzzClusterRecords(f *testing.F) {
 	f.Add(appendRouteDigest(nil, 3, 9))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m message
-		if err := decodeForward(b, 0, &forward{}, &m); err == nil && codec.ValidateTopicName(m.topic) != nil {
-			t.Fatalf("forwarded message with topic %q", m.topic)
+		var fw forward
+		if err := decodeForward(b, 0, &fw, &m); err == nil && (codec.ValidateTopicName(m.topic) != nil || len(fw.skip) > maxSkip) {
+			t.Fatalf("forwarded message with topic %q, skipping %d clients", m.topic, len(fw.skip))
 		}
 		_, _ = decodeRetained(b, 0)
 		_, _ = decodeMoved(&wireReader{b: b}, 0)

@@ -198,6 +198,9 @@ type connectReq struct {
 	ka          time.Duration
 	serverKA    bool
 	askedExpiry uint32
+	// partial: a peer that may hold the session was not linked, or did
+	// not answer the takeover in time (away.go).
+	partial bool
 }
 
 // finishConnect attaches the session (with the state a peer handed over,
@@ -226,6 +229,9 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	}
 	sess, present := c.srv.attach(ob, c, id, req.cleanStart, req.expiry, req.window)
 	c.sess = sess
+	if req.partial && req.expiry > 0 {
+		c.srv.cl.away.add(sess)
+	}
 	if c.ident != nil {
 		c.srv.adopt(ob, c, sess)
 	}
@@ -451,6 +457,7 @@ func (c *client) onClose() {
 	mine := sess.mu.cl == c
 	if mine {
 		sess.mu.cl = nil
+		sess.mu.restoredSeq = sess.mu.seq // what comes after may be late (takeover.go)
 		sess.saveLocked(ob, c.srv.now())
 	}
 	expiry := sess.mu.expiry
@@ -508,6 +515,9 @@ func (ss *session) endLocked(ob *outbox) (map[string]fanout.Options, *pendingWil
 		ss.unstoreLocked(ob)
 	}
 	ss.mu.ended = true
+	if ss.srv.cl != nil {
+		ss.srv.cl.away.drop(ss)
+	}
 	subs, will := ss.mu.subs, ss.mu.will
 	ss.mu.subs, ss.mu.will = nil, nil
 	ss.mu.inflight = nil

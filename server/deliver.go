@@ -52,8 +52,10 @@ type outbox struct {
 	// (storeGate.commitKept): a peer's batch that clients were given.
 	keep bool
 
-	// cluster forwarding scratch (cluster.go)
+	// cluster forwarding scratch (cluster.go); skip is the clients the
+	// message being forwarded names (away.go)
 	fw      forward
+	skip    []string
 	targets []target
 	rgroups []rgroup
 	fwmsg   []byte
@@ -295,7 +297,12 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	}
 	ob.matched = false
 	s.subs.Match(m.topic, func(ss *session, o fanout.Options) {
-		if fw == nil || fw.plain {
+		switch {
+		case fw == nil:
+			ob.collect(ss, o, m, nil)
+		case fw.plain && fw.skips(ss.id):
+			s.stats.droppedSeen.Inc() // the client's live session is the sender's (away.go)
+		case fw.plain:
 			ob.collect(ss, o, m, nil)
 		}
 	}, func(g *trie.Group[*session, fanout.Options]) {
@@ -315,6 +322,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	})
 	remote, ok := 0, true
 	if clustered {
+		ob.skip = s.cl.away.skips(ob.skip[:0], ob.matches, m)
 		remote, ok = s.cl.forward(ob, m)
 		s.cl.releaseUnused(ob) // before a delivery below can send to a peer (redirect)
 	}

@@ -55,7 +55,8 @@ type session struct {
 		// restored marks a session loaded from the store that no client
 		// has attached to since: in a cluster its client may have moved
 		// to another node while this one was down (stale.go). Entries
-		// numbered above restoredSeq arrived after the load.
+		// numbered above restoredSeq arrived after the load or after the
+		// client last left.
 		restored bool
 		// routeSet says that routeDurable is decided (routeDurable).
 		routeSet, routeDurable bool

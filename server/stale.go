@@ -16,10 +16,12 @@ import (
 //
 //   - when this node links to a peer, it sends the peer its claims: the
 //     id and last disconnect time of every restored session that no
-//     client has attached to since (recClaims);
+//     client has attached to since, and of every offline session made
+//     here while a peer was away (away.go), which its client may have
+//     left for a node that could not reach this one (recClaims);
 //   - the peer answers with the ids it holds a newer session for: one
 //     its client attached to after the claimed time, or one that was not
-//     itself restored (recOwned);
+//     itself restored or made while a peer was away (recOwned);
 //   - for each, this node ends its copy and sends what it held to the
 //     owner (recStale): queued and inflight messages, inbound QoS 2 ids
 //     and the subscriptions; what still reaches the copy is sent on to
@@ -29,7 +31,8 @@ import (
 //     inflight messages are sent again as new and those past PUBREC are
 //     dropped.
 //
-// A message that reached the stale copy after the restart (marked late)
+// A message that reached the stale copy after the restart, or after its
+// client left a session made while a peer was away (marked late),
 // may have reached the owner's session too. A session the client started
 // recently remembers what it was given (origin.go) and drops those it
 // has; an older one had its subscriptions when the message was routed,
@@ -51,7 +54,7 @@ func (cl *cluster) sendClaims(peer string) {
 	w := claimList{cl: cl, peer: peer, kind: recClaims}
 	for _, sess := range cl.s.sessionList() {
 		sess.mu.Lock()
-		claim := sess.mu.restored && !sess.mu.ended && sess.mu.cl == nil
+		claim := cl.maybeStaleLocked(sess)
 		since := sess.mu.since
 		sess.mu.Unlock()
 		if claim {
@@ -106,6 +109,15 @@ func decodeClaims(b []byte, f func(id string, since int64)) error {
 	return r.err
 }
 
+// maybeStaleLocked reports whether sess, offline, may be a stale copy
+// of its client's session: restored from the store and not attached
+// since, or made while a peer that may hold the client's session was away
+// (away.go), where its client may have gone meanwhile.
+// REQUIRES: sess.mu held.
+func (cl *cluster) maybeStaleLocked(sess *session) bool {
+	return !sess.mu.ended && sess.mu.cl == nil && (sess.mu.restored || cl.away.has(sess))
+}
+
 // claimed answers a peer's claims with the ids this node holds a newer
 // session for.
 func (cl *cluster) claimed(peer string, body []byte) error {
@@ -116,7 +128,10 @@ func (cl *cluster) claimed(peer string, body []byte) error {
 			return
 		}
 		sess.mu.Lock()
-		mine := !sess.mu.ended && (!sess.mu.restored || sess.mu.since > since)
+		// Of two sessions made while the other node was away (away.go),
+		// the newer is the client's.
+		copy := sess.mu.restored || cl.away.has(sess)
+		mine := !sess.mu.ended && (!copy || sess.mu.since > since)
 		own := sess.mu.since
 		sess.mu.Unlock()
 		if mine {
@@ -136,7 +151,7 @@ func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
 			return
 		}
 		sess.mu.Lock()
-		stale := sess.mu.restored && !sess.mu.ended && sess.mu.cl == nil
+		stale := cl.maybeStaleLocked(sess)
 		sess.mu.Unlock()
 		if !stale {
 			return // a client attached here meanwhile: the takeover decides

@@ -69,9 +69,13 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string, answer func(
 	cl := sess.mu.cl
 	mv := &movedSession{id: sess.id, since: sess.mu.since, online: cl != nil, expiry: sess.mu.expiry, subs: sess.mu.subs,
 		owner: sess.mu.owner}
+	// A copy's messages routed after the restart, or after the client
+	// left a session made while a peer was away (away.go), may have
+	// reached the client's other session too.
+	stale := sess.mu.restored || s.cl != nil && cl == nil && s.cl.away.has(sess)
 	for _, om := range append(sess.inflightLocked(), sess.mu.queue.items[sess.mu.queue.head:]...) {
 		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
-			pid: om.pid, released: om.released, late: sess.mu.restored && om.seq > sess.mu.restoredSeq})
+			pid: om.pid, released: om.released, late: stale && om.seq > sess.mu.restoredSeq})
 	}
 	for pid := range sess.mu.rxQoS2 {
 		mv.rx = append(mv.rx, pid)
@@ -521,11 +525,10 @@ func (cl *cluster) takeover(c *client, req *connectReq) bool {
 	body = appendStr(body, []byte(user))
 	body = append(body, req.id...)
 	for _, p := range peers {
-		if !cl.node.Linked(p) {
-			continue
-		}
-		if cl.node.Send(p, 0, recTakeover, body, true) == nil {
+		if cl.node.Linked(p) && cl.node.Send(p, 0, recTakeover, body, true) == nil {
 			t.waiting[p] = true
+		} else {
+			req.partial = true
 		}
 	}
 	if len(t.waiting) == 0 {
@@ -679,6 +682,7 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 	}
 	t.timer.Stop()
 	if timedOut {
+		t.req.partial = true
 		cl.s.log.Warn("peers did not answer a session takeover in time; connecting without their state",
 			"client", t.req.id, "waiting_for", len(t.waiting))
 	}
