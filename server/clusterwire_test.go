@@ -108,6 +108,7 @@ func FuzzClusterRecords(f *testing.F) {
 	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
 	f.Add(appendSentMarks(appendMoved([]byte{1, 1}, &movedSession{id: "x"}, 0), 5, []uint64{1, 2, 3}))
 	f.Add(appendConnected(nil, "dev", 5))
+	f.Add(appendRedirect(nil, "dev", m, 1, true, []uint32{7}, 2, 0))
 	f.Add(appendRouteDelta(nil, 7, routeEntry{"a/+/#", true}))
 	f.Add(appendRouteEntry(appendRouteSetHeader(nil, routeSetHeader{first: true, last: true, seq: 3, digest: 9}), routeEntry{"a/#", false}))
 	f.Add(appendRouteDigest(nil, 3, 9))
@@ -119,6 +120,9 @@ func FuzzClusterRecords(f *testing.F) {
 		}
 		_, _ = decodeRetained(b, 0)
 		_, _ = decodeMoved(&wireReader{b: b}, 0)
+		if _, e, err := decodeRedirect(b, 0); err == nil && (e.qos > 2 || e.hops > maxRedirectHops) {
+			t.Fatalf("redirect at QoS %d after %d hops", e.qos, e.hops)
+		}
 		if _, present, mv, err := decodeSessionAnswer(b, "p", 0); err == nil && present == 1 && len(mv.before) > maxLanes {
 			t.Fatalf("%d lanes of send marks", len(mv.before))
 		}

@@ -430,7 +430,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	defer ss.mu.Unlock()
 	if ss.mu.ended {
 		if ss.mu.movedTo != "" {
-			ss.srv.cl.redirect(ob, ss.id, ss.mu.movedTo, m, qos, retain, subIDs)
+			ss.srv.cl.redirect(ob, ss.id, ss.mu.movedTo, m, qos, retain, subIDs, 0)
 		}
 		return
 	}

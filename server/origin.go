@@ -201,10 +201,10 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 // node sends on.)
 func (s *Server) reachedDirectly(ss *session, topic []byte, now int64) bool {
 	ss.mu.Lock()
-	young := ss.youngLocked(now)
+	young, ended := ss.youngLocked(now), ss.mu.ended
 	ss.mu.Unlock()
-	if young {
-		return false
+	if young || ended {
+		return false // an ended one sends it on (deliverMoved)
 	}
 	hit := false
 	s.subs.Match(topic, func(o *session, _ fanout.Options) { hit = hit || o == ss },

@@ -413,12 +413,20 @@ func (r *wireReader) u16(what string) uint16 {
 }
 
 // deliverMoved delivers a message that reached this session through the
-// node it left: queued like any other delivery, never sent on again.
-func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64) {
+// node it left (hops: how many nodes sent it on): queued like any other
+// delivery. A session that moved on from here meanwhile sends it on to
+// where it went, a bounded number of times.
+func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64, hops byte) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	cl := ss.mu.cl
-	if ss.mu.ended || (qos == 0 && cl == nil) || !ss.firstLocked(ob, m, now) {
+	if ss.mu.ended {
+		if to := ss.mu.movedTo; to != "" && hops < maxRedirectHops {
+			ss.srv.cl.redirect(ob, ss.id, to, m, qos, retain, subIDs, hops+1)
+		}
+		return
+	}
+	if (qos == 0 && cl == nil) || !ss.firstLocked(ob, m, now) {
 		return
 	}
 	if qos == 0 {
@@ -482,6 +490,9 @@ type takeoverReq struct {
 	moved   *movedSession
 	timer   *time.Timer
 	refused bool // a peer holds the session for another user
+	// abandoned: the connection closed before the peers answered; the
+	// request waits for late answers (abandon).
+	abandoned bool
 	// early is what the node the session left sent on (redirect) before
 	// the session was installed here: delivered right after.
 	early []earlyMsg
@@ -493,6 +504,7 @@ type earlyMsg struct {
 	m      *message
 	qos    byte
 	retain bool
+	hops   byte
 	subIDs []uint32
 }
 
@@ -620,6 +632,10 @@ func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
 	}
 	cl.reqs.Lock()
 	t := cl.reqs.m[id]
+	if t != nil && t.abandoned {
+		cl.lateAnswer(t, peer, mv)
+		return nil
+	}
 	if t == nil {
 		cl.reqs.Unlock()
 		if mv != nil {
@@ -690,11 +706,17 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 	err := c.loop.el.Execute(context.Background(), runFunc(func() {
 		ob := c.loop.ob
 		defer ob.flush()
-		defer cl.deliverEarly(ob, t)
+		kept := false
+		defer func() {
+			if !kept {
+				cl.deliverEarly(ob, t)
+			}
+		}()
 		if c.closed {
 			if t.moved != nil {
 				cl.s.keepMoved(ob, t.moved)
 			}
+			kept = timedOut && cl.abandon(t)
 			return
 		}
 		c.parked = false
@@ -718,6 +740,56 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 		cl.deliverEarly(ob, t)
 		ob.flush()
 	}
+}
+
+// abandon keeps, for movedGrace, the takeover of a CONNECT whose
+// connection closed before the peers answered: a late answer still
+// brings the session here (keepMoved), and what the peer's copy sends on
+// before that answer is taken (redirect, on another lane) waits for it
+// in t.early instead of finding no session. It reports false when no
+// peer is left to answer.
+func (cl *cluster) abandon(t *takeoverReq) bool {
+	if len(t.waiting) == 0 {
+		return false
+	}
+	cl.reqs.Lock()
+	t.abandoned = true
+	cl.reqs.m[t.id] = t
+	cl.reqs.Unlock()
+	time.AfterFunc(movedGrace, func() {
+		cl.reqs.Lock()
+		if cl.reqs.m[t.id] != t {
+			cl.reqs.Unlock()
+			return
+		}
+		delete(cl.reqs.m, t.id)
+		cl.reqs.Unlock()
+		ob := newOutbox(cl.s, nil)
+		cl.deliverEarly(ob, t)
+		ob.flush()
+	})
+	return true
+}
+
+// lateAnswer takes a peer's answer to an abandoned takeover: the session
+// is kept here, and what was sent on early is delivered to it once every
+// peer asked has answered.
+// REQUIRES: cl.reqs held; released here.
+func (cl *cluster) lateAnswer(t *takeoverReq, peer string, mv *movedSession) {
+	delete(t.waiting, peer)
+	last := len(t.waiting) == 0
+	if last {
+		delete(cl.reqs.m, t.id)
+	}
+	cl.reqs.Unlock()
+	ob := newOutbox(cl.s, nil)
+	if mv != nil {
+		cl.s.keepMoved(ob, mv)
+	}
+	if last {
+		cl.deliverEarly(ob, t)
+	}
+	ob.flush()
 }
 
 // early keeps a delivery sent on by the node a session left when the
@@ -754,35 +826,73 @@ func (cl *cluster) deliverEarly(ob *outbox, t *takeoverReq) {
 	}
 	now := cl.s.now()
 	for _, e := range early {
-		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now)
+		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now, e.hops)
 	}
 }
 
+// maxRedirectHops bounds how many nodes send one delivery on: a session
+// that moved twice in quick succession (back to a node it had left, say)
+// has its old nodes' deliveries follow it, and nothing circles.
+const maxRedirectHops = 3
+
 // redirect sends a delivery for a session that has moved to peer on to
 // it: a message routed here before the peer announced the session's
-// subscriptions.
+// subscriptions, or one sent on to this node after the session had moved
+// on from here too (hops: the nodes that sent it on before this one).
 // REQUIRES: the session's mu held (sending only queues).
-func (cl *cluster) redirect(ob *outbox, client, peer string, m *message, qos byte, retain bool, subIDs []uint32) {
-	b := appendStr(nil, []byte(client))
-	fl := qos & 3
-	if retain {
-		fl |= 4
-	}
-	b = append(b, fl)
-	b = binary.AppendUvarint(b, uint64(len(subIDs)))
-	for _, id := range subIDs {
-		b = binary.AppendUvarint(b, uint64(id))
-	}
-	b = appendMessage(b, m, cl.s.now())
+func (cl *cluster) redirect(ob *outbox, client, peer string, m *message, qos byte, retain bool, subIDs []uint32, hops byte) {
+	b := appendRedirect(nil, client, m, qos, retain, subIDs, hops, cl.s.now())
 	if err := cl.send(ob, peer, cl.node.LaneFor(m.from), recRedirect, b, qos > 0); err != nil && qos > 0 {
 		cl.s.logThrottled("cannot send a moved session's message on", "client", client, "peer", peer, "err", err)
 	}
 }
 
+// appendRedirect encodes a delivery sent on (recRedirect):
+//
+//	client id str | flags u8 | subscription ids: uvarint n, n uvarint | message
+//
+// flags: QoS in bits 0-1, retain 4, hops in bits 3-4 (0 from the first
+// node that sends it on; a node that does not know them refuses the
+// record, and it had no session to give it to).
+func appendRedirect(dst []byte, client string, m *message, qos byte, retain bool, subIDs []uint32, hops byte, now int64) []byte {
+	dst = appendStr(dst, []byte(client))
+	fl := qos&3 | hops<<3
+	if retain {
+		fl |= 4
+	}
+	dst = append(dst, fl)
+	dst = binary.AppendUvarint(dst, uint64(len(subIDs)))
+	for _, id := range subIDs {
+		dst = binary.AppendUvarint(dst, uint64(id))
+	}
+	return appendMessage(dst, m, now)
+}
+
 // redirected delivers a message sent on by the node a session left.
 func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
+	client, e, err := decodeRedirect(b, now)
+	if err != nil {
+		return err
+	}
+	if cl.early(client, e) {
+		return nil // the session is on its way here: delivered once it is in
+	}
+	sess := cl.s.lookupSession(client)
+	if sess == nil {
+		// It moved on from here too: what still reaches it here goes on.
+		sess = cl.s.movedOnFrom(client, e.m.topic)
+	}
+	if sess != nil && !cl.s.reachedDirectly(sess, e.m.topic, now) {
+		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now, e.hops)
+	}
+	return nil
+}
+
+// decodeRedirect reads a delivery sent on (appendRedirect); the message
+// is its own.
+func decodeRedirect(b []byte, now int64) (client string, e earlyMsg, err error) {
 	r := &wireReader{b: b}
-	client := r.str("client id")
+	id := r.str("client id")
 	fl := r.byte1("flags")
 	n := r.uvarint("subscription ids")
 	if n > uint64(len(r.b)) {
@@ -794,18 +904,33 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 	}
 	var m message
 	readMessage(r, now, &m)
-	if r.err == nil && (fl&3 == 3 || fl&^7 != 0) {
+	if r.err == nil && (fl&3 == 3 || fl&^0x1F != 0 || fl>>3 > maxRedirectHops) {
 		r.fail("flags")
 	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
 	if r.err != nil {
-		return r.err
+		return "", earlyMsg{}, r.err
 	}
-	e := earlyMsg{m: m.own(), qos: fl & 3, retain: fl&4 != 0, subIDs: subIDs}
-	if cl.early(string(client), e) {
-		return nil // the session is on its way here: delivered once it is in
-	}
-	if sess := cl.s.lookupSession(string(client)); sess != nil && !cl.s.reachedDirectly(sess, e.m.topic, now) {
-		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now)
-	}
-	return nil
+	return string(id), earlyMsg{m: m.own(), qos: fl & 3, retain: fl&4 != 0, hops: fl >> 3, subIDs: subIDs}, nil
+}
+
+// movedOnFrom finds the session of client that last moved from this node
+// to a peer and still holds its subscriptions here (movedGrace), among
+// those matching topic; nil if none.
+func (s *Server) movedOnFrom(client string, topic []byte) *session {
+	var last *session
+	var lastSince int64
+	s.subs.Match(topic, func(ss *session, _ fanout.Options) {
+		if ss.id != client {
+			return
+		}
+		ss.mu.Lock()
+		if ss.mu.ended && ss.mu.movedTo != "" && (last == nil || ss.mu.since > lastSince) {
+			last, lastSince = ss, ss.mu.since
+		}
+		ss.mu.Unlock()
+	}, func(*trie.Group[*session, fanout.Options]) {})
+	return last
 }

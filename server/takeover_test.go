@@ -260,3 +260,102 @@ func TestPublishAfterTakeoverIsNotTaken(t *testing.T) {
 		t.Fatalf("the subscriber got %d packets from the superseded connection: %v", len(extra), extra)
 	}
 }
+
+// A delivery sent on to a node that the session has left again (it moved
+// n1 → n2 → n1, and n1's first copy sent on to n2 what still reached it)
+// follows the session to where it went, instead of being dropped for the
+// want of a session on n2.
+func TestClusterDeliverySentOnFollowsASessionThatMovedOn(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	sub, _ := persistentV5(t, n1, "s")
+	sub.subscribe("t/#", 1)
+	waitRoutes(t, n2, 1)
+	sub.send(&codec.Disconnect{})
+	sub.expectClosed()
+	for _, s := range []*Server{n2, n1} {
+		c, ca := connectPersistent(t, s, "s", false)
+		if !ca.SessionPresent {
+			t.Fatalf("the session did not move to %s", s.cfg.Cluster.NodeName)
+		}
+		if s == n2 {
+			c.send(&codec.Disconnect{})
+			c.expectClosed()
+		} else {
+			sub = c
+		}
+	}
+	if n2.lookupSession("s") != nil {
+		t.Fatal("n2 still holds the session")
+	}
+	// What n1's first copy of the session sent on reaches n2 now.
+	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 1, Payload: []byte("late")}, "p", n1.now())
+	ob := newOutbox(n2, nil)
+	if err := n2.cl.redirected(ob, appendRedirect(nil, "s", m, 1, false, nil, 0, n1.now()), n2.now()); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
+	if p, ok := sub.expect().(*codec.Publish); !ok || string(p.Payload) != "late" {
+		t.Fatalf("expected the message sent on twice, got %+v", p)
+	}
+}
+
+// A CONNECT whose connection closes while the peer holding the session
+// has not answered still gets the session here when the answer comes
+// late, and what the peer's copy sent on before that answer was taken
+// waits for it instead of finding no session.
+func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	b.cl.takeoverWait.Store(int64(200 * time.Millisecond))
+	old := offlineWithMessage(t, a, b)
+
+	old.mu.Lock() // a answers the takeover only once this is let go
+	gone := dialRaw(t, b, codec.V5)
+	conn := &codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 30, ClientID: []byte("x")}
+	conn.Props.SessionExpiry = 3600
+	conn.Props.Set(codec.PropSessionExpiry)
+	gone.send(conn)
+	waitFor(t, "b to ask a", func() bool {
+		b.cl.reqs.Lock()
+		defer b.cl.reqs.Unlock()
+		return b.cl.reqs.byClient["x"] != nil
+	})
+	_ = gone.c.Close()
+	waitFor(t, "b to stop waiting", func() bool {
+		b.cl.reqs.Lock()
+		defer b.cl.reqs.Unlock()
+		for _, r := range b.cl.reqs.m {
+			if !r.abandoned {
+				return false
+			}
+		}
+		return true
+	})
+	// What a's copy sends on before its answer is taken.
+	m := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("sent on")}, "p", a.now())
+	ob := newOutbox(b, nil)
+	if err := b.cl.redirected(ob, appendRedirect(nil, "x", m, 1, false, nil, 0, a.now()), b.now()); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
+	old.mu.Unlock()
+	waitFor(t, "the session to arrive on b", func() bool { return b.lookupSession("x") != nil })
+
+	x, ca := connectPersistent(t, b, "x", false)
+	if !ca.SessionPresent {
+		t.Fatal("the session that arrived late is not present")
+	}
+	got := map[string]bool{}
+	for range 2 {
+		p, ok := x.expect().(*codec.Publish)
+		if !ok {
+			t.Fatalf("expected a PUBLISH, got %+v", p)
+		}
+		got[string(p.Payload)] = true
+		x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	}
+	if !got["queued"] || !got["sent on"] {
+		t.Fatalf("the client got %v, want the queued message and the one sent on", got)
+	}
+}
