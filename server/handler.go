@@ -195,7 +195,8 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 }
 
 // checkDeadlines closes a connection whose keepalive ran out (1.5 times the
-// interval [MQTT-3.1.2-24]), that never sent CONNECT, or that has been a
+// interval [MQTT-3.1.2-24]), that was not connected within the connect
+// timeout (no CONNECT, or one held that long), or that has been a
 // slow receiver for too long. It also resumes a session's queue once a
 // slow connection drained, and takes back the buffers of a connection
 // with nothing to write (idle).
@@ -211,14 +212,20 @@ func (c *client) checkDeadlines(ob *outbox, now int64) {
 	grace := int64(c.keepAlive) * int64(time.Second) * 3 / 2
 	switch {
 	case !c.connected && now-c.lastRead > connectDeadline(cfg.ConnectTimeout, c.gc.Fd()):
-		c.logger().Info("closing connection", "reason", "no CONNECT within "+cfg.ConnectTimeout.String())
+		why := "no CONNECT within "
+		if c.parked {
+			why = "CONNECT not settled within " // the auth chain or a takeover took that long
+		}
+		c.logger().Info("closing connection", "reason", why+cfg.ConnectTimeout.String())
 		// Nothing was said to it: no reason to linger, and a reset
 		// rather than a FIN spares both ends the teardown (on loopback,
 		// the peer's half of it runs in this loop's close).
 		_ = c.gc.SetLinger(0)
 		c.closeNow()
 		return
-	case grace > 0 && now-c.lastRead > grace:
+	case c.connected && grace > 0 && now-c.lastRead > grace:
+		// It counts from the CONNACK (finishConnect): a CONNECT held for
+		// the auth chain or a takeover is bounded by the first case.
 		c.logger().Info("closing connection", "reason", "keepalive timeout",
 			"keepalive", (time.Duration(c.keepAlive) * time.Second).String())
 		c.srv.stats.keepaliveTimeouts.Add(1)

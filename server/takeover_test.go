@@ -300,6 +300,23 @@ func TestClusterDeliverySentOnFollowsASessionThatMovedOn(t *testing.T) {
 	}
 }
 
+// The keepalive counts from the CONNACK [MQTT-3.1.2-24]: a CONNECT that
+// waits longer than 1.5 times its keepalive for a peer to answer the
+// takeover is answered, not closed with a CONNACK code that CONNACK does
+// not have (0x8D).
+func TestTakeoverWaitIsNotAKeepaliveTimeout(t *testing.T) {
+	s := startCluster(t, 1, nil)[0]
+	p := &stalledPeer{block: make(chan struct{}), want: -1, all: make(chan struct{})}
+	startStalledPeer(t, s, p) // never answers the takeover
+	s.cl.takeoverWait.Store(int64(2 * time.Second))
+	rc := dialRaw(t, s, codec.V5)
+	ca := rc.connect("k", func(c *codec.Connect) { c.KeepAlive = 1 })
+	if ca.Code != codec.Success {
+		t.Fatalf("CONNACK %v after waiting for the peer, want success", ca.Code)
+	}
+	rc.ping()
+}
+
 // A CONNECT whose connection closes while the peer holding the session
 // has not answered still gets the session here when the answer comes
 // late, and what the peer's copy sent on before that answer was taken
