@@ -3,6 +3,7 @@ package server
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // A client that connects while a peer that may hold its session is away
@@ -28,25 +29,61 @@ import (
 // session that a partition left behind from hiding messages from the
 // live one.
 
-// maxSkip bounds the clients one forward names.
-const maxSkip = 16
+//
+// Such a session started here empty also knows when it was made (its
+// client found no session), and so what it was not owed: a forward
+// routed before that (by more than clockSkew), which arrives late (held
+// in a queue while a link was cut, or sent again by a node that
+// restarted), is not given to it: it went to the copy's node too, where
+// the client's subscriptions were then, and comes with the copy when the
+// copy is merged (keepMoved), once. Forwards carry when they were routed
+// (appendMessage).
+
+// maxSkip bounds the clients one forward names, and maxSkipBytes their
+// ids' bytes.
+const (
+	maxSkip      = 16
+	maxSkipBytes = 1024
+)
+
+// clockSkew is how far the clocks of two nodes may differ for a forward's
+// routing time to be compared with a session's making.
+const clockSkew = time.Second
+
+// routeLag is how long a new session's subscriptions may take to reach
+// every node: a message routed within it may have missed the session and
+// gone only to where the client's subscriptions were before.
+const routeLag = 5 * time.Second
 
 // awaySet is the sessions made here while a peer that may hold a copy of
-// them was away. It holds a session until the session ends.
+// them was away, with when each was made empty (0: it was resumed or
+// moved here, and is older than that). It holds a session until the
+// session ends.
 type awaySet struct {
 	n  atomic.Int32 // len(m), read without the lock on every forward
 	mu sync.Mutex
-	m  map[*session]struct{}
+	m  map[*session]int64
 }
 
-func (a *awaySet) add(ss *session) {
+func (a *awaySet) add(ss *session, made int64) {
 	a.mu.Lock()
 	if a.m == nil {
-		a.m = make(map[*session]struct{})
+		a.m = make(map[*session]int64)
 	}
-	a.m[ss] = struct{}{}
+	a.m[ss] = made
 	a.n.Store(int32(len(a.m)))
 	a.mu.Unlock()
+}
+
+// made reports when ss was made empty, if it is of the set and was.
+func (a *awaySet) made(ss *session) int64 {
+	if a.n.Load() == 0 {
+		return 0
+	}
+	a.mu.Lock()
+	t := a.m[ss]
+	a.mu.Unlock()
+	return t
 }
 
 // drop forgets an ended session.
@@ -61,6 +98,9 @@ func (a *awaySet) drop(ss *session) {
 }
 
 func (a *awaySet) has(ss *session) bool {
+	if a.n.Load() == 0 {
+		return false
+	}
 	a.mu.Lock()
 	_, ok := a.m[ss]
 	a.mu.Unlock()
@@ -75,10 +115,12 @@ func (a *awaySet) skips(dst []string, matches []match, m *message) []string {
 	if m.qos == 0 || a.n.Load() == 0 {
 		return dst
 	}
+	size := 0
 next:
 	for i := range matches {
 		mt := &matches[i]
-		if mt.g != nil || mt.m.QoS == 0 || len(dst) == maxSkip || !a.has(mt.s) || !mt.s.online() {
+		if mt.g != nil || mt.m.QoS == 0 || len(dst) == maxSkip || size+len(mt.s.id) > maxSkipBytes ||
+			!a.has(mt.s) || !mt.s.online() {
 			continue
 		}
 		for _, id := range dst {
@@ -87,6 +129,7 @@ next:
 			}
 		}
 		dst = append(dst, mt.s.id)
+		size += len(mt.s.id)
 	}
 	return dst
 }

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/interlink"
 )
 
 // A client whose node (n2) is down starts a new session on n3 and
@@ -86,5 +89,71 @@ func TestClusterForwardToAnOlderCopySkipsTheClient(t *testing.T) {
 			break
 		}
 		t.Fatalf("got %q again on n1 after completing it on n3", p.Payload)
+	}
+}
+
+// A session made here while a peer that may hold its client's session was
+// away is not given a forward routed before it was made (by more than
+// clockSkew): the copy's node got it too, where the client's
+// subscriptions then were. One routed after, or within the skew, is
+// given.
+func TestAwaySessionSkipsForwardsRoutedBeforeIt(t *testing.T) {
+	s := startCluster(t, 1, nil)[0]
+	dev, _ := persistentV5(t, s, "dev")
+	dev.subscribe("t", 2)
+	made := s.now()
+	s.cl.away.add(s.lookupSession("dev"), made)
+	forward := func(payload string, routed int64) {
+		ob := newOutbox(s, nil)
+		m := newMessage(&codec.Publish{Topic: []byte("t"), QoS: 2, Payload: []byte(payload)}, "p", s.now())
+		m.stamp = routed
+		ob.src = interlink.PeerPosition{Peer: "p", Position: interlink.Position{Epoch: 1, Lane: 1, Seq: 1}}
+		s.routeFrom(ob, m, &forward{plain: true})
+		ob.src = interlink.PeerPosition{}
+		ob.flush()
+	}
+	forward("before", made-2*int64(clockSkew))
+	forward("within the skew", made-int64(clockSkew)/2)
+	if p, ok := dev.expect().(*codec.Publish); !ok || string(p.Payload) != "within the skew" {
+		t.Fatalf("got %+v, want only the message routed within the skew", p)
+	}
+	if n := s.stats.droppedSeen.Get(); n != 1 {
+		t.Fatalf("%d forwards dropped, want 1", n)
+	}
+}
+
+// A message routed while the node holding a client's session was down,
+// before the client started a new session on another node, reaches the
+// client when the node comes back, however long it was away: merged into
+// the new session with the copy, it is not taken for one the new session
+// had (it was routed before the new session subscribed).
+func TestClusterCopyBackLateKeepsWhatTheNewSessionMissed(t *testing.T) {
+	dir, n1, n2, persistent := staleSetup(t, 1)
+	pub, _ := dialV5(t, n1, &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n2.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
+	pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 1, Payload: []byte("missed")}) // to n2's queue alone
+	dev, ack := persistent(n1)
+	if ack.SessionPresent {
+		t.Fatal("session present on n1 while n2, which holds it, is down")
+	}
+	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 1})
+	// n2 stays away longer than the new session remembers what it was
+	// given (recentWindow).
+	ss := n1.lookupSession("dev")
+	ss.mu.Lock()
+	ss.mu.recent = nil
+	ss.mu.Unlock()
+
+	startBroker(t, func(c *Config) {
+		clusterMember(c, "n2", n1)
+		c.DataDir = dir
+	})
+	if p := dev.expect(t); string(p.Payload) != "missed" {
+		t.Fatalf("got %q, want the message routed while n2 was down", p.Payload)
 	}
 }

@@ -43,10 +43,11 @@ type cluster struct {
 		sync.Mutex
 		m map[string]*peerRouteSet
 	}
-	retainSync retainSync // retainsync.go
-	origins    *origins   // identities of the messages published here (origin.go)
-	waits      peerWaits  // forwarded records the peers' acknowledgements stand in for (peerack.go)
-	away       awaySet    // sessions made while a peer that may hold them was away (away.go)
+	retainSync retainSync   // retainsync.go
+	origins    *origins     // identities of the messages published here (origin.go)
+	waits      peerWaits    // forwarded records the peers' acknowledgements stand in for (peerack.go)
+	away       awaySet      // sessions made while a peer that may hold them was away (away.go)
+	feats      peerFeatures // what each peer reads (features.go)
 	// drop, when a test sets it, is the kind of the next broadcast record
 	// to lose, as a full control lane would.
 	drop atomic.Int32
@@ -160,6 +161,7 @@ func (cl *cluster) dropped(kind byte) bool {
 // clearing, the bans and lifted bans, the clients connected here, and
 // the sessions restored here that the peer may own now.
 func (cl *cluster) PeerUp(peer string) {
+	cl.hello(peer)      // features.go
 	cl.sendBans(peer)   // bans.go
 	cl.sendRoutes(peer) // clusterroutes.go
 
@@ -241,6 +243,8 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 			err = cl.owned(ob, peer, r.Body)
 		case recStale:
 			err = cl.staleArrived(ob, r.Body, now)
+		case recHello:
+			err = cl.helloFrom(peer, r.Body)
 		case recRetainDigest:
 			err = cl.retainDigestFrom(peer, r.Body)
 		case recRetained:

@@ -116,10 +116,11 @@ func (cl *cluster) releaseUnused(ob *outbox) {
 
 // forwardBound is at least the length of m's forwarded record without
 // groups (appendForward, appendMessage): every string counted with the
-// longest length prefix, and the origin.
+// longest length prefix, the origin, the routing time and the skip list.
 func forwardBound(m *message) int {
 	const str = 10 // the longest uvarint
-	n := 2 + str + 1 + 8 + str + 3*str + len(m.from) + len(m.topic) + len(m.payload) + str
+	n := 2 + str + 1 + 8 + str + str + 3*str + len(m.from) + len(m.topic) + len(m.payload) + str
+	n += str + maxSkip*str + maxSkipBytes
 	if pr := m.props; pr != nil {
 		n += 1 + 3*str + len(pr.ContentType) + len(pr.ResponseTopic) + len(pr.CorrelationData) + str
 		for _, u := range pr.User {

@@ -12,7 +12,7 @@ import (
 func appendRetained(dst []byte, m *message, now int64) []byte {
 	dst = append(dst, wireVersion)
 	dst = binary.AppendUvarint(dst, uint64(m.stamp))
-	return appendMessage(dst, m, now)
+	return appendMessage(dst, m, now, false) // the stamp follows
 }
 
 func decodeRetained(b []byte, now int64) (*message, error) {

@@ -432,13 +432,22 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 		ob.skip = ob.skip[:0]
 		return 0, true
 	}
-	ob.fwmsg = appendMessage(ob.fwmsg[:0], m, cl.s.now())
+	now := cl.s.now()
+	ob.fwmsg = appendMessage(ob.fwmsg[:0], m, now, true)
+	older := ob.fwmsg[:0:0] // for peers that read no routing time (features.go); made when one is met
 	lane := cl.node.LaneFor(m.from)
 	ok := true
 	for i := range ob.targets {
 		t := &ob.targets[i]
 		f := forward{plain: t.plain, groups: t.groups, skip: ob.skip}
-		ob.fwbuf = appendForward(ob.fwbuf[:0], &f, ob.fwmsg)
+		msg := ob.fwmsg
+		if !cl.feats.has(t.peer, featRouted) {
+			if len(older) == 0 {
+				older = appendMessage(nil, m, now, false)
+			}
+			msg, f.skip = older, nil
+		}
+		ob.fwbuf = appendForward(ob.fwbuf[:0], &f, msg)
 		if err := cl.sendForward(ob, t.peer, lane, ob.fwbuf, m.qos > 0, t.durable); err != nil && m.qos > 0 {
 			ok = false
 			cl.s.logThrottled("cannot queue a QoS 1/2 message for a peer", "peer", t.peer, "err", err)

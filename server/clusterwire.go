@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 	"unsafe"
 
@@ -29,12 +30,15 @@ import (
 //
 // Message:
 //
-//	+-------+----------+------+-------+----------+---------+
-//	| bits  | expiry   | from | topic | props    | payload |
-//	| 1     | uvarint? | str  | str   | (below)  | str     |
-//	+-------+----------+------+-------+----------+---------+
-//	bits: qos (bits 0-1), retain (2), has expiry (3). The expiry is the
-//	milliseconds left when sent, so that peers' clocks need not agree.
+//	+-------+---------+-----------+----------+------+-------+---------+---------+
+//	| bits  | origin  | routed    | expiry   | from | topic | props   | payload |
+//	| 1     | u64 BE? | uvarint?  | uvarint? | str  | str   | (below) | str     |
+//	+-------+---------+-----------+----------+------+-------+---------+---------+
+//	bits: qos (bits 0-1), retain (2), has expiry (3), has origin (4, see
+//	origin.go), has routed (5: QoS 1/2 only, to peers that read it,
+//	features.go). The expiry is the milliseconds left when sent, so that
+//	peers' clocks need not agree; routed is when the message was routed,
+//	unix milliseconds of the routing node's clock (away.go).
 //	props: uvarint presence mask (bit i = codec property i of the kept
 //	set), then payload format (1 byte), content type, response topic,
 //	correlation data (str each), user properties (uvarint n, n key/value
@@ -74,6 +78,7 @@ const (
 	recOwned        byte = 16 // answer: the claimed ids the sender holds newer sessions for
 	recStale        byte = 17 // a restored session handed to the node that owns its client
 	recRetainDigest byte = 18 // the sender's retained digest (retainsync.go)
+	recHello        byte = 19 // what the sender reads beyond the rest (features.go)
 )
 
 var errWire = errors.New("server: malformed peer body")
@@ -144,7 +149,7 @@ func appendStr(dst, s []byte) []byte {
 }
 
 // appendMessage encodes m as it stands at now.
-func appendMessage(dst []byte, m *message, now int64) []byte {
+func appendMessage(dst []byte, m *message, now int64, routed bool) []byte {
 	bits := m.qos & 3
 	if m.retain {
 		bits |= 4
@@ -155,9 +160,17 @@ func appendMessage(dst []byte, m *message, now int64) []byte {
 	if m.origin != 0 {
 		bits |= 16
 	}
+	ms := m.stamp / int64(time.Millisecond)
+	routed = routed && m.qos > 0 && ms > 0
+	if routed {
+		bits |= 32
+	}
 	dst = append(dst, bits)
 	if m.origin != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, m.origin)
+	}
+	if routed {
+		dst = binary.AppendUvarint(dst, uint64(ms))
 	}
 	if m.expiresAt != 0 {
 		left := max(m.expiresAt-now, 0) / int64(time.Millisecond)
@@ -202,7 +215,7 @@ func appendMessage(dst []byte, m *message, now int64) []byte {
 // alias r's input: call own to keep it.
 func readMessage(r *wireReader, now int64, m *message) bool {
 	bits := r.byte1("message flags")
-	if bits&^0x1F != 0 || bits&3 == 3 {
+	if bits&^0x3F != 0 || bits&3 == 3 || bits&32 != 0 && bits&3 == 0 {
 		r.fail("message flags")
 		return false
 	}
@@ -212,6 +225,14 @@ func readMessage(r *wireReader, now int64, m *message) bool {
 			r.fail("origin")
 			return false
 		}
+	}
+	if bits&32 != 0 {
+		ms := r.uvarint("routed")
+		if ms == 0 || ms > uint64(math.MaxInt64/int64(time.Millisecond)) {
+			r.fail("routed")
+			return false
+		}
+		m.stamp = int64(ms) * int64(time.Millisecond)
 	}
 	if bits&8 != 0 {
 		left := r.uvarint("expiry")

@@ -28,8 +28,9 @@ func testMessage() *message {
 func TestClusterWireRoundTrip(t *testing.T) {
 	m := testMessage()
 	m.origin = 7<<32 | 99
+	m.stamp = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixNano()
 	f := &forward{plain: true, groups: []string{"$share/g/plant/+/temp"}, skip: []string{"dev-1", "dev-2"}}
-	b := appendForward(nil, f, appendMessage(nil, m, 1_000))
+	b := appendForward(nil, f, appendMessage(nil, m, 1_000, true))
 	gf, gm := &forward{}, &message{}
 	if err := decodeForward(b, 2_000, gf, gm); err != nil {
 		t.Fatal(err)
@@ -38,10 +39,12 @@ func TestClusterWireRoundTrip(t *testing.T) {
 		!gf.skips("dev-2") || gf.skips("dev-3") {
 		t.Fatalf("forward header %+v", gf)
 	}
-	// Without a skip list none is read, and the one decoded before goes.
-	plain := appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 1_000))
-	if err := decodeForward(plain, 2_000, gf, &message{}); err != nil || len(gf.skip) != 0 || plain[1] != 1 {
-		t.Fatalf("forward without skip list: %+v, %v", gf, err)
+	// Without a skip list none is read, and the one decoded before goes;
+	// for a peer that reads no routing time, the message has none.
+	plain := appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 1_000, false))
+	var pm message
+	if err := decodeForward(plain, 2_000, gf, &pm); err != nil || len(gf.skip) != 0 || plain[1] != 1 || pm.stamp != 0 {
+		t.Fatalf("forward without skip list or routing time: %+v, stamp %d, %v", gf, pm.stamp, err)
 	}
 	if !bytes.Equal(gm.topic, m.topic) || !bytes.Equal(gm.payload, m.payload) || gm.qos != 1 || !gm.retain ||
 		gm.from != "pub-1" || !bytes.Equal(gm.props.ContentType, m.props.ContentType) ||
@@ -53,7 +56,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 	clear(b)
 	if own.from != "pub-1" || string(own.topic) != "plant/7/temp" || string(own.payload) != `{"t":21.5}` ||
 		string(own.props.ContentType) != "application/json" || string(own.props.User[0].Value) != "v" ||
-		own.expiresAt != gm.expiresAt || own.qos != 1 || !own.retain || own.origin != m.origin {
+		own.expiresAt != gm.expiresAt || own.qos != 1 || !own.retain || own.origin != m.origin || own.stamp != m.stamp {
 		t.Fatalf("owned copy %+v", own)
 	}
 	// Expiry travels as the milliseconds left (60 s, sent at 1,000 ns)
@@ -72,7 +75,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 		subs: map[string]fanout.Options{"a/+": {QoS: 2, NoLocal: true, SubID: 9}},
 		msgs: []movedMsg{{msg: m, qos: 1, pid: 5, subIDs: []uint32{9}}, {msg: m, qos: 2, released: false}},
 		rx:   []uint16{3, 4}}
-	got, err := decodeMoved(&wireReader{b: appendMoved(nil, mv, 1_000)}, 1_000)
+	got, err := decodeMoved(&wireReader{b: appendMoved(nil, mv, 1_000, true)}, 1_000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +85,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 	}
 
 	// A takeover answer carries the send marks after the session.
-	ans := appendSentMarks(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000), 99, []uint64{0, 7, 300})
+	ans := appendSentMarks(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000, true), 99, []uint64{0, 7, 300})
 	id, present, got, err := decodeSessionAnswer(ans, "n2", 1_000)
 	want := []interlink.PeerPosition{{Peer: "n2", Position: interlink.Position{Epoch: 99, Lane: 1, Seq: 7}},
 		{Peer: "n2", Position: interlink.Position{Epoch: 99, Lane: 2, Seq: 300}}}
@@ -90,7 +93,7 @@ func TestClusterWireRoundTrip(t *testing.T) {
 		t.Fatalf("takeover answer: id %d present %d %+v %v", id, present, got, err)
 	}
 	// One without (a node that does not send them) has none.
-	if _, _, got, err := decodeSessionAnswer(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000), "n2", 1_000); err != nil || got.before != nil {
+	if _, _, got, err := decodeSessionAnswer(appendMoved(append(binary.AppendUvarint(nil, 12), 1), mv, 1_000, true), "n2", 1_000); err != nil || got.before != nil {
 		t.Fatalf("takeover answer without marks: %+v %v", got, err)
 	}
 }
@@ -100,15 +103,16 @@ func TestClusterWireRoundTrip(t *testing.T) {
 // have published.
 func FuzzClusterRecords(f *testing.F) {
 	m := testMessage()
-	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
-	f.Add(appendForward(nil, &forward{skip: []string{"a", "b"}}, appendMessage(nil, m, 0)))
+	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0, true)))
+	f.Add(appendForward(nil, &forward{skip: []string{"a", "b"}}, appendMessage(nil, m, 0, true)))
 	f.Add(appendRetained(nil, m, 0))
 	m.origin = 1 << 32
-	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0)))
-	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0))
-	f.Add(appendSentMarks(appendMoved([]byte{1, 1}, &movedSession{id: "x"}, 0), 5, []uint64{1, 2, 3}))
+	f.Add(appendForward(nil, &forward{plain: true}, appendMessage(nil, m, 0, true)))
+	f.Add(appendMoved(nil, &movedSession{id: "x", subs: map[string]fanout.Options{"#": {}}}, 0, true))
+	f.Add(appendSentMarks(appendMoved([]byte{1, 1}, &movedSession{id: "x"}, 0, true), 5, []uint64{1, 2, 3}))
 	f.Add(appendConnected(nil, "dev", 5))
-	f.Add(appendRedirect(nil, "dev", m, 1, true, []uint32{7}, 2, 0))
+	f.Add(appendHello(nil, ourFeatures, true))
+	f.Add(appendRedirect(nil, "dev", m, 1, true, []uint32{7}, 2, 0, true))
 	f.Add(appendRouteDelta(nil, 7, routeEntry{"a/+/#", true}))
 	f.Add(appendRouteEntry(appendRouteSetHeader(nil, routeSetHeader{first: true, last: true, seq: 3, digest: 9}), routeEntry{"a/#", false}))
 	f.Add(appendRouteDigest(nil, 3, 9))
@@ -131,6 +135,7 @@ func FuzzClusterRecords(f *testing.F) {
 		_, _, _ = decodeRouteDigest(b)
 		_ = decodeRetainDigest(b, &retainDigest{})
 		_ = decodeClaims(b, func(string, int64) {})
+		_, _, _ = decodeHello(b)
 		_, _, _ = restoreMark("interlink/00/"+string(b), b)
 	})
 }

@@ -230,7 +230,11 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	sess, present := c.srv.attach(ob, c, id, req.cleanStart, req.expiry, req.window)
 	c.sess = sess
 	if req.partial && req.expiry > 0 {
-		c.srv.cl.away.add(sess)
+		var made int64
+		if !present && moved == nil {
+			made = c.srv.now()
+		}
+		c.srv.cl.away.add(sess, made)
 	}
 	if c.ident != nil {
 		c.srv.adopt(ob, c, sess)

@@ -291,6 +291,9 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 	clustered := s.cl != nil && fw == nil
 	if clustered {
 		s.cl.origins.stamp(m)
+		if m.qos > 0 && m.stamp == 0 {
+			m.stamp = s.now() // when it was routed, for its forwards (away.go)
+		}
 	}
 	if clustered && !ob.matched {
 		s.cl.matchRoutes(ob, m)
@@ -434,7 +437,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 		}
 		return
 	}
-	if share == nil && ss.routedBeforeLocked(ob, now) {
+	if share == nil && ob.src.Seq != 0 && ss.routedBeforeLocked(ob, m, now) {
 		ss.srv.stats.droppedSeen.Inc() // given on the node it moved from
 		return
 	}

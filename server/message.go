@@ -132,7 +132,7 @@ func (m *message) own() *message {
 	p := codec.Publish{Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain, Props: *m.prop()}
 	c := build(&p, m.from, true)
 	c.expiresAt = m.expiresAt
-	c.origin = m.origin
+	c.origin, c.stamp = m.origin, m.stamp
 	return c
 }
 

@@ -95,10 +95,17 @@ type recent struct {
 // way: the session's memory of origins covers it only if the message
 // reached it here first.
 
-// routedBeforeLocked reports whether the forward ob is taking (ob.src)
-// was routed before ss was here (recent.before).
+// routedBeforeLocked reports whether the forward of m that ob is taking
+// (ob.src) was routed before ss was here (recent.before), or before ss
+// was made empty while a peer that may hold its client's session was
+// away (away.go).
 // REQUIRES: ss.mu held.
-func (ss *session) routedBeforeLocked(ob *outbox, now int64) bool {
+func (ss *session) routedBeforeLocked(ob *outbox, m *message, now int64) bool {
+	if m.stamp != 0 && ob.src.Seq != 0 {
+		if made := ss.srv.cl.away.made(ss); made != 0 && m.stamp < made-int64(clockSkew) {
+			return true
+		}
+	}
 	r, src := ss.mu.recent, &ob.src
 	if r == nil || len(r.before) == 0 || src.Seq == 0 || now > r.until {
 		return false

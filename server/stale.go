@@ -36,8 +36,11 @@ import (
 // may have reached the owner's session too. A session the client started
 // recently remembers what it was given (origin.go) and drops those it
 // has; an older one had its subscriptions when the message was routed,
-// so it drops the late messages its plain subscriptions match. So QoS 2
-// is not delivered twice, and nothing routed to the copy before the
+// so it drops the late messages its plain subscriptions match, unless
+// the message says it was routed before the session was made (or within
+// routeLag after): a peer's queue for the copy's node, held while that
+// node was down, brings such messages, however long it was away. So
+// QoS 2 is not delivered twice, and nothing routed to the copy before the
 // owner's session subscribed is lost. Messages that were in the stale
 // copy before the restart cannot have reached the owner: they are
 // merged.
@@ -163,7 +166,7 @@ func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
 			if mv == nil {
 				return true
 			}
-			if err := cl.send(ob, peer, 0, recStale, appendMoved([]byte{wireVersion}, mv, s.now()), true); err != nil {
+			if err := cl.send(ob, peer, 0, recStale, appendMoved([]byte{wireVersion}, mv, s.now(), cl.feats.has(peer, featRouted)), true); err != nil {
 				s.log.Warn("cannot send a stale session to its owner; it stays here", "client", id, "peer", peer, "err", err)
 				return false
 			}

@@ -144,6 +144,14 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	now := s.now()
 	young := cur.youngLocked(now)
+	// cur has had its subscriptions since it was made empty here (away.go)
+	// or, not known, at the latest since its client last attached.
+	since := cur.mu.since
+	if s.cl != nil {
+		if made := s.cl.away.made(cur); made != 0 {
+			since = made
+		}
+	}
 	if young && mv.before != nil {
 		cur.mu.recent.before = append(cur.mu.recent.before, mv.before...)
 	}
@@ -157,9 +165,13 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 			if !cur.firstLocked(ob, mm.msg, now) {
 				continue
 			}
-		} else {
+		} else if st := mm.msg.stamp; st == 0 || st > since+int64(routeLag) {
 			// An older cur had its subscriptions when the late message
-			// was routed: it reached cur too when they match it.
+			// was routed: it reached cur too when they match it. (One
+			// that says it was routed before cur had them, or so soon
+			// after that they had not reached every node, is kept: a
+			// peer's queue for the copy's node, held while that node was
+			// down, brings such messages.)
 			if seen == nil {
 				seen = trie.New[struct{}, struct{}]()
 				for f := range cur.mu.subs {
@@ -279,7 +291,7 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 // Message flags: QoS in bits 0-1, retain 4, released 8, inflight (pid
 // follows) 16, late 32.
 
-func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
+func appendMoved(dst []byte, mv *movedSession, now int64, routed bool) []byte {
 	dst = appendStr(dst, []byte(mv.id))
 	dst = binary.AppendUvarint(dst, uint64(mv.since))
 	online := byte(0)
@@ -327,7 +339,7 @@ func appendMoved(dst []byte, mv *movedSession, now int64) []byte {
 		for _, id := range mm.subIDs {
 			dst = binary.AppendUvarint(dst, uint64(id))
 		}
-		dst = appendMessage(dst, mm.msg, now)
+		dst = appendMessage(dst, mm.msg, now, routed)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(mv.rx)))
 	for _, pid := range mv.rx {
@@ -591,7 +603,7 @@ func (cl *cluster) handOverTo(ob *outbox, peer string, b []byte) error {
 		// taken from: it is never reused [MQTT-3.1.2-6].
 		if mv != nil && clean == 0 && mv.expiry > 0 {
 			r = append(r, 1)
-			r = appendMoved(r, mv, s.now())
+			r = appendMoved(r, mv, s.now(), cl.feats.has(peer, featRouted))
 			if who&4 != 0 {
 				// Taken while the session is still here (handOverTo
 				// holds its lock): every forward this node routed while
@@ -841,7 +853,7 @@ const maxRedirectHops = 3
 // on from here too (hops: the nodes that sent it on before this one).
 // REQUIRES: the session's mu held (sending only queues).
 func (cl *cluster) redirect(ob *outbox, client, peer string, m *message, qos byte, retain bool, subIDs []uint32, hops byte) {
-	b := appendRedirect(nil, client, m, qos, retain, subIDs, hops, cl.s.now())
+	b := appendRedirect(nil, client, m, qos, retain, subIDs, hops, cl.s.now(), cl.feats.has(peer, featRouted))
 	if err := cl.send(ob, peer, cl.node.LaneFor(m.from), recRedirect, b, qos > 0); err != nil && qos > 0 {
 		cl.s.logThrottled("cannot send a moved session's message on", "client", client, "peer", peer, "err", err)
 	}
@@ -854,7 +866,7 @@ func (cl *cluster) redirect(ob *outbox, client, peer string, m *message, qos byt
 // flags: QoS in bits 0-1, retain 4, hops in bits 3-4 (0 from the first
 // node that sends it on; a node that does not know them refuses the
 // record, and it had no session to give it to).
-func appendRedirect(dst []byte, client string, m *message, qos byte, retain bool, subIDs []uint32, hops byte, now int64) []byte {
+func appendRedirect(dst []byte, client string, m *message, qos byte, retain bool, subIDs []uint32, hops byte, now int64, routed bool) []byte {
 	dst = appendStr(dst, []byte(client))
 	fl := qos&3 | hops<<3
 	if retain {
@@ -865,7 +877,7 @@ func appendRedirect(dst []byte, client string, m *message, qos byte, retain bool
 	for _, id := range subIDs {
 		dst = binary.AppendUvarint(dst, uint64(id))
 	}
-	return appendMessage(dst, m, now)
+	return appendMessage(dst, m, now, routed)
 }
 
 // redirected delivers a message sent on by the node a session left.

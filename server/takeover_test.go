@@ -291,7 +291,7 @@ func TestClusterDeliverySentOnFollowsASessionThatMovedOn(t *testing.T) {
 	// What n1's first copy of the session sent on reaches n2 now.
 	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 1, Payload: []byte("late")}, "p", n1.now())
 	ob := newOutbox(n2, nil)
-	if err := n2.cl.redirected(ob, appendRedirect(nil, "s", m, 1, false, nil, 0, n1.now()), n2.now()); err != nil {
+	if err := n2.cl.redirected(ob, appendRedirect(nil, "s", m, 1, false, nil, 0, n1.now(), true), n2.now()); err != nil {
 		t.Fatal(err)
 	}
 	ob.flush()
@@ -352,7 +352,7 @@ func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
 	// What a's copy sends on before its answer is taken.
 	m := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("sent on")}, "p", a.now())
 	ob := newOutbox(b, nil)
-	if err := b.cl.redirected(ob, appendRedirect(nil, "x", m, 1, false, nil, 0, a.now()), b.now()); err != nil {
+	if err := b.cl.redirected(ob, appendRedirect(nil, "x", m, 1, false, nil, 0, a.now(), true), b.now()); err != nil {
 		t.Fatal(err)
 	}
 	ob.flush()
