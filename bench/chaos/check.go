@@ -102,6 +102,7 @@ type msgInfo struct {
 	retain  bool
 	sent    bool
 	sentAt  time.Duration // the first send
+	sentOn  int           // the connection of the first send
 	acked   bool
 	ack     Op // the first acknowledgement
 	refused bool
@@ -127,7 +128,7 @@ func Check(ops []Op, spec Spec) *Report {
 		case OpSend:
 			m := info(msgKey{o.Pub, o.Seq})
 			if !m.sent {
-				m.sentAt = o.T
+				m.sentAt, m.sentOn = o.T, o.Conn
 			}
 			m.topic, m.retain, m.sent = o.Topic, o.Retain, true
 		case OpAck:
@@ -289,7 +290,11 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 		switch {
 		case late == nil || early == nil || !late.acked || !early.acked:
 			reason = "unacknowledged message"
-		case late.ack.Conn != early.ack.Conn:
+		case late.ack.Conn != early.ack.Conn || late.sentOn != late.ack.Conn:
+			// Or the later one was first sent on an earlier connection:
+			// what reached the subscriber may be that send, taken by
+			// the node it went to when it resumed (paused), passing the
+			// resend's neighbours.
 			reason = "publisher reconnected between them"
 		case lost(s.last.T, d.T) || lost(late.sentAt-routeGrace, d.T):
 			// Lost between the deliveries, or after the later-delivered
@@ -315,8 +320,11 @@ func (r *Report) checkOrder(ops []Op, spec Spec, sub string, dels []Op, msgs map
 
 // routeGrace is how long after a subscriber's new connection a message
 // may still be routed to where its session was: the new subscriptions
-// reach the other nodes within it (the nodes' failure timeout).
-const routeGrace = time.Second
+// reach the other nodes within it. That is at most the nodes' failure
+// timeout (1 s) while links are up; a link that was just cut takes as
+// long again to come back (a redial once gossip finds the peer), and the
+// subscriptions wait for it.
+const routeGrace = 2 * time.Second
 
 // deliveryKey names a delivery by its connection, packet id and time.
 type deliveryKey struct {

@@ -53,9 +53,12 @@
 //     connection and across connections whose CONNACK found the session
 //     (a takeover that moved the session to another node included). Not
 //     promised: order between messages acknowledged on different
-//     connections of the publisher (its resends and the old node's
-//     forwards may pass each other), order across a subscriber connection
-//     that found no session (the session was lost with its node, and what
+//     connections of the publisher, or one first sent on another
+//     connection than the one that acknowledged it (its resends and the
+//     old node's forwards, or the old node's copy read when it resumed,
+//     may pass each other), order across a subscriber connection that
+//     found no session, for messages sent before the new subscriptions
+//     reached every node (the session was lost with its node, and what
 //     the old one held arrives later), order across a move off a node that
 //     a fault hit (what was on its way to that node while it was away is
 //     sent on after the move, behind newer messages), and order of
