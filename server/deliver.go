@@ -432,7 +432,10 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.mu.ended {
-		if ss.mu.movedTo != "" {
+		// Sent on to where it went, unless it had the message here (and
+		// took it, or moved with it): the session there does not
+		// remember what it was given here.
+		if ss.mu.movedTo != "" && ss.firstLocked(ob, m, now) {
 			ss.srv.cl.redirect(ob, ss.id, ss.mu.movedTo, m, qos, retain, subIDs, 0)
 		}
 		return

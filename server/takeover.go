@@ -433,7 +433,8 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 	defer ss.mu.Unlock()
 	cl := ss.mu.cl
 	if ss.mu.ended {
-		if to := ss.mu.movedTo; to != "" && hops < maxRedirectHops {
+		// As deliver: not when it had the message here.
+		if to := ss.mu.movedTo; to != "" && hops < maxRedirectHops && ss.firstLocked(ob, m, now) {
 			ss.srv.cl.redirect(ob, ss.id, to, m, qos, retain, subIDs, hops+1)
 		}
 		return

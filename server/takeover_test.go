@@ -376,3 +376,45 @@ func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
 		t.Fatalf("the client got %v, want the queued message and the one sent on", got)
 	}
 }
+
+// A delivery sent on to a node the session has left is not sent on again
+// when the session had that message there: the node it moved to does not
+// remember what it was given on the old one, and would give it again.
+func TestClusterDeliverySentOnIsNotSentOnAgainWhenItWasThere(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	sub, _ := persistentV5(t, n1, "s")
+	sub.subscribe("t/#", 2)
+	waitRoutes(t, n2, 1)
+	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 2, Payload: []byte("once")}, "p", n1.now())
+	n1.cl.origins.stamp(m)
+	ob := newOutbox(n1, nil)
+	n1.route(ob, m)
+	ob.flush()
+	p, ok := sub.expect().(*codec.Publish)
+	if !ok || string(p.Payload) != "once" {
+		t.Fatalf("got %+v, want once", p)
+	}
+	sub.send(&codec.Ack{Kind: codec.PUBREC, PacketID: p.PacketID})
+	if rel, ok := sub.expect().(*codec.Ack); !ok || rel.Kind != codec.PUBREL {
+		t.Fatalf("got %+v, want PUBREL", rel)
+	}
+	sub.send(&codec.Ack{Kind: codec.PUBCOMP, PacketID: p.PacketID})
+	sub.ping()
+	sub.send(&codec.Disconnect{})
+	sub.expectClosed()
+	again, ca := connectPersistent(t, n2, "s", false)
+	if !ca.SessionPresent {
+		t.Fatal("the session did not move to n2")
+	}
+	// A third node's copy of the session sends m on to n1 now.
+	ob = newOutbox(n1, nil)
+	if err := n1.cl.redirected(ob, appendRedirect(nil, "s", m, 2, false, nil, 0, n1.now(), true), n1.now()); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
+	waitFor(t, "n1 to drop it", func() bool { return n1.stats.droppedSeen.Get() == 1 })
+	if extra := again.ping(); len(extra) != 0 {
+		t.Fatalf("the client got %d packets again: %v", len(extra), extra)
+	}
+}
