@@ -277,16 +277,20 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 	if resync {
 		cl.askRoutes(peer)
 	}
-	if s.store != nil && refused == nil && (len(recs) == 0 || pos.Seq > 0 && ob.batch.Len() > 0) {
+	if s.store != nil && refused == nil && (len(recs) == 0 || pos.Seq > 0 && (ob.batch.Len() > 0 || ob.dropped)) {
 		// Written with what the records did, so that after a crash the
 		// peer's replay of them is dropped rather than delivered twice.
-		// Records that wrote nothing (for clean sessions only) need no
-		// position: after a crash there is nothing they could be
-		// delivered to twice, and the peer's acknowledgement then costs
-		// no disk write (peerack.go). Without records, the link takes
-		// back a position stored past records that could not be stored.
+		// Records that wrote nothing need no position when they went to
+		// clean sessions only: after a crash there is nothing they could
+		// be delivered to twice, and the peer's acknowledgement then
+		// costs no disk write (peerack.go). Records a session dropped as
+		// given already (ob.dropped) wrote nothing either, but after a
+		// crash the session no longer remembers what it was given, and
+		// would take the replay. Without records, the link takes back a
+		// position stored past records that could not be stored.
 		ob.batch.PutMeta(markKey(peer, pos), markValue(pos))
 	}
+	ob.dropped = false
 	if seen := ob.seen; len(seen) > 0 {
 		// Not stored, the batch comes again: what it gave is not seen.
 		inner := done

@@ -48,6 +48,10 @@ type outbox struct {
 	// seen is, while the outbox takes a peer's batch, the origins
 	// sessions remembered from it (origin.go); nil otherwise.
 	seen []seenAt
+	// dropped: while the outbox takes a peer's batch, a session dropped
+	// one of its records as given already (Receive stores the batch's
+	// position then).
+	dropped bool
 	// keep has the next commit kept when the store refuses it
 	// (storeGate.commitKept): a peer's batch that clients were given.
 	keep bool
@@ -305,6 +309,7 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 			ob.collect(ss, o, m, nil)
 		case fw.plain && fw.skips(ss.id):
 			s.stats.droppedSeen.Inc() // the client's live session is the sender's (away.go)
+			ob.dropped = true
 		case fw.plain:
 			ob.collect(ss, o, m, nil)
 		}
@@ -442,6 +447,7 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	}
 	if share == nil && ob.src.Seq != 0 && ss.routedBeforeLocked(ob, m, now) {
 		ss.srv.stats.droppedSeen.Inc() // given on the node it moved from
+		ob.dropped = true
 		return
 	}
 	if !ss.firstLocked(ob, m, now) {

@@ -185,6 +185,9 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 	}
 	if _, dup := r.seen[m.origin]; dup {
 		ss.srv.stats.droppedSeen.Inc()
+		if ob != nil {
+			ob.dropped = true
+		}
 		return false
 	}
 	if r.seen == nil {

@@ -3,12 +3,14 @@ package server
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/interlink"
 	"github.com/gannetmq/gannet/persist"
 )
 
@@ -161,4 +163,63 @@ func spooledRecords(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// storedMarks returns the positions of peers' streams in a stopped
+// broker's store.
+func storedMarks(t *testing.T, dir string) []interlink.PeerPosition {
+	t.Helper()
+	st, err := persist.Open(persist.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var out []interlink.PeerPosition
+	if _, err := st.Load(time.Now(), persist.Loader{Meta: func(key string, val []byte) {
+		if peer, pos, ok := restoreMark(key, val); ok {
+			out = append(out, interlink.PeerPosition{Peer: peer, Position: pos})
+		}
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A peer's batch that a persistent session dropped as given already
+// writes nothing else, but its position is stored: after a crash the
+// session no longer remembers what it was given, and would take the
+// peer's replay of the batch.
+func TestDroppedForwardStoresItsPosition(t *testing.T) {
+	dir := t.TempDir()
+	s := startCluster(t, 1, func(_ int, c *Config) { c.DataDir = dir })[0]
+	dev, _ := persistentV5(t, s, "dev")
+	dev.subscribe("t", 1)
+	m := newMessage(&codec.Publish{Topic: []byte("t"), QoS: 1, Payload: []byte("m")}, "p", s.now())
+	m.origin = 9<<32 | 1
+	body := appendForward(nil, &forward{plain: true}, appendMessage(nil, m, s.now(), true))
+	receive := func(seq uint64) {
+		done := make(chan error, 1)
+		s.cl.Receive("p", interlink.Position{Epoch: 7, Lane: 1, Seq: seq},
+			[]interlink.Record{{Kind: recForward, Seq: seq, Reliable: true, Body: body}}, func(err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	receive(1)
+	if p, ok := dev.expect().(*codec.Publish); !ok || string(p.Payload) != "m" {
+		t.Fatalf("got %+v, want m", p)
+	}
+	receive(2) // the same message again: dropped
+	if n := s.stats.droppedSeen.Get(); n != 1 {
+		t.Fatalf("%d dropped, want 1", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	marks := storedMarks(t, dir)
+	if !slices.Contains(marks, interlink.PeerPosition{Peer: "p", Position: interlink.Position{Epoch: 7, Lane: 1, Seq: 2}}) {
+		t.Fatalf("stored positions %v, want p's at 2", marks)
+	}
 }

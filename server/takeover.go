@@ -895,7 +895,11 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 		// It moved on from here too: what still reaches it here goes on.
 		sess = cl.s.movedOnFrom(client, e.m.topic)
 	}
-	if sess != nil && !cl.s.reachedDirectly(sess, e.m.topic, now) {
+	switch {
+	case sess == nil:
+	case cl.s.reachedDirectly(sess, e.m.topic, now):
+		ob.dropped = true
+	default:
 		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now, e.hops)
 	}
 	return nil
