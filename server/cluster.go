@@ -257,7 +257,7 @@ func (cl *cluster) Receive(peer string, pos interlink.Position, recs []interlink
 		case recSession:
 			err = cl.sessionArrived(peer, r.Body, now)
 		case recConnected:
-			err = cl.connectedElsewhere(ob, r.Body)
+			err = cl.connectedElsewhere(ob, peer, r.Body)
 		case recRedirect:
 			err = cl.redirected(ob, r.Body, now)
 		case recBan:

@@ -159,21 +159,28 @@ func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
 		if !stale {
 			return // a client attached here meanwhile: the takeover decides
 		}
-		// Handed over as a takeover is: what is still on its way to the
-		// copy (a peer's queue sent after the restart) goes on to the
-		// owner for movedGrace.
-		s.handOverTo(ob, sess, peer, func(mv *movedSession) bool {
-			if mv == nil {
-				return true
-			}
-			if err := cl.send(ob, peer, 0, recStale, appendMoved([]byte{wireVersion}, mv, s.now(), cl.feats.has(peer, featRouted)), true); err != nil {
-				s.log.Warn("cannot send a stale session to its owner; it stays here", "client", id, "peer", peer, "err", err)
-				return false
-			}
-			s.log.Info("restored session handed to the node that owns the client now", "client", id, "to", peer,
-				"messages", len(mv.msgs))
+		cl.handStale(ob, sess, peer)
+	})
+}
+
+// handStale hands a stale copy of a session to peer, which owns its
+// client, as a takeover does: what is still on its way to the copy (a
+// peer's queue sent after a restart) goes on to the owner for movedGrace,
+// and the owner merges what the copy held into its session (keepMoved).
+// When it cannot be sent the copy stays.
+func (cl *cluster) handStale(ob *outbox, sess *session, peer string) {
+	s := cl.s
+	s.handOverTo(ob, sess, peer, func(mv *movedSession) bool {
+		if mv == nil {
 			return true
-		})
+		}
+		if err := cl.send(ob, peer, 0, recStale, appendMoved([]byte{wireVersion}, mv, s.now(), cl.feats.has(peer, featRouted)), true); err != nil {
+			s.log.Warn("cannot send a stale session to its owner; it stays here", "client", sess.id, "peer", peer, "err", err)
+			return false
+		}
+		s.log.Info("stale session handed to the node that owns the client now", "client", sess.id, "to", peer,
+			"messages", len(mv.msgs))
+		return true
 	})
 }
 

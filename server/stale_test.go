@@ -130,3 +130,36 @@ func TestClusterStaleCopySendsOnToTheOwner(t *testing.T) {
 		t.Fatalf("got %q, want late", p.Payload)
 	}
 }
+
+// When a client that is connected here (its connection half-open after a
+// partition, say) is reported connected on a peer later, the connection
+// here closes and what the session holds goes to that peer: a message
+// delivered here and not acknowledged reaches the client there.
+func TestClusterOlderConnectionHandsItsSessionToTheNewer(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	dev, _ := persistentV5(t, n1, "dev")
+	dev.subscribe("st/#", 1)
+	pub := dialRaw(t, n1, codec.V5)
+	pub.connect("pub", nil)
+	pub.publishAcked("st/x", "unacked", 1, false)
+	if p, ok := dev.expect().(*codec.Publish); !ok || string(p.Payload) != "unacked" {
+		t.Fatalf("got %+v, want unacked", p)
+	}
+	// n2 says dev connected there after it connected here.
+	ob := newOutbox(n1, nil)
+	if err := n1.cl.connectedElsewhere(ob, "n2", appendConnected(nil, "dev", n1.stamp()+int64(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
+	dev.expectClosed()
+	waitFor(t, "the session to reach n2", func() bool { return n2.lookupSession("dev") != nil })
+
+	again, ca := connectPersistent(t, n2, "dev", false)
+	if !ca.SessionPresent {
+		t.Fatal("the session handed to n2 is not present")
+	}
+	if p, ok := again.expect().(*codec.Publish); !ok || string(p.Payload) != "unacked" {
+		t.Fatalf("got %+v on n2, want the message not acknowledged on n1", p)
+	}
+}

@@ -469,8 +469,10 @@ func appendConnected(dst []byte, id string, since int64) []byte {
 }
 
 // connectedElsewhere ends the local connection of a client that connected
-// on a peer later: the newest connection wins.
-func (cl *cluster) connectedElsewhere(ob *outbox, b []byte) error {
+// on peer later: the newest connection wins (after a partition, both
+// nodes had one), and what the session here holds goes to peer, merged
+// into the session there (handStale).
+func (cl *cluster) connectedElsewhere(ob *outbox, peer string, b []byte) error {
 	since, n := binary.Uvarint(b)
 	if n <= 0 {
 		return errWire
@@ -488,8 +490,8 @@ func (cl *cluster) connectedElsewhere(ob *outbox, b []byte) error {
 	older := sess.mu.cl != nil && sess.mu.since < int64(since)
 	sess.mu.Unlock()
 	if older {
-		s.log.Info("client connected on another node later; closing it here", "client", id)
-		s.handOver(ob, sess)
+		s.log.Info("client connected on another node later; closing it here", "client", id, "peer", peer)
+		cl.handStale(ob, sess, peer)
 	}
 	return nil
 }
