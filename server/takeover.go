@@ -503,6 +503,10 @@ type takeoverReq struct {
 	req     *connectReq
 	waiting map[string]bool
 	moved   *movedSession
+	// older are the other copies peers handed over (two nodes held one,
+	// after a partition or a restart), merged into moved's (keepMoved):
+	// their nodes ended them, and what they hold is not lost.
+	older   []*movedSession
 	timer   *time.Timer
 	refused bool // a peer holds the session for another user
 	// abandoned: the connection closed before the peers answered; the
@@ -665,8 +669,14 @@ func (cl *cluster) sessionArrived(peer string, b []byte, now int64) error {
 	if present == 2 {
 		t.refused = true
 	}
-	if mv != nil && (t.moved == nil || mv.since > t.moved.since) {
+	switch {
+	case mv == nil:
+	case t.moved == nil:
 		t.moved = mv
+	case mv.since > t.moved.since:
+		t.older, t.moved = append(t.older, t.moved), mv
+	default:
+		t.older = append(t.older, mv)
 	}
 	last := len(t.waiting) == 0
 	cl.reqs.Unlock()
@@ -723,6 +733,7 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 		defer ob.flush()
 		kept := false
 		defer func() {
+			cl.mergeOlder(ob, t)
 			if !kept {
 				cl.deliverEarly(ob, t)
 			}
@@ -752,9 +763,19 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 		if t.moved != nil {
 			cl.s.install(ob, t.moved)
 		}
+		cl.mergeOlder(ob, t)
 		cl.deliverEarly(ob, t)
 		ob.flush()
 	}
+}
+
+// mergeOlder merges the copies that lost to t.moved into the session the
+// takeover left here.
+func (cl *cluster) mergeOlder(ob *outbox, t *takeoverReq) {
+	for _, mv := range t.older {
+		cl.s.keepMoved(ob, mv)
+	}
+	t.older = nil
 }
 
 // abandon keeps, for movedGrace, the takeover of a CONNECT whose

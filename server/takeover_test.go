@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gannetmq/gannet/codec"
+	"github.com/gannetmq/gannet/fanout"
 )
 
 // connectPersistent connects a v5 client with a session kept for an hour.
@@ -416,5 +417,36 @@ func TestClusterDeliverySentOnIsNotSentOnAgainWhenItWasThere(t *testing.T) {
 	waitFor(t, "n1 to drop it", func() bool { return n1.stats.droppedSeen.Get() == 1 })
 	if extra := again.ping(); len(extra) != 0 {
 		t.Fatalf("the client got %d packets again: %v", len(extra), extra)
+	}
+}
+
+// When two peers hold a copy of a client's session (after a partition or
+// a restart), a takeover gets both: the newer becomes the session and the
+// older is merged into it, instead of being dropped with what it held.
+func TestClusterTakeoverMergesEveryCopy(t *testing.T) {
+	nodes := startCluster(t, 3, nil)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	offlineWithMessage(t, a, c) // "x" on a, holding "queued"
+	m := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("on b")}, "p", b.now())
+	ob := newOutbox(b, nil)
+	b.install(ob, &movedSession{id: "x", since: b.stamp(), expiry: time.Hour,
+		subs: map[string]fanout.Options{"old/#": {QoS: 1}}, msgs: []movedMsg{{msg: m, qos: 1}}})
+	ob.flush()
+
+	x, ca := connectPersistent(t, c, "x", false)
+	if !ca.SessionPresent {
+		t.Fatal("no session present")
+	}
+	got := map[string]bool{}
+	for range 2 {
+		p, ok := x.expect().(*codec.Publish)
+		if !ok {
+			t.Fatalf("expected a PUBLISH, got %+v", p)
+		}
+		got[string(p.Payload)] = true
+		x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
+	}
+	if !got["queued"] || !got["on b"] {
+		t.Fatalf("the client got %v, want what both copies held", got)
 	}
 }
