@@ -28,7 +28,6 @@ import (
 // Naming the client only while it is connected here keeps an offline
 // session that a partition left behind from hiding messages from the
 // live one.
-
 //
 // Such a session started here empty also knows when it was made (its
 // client found no session), and so what it was not owed: a forward
