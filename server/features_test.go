@@ -43,19 +43,7 @@ func TestPeersSayWhatTheyRead(t *testing.T) {
 	})
 
 	p := &oldPeer{}
-	ic := interlink.DefaultConfig()
-	ic.NodeName, ic.Listen, ic.GossipListen = "old", "127.0.0.1:0", "127.0.0.1:0"
-	ic.Secret = n1.cfg.Cluster.Secret
-	ic.Join = []string{"gossip=" + n1.cl.node.Members()[0].Gossip}
-	node, err := interlink.New(ic, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.node = node
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Stop)
+	startPeerNode(t, n1, "old", p, func(n *interlink.Node) { p.node = n })
 	waitRoutes(t, n1, 1)
 	waitFor(t, "n1's lanes to the old peer", func() bool { return n1.cl.node.Linked("old") })
 	pub := dialRaw(t, n1, codec.V5)

@@ -49,27 +49,36 @@ func (p *stalledPeer) Receive(_ string, _ interlink.Position, recs []interlink.R
 // before the node stops.
 func startStalledPeer(t *testing.T, s *Server, p *stalledPeer) (release func()) {
 	t.Helper()
-	ic := interlink.DefaultConfig()
-	ic.NodeName, ic.Listen, ic.GossipListen = "p", "127.0.0.1:0", "127.0.0.1:0"
-	ic.Secret = s.cfg.Cluster.Secret
-	ic.Join = []string{"gossip=" + s.cl.node.Members()[0].Gossip}
-	node, err := interlink.New(ic, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.node = node
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
+	startPeerNode(t, s, "p", p, func(n *interlink.Node) { p.node = n })
 	var once sync.Once
 	release = func() { once.Do(func() { close(p.block) }) }
-	t.Cleanup(node.Stop)
 	t.Cleanup(release)
 	waitRoutes(t, s, 1)
 	// p's route came on p's lanes; s's own lanes to p may still be
 	// dialing, and a record for an unlinked peer goes another way.
 	waitFor(t, "s's lanes to p", func() bool { return s.cl.node.Linked("p") })
 	return release
+}
+
+// startPeerNode starts an interlink node named name, with h as its
+// broker, that joins s's cluster; set is given the node before it
+// starts (h's callbacks may use it from then on). It stops when the test
+// ends.
+func startPeerNode(t *testing.T, s *Server, name string, h interlink.Handler, set func(*interlink.Node)) {
+	t.Helper()
+	ic := interlink.DefaultConfig()
+	ic.NodeName, ic.Listen, ic.GossipListen = name, "127.0.0.1:0", "127.0.0.1:0"
+	ic.Secret = s.cfg.Cluster.Secret
+	ic.Join = []string{"gossip=" + s.cl.node.Members()[0].Gossip}
+	node, err := interlink.New(ic, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(node)
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Stop)
 }
 
 // While a peer reads nothing, a QoS 0 publisher's input is held back

@@ -360,19 +360,7 @@ func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
 	old.mu.Unlock()
 	waitFor(t, "the session to arrive on b", func() bool { return b.lookupSession("x") != nil })
 
-	x, ca := connectPersistent(t, b, "x", false)
-	if !ca.SessionPresent {
-		t.Fatal("the session that arrived late is not present")
-	}
-	got := map[string]bool{}
-	for range 2 {
-		p, ok := x.expect().(*codec.Publish)
-		if !ok {
-			t.Fatalf("expected a PUBLISH, got %+v", p)
-		}
-		got[string(p.Payload)] = true
-		x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
-	}
+	got := resumeAndTake(t, b, "x", 2)
 	if !got["queued"] || !got["sent on"] {
 		t.Fatalf("the client got %v, want the queued message and the one sent on", got)
 	}
@@ -433,12 +421,23 @@ func TestClusterTakeoverMergesEveryCopy(t *testing.T) {
 		subs: map[string]fanout.Options{"old/#": {QoS: 1}}, msgs: []movedMsg{{msg: m, qos: 1}}})
 	ob.flush()
 
-	x, ca := connectPersistent(t, c, "x", false)
+	got := resumeAndTake(t, c, "x", 2)
+	if !got["queued"] || !got["on b"] {
+		t.Fatalf("the client got %v, want what both copies held", got)
+	}
+}
+
+// resumeAndTake connects id to s with its session, which must be there,
+// and returns the payloads of the first n QoS 1 messages it gets,
+// acknowledging each.
+func resumeAndTake(t *testing.T, s *Server, id string, n int) map[string]bool {
+	t.Helper()
+	x, ca := connectPersistent(t, s, id, false)
 	if !ca.SessionPresent {
-		t.Fatal("no session present")
+		t.Fatalf("no session present for %s on %s", id, s.cfg.Cluster.NodeName)
 	}
 	got := map[string]bool{}
-	for range 2 {
+	for range n {
 		p, ok := x.expect().(*codec.Publish)
 		if !ok {
 			t.Fatalf("expected a PUBLISH, got %+v", p)
@@ -446,7 +445,5 @@ func TestClusterTakeoverMergesEveryCopy(t *testing.T) {
 		got[string(p.Payload)] = true
 		x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
 	}
-	if !got["queued"] || !got["on b"] {
-		t.Fatalf("the client got %v, want what both copies held", got)
-	}
+	return got
 }
