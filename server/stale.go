@@ -171,8 +171,8 @@ func (cl *cluster) owned(ob *outbox, peer string, body []byte) error {
 func (cl *cluster) handStale(ob *outbox, sess *session, peer string) {
 	s := cl.s
 	s.handOverTo(ob, sess, peer, func(mv *movedSession) bool {
-		if mv == nil {
-			return true
+		if mv == nil || mv.expiry == 0 {
+			return true // ended, or ends with its connection [MQTT-3.1.2-6]: nothing to hand
 		}
 		if err := cl.send(ob, peer, 0, recStale, appendMoved([]byte{wireVersion}, mv, s.now(), cl.feats.has(peer, featRouted)), true); err != nil {
 			s.log.Warn("cannot send a stale session to its owner; it stays here", "client", sess.id, "peer", peer, "err", err)

@@ -163,3 +163,28 @@ func TestClusterOlderConnectionHandsItsSessionToTheNewer(t *testing.T) {
 		t.Fatalf("got %+v on n2, want the message not acknowledged on n1", p)
 	}
 }
+
+// A clean session closed for a newer connection elsewhere ends there with
+// its connection [MQTT-3.1.2-6]: nothing of it goes to the peer.
+func TestClusterOlderCleanConnectionHandsNothingOver(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	dev := dialRaw(t, n1, codec.V5)
+	dev.connect("dev", nil)
+	ob := newOutbox(n1, nil)
+	if err := n1.cl.connectedElsewhere(ob, "n2", appendConnected(nil, "dev", n1.stamp()+int64(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
+	dev.expectClosed()
+	waitFor(t, "n1 to end the session", func() bool { return n1.lookupSession("dev") == nil })
+	// A route n1 announces after it: on the lane the session would have
+	// gone on, so it comes after it.
+	other := dialRaw(t, n1, codec.V5)
+	other.connect("other", nil)
+	other.subscribe("after/#", 0)
+	waitRoutes(t, n2, 1)
+	if n2.lookupSession("dev") != nil {
+		t.Fatal("n2 holds the clean session n1 ended")
+	}
+}
