@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,17 +116,14 @@ func (a *awaySet) skips(dst []string, matches []match, m *message) []string {
 		return dst
 	}
 	size := 0
-next:
 	for i := range matches {
 		mt := &matches[i]
 		if mt.g != nil || mt.m.QoS == 0 || len(dst) == maxSkip || size+len(mt.s.id) > maxSkipBytes ||
 			!a.has(mt.s) || !mt.s.online() {
 			continue
 		}
-		for _, id := range dst {
-			if id == mt.s.id {
-				continue next
-			}
+		if slices.Contains(dst, mt.s.id) {
+			continue
 		}
 		dst = append(dst, mt.s.id)
 		size += len(mt.s.id)
@@ -133,12 +131,9 @@ next:
 	return dst
 }
 
-// skips reports whether the forward's sender has id's live session.
-func (f *forward) skips(id string) bool {
-	for _, s := range f.skip {
-		if s == id {
-			return true
-		}
-	}
-	return false
+// droppedGiven counts a delivery a session dropped as given already, and
+// has the peer's batch being taken (if any) store its position (Receive).
+func (ob *outbox) droppedGiven() {
+	ob.srv.stats.droppedSeen.Inc()
+	ob.dropped = true
 }

@@ -434,7 +434,7 @@ func (cl *cluster) forward(ob *outbox, m *message) (int, bool) {
 	}
 	now := cl.s.now()
 	ob.fwmsg = appendMessage(ob.fwmsg[:0], m, now, true)
-	older := ob.fwmsg[:0:0] // for peers that read no routing time (features.go); made when one is met
+	var older []byte // for peers that read no routing time (features.go); made when one is met
 	lane := cl.node.LaneFor(m.from)
 	ok := true
 	for i := range ob.targets {

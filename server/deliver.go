@@ -3,6 +3,7 @@ package server
 import (
 	"hash/maphash"
 	"math/rand/v2"
+	"slices"
 	"sync"
 
 	"github.com/gannetmq/gannet/codec"
@@ -307,9 +308,8 @@ func (s *Server) routeFrom(ob *outbox, m *message, fw *forward) (int, bool) {
 		switch {
 		case fw == nil:
 			ob.collect(ss, o, m, nil)
-		case fw.plain && fw.skips(ss.id):
-			s.stats.droppedSeen.Inc() // the client's live session is the sender's (away.go)
-			ob.dropped = true
+		case fw.plain && slices.Contains(fw.skip, ss.id):
+			ob.droppedGiven() // the client's live session is the sender's (away.go)
 		case fw.plain:
 			ob.collect(ss, o, m, nil)
 		}
@@ -437,17 +437,11 @@ func (ss *session) deliver(ob *outbox, m *message, qos byte, retain bool, subIDs
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.mu.ended {
-		// Sent on to where it went, unless it had the message here (and
-		// took it, or moved with it): the session there does not
-		// remember what it was given here.
-		if ss.mu.movedTo != "" && ss.firstLocked(ob, m, now) {
-			ss.srv.cl.redirect(ob, ss.id, ss.mu.movedTo, m, qos, retain, subIDs, 0)
-		}
+		ss.sendOnLocked(ob, m, qos, retain, subIDs, now, 0)
 		return
 	}
 	if share == nil && ob.src.Seq != 0 && ss.routedBeforeLocked(ob, m, now) {
-		ss.srv.stats.droppedSeen.Inc() // given on the node it moved from
-		ob.dropped = true
+		ob.droppedGiven() // given on the node it moved from
 		return
 	}
 	if !ss.firstLocked(ob, m, now) {

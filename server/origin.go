@@ -184,9 +184,10 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 		return true
 	}
 	if _, dup := r.seen[m.origin]; dup {
-		ss.srv.stats.droppedSeen.Inc()
 		if ob != nil {
-			ob.dropped = true
+			ob.droppedGiven()
+		} else {
+			ss.srv.stats.droppedSeen.Inc()
 		}
 		return false
 	}

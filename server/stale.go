@@ -118,7 +118,15 @@ func decodeClaims(b []byte, f func(id string, since int64)) error {
 // (away.go), where its client may have gone meanwhile.
 // REQUIRES: sess.mu held.
 func (cl *cluster) maybeStaleLocked(sess *session) bool {
-	return !sess.mu.ended && sess.mu.cl == nil && (sess.mu.restored || cl.away.has(sess))
+	return !sess.mu.ended && sess.mu.cl == nil && cl.maybeCopyLocked(sess)
+}
+
+// maybeCopyLocked reports whether sess may be one of two copies of its
+// client's session: restored from the store, or made while a peer that
+// may hold the client's session was away (away.go).
+// REQUIRES: sess.mu held.
+func (cl *cluster) maybeCopyLocked(sess *session) bool {
+	return sess.mu.restored || cl.away.has(sess)
 }
 
 // claimed answers a peer's claims with the ids this node holds a newer
@@ -133,8 +141,7 @@ func (cl *cluster) claimed(peer string, body []byte) error {
 		sess.mu.Lock()
 		// Of two sessions made while the other node was away (away.go),
 		// the newer is the client's.
-		copy := sess.mu.restored || cl.away.has(sess)
-		mine := !sess.mu.ended && (!copy || sess.mu.since > since)
+		mine := !sess.mu.ended && (!cl.maybeCopyLocked(sess) || sess.mu.since > since)
 		own := sess.mu.since
 		sess.mu.Unlock()
 		if mine {

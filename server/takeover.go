@@ -72,7 +72,7 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string, answer func(
 	// A copy's messages routed after the restart, or after the client
 	// left a session made while a peer was away (away.go), may have
 	// reached the client's other session too.
-	stale := sess.mu.restored || s.cl != nil && cl == nil && s.cl.away.has(sess)
+	stale := sess.mu.restored || s.cl != nil && cl == nil && s.cl.maybeCopyLocked(sess)
 	for _, om := range append(sess.inflightLocked(), sess.mu.queue.items[sess.mu.queue.head:]...) {
 		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
 			pid: om.pid, released: om.released, late: stale && om.seq > sess.mu.restoredSeq})
@@ -433,10 +433,7 @@ func (ss *session) deliverMoved(ob *outbox, m *message, qos byte, retain bool, s
 	defer ss.mu.Unlock()
 	cl := ss.mu.cl
 	if ss.mu.ended {
-		// As deliver: not when it had the message here.
-		if to := ss.mu.movedTo; to != "" && hops < maxRedirectHops && ss.firstLocked(ob, m, now) {
-			ss.srv.cl.redirect(ob, ss.id, to, m, qos, retain, subIDs, hops+1)
-		}
+		ss.sendOnLocked(ob, m, qos, retain, subIDs, now, hops+1)
 		return
 	}
 	if (qos == 0 && cl == nil) || !ss.firstLocked(ob, m, now) {
@@ -863,6 +860,17 @@ func (cl *cluster) deliverEarly(ob *outbox, t *takeoverReq) {
 	now := cl.s.now()
 	for _, e := range early {
 		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now, e.hops)
+	}
+}
+
+// sendOnLocked sends a delivery for a session that ended here, having
+// moved to a peer, on to it (hops: the nodes that sent it on before this
+// one), unless the session had the message here, and took it or moved
+// with it: the session there does not remember what it was given here.
+// REQUIRES: ss.mu held, ss.mu.ended.
+func (ss *session) sendOnLocked(ob *outbox, m *message, qos byte, retain bool, subIDs []uint32, now int64, hops byte) {
+	if to := ss.mu.movedTo; to != "" && hops <= maxRedirectHops && ss.firstLocked(ob, m, now) {
+		ss.srv.cl.redirect(ob, ss.id, to, m, qos, retain, subIDs, hops)
 	}
 }
 
