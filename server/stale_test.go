@@ -146,12 +146,7 @@ func TestClusterOlderConnectionHandsItsSessionToTheNewer(t *testing.T) {
 	if p, ok := dev.expect().(*codec.Publish); !ok || string(p.Payload) != "unacked" {
 		t.Fatalf("got %+v, want unacked", p)
 	}
-	// n2 says dev connected there after it connected here.
-	ob := newOutbox(n1, nil)
-	if err := n1.cl.connectedElsewhere(ob, "n2", appendConnected(nil, "dev", n1.stamp()+int64(time.Second))); err != nil {
-		t.Fatal(err)
-	}
-	ob.flush()
+	connectedLater(t, n1, "n2", "dev")
 	dev.expectClosed()
 	waitFor(t, "the session to reach n2", func() bool { return n2.lookupSession("dev") != nil })
 
@@ -171,11 +166,7 @@ func TestClusterOlderCleanConnectionHandsNothingOver(t *testing.T) {
 	n1, n2 := nodes[0], nodes[1]
 	dev := dialRaw(t, n1, codec.V5)
 	dev.connect("dev", nil)
-	ob := newOutbox(n1, nil)
-	if err := n1.cl.connectedElsewhere(ob, "n2", appendConnected(nil, "dev", n1.stamp()+int64(time.Second))); err != nil {
-		t.Fatal(err)
-	}
-	ob.flush()
+	connectedLater(t, n1, "n2", "dev")
 	dev.expectClosed()
 	waitFor(t, "n1 to end the session", func() bool { return n1.lookupSession("dev") == nil })
 	// A route n1 announces after it: on the lane the session would have
@@ -187,4 +178,15 @@ func TestClusterOlderCleanConnectionHandsNothingOver(t *testing.T) {
 	if n2.lookupSession("dev") != nil {
 		t.Fatal("n2 holds the clean session n1 ended")
 	}
+}
+
+// connectedLater has s take peer's word that client connected there after
+// it connected to s (recConnected).
+func connectedLater(t *testing.T, s *Server, peer, client string) {
+	t.Helper()
+	ob := newOutbox(s, nil)
+	if err := s.cl.connectedElsewhere(ob, peer, appendConnected(nil, client, s.stamp()+int64(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
 }

@@ -291,11 +291,7 @@ func TestClusterDeliverySentOnFollowsASessionThatMovedOn(t *testing.T) {
 	}
 	// What n1's first copy of the session sent on reaches n2 now.
 	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 1, Payload: []byte("late")}, "p", n1.now())
-	ob := newOutbox(n2, nil)
-	if err := n2.cl.redirected(ob, appendRedirect(nil, "s", m, 1, false, nil, 0, n1.now(), true), n2.now()); err != nil {
-		t.Fatal(err)
-	}
-	ob.flush()
+	sentOn(t, n2, "s", m, 1)
 	if p, ok := sub.expect().(*codec.Publish); !ok || string(p.Payload) != "late" {
 		t.Fatalf("expected the message sent on twice, got %+v", p)
 	}
@@ -352,11 +348,7 @@ func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
 	})
 	// What a's copy sends on before its answer is taken.
 	m := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("sent on")}, "p", a.now())
-	ob := newOutbox(b, nil)
-	if err := b.cl.redirected(ob, appendRedirect(nil, "x", m, 1, false, nil, 0, a.now(), true), b.now()); err != nil {
-		t.Fatal(err)
-	}
-	ob.flush()
+	sentOn(t, b, "x", m, 1)
 	old.mu.Unlock()
 	waitFor(t, "the session to arrive on b", func() bool { return b.lookupSession("x") != nil })
 
@@ -397,11 +389,7 @@ func TestClusterDeliverySentOnIsNotSentOnAgainWhenItWasThere(t *testing.T) {
 		t.Fatal("the session did not move to n2")
 	}
 	// A third node's copy of the session sends m on to n1 now.
-	ob = newOutbox(n1, nil)
-	if err := n1.cl.redirected(ob, appendRedirect(nil, "s", m, 2, false, nil, 0, n1.now(), true), n1.now()); err != nil {
-		t.Fatal(err)
-	}
-	ob.flush()
+	sentOn(t, n1, "s", m, 2)
 	waitFor(t, "n1 to drop it", func() bool { return n1.stats.droppedSeen.Get() == 1 })
 	if extra := again.ping(); len(extra) != 0 {
 		t.Fatalf("the client got %d packets again: %v", len(extra), extra)
@@ -446,4 +434,15 @@ func resumeAndTake(t *testing.T, s *Server, id string, n int) map[string]bool {
 		x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
 	}
 	return got
+}
+
+// sentOn has s take a delivery of m at qos for client, as a peer the
+// client's session left sends it on (recRedirect).
+func sentOn(t *testing.T, s *Server, client string, m *message, qos byte) {
+	t.Helper()
+	ob := newOutbox(s, nil)
+	if err := s.cl.redirected(ob, appendRedirect(nil, client, m, qos, false, nil, 0, s.now(), true), s.now()); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
 }
