@@ -506,8 +506,8 @@ type takeoverReq struct {
 	older   []*movedSession
 	timer   *time.Timer
 	refused bool // a peer holds the session for another user
-	// abandoned: the connection closed before the peers answered; the
-	// request waits for late answers (abandon).
+	// abandoned: the peers did not answer in time; the request waits
+	// for late answers (finishTakeover).
 	abandoned bool
 	// early is what the node the session left sent on (redirect) before
 	// the session was installed here: delivered right after.
@@ -709,20 +709,32 @@ func decodeSessionAnswer(b []byte, peer string, now int64) (id uint64, present b
 	return id, present, mv, nil
 }
 
-// finishTakeover resumes the parked CONNECT on its loop.
+// finishTakeover resumes the parked CONNECT on its loop. A request that
+// timed out stays for late answers (lateAnswer) until every peer asked
+// has answered or movedGrace has passed: a peer's copy may still come,
+// and what that peer sends on before it (redirect) is kept for it.
 func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 	cl.reqs.Lock()
 	t := cl.reqs.m[id]
-	delete(cl.reqs.m, id)
-	cl.reqs.Unlock()
-	if t == nil {
+	if t == nil || t.abandoned {
+		cl.reqs.Unlock()
 		return
 	}
+	// The last answer may have come just as the timer fired.
+	waiting := len(t.waiting)
+	timedOut = timedOut && waiting > 0
+	if timedOut {
+		t.abandoned = true
+		cl.expireAbandoned(t)
+	} else {
+		delete(cl.reqs.m, id)
+	}
+	cl.reqs.Unlock()
 	t.timer.Stop()
 	if timedOut {
 		t.req.partial = true
 		cl.s.log.Warn("peers did not answer a session takeover in time; connecting without their state",
-			"client", t.req.id, "waiting_for", len(t.waiting))
+			"client", t.req.id, "waiting_for", waiting)
 	}
 	c := t.c
 	err := c.loop.el.Execute(context.Background(), runFunc(func() {
@@ -739,7 +751,11 @@ func (cl *cluster) finishTakeover(id uint64, timedOut bool) {
 			if t.moved != nil {
 				cl.s.keepMoved(ob, t.moved)
 			}
-			kept = timedOut && cl.abandon(t)
+			// The connection closed before the peers answered: a late
+			// answer brings the session here (keepMoved), and what
+			// the peer's copy sends on before that waits for it in
+			// t.early instead of finding no session.
+			kept = timedOut && cl.stillWaiting(t)
 			return
 		}
 		c.parked = false
@@ -775,20 +791,11 @@ func (cl *cluster) mergeOlder(ob *outbox, t *takeoverReq) {
 	t.older = nil
 }
 
-// abandon keeps, for movedGrace, the takeover of a CONNECT whose
-// connection closed before the peers answered: a late answer still
-// brings the session here (keepMoved), and what the peer's copy sends on
-// before that answer is taken (redirect, on another lane) waits for it
-// in t.early instead of finding no session. It reports false when no
-// peer is left to answer.
-func (cl *cluster) abandon(t *takeoverReq) bool {
-	if len(t.waiting) == 0 {
-		return false
-	}
-	cl.reqs.Lock()
-	t.abandoned = true
-	cl.reqs.m[t.id] = t
-	cl.reqs.Unlock()
+// expireAbandoned stops, after movedGrace, waiting for the answers to a
+// takeover that timed out, and delivers what was kept for its client to
+// the session it has by then.
+// REQUIRES: cl.reqs held.
+func (cl *cluster) expireAbandoned(t *takeoverReq) {
 	time.AfterFunc(movedGrace, func() {
 		cl.reqs.Lock()
 		if cl.reqs.m[t.id] != t {
@@ -801,7 +808,13 @@ func (cl *cluster) abandon(t *takeoverReq) bool {
 		cl.deliverEarly(ob, t)
 		ob.flush()
 	})
-	return true
+}
+
+// stillWaiting reports whether a peer asked in t has not answered yet.
+func (cl *cluster) stillWaiting(t *takeoverReq) bool {
+	cl.reqs.Lock()
+	defer cl.reqs.Unlock()
+	return cl.reqs.m[t.id] == t
 }
 
 // lateAnswer takes a peer's answer to an abandoned takeover: the session

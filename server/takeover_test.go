@@ -358,6 +358,75 @@ func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
 	}
 }
 
+// A peer's answer that comes after the takeover timed out but before the
+// CONNECT's loop has seen the timeout is taken as a late answer: the loop,
+// finding the connection closed, does not go on waiting for that peer,
+// and what is sent on afterwards reaches the session at once instead of
+// waiting movedGrace for an answer that already came.
+func TestClusterAnswerBetweenTimeoutAndLoopIsNotAwaited(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	b.cl.takeoverWait.Store(int64(200 * time.Millisecond))
+	old := offlineWithMessage(t, a, b)
+
+	old.mu.Lock() // a answers the takeover only once this is let go
+	gone := dialRaw(t, b, codec.V5)
+	conn := &codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 30, ClientID: []byte("x")}
+	conn.Props.SessionExpiry = 3600
+	conn.Props.Set(codec.PropSessionExpiry)
+	gone.send(conn)
+	var req *takeoverReq
+	waitFor(t, "b to ask a", func() bool {
+		b.cl.reqs.Lock()
+		defer b.cl.reqs.Unlock()
+		req = b.cl.reqs.byClient["x"]
+		return req != nil
+	})
+	_ = gone.c.Close()
+	onLoop := func(f func() bool) bool {
+		got := make(chan bool, 1)
+		if err := req.c.loop.el.Execute(context.Background(), runFunc(func() { got <- f() })); err != nil {
+			t.Fatal(err)
+		}
+		return <-got
+	}
+	waitFor(t, "b to see the connection close", func() bool { return onLoop(func() bool { return req.c.closed }) })
+	// The loop is held while the takeover times out and a answers.
+	release := make(chan struct{})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	if err := req.c.loop.el.Execute(context.Background(), runFunc(func() { <-release })); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the takeover to time out", func() bool {
+		b.cl.reqs.Lock()
+		defer b.cl.reqs.Unlock()
+		return req.abandoned || b.cl.reqs.m[req.id] != req
+	})
+	old.mu.Unlock()
+	waitFor(t, "a's answer", func() bool { return b.lookupSession("x") != nil })
+	close(release)
+	onLoop(func() bool { return true }) // the timed-out CONNECT has been seen to
+	b.cl.reqs.Lock()
+	waiting := b.cl.reqs.m[req.id] == req
+	b.cl.reqs.Unlock()
+	if waiting {
+		t.Fatal("b still waits for the answer it has taken")
+	}
+
+	m := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("sent on")}, "p", a.now())
+	sentOn(t, b, "x", m, 1)
+	got := resumeAndTake(t, b, "x", 2)
+	if !got["queued"] || !got["sent on"] {
+		t.Fatalf("the client got %v, want the queued message and the one sent on", got)
+	}
+}
+
 // A delivery sent on to a node the session has left is not sent on again
 // when the session had that message there: the node it moved to does not
 // remember what it was given on the old one, and would give it again.
