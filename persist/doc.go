@@ -129,7 +129,11 @@
 // layout as a whole. A retained value of version 2 holds a kind (message
 // or clearing) and the stamp that orders it against cluster peers'
 // versions; one of version 1, from before stamps were kept, is a bare
-// message record with stamp 0 (records.go: appendRetained). A clearing
+// message record with stamp 0 (records.go: appendRetained). A message
+// record's flags say whether the message's cluster origin follows its id
+// (flag 8), written only in a cluster; a binary from before origins were
+// kept refuses such a record as corrupt, so a node is not downgraded past
+// it with its data. A clearing
 // (a tombstone) is kept so that a peer's older copy does not bring the
 // message back after a restart; the broker deletes it when it expires.
 // A store written by a newer format is refused (ErrNewerFormat), as is a

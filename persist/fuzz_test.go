@@ -11,6 +11,7 @@ import (
 func FuzzRecords(f *testing.F) {
 	m := sampleMessage(42)
 	f.Add(appendMessage(nil, m))
+	f.Add(appendMessage(nil, &Message{Topic: []byte("t"), QoS: 1})) // no origin
 	f.Add(appendSession(nil, &Session{Expiry: time.Hour, DisconnectedAt: 5,
 		Subs: []Subscription{{Filter: "a/+", QoS: 2, NoLocal: true, RetainAsPublished: true, SubID: 3, ReadCheck: true}}, Owner: "bob"}))
 	f.Add(appendEntry(nil, &Entry{MsgID: 9, QoS: 2, Retain: true, PacketID: 7, Released: true, SubIDs: []uint32{1, 2}}))

@@ -26,6 +26,10 @@ type Message struct {
 	// Stamp orders versions of a retained message across a cluster (the
 	// broker's stamp); it is kept with retained records only. 0: none.
 	Stamp int64
+	// Origin identifies the message across a cluster (the broker's
+	// origin), so that a session restored with it still knows it when it
+	// comes again by another way. 0: none.
+	Origin uint64
 }
 
 // Subscription is one of a session's subscriptions.
@@ -170,8 +174,14 @@ func appendMessage(dst []byte, m *Message) []byte {
 	if m.Retain {
 		bits |= 4
 	}
+	if m.Origin != 0 {
+		bits |= 8
+	}
 	dst = append(dst, bits)
 	dst = binary.AppendUvarint(dst, m.ID)
+	if m.Origin != 0 {
+		dst = binary.AppendUvarint(dst, m.Origin)
+	}
 	dst = binary.AppendVarint(dst, m.ExpiresAt)
 	dst = appendStr(dst, []byte(m.From))
 	dst = appendStr(dst, m.Topic)
@@ -210,12 +220,18 @@ func appendMessage(dst []byte, m *Message) []byte {
 func readMessage(r *reader, m *Message) {
 	r.version("message")
 	bits := r.byte1("message flags")
-	if bits&^7 != 0 || bits&3 == 3 {
+	if bits&^15 != 0 || bits&3 == 3 {
 		r.fail("message flags")
 		return
 	}
 	m.QoS, m.Retain = bits&3, bits&4 != 0
 	m.ID = r.uvarint("message id")
+	if bits&8 != 0 {
+		if m.Origin = r.uvarint("message origin"); m.Origin == 0 {
+			r.fail("message origin")
+			return
+		}
+	}
 	m.ExpiresAt = r.varint("message expiry")
 	m.From = string(r.str("publisher"))
 	m.Topic = r.str("topic")

@@ -74,7 +74,7 @@ func loadAll(t testing.TB, s *Store, now time.Time) *loaded {
 
 func sampleMessage(id uint64) *Message {
 	m := &Message{ID: id, Topic: []byte("a/b"), Payload: []byte("payload"), QoS: 2, Retain: true, From: "pub",
-		ExpiresAt: time.Now().Add(time.Hour).UnixNano()}
+		ExpiresAt: time.Now().Add(time.Hour).UnixNano(), Origin: 7<<32 | id}
 	m.Props.PayloadFormat = 1
 	m.Props.Set(codec.PropPayloadFormat)
 	m.Props.ContentType = []byte("text/plain")

@@ -290,7 +290,7 @@ func (s *Server) fireStoredWill(client string, m *message) {
 // slices become the message's own.
 func messageFromRecord(r *persist.Message) *message {
 	m := &message{topic: r.Topic, payload: r.Payload, qos: r.QoS, retain: r.Retain,
-		expiresAt: r.ExpiresAt, from: r.From, id: r.ID, stamp: r.Stamp}
+		expiresAt: r.ExpiresAt, from: r.From, id: r.ID, stamp: r.Stamp, origin: r.Origin}
 	if r.Props.Present != 0 || len(r.Props.User) > 0 {
 		pr := r.Props
 		m.props = &pr
@@ -301,7 +301,7 @@ func messageFromRecord(r *persist.Message) *message {
 // record is the stored form of m; it shares m's bytes.
 func (m *message) record() *persist.Message {
 	return &persist.Message{ID: m.id, Topic: m.topic, Payload: m.payload, QoS: m.qos, Retain: m.retain,
-		Props: *m.prop(), ExpiresAt: m.expiresAt, From: m.from, Stamp: m.stamp}
+		Props: *m.prop(), ExpiresAt: m.expiresAt, From: m.from, Stamp: m.stamp, Origin: m.origin}
 }
 
 // persistentLocked reports whether the session's state goes to the store.

@@ -27,8 +27,11 @@ import (
 // So every session remembers the origins of the messages given to it in
 // its first recentWindow (after it was created here, or arrived from a
 // peer), and takes each origin once; a merged message is checked against
-// that memory and otherwise kept (at least once). Messages loaded from
-// the store have no origin and are never dropped as seen.
+// that memory and otherwise kept (at least once). A message's origin is
+// stored with it, so a session restored after a restart, handed to a
+// peer, still tells the messages it holds from a copy of them that comes
+// by another way. (A store written before origins were kept has messages
+// without one, never dropped as seen.)
 
 // recentWindow is how long a new session remembers what it was given:
 // more than movedGrace, with room for the records under way then.

@@ -515,3 +515,53 @@ func sentOn(t *testing.T, s *Server, client string, m *message, qos byte) {
 	}
 	ob.flush()
 }
+
+// A message a session held when its node restarted keeps its identity
+// (origin.go): when the session then moves and the message comes again by
+// another way (the node the session had left before sends it on), the
+// client gets it once, as the delivery it had in flight.
+func TestClusterRestoredMessageKeepsItsOrigin(t *testing.T) {
+	dir := t.TempDir()
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 0 {
+			c.DataDir = dir
+		}
+	})
+	a, b := nodes[0], nodes[1]
+	sub, _ := persistentV5(t, a, "s")
+	sub.subscribe("t/#", 2)
+	waitRoutes(t, b, 1)
+	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 2, Payload: []byte("once")}, "p", a.now())
+	a.cl.origins.stamp(m)
+	ob := newOutbox(a, nil)
+	a.route(ob, m)
+	ob.flush()
+	if p, ok := sub.expect().(*codec.Publish); !ok || string(p.Payload) != "once" {
+		t.Fatalf("got %+v, want once", p)
+	}
+	sub.send(&codec.Disconnect{})
+	sub.expectClosed()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a = startBroker(t, func(c *Config) {
+		clusterMember(c, "n1", b)
+		c.DataDir = dir
+	})
+	waitFor(t, "the nodes to link again", func() bool { return a.cl.node.Linked("n2") && b.cl.node.Linked("n1") })
+	again, ca := persistentV5(t, b, "s")
+	if !ca.SessionPresent {
+		t.Fatal("the session did not move to b")
+	}
+	if p, ok := again.expect().(*codec.Publish); !ok || string(p.Payload) != "once" || !p.Dup {
+		t.Fatalf("got %+v, want once again, in flight", p)
+	}
+	// The node the session had left before sends m on now.
+	sentOn(t, b, "s", m, 2)
+	if extra := again.ping(); len(extra) != 0 {
+		t.Fatalf("the client got %d packets again: %v", len(extra), extra)
+	}
+}
