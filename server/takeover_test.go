@@ -319,23 +319,7 @@ func TestTakeoverWaitIsNotAKeepaliveTimeout(t *testing.T) {
 // late, and what the peer's copy sent on before that answer was taken
 // waits for it instead of finding no session.
 func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
-	nodes := startCluster(t, 2, nil)
-	a, b := nodes[0], nodes[1]
-	b.cl.takeoverWait.Store(int64(200 * time.Millisecond))
-	old := offlineWithMessage(t, a, b)
-
-	old.mu.Lock() // a answers the takeover only once this is let go
-	gone := dialRaw(t, b, codec.V5)
-	conn := &codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 30, ClientID: []byte("x")}
-	conn.Props.SessionExpiry = 3600
-	conn.Props.Set(codec.PropSessionExpiry)
-	gone.send(conn)
-	waitFor(t, "b to ask a", func() bool {
-		b.cl.reqs.Lock()
-		defer b.cl.reqs.Unlock()
-		return b.cl.reqs.byClient["x"] != nil
-	})
-	_ = gone.c.Close()
+	a, b, old, _ := abandonedTakeover(t)
 	waitFor(t, "b to stop waiting", func() bool {
 		b.cl.reqs.Lock()
 		defer b.cl.reqs.Unlock()
@@ -364,25 +348,7 @@ func TestClusterAbandonedTakeoverKeepsWhatWasSentOn(t *testing.T) {
 // and what is sent on afterwards reaches the session at once instead of
 // waiting movedGrace for an answer that already came.
 func TestClusterAnswerBetweenTimeoutAndLoopIsNotAwaited(t *testing.T) {
-	nodes := startCluster(t, 2, nil)
-	a, b := nodes[0], nodes[1]
-	b.cl.takeoverWait.Store(int64(200 * time.Millisecond))
-	old := offlineWithMessage(t, a, b)
-
-	old.mu.Lock() // a answers the takeover only once this is let go
-	gone := dialRaw(t, b, codec.V5)
-	conn := &codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 30, ClientID: []byte("x")}
-	conn.Props.SessionExpiry = 3600
-	conn.Props.Set(codec.PropSessionExpiry)
-	gone.send(conn)
-	var req *takeoverReq
-	waitFor(t, "b to ask a", func() bool {
-		b.cl.reqs.Lock()
-		defer b.cl.reqs.Unlock()
-		req = b.cl.reqs.byClient["x"]
-		return req != nil
-	})
-	_ = gone.c.Close()
+	a, b, old, req := abandonedTakeover(t)
 	onLoop := func(f func() bool) bool {
 		got := make(chan bool, 1)
 		if err := req.c.loop.el.Execute(context.Background(), runFunc(func() { got <- f() })); err != nil {
@@ -503,6 +469,33 @@ func resumeAndTake(t *testing.T, s *Server, id string, n int) map[string]bool {
 		x.send(&codec.Ack{Kind: codec.PUBACK, PacketID: p.PacketID})
 	}
 	return got
+}
+
+// abandonedTakeover starts two nodes, a holding client x's session
+// (offlineWithMessage), locked (a answers a takeover only once the caller
+// lets old.mu go), and b taking it over for a connection that closes
+// while b waits for a's answer (200 ms, then it times out).
+func abandonedTakeover(t *testing.T) (a, b *Server, old *session, req *takeoverReq) {
+	t.Helper()
+	nodes := startCluster(t, 2, nil)
+	a, b = nodes[0], nodes[1]
+	b.cl.takeoverWait.Store(int64(200 * time.Millisecond))
+	old = offlineWithMessage(t, a, b)
+
+	old.mu.Lock()
+	gone := dialRaw(t, b, codec.V5)
+	conn := &codec.Connect{ProtocolName: []byte("MQTT"), ProtocolVersion: codec.V5, KeepAlive: 30, ClientID: []byte("x")}
+	conn.Props.SessionExpiry = 3600
+	conn.Props.Set(codec.PropSessionExpiry)
+	gone.send(conn)
+	waitFor(t, "b to ask a", func() bool {
+		b.cl.reqs.Lock()
+		defer b.cl.reqs.Unlock()
+		req = b.cl.reqs.byClient["x"]
+		return req != nil
+	})
+	_ = gone.c.Close()
+	return a, b, old, req
 }
 
 // sentOn has s take a delivery of m at qos for client, as a peer the
