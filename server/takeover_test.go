@@ -399,18 +399,7 @@ func TestClusterAnswerBetweenTimeoutAndLoopIsNotAwaited(t *testing.T) {
 func TestClusterDeliverySentOnIsNotSentOnAgainWhenItWasThere(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	n1, n2 := nodes[0], nodes[1]
-	sub, _ := persistentV5(t, n1, "s")
-	sub.subscribe("t/#", 2)
-	waitRoutes(t, n2, 1)
-	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 2, Payload: []byte("once")}, "p", n1.now())
-	n1.cl.origins.stamp(m)
-	ob := newOutbox(n1, nil)
-	n1.route(ob, m)
-	ob.flush()
-	p, ok := sub.expect().(*codec.Publish)
-	if !ok || string(p.Payload) != "once" {
-		t.Fatalf("got %+v, want once", p)
-	}
+	sub, m, p := deliveredOnce(t, n1, n2)
 	sub.send(&codec.Ack{Kind: codec.PUBREC, PacketID: p.PacketID})
 	if rel, ok := sub.expect().(*codec.Ack); !ok || rel.Kind != codec.PUBREL {
 		t.Fatalf("got %+v, want PUBREL", rel)
@@ -471,6 +460,26 @@ func resumeAndTake(t *testing.T, s *Server, id string, n int) map[string]bool {
 	return got
 }
 
+// deliveredOnce has a persistent client "s" on s subscribe to t/# at QoS
+// 2 (its route known to peer) and routes it a message m, "once", with an
+// origin, which the client gets as p and has not acknowledged yet.
+func deliveredOnce(t *testing.T, s, peer *Server) (*rawConn, *message, *codec.Publish) {
+	t.Helper()
+	sub, _ := persistentV5(t, s, "s")
+	sub.subscribe("t/#", 2)
+	waitRoutes(t, peer, 1)
+	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 2, Payload: []byte("once")}, "p", s.now())
+	s.cl.origins.stamp(m)
+	ob := newOutbox(s, nil)
+	s.route(ob, m)
+	ob.flush()
+	p, ok := sub.expect().(*codec.Publish)
+	if !ok || string(p.Payload) != "once" {
+		t.Fatalf("got %+v, want once", p)
+	}
+	return sub, m, p
+}
+
 // abandonedTakeover starts two nodes, a holding client x's session
 // (offlineWithMessage), locked (a answers a takeover only once the caller
 // lets old.mu go), and b taking it over for a connection that closes
@@ -521,17 +530,7 @@ func TestClusterRestoredMessageKeepsItsOrigin(t *testing.T) {
 		}
 	})
 	a, b := nodes[0], nodes[1]
-	sub, _ := persistentV5(t, a, "s")
-	sub.subscribe("t/#", 2)
-	waitRoutes(t, b, 1)
-	m := newMessage(&codec.Publish{Topic: []byte("t/x"), QoS: 2, Payload: []byte("once")}, "p", a.now())
-	a.cl.origins.stamp(m)
-	ob := newOutbox(a, nil)
-	a.route(ob, m)
-	ob.flush()
-	if p, ok := sub.expect().(*codec.Publish); !ok || string(p.Payload) != "once" {
-		t.Fatalf("got %+v, want once", p)
-	}
+	sub, m, _ := deliveredOnce(t, a, b)
 	sub.send(&codec.Disconnect{})
 	sub.expectClosed()
 
