@@ -9,7 +9,6 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/gannetmq/gannet/codec"
-	"github.com/gannetmq/gannet/fanout"
 )
 
 // A node that was down while its client reconnected elsewhere comes back
@@ -190,25 +189,4 @@ func connectedLater(t *testing.T, s *Server, peer, client string) {
 		t.Fatal(err)
 	}
 	ob.flush()
-}
-
-// A node that was cut off (or paused) while its client went elsewhere
-// keeps the client's old session, which goes on taking what publishers'
-// nodes still route to it. When the client comes back here, the takeover
-// brings its newer session from the peer: the old copy's messages are
-// merged into it, not dropped with the copy (seed 201: 219 QoS 1
-// messages lost).
-func TestClusterTakeoverMergesTheCopyLeftHere(t *testing.T) {
-	nodes := startCluster(t, 2, nil)
-	a, b := nodes[0], nodes[1]
-	offlineWithMessage(t, a, b) // x's old session on a, "queued" in it
-	// The client's newer session, made on b while a was away, arrives.
-	mv := &movedSession{id: "x", since: a.stamp(), expiry: time.Hour,
-		subs: map[string]fanout.Options{"old/#": {QoS: 1}}}
-	ob := newOutbox(a, nil)
-	a.install(ob, mv)
-	ob.flush()
-	if got := resumeAndTake(t, a, "x", 1); !got["queued"] {
-		t.Fatalf("the client got %v, want the message its old copy held", got)
-	}
 }

@@ -211,11 +211,8 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 
 // install makes a moved session this node's, offline, replacing any local
 // session with its id; the connection that asked for it attaches next. A
-// local session is a copy the client left: restored from the store and
-// not attached since, or kept here while this node was cut off or paused
-// and its client made a session elsewhere. What it holds may have
-// reached this copy alone (a publisher's node still routed to it), so it
-// is merged into the one that arrived, not dropped.
+// local session restored from the store and not attached since is older
+// than the one that arrived: its messages are merged into it.
 func (s *Server) install(ob *outbox, mv *movedSession) {
 	s.sessions.Lock()
 	old := s.sessions.m[mv.id]
@@ -224,13 +221,19 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 	s.sessions.Unlock()
 	var stale *movedSession
 	if old != nil {
-		stale = s.handOver(ob, old)
+		old.mu.Lock()
+		restored := old.mu.restored
+		old.mu.Unlock()
+		if held := s.handOver(ob, old); restored {
+			stale = held
+		}
 		s.sessions.Lock()
 		s.sessions.m[mv.id] = sess
 		s.sessions.Unlock()
 	}
 	if stale != nil {
-		// Merged once the session that arrived is in (stale.go).
+		// A copy restored here after a restart, older than the one that
+		// arrived: what it held is merged in (stale.go).
 		defer s.keepMoved(ob, stale)
 	}
 
