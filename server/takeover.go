@@ -72,7 +72,7 @@ func (s *Server) handOverTo(ob *outbox, sess *session, peer string, answer func(
 	// A copy's messages routed after the restart, or after the client
 	// left a session made while a peer was away (away.go), may have
 	// reached the client's other session too.
-	stale := sess.mu.restored || s.cl != nil && cl == nil && s.cl.maybeCopyLocked(sess)
+	stale := sess.mu.restored || s.cl != nil && cl == nil && s.cl.away.has(sess)
 	for _, om := range append(sess.inflightLocked(), sess.mu.queue.items[sess.mu.queue.head:]...) {
 		mv.msgs = append(mv.msgs, movedMsg{msg: om.msg, qos: om.qos, retain: om.retain, subIDs: om.subIDs,
 			pid: om.pid, released: om.released, late: stale && om.seq > sess.mu.restoredSeq})

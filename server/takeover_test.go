@@ -378,10 +378,7 @@ func TestClusterAnswerBetweenTimeoutAndLoopIsNotAwaited(t *testing.T) {
 	waitFor(t, "a's answer", func() bool { return b.lookupSession("x") != nil })
 	close(release)
 	onLoop(func() bool { return true }) // the timed-out CONNECT has been seen to
-	b.cl.reqs.Lock()
-	waiting := b.cl.reqs.m[req.id] == req
-	b.cl.reqs.Unlock()
-	if waiting {
+	if b.cl.stillWaiting(req) {
 		t.Fatal("b still waits for the answer it has taken")
 	}
 
