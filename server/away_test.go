@@ -157,3 +157,37 @@ func TestClusterCopyBackLateKeepsWhatTheNewSessionMissed(t *testing.T) {
 		t.Fatalf("got %q, want the message routed while n2 was down", p.Payload)
 	}
 }
+
+// A message sent on by a stale copy's node (redirect) that was routed
+// before the client's session here subscribed went only to the copy: it
+// is delivered, not dropped as one the session took directly. (The copy
+// was handed over before the peer's queue brought it the message: 1 run
+// in 20 of TestClusterCopyBackLateKeepsWhatTheNewSessionMissed.)
+func TestClusterSentOnFromBeforeTheSessionIsDelivered(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	n1 := nodes[0]
+	routed := n1.stamp()
+	dev, _ := persistentV5(t, n1, "dev")
+	dev.subscribe("st/#", 1)
+	ss := n1.lookupSession("dev")
+	ss.mu.Lock()
+	ss.mu.recent = nil // old enough to have forgotten what it was given
+	since := ss.mu.since
+	ss.mu.Unlock()
+	if since <= routed+int64(routeLag) {
+		// The stamp is a hybrid clock: push the session past routeLag.
+		routed = since - 2*int64(routeLag)
+	}
+	m := newMessage(&codec.Publish{Topic: []byte("st/x"), QoS: 1, Payload: []byte("missed")}, "pub", routed)
+	n1.cl.origins.stamp(m)
+	m.stamp = routed
+	ob := newOutbox(n1, nil)
+	if err := n1.cl.redirected(ob, appendRedirect(nil, "dev", m, 1, false, nil, 0, n1.now(), true), n1.now()); err != nil {
+		t.Fatal(err)
+	}
+	ob.flush()
+	p, ok := dev.expect().(*codec.Publish)
+	if !ok || string(p.Payload) != "missed" {
+		t.Fatalf("got %+v, want the message routed before the session subscribed", p)
+	}
+}

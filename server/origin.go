@@ -208,22 +208,42 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 
 // reachedDirectly reports whether a message another node sent on to ss
 // (redirect) reached ss directly too, as far as can be told without its
-// memory: ss is no longer young, so it has had its subscriptions since
-// before the message was routed, and one of its plain subscriptions
-// matches it. (Sent on from a stale copy of the session on a node that
-// came back, stale.go; a session that moved here is young while its old
-// node sends on.)
-func (s *Server) reachedDirectly(ss *session, topic []byte, now int64) bool {
+// memory: ss is no longer young, the message says it was routed after
+// ss had its subscriptions on every node (routedAfterLocked), and one of
+// its plain subscriptions matches it. (Sent on from a stale copy of the
+// session on a node that came back, stale.go; a session that moved here
+// is young while its old node sends on.)
+func (s *Server) reachedDirectly(ss *session, m *message, now int64) bool {
 	ss.mu.Lock()
 	young, ended := ss.youngLocked(now), ss.mu.ended
+	after := s.routedAfterLocked(ss, m)
 	ss.mu.Unlock()
-	if young || ended {
+	if young || ended || !after {
 		return false // an ended one sends it on (deliverMoved)
 	}
 	hit := false
-	s.subs.Match(topic, func(o *session, _ fanout.Options) { hit = hit || o == ss },
+	s.subs.Match(m.topic, func(o *session, _ fanout.Options) { hit = hit || o == ss },
 		func(*trie.Group[*session, fanout.Options]) {})
 	return hit
+}
+
+// routedAfterLocked reports whether m was routed when ss's subscriptions
+// had reached every node: ss has had them since it was made empty here
+// (away.go) or, not known, at the latest since its client last attached,
+// and they take up to routeLag to spread. A message that does not say
+// when it was routed is taken to be routed after. A message routed
+// before went only to where the client's subscriptions were then (a
+// peer's queue for a node that was down brings such messages late).
+// REQUIRES: ss.mu held.
+func (s *Server) routedAfterLocked(ss *session, m *message) bool {
+	since := ss.mu.since
+	if s.cl != nil {
+		if made := s.cl.away.made(ss); made != 0 {
+			since = made
+		}
+	}
+	st := m.stamp
+	return st == 0 || st > since+int64(routeLag)
 }
 
 // seenAt is an origin a session remembered.

@@ -144,14 +144,6 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	now := s.now()
 	young := cur.youngLocked(now)
-	// cur has had its subscriptions since it was made empty here (away.go)
-	// or, not known, at the latest since its client last attached.
-	since := cur.mu.since
-	if s.cl != nil {
-		if made := s.cl.away.made(cur); made != 0 {
-			since = made
-		}
-	}
 	if young && mv.before != nil {
 		cur.mu.recent.before = append(cur.mu.recent.before, mv.before...)
 	}
@@ -165,13 +157,9 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 			if !cur.firstLocked(ob, mm.msg, now) {
 				continue
 			}
-		} else if st := mm.msg.stamp; st == 0 || st > since+int64(routeLag) {
+		} else if s.routedAfterLocked(cur, mm.msg) {
 			// An older cur had its subscriptions when the late message
-			// was routed: it reached cur too when they match it. (One
-			// that says it was routed before cur had them, or so soon
-			// after that they had not reached every node, is kept: a
-			// peer's queue for the copy's node, held while that node was
-			// down, brings such messages.)
+			// was routed: it reached cur too when they match it.
 			if seen == nil {
 				seen = trie.New[struct{}, struct{}]()
 				for f := range cur.mu.subs {
@@ -941,7 +929,7 @@ func (cl *cluster) redirected(ob *outbox, b []byte, now int64) error {
 	}
 	switch {
 	case sess == nil:
-	case cl.s.reachedDirectly(sess, e.m.topic, now):
+	case cl.s.reachedDirectly(sess, e.m, now):
 		ob.dropped = true
 	default:
 		sess.deliverMoved(ob, e.m, e.qos, e.retain, e.subIDs, now, e.hops)
