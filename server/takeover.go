@@ -199,30 +199,28 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 
 // install makes a moved session this node's, offline, replacing any local
 // session with its id; the connection that asked for it attaches next. A
-// local session restored from the store and not attached since is older
-// than the one that arrived: its messages are merged into it.
+// local session is a copy the client left here: restored from the store
+// and not attached since, or kept while this node was cut off or paused
+// and its client made a session elsewhere, which publishers' nodes went
+// on routing to. What it holds may have reached it alone, so it is
+// merged into the one that arrived (keepMoved), less what reached that
+// one too (leftOver).
 func (s *Server) install(ob *outbox, mv *movedSession) {
 	s.sessions.Lock()
 	old := s.sessions.m[mv.id]
 	sess := newSession(s, mv.id)
 	s.sessions.m[mv.id] = sess
 	s.sessions.Unlock()
-	var stale *movedSession
+	var left *movedSession
 	if old != nil {
-		old.mu.Lock()
-		restored := old.mu.restored
-		old.mu.Unlock()
-		if held := s.handOver(ob, old); restored {
-			stale = held
-		}
+		left = s.handOver(ob, old)
 		s.sessions.Lock()
 		s.sessions.m[mv.id] = sess
 		s.sessions.Unlock()
 	}
-	if stale != nil {
-		// A copy restored here after a restart, older than the one that
-		// arrived: what it held is merged in (stale.go).
-		defer s.keepMoved(ob, stale)
+	if left != nil {
+		leftOver(left, mv)
+		defer s.keepMoved(ob, left) // once the session that arrived is in
 	}
 
 	sess.mu.Lock()
@@ -263,6 +261,35 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 			s.log.Warn("cannot restore a moved subscription", "client", mv.id, "filter", f, "err", err)
 		}
 	}
+}
+
+// leftOver drops from the copy left, older than arrived, the messages
+// that reached arrived too, at the node it left: routed when its
+// subscriptions had reached every node (routeLag after its client last
+// attached there; a copy left here after that, while this node was away,
+// went on taking what publishers' nodes routed to it) and matching one
+// of them. Those reached the client there or came with arrived; merged,
+// a QoS 2 message would be delivered twice. A message that does not say
+// when it was routed is kept (at least once). A newer copy left here
+// holds nothing that arrived's client took: arrived's remembered
+// messages are enough (install, firstLocked).
+func leftOver(left, arrived *movedSession) {
+	if left.since >= arrived.since || len(arrived.subs) == 0 {
+		return
+	}
+	subs := trie.New[struct{}, struct{}]()
+	for f := range arrived.subs {
+		_, _, _ = subs.Subscribe(f, struct{}{}, struct{}{})
+	}
+	kept := left.msgs[:0]
+	for _, mm := range left.msgs {
+		if st := mm.msg.stamp; st != 0 && st > arrived.since+int64(routeLag) && matches(subs, mm.msg.topic) {
+			continue
+		}
+		kept = append(kept, mm)
+	}
+	clear(left.msgs[len(kept):])
+	left.msgs = kept
 }
 
 // A moved session on the wire (recSession body after the request id and
