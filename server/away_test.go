@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -37,14 +35,7 @@ func TestClusterForwardToAnOlderCopySkipsTheClient(t *testing.T) {
 	_ = dev.Disconnect(&paho.Disconnect{})
 	waitRoutes(t, n3, 1)
 
-	shutdown := func(s *Server) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	shutdown(n2)
+	stopNode(t, n2)
 	waitFor(t, "n3 to lose n2", func() bool { return !n3.cl.node.Linked("n2") })
 
 	dev, ack := persistent(n3)
@@ -60,22 +51,16 @@ func TestClusterForwardToAnOlderCopySkipsTheClient(t *testing.T) {
 	waitFor(t, "the client to complete the message", func() bool { return queuedFor(n3, "dev") == 0 })
 	_ = dev.Disconnect(&paho.Disconnect{})
 	_ = pub.Disconnect(&paho.Disconnect{})
-	shutdown(n3)
+	stopNode(t, n3)
 
-	n2 = startBroker(t, func(c *Config) {
-		clusterMember(c, "n2", n1)
-		c.DataDir = dir2
-	})
+	n2 = restartNode(t, "n2", dir2, n1)
 	waitFor(t, "n1 to link to n2", func() bool { return n1.cl.node.Linked("n2") && n2.cl.node.Linked("n1") })
 	dev, ack = persistent(n1)
 	if !ack.SessionPresent {
 		t.Fatal("n2's copy of the session was not resumed on n1")
 	}
 
-	n3 = startBroker(t, func(c *Config) {
-		clusterMember(c, "n3", n1)
-		c.DataDir = dir3
-	})
+	n3 = restartNode(t, "n3", dir3, n1)
 	// n3 sends n2 the forward it queued; n2's copy moved to n1.
 	waitFor(t, "the queued forward to reach n2", func() bool {
 		return n2.stats.droppedSeen.Get() > 0 || len(dev.msgs) > 0
@@ -130,11 +115,7 @@ func TestAwaySessionSkipsForwardsRoutedBeforeIt(t *testing.T) {
 func TestClusterCopyBackLateKeepsWhatTheNewSessionMissed(t *testing.T) {
 	dir, n1, n2, persistent := staleSetup(t, 1)
 	pub, _ := dialV5(t, n1, &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n2.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	stopNode(t, n2)
 	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
 	pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 1, Payload: []byte("missed")}) // to n2's queue alone
 	dev, ack := persistent(n1)
@@ -149,10 +130,7 @@ func TestClusterCopyBackLateKeepsWhatTheNewSessionMissed(t *testing.T) {
 	ss.mu.recent = nil
 	ss.mu.Unlock()
 
-	startBroker(t, func(c *Config) {
-		clusterMember(c, "n2", n1)
-		c.DataDir = dir
-	})
+	restartNode(t, "n2", dir, n1)
 	if p := dev.expect(t); string(p.Payload) != "missed" {
 		t.Fatalf("got %q, want the message routed while n2 was down", p.Payload)
 	}

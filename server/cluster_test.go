@@ -59,6 +59,16 @@ func clusterMember(c *Config, name string, seed *Server) {
 	c.Cluster = &ic
 }
 
+// restartNode starts node name again on its data directory dir, joining
+// the cluster through seed.
+func restartNode(t *testing.T, name, dir string, seed *Server) *Server {
+	t.Helper()
+	return startBroker(t, func(c *Config) {
+		clusterMember(c, name, seed)
+		c.DataDir = dir
+	})
+}
+
 // waitRoutes waits until s knows of want filters announced by peers.
 func waitRoutes(t *testing.T, s *Server, want int) {
 	t.Helper()

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -115,11 +114,7 @@ func TestClusterUnstoredPeerBatchIsSentAgain(t *testing.T) {
 	// session, once.
 	self := n2.cl.node.Members()[0]
 	ic := *n2.cfg.Cluster
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n2.Shutdown(ctx); err != nil {
-		t.Fatalf("shutdown: %v", err)
-	}
+	stopNode(t, n2)
 	n2 = startBroker(t, func(c *Config) {
 		ic.Listen, ic.GossipListen = self.Interlink, self.Gossip
 		ic.Join = []string{"gossip=" + n1.cl.node.Members()[0].Gossip}

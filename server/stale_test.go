@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -25,11 +24,7 @@ func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
 	}
 	waitFor(t, "two messages queued on n2", func() bool { return queuedFor(n2, "dev") == 2 })
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n2.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	stopNode(t, n2)
 	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
 	// Routed to n2 alone: the client has no session on n1 yet.
 	pub.publish(t, &paho.Publish{Topic: "st/x", QoS: 2, Payload: []byte("m2b")})
@@ -43,10 +38,7 @@ func TestClusterRestoredSessionGoesToItsOwner(t *testing.T) {
 		t.Fatalf("got %q, want m3", p.Payload)
 	}
 
-	n2 = startBroker(t, func(c *Config) {
-		clusterMember(c, "n2", n1)
-		c.DataDir = dir
-	})
+	n2 = restartNode(t, "n2", dir, n1)
 	got := map[string]int{}
 	for range 3 {
 		got[string(dev.expect(t).Payload)]++
@@ -108,19 +100,12 @@ func queuedFor(s *Server, id string) int {
 func TestClusterStaleCopySendsOnToTheOwner(t *testing.T) {
 	dir, n1, n2, persistent := staleSetup(t, 1)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n2.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	stopNode(t, n2)
 	waitFor(t, "n1 to lose n2", func() bool { return !n1.cl.node.Linked("n2") })
 	dev, _ := persistent(n1)
 	dev.subscribe(t, paho.SubscribeOptions{Topic: "st/#", QoS: 1})
 
-	n2 = startBroker(t, func(c *Config) {
-		clusterMember(c, "n2", n1)
-		c.DataDir = dir
-	})
+	n2 = restartNode(t, "n2", dir, n1)
 	waitFor(t, "n2 to give the session up", func() bool { return n2.lookupSession("dev") == nil })
 	// A peer's forward to the copy arrives now.
 	ob := newOutbox(n2, nil)

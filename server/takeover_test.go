@@ -531,15 +531,8 @@ func TestClusterRestoredMessageKeepsItsOrigin(t *testing.T) {
 	sub.send(&codec.Disconnect{})
 	sub.expectClosed()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	a = startBroker(t, func(c *Config) {
-		clusterMember(c, "n1", b)
-		c.DataDir = dir
-	})
+	stopNode(t, a)
+	a = restartNode(t, "n1", dir, b)
 	waitFor(t, "the nodes to link again", func() bool { return a.cl.node.Linked("n2") && b.cl.node.Linked("n1") })
 	again, ca := persistentV5(t, b, "s")
 	if !ca.SessionPresent {
