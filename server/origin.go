@@ -230,8 +230,9 @@ func (s *Server) reachedDirectly(ss *session, m *message, now int64) bool {
 // routedAfterLocked reports whether m was routed when ss's subscriptions
 // had reached every node: ss has had them since it was made empty here
 // (away.go) or, not known, at the latest since its client last attached,
-// and they take up to routeLag to spread. A message that does not say
-// when it was routed is taken to be routed after. A message routed
+// and they take up to routeLag to spread, on clocks up to clockSkew
+// apart. A message that does not say when it was routed is taken to be
+// routed after. A message routed
 // before went only to where the client's subscriptions were then (a
 // peer's queue for a node that was down brings such messages late).
 // REQUIRES: ss.mu held.
@@ -243,7 +244,7 @@ func (s *Server) routedAfterLocked(ss *session, m *message) bool {
 		}
 	}
 	st := m.stamp
-	return st == 0 || st > since+int64(routeLag)
+	return st == 0 || st > since+int64(routeLag+clockSkew)
 }
 
 // seenAt is an origin a session remembered.

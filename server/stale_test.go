@@ -184,8 +184,8 @@ func connectedLater(t *testing.T, s *Server, peer, client string) {
 // merged into it, not dropped with the copy (seed 201: 219 QoS 1
 // messages lost).
 func TestClusterTakeoverMergesTheCopyLeftHere(t *testing.T) {
-	a, mv, _ := copyLeftHere(t)
-	mv.since = a.stamp() // made after the message was routed
+	a, _, mv := copyLeftHere(t, "")
+	mv.since = a.stamp() // the client attached there after it left here
 	ob := newOutbox(a, nil)
 	a.install(ob, mv)
 	ob.flush()
@@ -194,33 +194,39 @@ func TestClusterTakeoverMergesTheCopyLeftHere(t *testing.T) {
 	}
 }
 
-// ...less what reached the session that arrived too, which its client
-// took there: merged, a QoS 2 message would be delivered twice.
-func TestClusterTakeoverLeavesOutWhatTheArrivedSessionHad(t *testing.T) {
-	a, mv, routed := copyLeftHere(t)
-	mv.since = routed - 2*int64(routeLag) // had its subscriptions everywhere by then
+// A copy older than the session the client attached to here last is
+// merged into that one, which stays: the client's state (packet ids,
+// subscriptions, expiry) is the newer session's.
+func TestClusterTakeoverKeepsTheNewerSessionHere(t *testing.T) {
+	a, _, mv := copyLeftHere(t, "")
+	here := a.lookupSession("x")
+	here.mu.Lock()
+	mv.since = here.mu.since - int64(time.Minute)
+	here.mu.Unlock()
+	older := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("older")}, "pub", a.now())
+	mv.msgs = []movedMsg{{msg: older, qos: 1}}
 	ob := newOutbox(a, nil)
 	a.install(ob, mv)
 	ob.flush()
-	if n := queuedFor(a, "x"); n != 0 {
-		t.Fatalf("%d messages queued, want none: the session that arrived had the copy's", n)
+	if a.lookupSession("x") != here {
+		t.Fatal("the older copy that arrived replaced the session the client attached to last")
+	}
+	if got := resumeAndTake(t, a, "x", 2); !got["queued"] || !got["older"] {
+		t.Fatalf("the client got %v, want both copies' messages", got)
 	}
 }
 
-// copyLeftHere leaves x's old session on a, holding a message routed at
-// routed, and returns a newer session of x, subscribed as the copy, that
-// arrives from a peer.
-func copyLeftHere(t *testing.T) (a *Server, mv *movedSession, routed int64) {
+// copyLeftHere leaves x's old session on a (node n1 of two, storing in
+// dir unless it is empty), holding a message, and returns a session of
+// x, subscribed as the copy, that arrives from the peer b.
+func copyLeftHere(t *testing.T, dir string) (a, b *Server, mv *movedSession) {
 	t.Helper()
-	nodes := startCluster(t, 2, nil)
-	a = nodes[0]
-	old := offlineWithMessage(t, a, nodes[1])
-	old.mu.Lock()
-	routed = old.mu.queue.items[old.mu.queue.head].msg.stamp
-	old.mu.since = routed - 4*int64(routeLag) // its client attached long before
-	old.mu.Unlock()
-	if routed == 0 {
-		t.Fatal("the queued message does not say when it was routed")
-	}
-	return a, &movedSession{id: "x", expiry: time.Hour, subs: map[string]fanout.Options{"old/#": {QoS: 1}}}, routed
+	nodes := startCluster(t, 2, func(i int, c *Config) {
+		if i == 0 && dir != "" {
+			c.DataDir = dir
+		}
+	})
+	a, b = nodes[0], nodes[1]
+	offlineWithMessage(t, a, b)
+	return a, b, &movedSession{id: "x", expiry: time.Hour, subs: map[string]fanout.Options{"old/#": {QoS: 1}}}
 }

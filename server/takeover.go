@@ -203,11 +203,24 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 // and not attached since, or kept while this node was cut off or paused
 // and its client made a session elsewhere, which publishers' nodes went
 // on routing to. What it holds may have reached it alone, so it is
-// merged into the one that arrived (keepMoved), less what reached that
-// one too (leftOver).
+// merged into the one that arrived (keepMoved). A local session that its
+// client attached to after the one that arrived is the client's: it
+// stays, and the older one is merged into it.
 func (s *Server) install(ob *outbox, mv *movedSession) {
 	s.sessions.Lock()
 	old := s.sessions.m[mv.id]
+	s.sessions.Unlock()
+	if old != nil {
+		old.mu.Lock()
+		newer := !old.mu.ended && old.mu.since > mv.since
+		old.mu.Unlock()
+		if newer {
+			s.keepMoved(ob, mv)
+			return
+		}
+	}
+	s.sessions.Lock()
+	old = s.sessions.m[mv.id]
 	sess := newSession(s, mv.id)
 	s.sessions.m[mv.id] = sess
 	s.sessions.Unlock()
@@ -219,7 +232,6 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 		s.sessions.Unlock()
 	}
 	if left != nil {
-		leftOver(left, mv)
 		defer s.keepMoved(ob, left) // once the session that arrived is in
 	}
 
@@ -261,35 +273,6 @@ func (s *Server) install(ob *outbox, mv *movedSession) {
 			s.log.Warn("cannot restore a moved subscription", "client", mv.id, "filter", f, "err", err)
 		}
 	}
-}
-
-// leftOver drops from the copy left, older than arrived, the messages
-// that reached arrived too, at the node it left: routed when its
-// subscriptions had reached every node (routeLag after its client last
-// attached there; a copy left here after that, while this node was away,
-// went on taking what publishers' nodes routed to it) and matching one
-// of them. Those reached the client there or came with arrived; merged,
-// a QoS 2 message would be delivered twice. A message that does not say
-// when it was routed is kept (at least once). A newer copy left here
-// holds nothing that arrived's client took: arrived's remembered
-// messages are enough (install, firstLocked).
-func leftOver(left, arrived *movedSession) {
-	if left.since >= arrived.since || len(arrived.subs) == 0 {
-		return
-	}
-	subs := trie.New[struct{}, struct{}]()
-	for f := range arrived.subs {
-		_, _, _ = subs.Subscribe(f, struct{}{}, struct{}{})
-	}
-	kept := left.msgs[:0]
-	for _, mm := range left.msgs {
-		if st := mm.msg.stamp; st != 0 && st > arrived.since+int64(routeLag) && matches(subs, mm.msg.topic) {
-			continue
-		}
-		kept = append(kept, mm)
-	}
-	clear(left.msgs[len(kept):])
-	left.msgs = kept
 }
 
 // A moved session on the wire (recSession body after the request id and
