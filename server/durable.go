@@ -347,7 +347,11 @@ func (ss *session) storeEntryLocked(ob *outbox, om *outMsg) {
 			return
 		}
 		m := om.msg
-		if m.id == 0 {
+		if m.id == 0 || m.refs.Load() == 0 {
+			// New to the store, or its body was deleted with the last
+			// entry that held it: a session that ended here (handed
+			// over) and whose messages are merged into another one
+			// (keepMoved) gives its messages on after unstoring them.
 			m.id = ss.srv.store.st.NextID()
 			ob.batch.PutBody(m.record())
 		}

@@ -194,6 +194,24 @@ func TestClusterTakeoverMergesTheCopyLeftHere(t *testing.T) {
 	}
 }
 
+// The merged messages are stored with the session they joined: the copy
+// that held them was unstored when it was handed over, and with it the
+// bodies no other entry held.
+func TestClusterMergedCopyOutlivesARestart(t *testing.T) {
+	dir := t.TempDir()
+	a, b, mv := copyLeftHere(t, dir)
+	mv.since = a.stamp()
+	ob := newOutbox(a, nil)
+	a.install(ob, mv)
+	ob.flush()
+	stopNode(t, a)
+	a = restartNode(t, "n1", dir, b)
+	waitFor(t, "the nodes to link again", func() bool { return a.cl.node.Linked("n2") && b.cl.node.Linked("n1") })
+	if got := resumeAndTake(t, a, "x", 1); !got["queued"] {
+		t.Fatalf("the client got %v after a restart, want the merged message", got)
+	}
+}
+
 // A copy older than the session the client attached to here last is
 // merged into that one, which stays: the client's state (packet ids,
 // subscriptions, expiry) is the newer session's.
