@@ -166,6 +166,22 @@ func TestClusterOlderCleanConnectionHandsNothingOver(t *testing.T) {
 	}
 }
 
+// An offline session left on a node that was paused or cut off while its
+// client made a session elsewhere goes to the node the client connected
+// to when that node says so (recConnected, sent again when the link comes
+// back): otherwise it takes what publishers' nodes route to it until it
+// expires, and the client, staying on the other node, never gets it.
+func TestClusterOfflineCopyGoesToTheNewerConnection(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	offlineWithMessage(t, a, b)
+	connectedLater(t, a, "n2", "x")
+	waitFor(t, "the copy's message on n2", func() bool { return queuedFor(b, "x") == 1 })
+	if a.lookupSession("x") != nil {
+		t.Fatal("n1 still holds the copy")
+	}
+}
+
 // connectedLater has s take peer's word that client connected there after
 // it connected to s (recConnected).
 func connectedLater(t *testing.T, s *Server, peer, client string) {

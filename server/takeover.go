@@ -463,10 +463,15 @@ func appendConnected(dst []byte, id string, since int64) []byte {
 	return append(dst, id...)
 }
 
-// connectedElsewhere ends the local connection of a client that connected
+// connectedElsewhere ends the local session of a client that connected
 // on peer later: the newest connection wins (after a partition, both
 // nodes had one), and what the session here holds goes to peer, merged
-// into the session there (handStale).
+// into the session there (handStale). An offline session goes too: a copy
+// left here while this node was paused or cut off, when its client found
+// it silent and made a session there, which publishers' nodes went on
+// routing to (peer says so again when the link comes back, PeerUp).
+// Unless the client is connecting here meanwhile: its takeover brings the
+// peer's session, and the copy is merged into it (install).
 func (cl *cluster) connectedElsewhere(ob *outbox, peer string, b []byte) error {
 	since, n := binary.Uvarint(b)
 	if n <= 0 {
@@ -482,13 +487,27 @@ func (cl *cluster) connectedElsewhere(ob *outbox, peer string, b []byte) error {
 		return nil
 	}
 	sess.mu.Lock()
-	older := sess.mu.cl != nil && sess.mu.since < int64(since)
+	older := !sess.mu.ended && sess.mu.since < int64(since)
+	online := sess.mu.cl != nil
 	sess.mu.Unlock()
-	if older {
+	switch {
+	case !older:
+	case online:
 		s.log.Info("client connected on another node later; closing it here", "client", id, "peer", peer)
+		cl.handStale(ob, sess, peer)
+	case !cl.connecting(id):
+		s.log.Info("client connected on another node later; its offline session here goes there", "client", id, "peer", peer)
 		cl.handStale(ob, sess, peer)
 	}
 	return nil
+}
+
+// connecting reports whether a CONNECT of client waits here for peers to
+// hand its session over.
+func (cl *cluster) connecting(client string) bool {
+	cl.reqs.Lock()
+	defer cl.reqs.Unlock()
+	return cl.reqs.byClient[client] != nil
 }
 
 // takeoverReq is a CONNECT waiting for peers to hand over its session.
