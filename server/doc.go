@@ -84,6 +84,9 @@
 //	banList.write > banList.mu (leaf); write is held while the store
 //	                  commits a ban, and taken by nothing under another lock
 //	adminPeers.mu    (leaf; admincluster.go)
+//	awaySet.mu       (leaf; taken under session.mu, away.go)
+//	cluster.reqs     > interlink send (a takeover's requests, takeover.go);
+//	                  never taken under session.mu
 //
 // # Cluster
 //
