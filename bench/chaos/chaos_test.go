@@ -83,15 +83,15 @@ func dumpLogs(t *testing.T, res *Result) {
 }
 
 // The harness runs (a 3-node cluster of real brokers each, about two
-// minutes in all) need GANNET_CHAOS=1, which make chaos-short sets: beside
-// the other packages' tests in make test, their load kept cmd/gannet's
-// cluster tests from forming within their time (RELIABILITY.md, "How to
-// run"), so they are not part of it. The checker's own tests
-// (check_test.go) always run.
+// minutes in all) need GANNET_CHAOS=1, which make chaos-short sets; make
+// test runs it after the other packages' tests: beside them, their load
+// kept cmd/gannet's cluster tests from forming within their time
+// (RELIABILITY.md, "How to run"). The checker's own tests (check_test.go)
+// always run.
 func needChaos(t *testing.T) {
 	t.Helper()
 	if os.Getenv("GANNET_CHAOS") != "1" {
-		t.Skip("the chaos harness runs with GANNET_CHAOS=1 (make chaos-short), not in make test: RELIABILITY.md, How to run")
+		t.Skip("the chaos harness runs with GANNET_CHAOS=1 (make chaos-short, the last step of make test): RELIABILITY.md, How to run")
 	}
 }
 
