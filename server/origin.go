@@ -231,10 +231,12 @@ func (s *Server) reachedDirectly(ss *session, m *message, now int64) bool {
 // had reached every node: ss has had them since it was made empty here
 // (away.go) or, not known, at the latest since its client last attached,
 // and they take up to routeLag to spread, on clocks up to clockSkew
-// apart. A message that does not say when it was routed is taken to be
-// routed after. A message routed
-// before went only to where the client's subscriptions were then (a
-// peer's queue for a node that was down brings such messages late).
+// apart. A message routed before went only to where the client's
+// subscriptions were then (a peer's queue for a node that was down
+// brings such messages late). A message that does not say when it was
+// routed (its sender did not yet know this node reads routing times,
+// features.go, or it was loaded from a store) is not taken to be routed
+// after: kept, at least once, rather than lost.
 // REQUIRES: ss.mu held.
 func (s *Server) routedAfterLocked(ss *session, m *message) bool {
 	since := ss.mu.since
@@ -244,7 +246,7 @@ func (s *Server) routedAfterLocked(ss *session, m *message) bool {
 		}
 	}
 	st := m.stamp
-	return st == 0 || st > since+int64(routeLag+clockSkew)
+	return st != 0 && st > since+int64(routeLag+clockSkew)
 }
 
 // seenAt is an origin a session remembered.

@@ -182,6 +182,30 @@ func TestClusterOfflineCopyGoesToTheNewerConnection(t *testing.T) {
 	}
 }
 
+// A late message in a stale copy that does not say when it was routed
+// (the copy was sent before its node knew the owner reads routing times,
+// at link-up) is kept: it may have reached the copy alone. It was
+// dropped as taken directly by an older session that a subscription of
+// it matched, 1 run in 20 of
+// TestClusterCopyBackLateKeepsWhatTheNewSessionMissed once offline
+// copies went to the owner on its word at link-up.
+func TestClusterLateMessageWithoutRoutingTimeIsKept(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	a := nodes[0]
+	x := offlineWithMessage(t, a, nodes[1])
+	x.mu.Lock()
+	x.mu.recent = nil // old enough to have forgotten what it was given
+	x.mu.Unlock()
+	m := newMessage(&codec.Publish{Topic: []byte("old/2"), QoS: 1, Payload: []byte("late")}, "pub", a.now())
+	a.cl.origins.stamp(m)
+	ob := newOutbox(a, nil)
+	a.keepMoved(ob, &movedSession{id: "x", expiry: time.Hour, msgs: []movedMsg{{msg: m, qos: 1, late: true}}})
+	ob.flush()
+	if n := queuedFor(a, "x"); n != 2 {
+		t.Fatalf("%d messages queued for x, want its own and the late one", n)
+	}
+}
+
 // connectedLater has s take peer's word that client connected there after
 // it connected to s (recConnected).
 func connectedLater(t *testing.T, s *Server, peer, client string) {
