@@ -209,14 +209,14 @@ func (ss *session) firstLocked(ob *outbox, m *message, now int64) bool {
 // reachedDirectly reports whether a message another node sent on to ss
 // (redirect) reached ss directly too, as far as can be told without its
 // memory: ss is no longer young, the message says it was routed after
-// ss had its subscriptions on every node (routedAfterLocked), and one of
+// ss had its subscriptions on every node (routedAfter), and one of
 // its plain subscriptions matches it. (Sent on from a stale copy of the
 // session on a node that came back, stale.go; a session that moved here
 // is young while its old node sends on.)
 func (s *Server) reachedDirectly(ss *session, m *message, now int64) bool {
 	ss.mu.Lock()
 	young, ended := ss.youngLocked(now), ss.mu.ended
-	after := s.routedAfterLocked(ss, m)
+	after := routedAfter(m, s.subsSinceLocked(ss))
 	ss.mu.Unlock()
 	if young || ended || !after {
 		return false // an ended one sends it on (deliverMoved)
@@ -227,26 +227,30 @@ func (s *Server) reachedDirectly(ss *session, m *message, now int64) bool {
 	return hit
 }
 
-// routedAfterLocked reports whether m was routed when ss's subscriptions
-// had reached every node: ss has had them since it was made empty here
-// (away.go) or, not known, at the latest since its client last attached,
-// and they take up to routeLag to spread, on clocks up to clockSkew
-// apart. A message routed before went only to where the client's
-// subscriptions were then (a peer's queue for a node that was down
-// brings such messages late). A message that does not say when it was
-// routed (its sender did not yet know this node reads routing times,
-// features.go, or it was loaded from a store) is not taken to be routed
-// after: kept, at least once, rather than lost.
+// subsSinceLocked is when ss has had its subscriptions since: when it
+// was made empty here (away.go) or, not known, at the latest when its
+// client last attached.
 // REQUIRES: ss.mu held.
-func (s *Server) routedAfterLocked(ss *session, m *message) bool {
-	since := ss.mu.since
+func (s *Server) subsSinceLocked(ss *session) int64 {
 	if s.cl != nil {
 		if made := s.cl.away.made(ss); made != 0 {
-			since = made
+			return made
 		}
 	}
-	st := m.stamp
-	return st != 0 && st > since+int64(routeLag+clockSkew)
+	return ss.mu.since
+}
+
+// routedAfter reports whether m was routed when subscriptions held since
+// since (subsSinceLocked) had reached every node: they take up to
+// routeLag to spread, on clocks up to clockSkew apart. A message routed
+// before went only to where the client's subscriptions were then (a
+// peer's queue for a node that was down brings such messages late). A
+// message that does not say when it was routed (its sender did not yet
+// know this node reads routing times, features.go, or it was loaded from
+// a store) is not taken to be routed after: kept, at least once, rather
+// than lost.
+func routedAfter(m *message, since int64) bool {
+	return m.stamp != 0 && m.stamp > since+int64(routeLag+clockSkew)
 }
 
 // seenAt is an origin a session remembered.

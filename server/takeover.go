@@ -144,6 +144,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 	var seen *trie.Trie[struct{}, struct{}] // cur's subscriptions, for late messages
 	now := s.now()
 	young := cur.youngLocked(now)
+	since := s.subsSinceLocked(cur)
 	if young && mv.before != nil {
 		cur.mu.recent.before = append(cur.mu.recent.before, mv.before...)
 	}
@@ -157,7 +158,7 @@ func (s *Server) keepMoved(ob *outbox, mv *movedSession) {
 			if !cur.firstLocked(ob, mm.msg, now) {
 				continue
 			}
-		} else if s.routedAfterLocked(cur, mm.msg) {
+		} else if routedAfter(mm.msg, since) {
 			// An older cur had its subscriptions when the late message
 			// was routed: it reached cur too when they match it.
 			if seen == nil {
