@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -283,11 +284,31 @@ func (c *client) aliases() *aliasTable {
 	return c.info.aliases
 }
 
-func (c *client) logger() *slog.Logger {
-	if c.id != "" {
-		return c.srv.connLog.With("client", c.id, "remote", c.remote())
+// logger returns c's log: lines carry its client id and remote address.
+func (c *client) logger() connLogger { return connLogger{c} }
+
+// connLogger writes a connection's log lines. The logger with the
+// client's attributes is built only for a line the log level lets
+// through: with the log at warn, a flood of refused connections built
+// one per refusal for Info lines nobody reads.
+type connLogger struct{ c *client }
+
+func (l connLogger) Debug(msg string, args ...any) { l.log(slog.LevelDebug, msg, args) }
+func (l connLogger) Info(msg string, args ...any)  { l.log(slog.LevelInfo, msg, args) }
+func (l connLogger) Warn(msg string, args ...any)  { l.log(slog.LevelWarn, msg, args) }
+func (l connLogger) Error(msg string, args ...any) { l.log(slog.LevelError, msg, args) }
+
+func (l connLogger) log(level slog.Level, msg string, args []any) {
+	c := l.c
+	ctx := context.Background()
+	if !c.srv.connLog.Enabled(ctx, level) {
+		return
 	}
-	return c.srv.connLog.With("remote", c.remote())
+	log := c.srv.connLog.With("remote", c.remote())
+	if c.id != "" {
+		log = c.srv.connLog.With("client", c.id, "remote", c.remote())
+	}
+	log.Log(ctx, level, msg, args...)
 }
 
 // errClose closes the connection without sending anything more; it is used

@@ -277,8 +277,8 @@ func (c *client) finishConnect(ob *outbox, req *connectReq, moved *movedSession)
 	}
 	ob.add(c, ack.Append(nil, c.version))
 	if c.srv.log.Enabled(context.Background(), slog.LevelDebug) {
-		// c.logger() builds a logger of its own: not for a line that
-		// nobody reads, on every CONNECT.
+		// Not even the arguments for a line that nobody reads, on
+		// every CONNECT.
 		c.logger().Debug("client connected", "version", c.version.String(), "clean_start", req.cleanStart,
 			"keepalive", ka, "session_present", present)
 	}

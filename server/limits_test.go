@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -170,6 +172,33 @@ func TestConnectionLogThrottled(t *testing.T) {
 	k.start -= int64(logWindow) // the next window
 	if ok, sup := th.allow("refusing connection\x00not authorized", connLogBurst); !ok || sup != 100 {
 		t.Fatalf("first line of the next window: let through %v, suppressed %d; want true, 100", ok, sup)
+	}
+}
+
+// A connection's log line below the log level costs nothing: a flood of
+// refused connections with the log at warn built a logger with the
+// client's attributes for each Info line nobody read. A line the level
+// lets through still names the client and its address.
+func TestConnectionLogBelowLevelAllocatesNothing(t *testing.T) {
+	var out strings.Builder
+	h := slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelWarn})
+	s := &Server{connLog: slog.New(throttledHandler{h, newLogThrottle(), connLogBurst})}
+	c := &client{srv: s, id: "flooder-7"}
+	c.setAddr(netip.MustParseAddrPort("192.0.2.7:40000"))
+	if n := testing.AllocsPerRun(100, func() {
+		c.logger().Info("refusing connection", "reason", "banned")
+		c.logger().Debug("client connected")
+	}); n != 0 {
+		t.Errorf("Info and Debug lines below the level: %.0f allocations, want 0", n)
+	}
+	if out.Len() != 0 {
+		t.Errorf("lines below the level written: %q", out.String())
+	}
+	c.logger().Warn("connection lost", "reason", "keepalive")
+	for _, want := range []string{`msg="connection lost"`, "client=flooder-7", "remote=192.0.2.7:40000", "reason=keepalive"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("warning %q lacks %s", out.String(), want)
+		}
 	}
 }
 
