@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -377,15 +378,15 @@ func TestTCPKeepAlive(t *testing.T) {
 }
 
 // Connections that reach their deadline together are ended a bounded
-// number per pass of the sweep, the rest in passes of their own queued
-// behind the loop's I/O, and every one of them is ended. (The ticks sweep
+// number per pass of the sweep, the rest by the passes of the next ticks,
+// and every one of them is ended. (The ticks sweep
 // a part of each loop's connections at a time; a part of more than
 // sweepCloses due connections, or a whole sweep as here, is bounded the
 // same way.)
 func TestSweepEndsABoundedNumberAPass(t *testing.T) {
 	var mu sync.Mutex
 	most, passes := 0, 0
-	f := func(ended int) {
+	f := func(ended, _ int) {
 		mu.Lock()
 		most, passes = max(most, ended), passes+1
 		mu.Unlock()
@@ -428,6 +429,68 @@ func TestSweepEndsABoundedNumberAPass(t *testing.T) {
 	if most != sweepCloses {
 		t.Fatalf("a pass of the sweep ended up to %d connections, want at most and at some point %d (%d passes)", most, sweepCloses, passes)
 	}
+}
+
+// A pass of the sweep that reaches sweepCloses leaves the rest to the next
+// tick, so that the loop reads its clients between passes: queued as a
+// task of its own, the rest ran at once (gnet runs the tasks that tasks
+// queue before it polls again), and a wave of connections reaching their
+// connect timeout together held the loop, and a client's PINGREQ, until
+// the last of them was closed.
+func TestSweepReadsClientsBetweenPasses(t *testing.T) {
+	const n = 5000 // a tick's part of them is 201
+	var ended atomic.Int64
+	first := make(chan struct{})
+	var once sync.Once
+	f := func(e, size int) {
+		ended.Add(int64(e))
+		if size > n/2 { // the sweep of the whole list below, not a tick's part
+			once.Do(func() { close(first) })
+		}
+	}
+	testSweepPass.Store(&f)
+	t.Cleanup(func() { testSweepPass.Store(nil) })
+	s := startBroker(t, func(c *Config) { c.ConnectTimeout = time.Hour; c.EventLoops = 1 })
+	rc := dialRaw(t, s, codec.V311)
+	rc.connect("steady", func(p *codec.Connect) { p.KeepAlive = 60 })
+	for i := range n {
+		nc, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+	}
+	waitFor(t, "every connection open", func() bool { return s.stats.connections.Load() == n+1 })
+	// Every silent one is past its deadline at once, and a sweep of the
+	// whole list ends its first sweepCloses (the ticks sweep their parts
+	// meanwhile).
+	cfg := *s.limits()
+	cfg.ConnectTimeout = time.Nanosecond
+	if _, err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	l := s.loopList()[0]
+	if err := l.el.Execute(context.Background(), runFunc(func() { l.sweep(s.now()) })); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sweep did not run")
+	}
+	rc.write(pingreqRaw)
+	if _, ok := rc.expect().(*codec.Pingresp); !ok {
+		t.Fatal("no PINGRESP")
+	}
+	// Answered between passes: the next pass waits for a tick, and
+	// ends at most sweepCloses. (Passes queued one after another ended a
+	// tick's part, 200, or more before the loop read the PINGREQ; here
+	// it is answered after the first pass, or the second or third when
+	// the ticks come between; five would mean 40 ms of ticks.)
+	if e := ended.Load(); e > 5*sweepCloses {
+		t.Fatalf("the PINGREQ sent after the first pass was answered after %d of %d connections were ended", e, n)
+	}
+	waitFor(t, "every silent connection ended", func() bool { return s.stats.connections.Load() == 1 })
 }
 
 // The connect timeout is spread over a quarter more than configured, by

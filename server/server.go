@@ -98,8 +98,7 @@ type loop struct {
 	// that does not linger is skipped by every walk of the list (each
 	// checks closed), so OnClose need not find it. A slice rather than
 	// a set: 8 bytes a connection instead of a map entry's 30 to 50.
-	conns    []*client
-	sweepGen uint64 // sweeps begun (sweepRange)
+	conns []*client
 	// sweepNext is where in conns the next part of the sweep begins
 	// (sweepPart).
 	sweepNext int
@@ -498,11 +497,11 @@ func (s *Server) sweep() {
 	}
 }
 
-// sweep enforces deadlines on all this loop's connections at once and
-// drops the closed ones that no longer linger from l.conns.
+// sweep enforces deadlines on all this loop's connections at once, up to
+// sweepCloses ended, and drops the closed ones that no longer linger from
+// l.conns.
 func (l *loop) sweep(now int64) {
-	l.sweepGen++
-	l.sweepRange(now, 0, len(l.conns), l.sweepGen)
+	l.sweepRange(now, 0, len(l.conns))
 }
 
 // sweepPart is sweep for the loop's next sweepParts-th of its
@@ -512,30 +511,29 @@ func (l *loop) sweepPart(now int64) {
 		l.sweepNext = 0
 	}
 	size := (len(l.conns) + sweepParts - 1) / sweepParts
-	l.sweepGen++
-	l.sweepRange(now, l.sweepNext, l.sweepNext+size, l.sweepGen)
+	l.sweepRange(now, l.sweepNext, l.sweepNext+size)
 }
 
 // sweepCloses bounds the connections one pass of a sweep ends (closes, or
-// lets go of after their linger): past it, the pass leaves the rest of the
-// list to a task of its own, queued behind the I/O the loop has waiting.
-// Thousands of connections reach their deadline together after a
-// reconnect storm (silent ones the connect timeout closes, and their
-// lingers a second later); ending them all in one pass held a loop for
-// 20 to 55 ms, and every client on it waited.
+// lets go of after their linger): past it, the pass stops and the next
+// tick's part begins where it stopped. Thousands of connections reach
+// their deadline together after a reconnect storm (silent ones the
+// connect timeout closes, and their lingers a second later); ending them
+// all in one pass held a loop for 20 to 55 ms, and every client on it
+// waited. The rest must wait for a tick, not for a task of its own: gnet
+// runs every task queued on a loop, those that the tasks queue included,
+// before it looks for I/O again, so passes queued one after another were
+// one pass again, with the loop's clients unread until its end.
 const sweepCloses = 32
 
 // testSweepPass, when a test sets it, is told how many connections each
-// pass of a sweep ended.
-var testSweepPass atomic.Pointer[func(ended int)]
+// pass of a sweep ended, and how many its range held.
+var testSweepPass atomic.Pointer[func(ended, size int)]
 
-// sweepRange is a pass of sweep (or part) gen over l.conns[from:to],
-// unless a newer one began meanwhile (what is left waits for the sweep to
-// come round again).
-func (l *loop) sweepRange(now int64, from, to int, gen uint64) {
-	if gen != l.sweepGen {
-		return
-	}
+// sweepRange is a pass of sweep (or part) over l.conns[from:to]. One that
+// ends sweepCloses connections stops there, and the next part begins where
+// it stopped.
+func (l *loop) sweepRange(now int64, from, to int) {
 	conns := l.conns
 	to = min(to, len(conns))
 	kept, ended, i := from, 0, from
@@ -555,21 +553,17 @@ func (l *loop) sweepRange(now int64, from, to int, gen uint64) {
 	// The rest of the list, and those opened meanwhile, if any (nothing
 	// the sweep does opens one, but the list must not lose a connection
 	// if that ever changes).
-	rest := to - i // of the range, left for a pass of its own
 	n := len(l.conns)
 	conns = append(conns[:kept], l.conns[i:]...)
 	clear(l.conns[len(conns):n])
-	if rest == 0 && cap(conns) > 1024 && len(conns) < cap(conns)/4 {
+	if i == to && cap(conns) > 1024 && len(conns) < cap(conns)/4 {
 		conns = slices.Clone(conns) // most connections went: give the room back
 	}
 	l.conns = conns
-	l.sweepNext = kept + rest
+	l.sweepNext = kept // where the range, or the list, goes on
 	l.ob.flush()
 	if f := testSweepPass.Load(); f != nil {
-		(*f)(ended)
-	}
-	if rest > 0 {
-		_ = l.el.Execute(context.Background(), runFunc(func() { l.sweepRange(now, kept, kept+rest, gen) }))
+		(*f)(ended, to-from)
 	}
 }
 
