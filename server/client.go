@@ -304,9 +304,11 @@ func (l connLogger) log(level slog.Level, msg string, args []any) {
 	if !c.srv.connLog.Enabled(ctx, level) {
 		return
 	}
-	log := c.srv.connLog.With("remote", c.remote())
+	log := c.srv.connLog
 	if c.id != "" {
-		log = c.srv.connLog.With("client", c.id, "remote", c.remote())
+		log = log.With("client", c.id, "remote", c.remote())
+	} else {
+		log = log.With("remote", c.remote())
 	}
 	log.Log(ctx, level, msg, args...)
 }
