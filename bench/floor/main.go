@@ -8,11 +8,14 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 
 	"github.com/panjf2000/gnet/v2"
+
+	"github.com/gannetmq/gannet/codec"
 )
 
 type handler struct {
@@ -20,48 +23,30 @@ type handler struct {
 }
 
 // connack is MQTT 3.1.1's CONNACK: session not present, accepted.
-var connack = []byte{0x20, 0x02, 0x00, 0x00}
+var connack = (&codec.Connack{Code: codec.V3Accepted}).Append(nil, codec.V311)
 
 // OnTraffic reads whole packets and answers a CONNECT. It keeps no state:
 // a packet split over reads waits in gnet's buffer until it is whole.
 func (*handler) OnTraffic(c gnet.Conn) gnet.Action {
 	for {
 		buf, _ := c.Peek(-1)
-		if len(buf) < 2 {
+		h, n, err := codec.DecodeFixedHeader(buf)
+		if errors.Is(err, codec.ErrIncomplete) {
 			return gnet.None
 		}
-		n, size, ok := remaining(buf[1:])
-		if !ok {
+		if err != nil {
 			return gnet.Close
 		}
-		if n < 0 || len(buf) < 1+size+n {
+		if len(buf) < n+h.Remaining {
 			return gnet.None
 		}
-		if buf[0]&0xf0 == 0x10 {
+		if h.Type == codec.CONNECT {
 			if _, err := c.Write(connack); err != nil {
 				return gnet.Close
 			}
 		}
-		_, _ = c.Discard(1 + size + n)
+		_, _ = c.Discard(n + h.Remaining)
 	}
-}
-
-// remaining decodes a packet's remaining length from b: the length, the
-// bytes it took, and false when it is malformed. A length not yet whole
-// in b is -1.
-func remaining(b []byte) (n, size int, ok bool) {
-	mult := 1
-	for i := 0; i < 4; i++ {
-		if i == len(b) {
-			return -1, 0, true
-		}
-		n += int(b[i]&0x7f) * mult
-		if b[i]&0x80 == 0 {
-			return n, i + 1, true
-		}
-		mult <<= 7
-	}
-	return 0, 0, false
 }
 
 func main() {
